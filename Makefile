@@ -1,0 +1,35 @@
+# `make demo` and `make test` set everything up from a fresh clone (only python3 needed).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup build test lint demo bench clean metrics
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup build: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check beaver_sim tests bench
+	$(BIN)/ruff format --check beaver_sim tests bench
+
+test: lint
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/beaver demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+metrics:
+	@echo "Metrics: http://127.0.0.1:9090/metrics (while beaver run is running)"
+	curl -s http://127.0.0.1:9090/metrics
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

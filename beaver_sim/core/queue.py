@@ -1,0 +1,178 @@
+"""JobQueue: the whole state of the queue, pure and in memory.
+
+Rules: every job is in exactly one state; pending jobs leave in FIFO order; in-flight jobs hold a
+lease naming the current attempt; completed and dead are final. Every method is O(1). The WAL's
+`apply` (core/records.py) is the only caller at run time and in replay, so these rules hold for both.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from beaver_sim.core.types import IllegalTransition, Job, JobStatus, Lease
+
+PENDING, IN_FLIGHT, COMPLETED, DEAD = (
+    JobStatus.PENDING,
+    JobStatus.IN_FLIGHT,
+    JobStatus.COMPLETED,
+    JobStatus.DEAD,
+)
+SCHEMA_VERSION = 1
+
+
+class JobQueue:
+    """Jobs by id, a FIFO of pending ids, leases of in-flight jobs, and the last applied seq."""
+
+    __slots__ = ("counts", "jobs", "last_seq", "leases", "pending")
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job] = {}
+        self.pending: deque[str] = deque()
+        self.leases: dict[str, Lease] = {}
+        self.counts: dict[JobStatus, int] = {s: 0 for s in JobStatus}
+        self.last_seq = 0
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self.jobs
+
+    def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id)
+
+    def _job(self, job_id: str, action: str, expected: JobStatus) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise IllegalTransition(job_id, None, action, "no such job")
+        if job.status is not expected:
+            raise IllegalTransition(job_id, job.status, action)
+        return job
+
+    def _move(self, job: Job, to: JobStatus) -> None:
+        counts = self.counts
+        counts[job.status] -= 1
+        counts[to] += 1
+        job.status = to
+
+    # -- transitions ---------------------------------------------------------------------------
+
+    def enqueue(self, job_id: str, payload: dict[str, Any]) -> Job:
+        """Add a new job at the back of the pending FIFO."""
+        if job_id in self.jobs:
+            raise IllegalTransition(job_id, self.jobs[job_id].status, "enqueue", "duplicate id")
+        job = Job(job_id, payload)
+        self.jobs[job_id] = job
+        self.pending.append(job_id)
+        self.counts[PENDING] += 1
+        return job
+
+    def peek(self) -> str | None:
+        """The id of the next job to dispatch, or None."""
+        return self.pending[0] if self.pending else None
+
+    def dispatch(self, job_id: str, lease: Lease) -> Job:
+        """Move the head of the FIFO in flight under `lease`, which must be its next attempt."""
+        job = self._job(job_id, "dispatch", PENDING)
+        if self.pending[0] != job_id:
+            raise IllegalTransition(job_id, job.status, "dispatch", "not at the head of the queue")
+        if lease.attempt != job.attempt + 1:
+            why = f"attempt {lease.attempt} after {job.attempt}"
+            raise IllegalTransition(job_id, job.status, "dispatch", why)
+        self.pending.popleft()
+        job.attempt = lease.attempt
+        self.leases[job_id] = lease
+        self._move(job, IN_FLIGHT)
+        return job
+
+    def _end_attempt(self, job_id: str, attempt: int, action: str) -> Job:
+        job = self._job(job_id, action, IN_FLIGHT)
+        if self.leases[job_id].attempt != attempt:
+            why = f"attempt {attempt} is not the current attempt {self.leases[job_id].attempt}"
+            raise IllegalTransition(job_id, job.status, action, why)
+        del self.leases[job_id]
+        return job
+
+    def complete(self, job_id: str, attempt: int) -> Job:
+        """The current attempt succeeded: the job is completed for good."""
+        job = self._end_attempt(job_id, attempt, "complete")
+        self._move(job, COMPLETED)
+        return job
+
+    def requeue(self, job_id: str, attempt: int) -> Job:
+        """The current attempt failed, timed out or was interrupted: back of the FIFO."""
+        job = self._end_attempt(job_id, attempt, "requeue")
+        self._move(job, PENDING)
+        self.pending.append(job_id)
+        return job
+
+    def kill(self, job_id: str, attempt: int) -> Job:
+        """The current attempt was the last one allowed: the job is dead for good."""
+        job = self._end_attempt(job_id, attempt, "mark dead")
+        self._move(job, DEAD)
+        return job
+
+    # -- inspection ----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Counts per state plus `last_seq` and `jobs`: the `status --json` contract."""
+        c = self.counts
+        return {
+            "pending": c[PENDING],
+            "in_flight": c[IN_FLIGHT],
+            "completed": c[COMPLETED],
+            "dead": c[DEAD],
+            "jobs": len(self.jobs),
+            "last_seq": self.last_seq,
+        }
+
+    def validate(self) -> None:
+        """Check every structural rule; raise AssertionError naming the first broken one."""
+        pending_ids = list(self.pending)
+        if len(set(pending_ids)) != len(pending_ids):
+            raise AssertionError("a job id appears twice in the pending FIFO")
+        seen = {s: 0 for s in JobStatus}
+        for job_id, job in self.jobs.items():
+            seen[job.status] += 1
+            if (job.status is IN_FLIGHT) != (job_id in self.leases):
+                raise AssertionError(f"job {job_id!r}: state {job.status} but lease={job_id in self.leases}")
+            if job.status is IN_FLIGHT and self.leases[job_id].attempt != job.attempt:
+                raise AssertionError(f"job {job_id!r}: lease attempt differs from job attempt")
+        for job_id in pending_ids:
+            job = self.jobs.get(job_id)
+            if job is None or job.status is not PENDING:
+                raise AssertionError(f"job {job_id!r} is in the pending FIFO but not pending")
+        if seen[PENDING] != len(pending_ids):
+            raise AssertionError("a pending job is missing from the pending FIFO")
+        if seen != self.counts:
+            raise AssertionError(f"state counts {self.counts} differ from the jobs {seen}")
+
+    # -- snapshot state ------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything needed to rebuild this queue, as plain JSON-ready data."""
+        return {
+            "schema": SCHEMA_VERSION,
+            "last_seq": self.last_seq,
+            "jobs": [[j.id, j.status.value, j.attempt, j.payload] for j in self.jobs.values()],
+            "pending": list(self.pending),
+            "leases": [[k, v.attempt, v.worker, v.deadline] for k, v in self.leases.items()],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> JobQueue:
+        """Rebuild a queue from `to_state()` output and check it."""
+        q = cls()
+        statuses = {s.value: s for s in JobStatus}
+        jobs = q.jobs
+        counts = q.counts
+        for job_id, status, attempt, payload in state["jobs"]:
+            st = statuses[status]
+            jobs[job_id] = Job(job_id, payload, attempt, st)
+            counts[st] += 1
+        q.pending.extend(state["pending"])
+        q.leases = {k: Lease(a, w, d) for k, a, w, d in state["leases"]}
+        q.last_seq = state["last_seq"]
+        q.validate()
+        return q

@@ -1,0 +1,203 @@
+"""SimFS: an in-memory file system that knows what a crash would keep.
+
+For every file it records the bytes *written* (what a process crash keeps: the page cache survives)
+and the bytes *durable* (what its last sync made safe). For every directory entry it records whether
+the create or rename that made it has been made durable by syncing the directory. `after_crash`
+returns the files that survive under the `process` or `power-loss` model. A `hook` can stop the
+world before any call or in the middle of any write: that is how crash points are placed."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+PROCESS = "process"
+POWER_LOSS = "power-loss"
+CRASH_MODELS = (PROCESS, POWER_LOSS)
+
+# hook(op, path, nbytes) -> None to go on, or the number of bytes of this write to keep before
+# the crash (0 for any other call): SimFS then raises SimulatedCrash.
+Hook = Callable[[str, str, int], "int | None"]
+
+
+class SimulatedCrash(BaseException):
+    """The simulated machine stopped; a BaseException so no `except Exception` can swallow it."""
+
+
+@dataclass(slots=True)
+class _Inode:
+    data: bytearray = field(default_factory=bytearray)
+    durable: bytes = b""
+
+
+class SimFile:
+    """An open SimFS file; appends go to the end, as with O_APPEND."""
+
+    __slots__ = ("fs", "inode", "path")
+
+    def __init__(self, fs: SimFS, path: str, inode: _Inode) -> None:
+        self.fs, self.path, self.inode = fs, path, inode
+
+    def write(self, data: bytes) -> None:
+        fs = self.fs
+        if fs.hook is not None:
+            keep = fs.hook("write", self.path, len(data))
+            if keep is not None:
+                self.inode.data += data[:keep]
+                fs.bytes_written += keep
+                raise SimulatedCrash(f"crash while writing {self.path}")
+        self.inode.data += data
+        fs.bytes_written += len(data)
+
+    def sync(self) -> None:
+        self.fs._call("sync", self.path)
+        self.inode.durable = bytes(self.inode.data)
+        self.fs.syncs += 1
+
+    def close(self) -> None:
+        pass
+
+
+class SimFS:
+    """The FS interface in memory, deterministic, with crash points and crash models."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, _Inode] = {}  # the namespace as the running process sees it
+        self.durable_names: dict[str, _Inode] = {}  # the namespace a power loss would leave
+        self.dirs: set[str] = {"/"}
+        self.hook: Hook | None = None
+        self.bytes_written = 0
+        self.syncs = 0
+        self.dir_syncs = 0
+
+    @staticmethod
+    def _norm(path: str) -> str:
+        return posixpath.normpath(posixpath.join("/", path))
+
+    def _call(self, op: str, path: str) -> None:
+        if self.hook is not None and self.hook(op, path, 0) is not None:
+            raise SimulatedCrash(f"crash before {op} {path}")
+
+    def _parent_exists(self, path: str) -> None:
+        parent = posixpath.dirname(path)
+        if parent not in self.dirs:
+            raise FileNotFoundError(2, "No such file or directory", parent)
+
+    def _inode(self, path: str) -> _Inode:
+        inode = self.files.get(self._norm(path))
+        if inode is None:
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return inode
+
+    # -- the FS interface ----------------------------------------------------------------------
+
+    def open_append(self, path: str) -> SimFile:
+        p = self._norm(path)
+        self._call("open", p)
+        self._parent_exists(p)
+        inode = self.files.get(p)
+        if inode is None:
+            inode = self.files[p] = _Inode()
+        return SimFile(self, p, inode)
+
+    def create(self, path: str) -> SimFile:
+        p = self._norm(path)
+        self._call("create", p)
+        self._parent_exists(p)
+        inode = self.files.get(p)
+        if inode is None:
+            inode = self.files[p] = _Inode()
+        else:
+            del inode.data[:]
+        return SimFile(self, p, inode)
+
+    def read_bytes(self, path: str) -> bytes:
+        return bytes(self._inode(path).data)
+
+    def exists(self, path: str) -> bool:
+        p = self._norm(path)
+        return p in self.files or p in self.dirs
+
+    def is_dir(self, path: str) -> bool:
+        return self._norm(path) in self.dirs
+
+    def listdir(self, path: str) -> list[str]:
+        p = self._norm(path)
+        if p not in self.dirs:
+            raise FileNotFoundError(2, "No such file or directory", path)
+        names = [posixpath.basename(f) for f in self.files if posixpath.dirname(f) == p]
+        names += [posixpath.basename(d) for d in self.dirs if d != p and posixpath.dirname(d) == p]
+        return sorted(names)
+
+    def makedirs(self, path: str) -> None:
+        p = self._norm(path)
+        if p in self.files:
+            raise FileExistsError(17, "File exists", path)
+        while p not in self.dirs:  # directories are made durable at once, as RealFS does
+            self.dirs.add(p)
+            p = posixpath.dirname(p)
+
+    def size(self, path: str) -> int:
+        return len(self._inode(path).data)
+
+    def replace(self, src: str, dst: str) -> None:
+        s, d = self._norm(src), self._norm(dst)
+        self._call("replace", d)
+        inode = self._inode(s)
+        self._parent_exists(d)
+        del self.files[s]
+        self.files[d] = inode
+
+    def remove(self, path: str) -> None:
+        p = self._norm(path)
+        self._call("remove", p)
+        self._inode(p)
+        del self.files[p]
+
+    def truncate(self, path: str, size: int) -> None:
+        p = self._norm(path)
+        self._call("truncate", p)
+        inode = self._inode(p)
+        del inode.data[size:]
+        inode.durable = bytes(inode.data)
+
+    def sync_dir(self, path: str) -> None:
+        p = self._norm(path)
+        self._call("sync_dir", p)
+        durable = {k: v for k, v in self.durable_names.items() if posixpath.dirname(k) != p}
+        durable.update((k, v) for k, v in self.files.items() if posixpath.dirname(k) == p)
+        self.durable_names = dict(sorted(durable.items()))
+        self.dir_syncs += 1
+
+    def mark(self, point: str) -> None:
+        self._call("mark", point)
+
+    # -- crashes -------------------------------------------------------------------------------
+
+    def after_crash(self, model: str, torn_bytes: int = 0) -> SimFS:
+        """The files a restarted machine finds. `process`: everything written, as named now.
+        `power-loss`: only durable names and durable bytes, plus the first `torn_bytes` of each
+        file's unsynced appended tail (a torn write)."""
+        if model not in CRASH_MODELS:
+            raise ValueError(f"unknown crash model {model!r}; expected one of {CRASH_MODELS}")
+        out = SimFS()
+        out.dirs = set(self.dirs)
+        if model == PROCESS:
+            for path, inode in self.files.items():
+                out.files[path] = _Inode(bytearray(inode.data), inode.durable)
+        else:
+            for path, inode in self.durable_names.items():
+                data = bytes(inode.durable)
+                if torn_bytes and inode.data.startswith(inode.durable):
+                    data += inode.data[len(inode.durable) : len(inode.durable) + torn_bytes]
+                out.files[path] = _Inode(bytearray(data), inode.durable)
+        # whatever survived a crash is what is on the disk now
+        out.durable_names = dict(out.files)
+        for inode in out.files.values():
+            inode.durable = bytes(inode.data)
+        return out
+
+    def snapshot_files(self) -> dict[str, bytes]:
+        """Path -> bytes written, sorted by path: for hashing and comparing runs."""
+        return {p: bytes(self.files[p].data) for p in sorted(self.files)}

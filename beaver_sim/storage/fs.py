@@ -1,0 +1,121 @@
+"""The file-system interface the WAL and snapshots use, and RealFS, its implementation on os calls.
+
+Durability needs three things the page cache does not give: the file's bytes synced (fdatasync),
+a rename made durable by syncing its directory, and writes that never stop short. RealFS does all
+three; `beaver_sim.sim.fs.SimFS` models them in memory so a crash can be cut at any byte or call."""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+_fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
+
+class FileHandle(Protocol):
+    """An open file: every write is whole, `sync` makes the written bytes durable."""
+
+    def write(self, data: bytes) -> None: ...
+    def sync(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class FS(Protocol):
+    """What storage needs from a file system. Paths are strings; listings are sorted."""
+
+    def open_append(self, path: str) -> FileHandle: ...
+    def create(self, path: str) -> FileHandle: ...
+    def read_bytes(self, path: str) -> bytes: ...
+    def exists(self, path: str) -> bool: ...
+    def is_dir(self, path: str) -> bool: ...
+    def listdir(self, path: str) -> list[str]: ...
+    def makedirs(self, path: str) -> None: ...
+    def size(self, path: str) -> int: ...
+    def replace(self, src: str, dst: str) -> None: ...
+    def remove(self, path: str) -> None: ...
+    def truncate(self, path: str, size: int) -> None: ...
+    def sync_dir(self, path: str) -> None: ...
+    def mark(self, point: str) -> None: ...
+
+
+class RealFile:
+    """A file descriptor with a write loop (write(2) may be short) and fdatasync."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, path: str, flags: int) -> None:
+        self.path = path
+        self.fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+
+    def sync(self) -> None:
+        _fdatasync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class RealFS:
+    """The FS interface on the operating system's files."""
+
+    def open_append(self, path: str) -> RealFile:
+        return RealFile(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+    def create(self, path: str) -> RealFile:
+        return RealFile(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+
+    def read_bytes(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return sorted(os.listdir(path))
+
+    def makedirs(self, path: str) -> None:
+        if os.path.isdir(path):
+            return
+        parent = os.path.dirname(os.path.abspath(path))
+        if parent != os.path.abspath(path):
+            self.makedirs(parent)
+        os.mkdir(path)
+        self.sync_dir(parent)
+
+    def size(self, path: str) -> int:
+        return os.path.getsize(path)
+
+    def replace(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def remove(self, path: str) -> None:
+        os.remove(path)
+
+    def truncate(self, path: str, size: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def sync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def mark(self, point: str) -> None:
+        """A named persistence point: nothing to do on a real disk (SimFS can crash here)."""

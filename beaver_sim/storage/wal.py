@@ -1,0 +1,468 @@
+"""WriteAheadLog: the source of truth, one checksummed record per line, in numbered segments.
+
+Line format, readable with `cat`:  `<crc32c:8 hex> <body length> <body JSON>\\n`. The CRC covers the
+exact body bytes and is chained (crc_i = crc32c(body_i, crc_{i-1})), as etcd's WAL does, so a stale
+or reordered record cannot pass. Each segment `wal-<first seq>.log` starts with a header line that
+carries the chain and the segment's base LSN. seq starts at 1 and never resets; an LSN is a byte
+offset counted across all segments since the data directory was created.
+
+Recovery (see `scan`): a bad record at the end of the last segment is a torn write, truncated with a
+`.broken` copy kept; a bad record followed by good ones, a seq gap or a missing segment is corruption
+and the log refuses to open, naming file, offset and seq (`beaver wal verify` / `wal repair`)."""
+
+from __future__ import annotations
+
+import itertools
+import posixpath
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from crc32c import crc32c
+
+from beaver_sim.core.types import BeaverError, CorruptLog
+from beaver_sim.storage.fs import FS, FileHandle
+
+MAGIC = "beaver-wal"
+VERSION = 1
+MAX_RECORD = 1 << 20
+SEGMENT_BYTES = 64 << 20
+FSYNC_POLICIES = ("always", "interval", "never")
+_SEGMENT = re.compile(r"wal-(\d{20})\.log")
+
+Record = dict[str, Any]
+OnRecord = Callable[[Record, int], None]  # (record, its LSN)
+
+
+def segment_name(first_seq: int) -> str:
+    return f"wal-{first_seq:020d}.log"
+
+
+def frame(body: bytes, crc: int) -> bytes:
+    """One line of the log; `crc` is the chained CRC of `body`."""
+    return b"%08x %d %s\n" % (crc, len(body), body)
+
+
+def header_line(first_seq: int, base_lsn: int, prev_crc: int) -> bytes:
+    body = orjson.dumps(
+        {
+            "magic": MAGIC,
+            "v": VERSION,
+            "first_seq": first_seq,
+            "base_lsn": base_lsn,
+            "prev_crc": prev_crc,
+            "crc": "crc32c",
+        }
+    )
+    return frame(body, crc32c(body))
+
+
+class RecordTooLarge(BeaverError):
+    """A record over the log's size limit; nothing was written."""
+
+
+class WALFailed(BeaverError):
+    """A write or sync failed; the log accepts nothing more until the process restarts."""
+
+
+@dataclass(slots=True)
+class Segment:
+    first_seq: int
+    base_lsn: int
+    path: str
+
+
+@dataclass(slots=True)
+class Problem:
+    """The first bad spot in the log: where it is, the last good seq before it, and why."""
+
+    path: str
+    offset: int
+    lsn: int
+    last_good_seq: int
+    reason: str
+    torn: bool = False  # at the end of the last segment with nothing valid after it
+
+    def __str__(self) -> str:
+        return (
+            f"{self.path}: {self.reason} at offset {self.offset} (LSN {self.lsn}), "
+            f"after seq {self.last_good_seq}"
+        )
+
+
+@dataclass(slots=True)
+class Scan:
+    """What a pass over the log found; `end_*` describe the log up to the first problem."""
+
+    segments: list[Segment] = field(default_factory=list)
+    records: int = 0
+    replayed: int = 0
+    first_seq: int = 0
+    next_seq: int = 1
+    end_lsn: int = 0
+    end_offset: int = 0  # in the last segment scanned
+    crc: int = 0
+    bytes_total: int = 0
+    problem: Problem | None = None
+
+
+def _parse_line(line: bytes, prev_crc: int) -> tuple[int, bytes] | str:
+    """(stored crc, body) of a good line, or the reason it is bad."""
+    parts = line.split(b" ", 2)
+    if len(parts) != 3 or len(parts[0]) != 8 or not parts[1].isdigit():
+        return "malformed record"
+    body = parts[2]
+    if int(parts[1]) != len(body):
+        return "record length mismatch"
+    try:
+        stored = int(parts[0], 16)
+    except ValueError:
+        return "malformed checksum"
+    if crc32c(body, prev_crc) != stored:
+        return "checksum mismatch"
+    return stored, body
+
+
+def _valid_follows(lines: list[bytes]) -> bool:
+    """Is any line after a bad one a good record, chained to the line before it? Then the bad
+    record is corruption in the middle, not a torn tail (etcd/LevelDB: only the tail may tear)."""
+    for prev, line in itertools.pairwise(lines):
+        head = prev.split(b" ", 1)[0]
+        if len(head) != 8:
+            continue
+        try:
+            prev_crc = int(head, 16)
+        except ValueError:
+            continue
+        if not isinstance(_parse_line(line, prev_crc), str):
+            return True
+    return False
+
+
+def _header(line: bytes) -> dict[str, Any] | None:
+    parts = line.split(b" ", 2)
+    try:
+        if len(parts) != 3 or int(parts[1]) != len(parts[2]) or crc32c(parts[2]) != int(parts[0], 16):
+            return None
+        h = orjson.loads(parts[2])
+    except ValueError:
+        return None
+    if not isinstance(h, dict) or h.get("magic") != MAGIC:
+        return None
+    return h
+
+
+def list_segments(fs: FS, directory: str) -> list[str]:
+    return [n for n in fs.listdir(directory) if _SEGMENT.fullmatch(n)]
+
+
+def scan(fs: FS, directory: str, after_seq: int = 0, on_record: OnRecord | None = None) -> Scan:
+    """Read and check every segment, calling `on_record` for records with seq > `after_seq`.
+    Stops at the first problem and describes it; never changes a file."""
+    s = Scan()
+    names = list_segments(fs, directory)
+    loads = orjson.loads
+    for index, name in enumerate(names):
+        path = posixpath.join(directory, name)
+        data = fs.read_bytes(path)
+        s.bytes_total += len(data)
+        last = index == len(names) - 1
+        nl = data.find(b"\n")
+        h = _header(data[:nl]) if nl >= 0 else None
+        if h is None:
+            s.problem = Problem(path, 0, s.end_lsn, s.next_seq - 1, "bad segment header")
+            return s
+        first, base = h["first_seq"], h["base_lsn"]
+        if h.get("v") != VERSION:
+            s.problem = Problem(path, 0, base, s.next_seq - 1, f"unsupported WAL version {h.get('v')}")
+            return s
+        if int(_SEGMENT.fullmatch(name).group(1)) != first:  # type: ignore[union-attr]
+            s.problem = Problem(path, 0, base, s.next_seq - 1, f"header says first seq {first}")
+            return s
+        if not s.segments:
+            if first > after_seq + 1:
+                reason = f"records {after_seq + 1}..{first - 1} are missing (log starts at seq {first})"
+                s.problem = Problem(path, 0, base, after_seq, reason)
+                return s
+            s.first_seq, s.next_seq, s.crc, s.end_lsn = first, first, h["prev_crc"], base
+        elif first != s.next_seq or base != s.end_lsn or h["prev_crc"] != s.crc:
+            reason = (
+                f"segment does not continue the log (first seq {first}, expected "
+                f"{s.next_seq}; base LSN {base}, expected {s.end_lsn}): a segment is missing"
+            )
+            s.problem = Problem(path, 0, base, s.next_seq - 1, reason)
+            return s
+        s.segments.append(Segment(first, base, path))
+        lines = data[nl + 1 :].split(b"\n")
+        tail = lines.pop()  # bytes after the last newline: a record cut short, or b""
+        offset = nl + 1
+        crc, seq = s.crc, s.next_seq
+        reason = ""
+        bad_index = -1
+        for i, line in enumerate(lines):
+            parsed = _parse_line(line, crc)
+            if isinstance(parsed, str):
+                reason, bad_index = parsed, i
+                break
+            try:
+                rec = loads(parsed[1])
+                rec_seq = rec["seq"]
+            except (ValueError, TypeError, KeyError):
+                reason, bad_index = "undecodable record", i
+                break
+            if rec_seq != seq:
+                reason, bad_index = f"seq {rec_seq} where {seq} was expected", i
+                break
+            if seq > after_seq and on_record is not None:
+                try:
+                    on_record(rec, base + offset)
+                except BeaverError as e:
+                    s.problem = Problem(path, offset, base + offset, seq - 1, str(e))
+                    s.end_offset, s.end_lsn, s.crc, s.next_seq = offset, base + offset, crc, seq
+                    return s
+                s.replayed += 1
+            crc = parsed[0]
+            seq += 1
+            offset += len(line) + 1
+        s.records += seq - s.next_seq
+        s.crc, s.next_seq, s.end_offset, s.end_lsn = crc, seq, offset, base + offset
+        if bad_index >= 0:
+            torn = last and not _valid_follows(lines[bad_index:] + ([tail] if tail else []))
+            s.problem = Problem(path, offset, base + offset, seq - 1, reason, torn)
+            return s
+        if tail:
+            s.problem = Problem(path, offset, base + offset, seq - 1, "incomplete record", last)
+            return s
+    return s
+
+
+class WriteAheadLog:
+    """Appends records, makes them durable per the fsync policy, rotates segments.
+
+    `append` encodes into a buffer and assigns seq; `flush` writes everything buffered with one
+    write and, under `always`, one fdatasync: appends made in one event-loop turn share that sync
+    (group commit). Any write or sync error is fatal (see fsync(2) and PostgreSQL's fsyncgate)."""
+
+    def __init__(
+        self,
+        fs: FS,
+        directory: str,
+        scan_: Scan,
+        *,
+        fsync: str = "always",
+        segment_bytes: int = SEGMENT_BYTES,
+        max_record: int = MAX_RECORD,
+        timer: Callable[[], float] | None = None,
+    ) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise BeaverError(f"fsync policy {fsync!r} is not one of {', '.join(FSYNC_POLICIES)}")
+        self.fs, self.directory, self.fsync = fs, directory, fsync
+        self.segment_bytes, self.max_record, self.timer = segment_bytes, max_record, timer
+        self.segments = scan_.segments
+        self.next_seq = scan_.next_seq
+        self.lsn = scan_.end_lsn  # LSN of the next byte to be appended
+        self.durable_lsn = self.lsn
+        self.written_lsn = self.lsn
+        self.crc = scan_.crc
+        self._buf: list[bytes] = []
+        self._undo = (self.crc, self.lsn)
+        self._failed: BaseException | None = None
+        self.syncs = 0
+        self.sync_seconds: list[float] = []  # filled only when a timer is given (real mode)
+        self._file: FileHandle = fs.open_append(self.segments[-1].path)
+
+    @classmethod
+    def open(
+        cls, fs: FS, directory: str, *, after_seq: int = 0, on_record: OnRecord | None = None, **options: Any
+    ) -> tuple[WriteAheadLog, Scan, int]:
+        """Recover the log in `directory` (created if missing): replay records after `after_seq`
+        into `on_record`, truncate a torn tail (keeping `<segment>.broken`), refuse corruption.
+        Returns the log, the scan, and the number of torn bytes dropped."""
+        if fs.exists(directory) and not fs.is_dir(directory):
+            raise BeaverError(f"{directory}: WAL directory is a file")
+        fs.makedirs(directory)
+        for name in fs.listdir(directory):
+            if name.endswith(".tmp"):
+                fs.remove(posixpath.join(directory, name))
+        s = scan(fs, directory, after_seq, on_record)
+        dropped = 0
+        if s.problem is not None:
+            p = s.problem
+            if not p.torn:
+                raise CorruptLog(
+                    f"{p}; run `beaver wal verify`, then `beaver wal repair` to "
+                    "truncate the log there (a backup is kept)"
+                )
+            data = fs.read_bytes(p.path)
+            dropped = len(data) - p.offset
+            backup = fs.create(p.path + ".broken")
+            backup.write(data)
+            backup.sync()
+            backup.close()
+            fs.truncate(p.path, p.offset)
+            s.problem = None
+        if not s.segments:
+            if after_seq:
+                raise CorruptLog(
+                    f"{directory}: no WAL segment, but a snapshot covers seq {after_seq}: the log was deleted"
+                )
+            _create_segment(fs, directory, 1, 0, 0)
+            s.segments.append(Segment(1, 0, posixpath.join(directory, segment_name(1))))
+            s.first_seq, s.next_seq, s.end_lsn = 1, 1, len(header_line(1, 0, 0))
+        if s.next_seq <= after_seq:
+            raise CorruptLog(
+                f"{directory}: the log ends at seq {s.next_seq - 1} but the snapshot "
+                f"covers seq {after_seq}: synced records were lost"
+            )
+        return cls(fs, directory, s, **options), s, dropped
+
+    # -- appending -----------------------------------------------------------------------------
+
+    def append(self, rec: Record) -> int:
+        """Assign the next seq to `rec`, encode and buffer it; returns the seq. Not yet durable."""
+        if self._failed is not None:
+            raise WALFailed(f"{self.directory}: the log failed earlier ({self._failed}); restart")
+        seq = self.next_seq
+        rec["seq"] = seq
+        body = orjson.dumps(rec)
+        if len(body) > self.max_record:
+            rec["seq"] = 0
+            raise RecordTooLarge(
+                f"record for job {rec.get('job')!r} is {len(body)} bytes; the limit is {self.max_record}"
+            )
+        self._undo = (self.crc, self.lsn)
+        self.crc = crc = crc32c(body, self.crc)
+        line = b"%08x %d %s\n" % (crc, len(body), body)
+        self._buf.append(line)
+        self.lsn += len(line)
+        self.next_seq = seq + 1
+        return seq
+
+    def discard_last(self) -> None:
+        """Take back the record just appended (still buffered): its apply was refused."""
+        self._buf.pop()
+        self.crc, self.lsn = self._undo
+        self.next_seq -= 1
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes appended but not yet written."""
+        return self.lsn - self.written_lsn
+
+    def flush(self) -> None:
+        """Write what is buffered (one write); under `always`, make it durable (one fdatasync)."""
+        if self._buf:
+            data = b"".join(self._buf)
+            self._buf.clear()
+            self._io(self._file.write, data)
+            self.written_lsn = self.lsn
+        if self.fsync == "always":
+            self.sync()
+        if self.written_lsn - self.segments[-1].base_lsn >= self.segment_bytes:
+            self.rotate()
+
+    def sync(self) -> None:
+        """Make everything written durable (fdatasync), whatever the policy."""
+        if self._buf:
+            self._io(self._file.write, b"".join(self._buf))
+            self._buf.clear()
+            self.written_lsn = self.lsn
+        if self.durable_lsn == self.written_lsn:
+            return
+        if self.timer is not None:
+            t0 = self.timer()
+            self._io(self._file.sync)
+            self.sync_seconds.append(self.timer() - t0)
+        else:
+            self._io(self._file.sync)
+        self.syncs += 1
+        self.durable_lsn = self.written_lsn
+
+    def _io(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._failed is not None:
+            raise WALFailed(f"{self.directory}: the log failed earlier ({self._failed}); restart")
+        try:
+            fn(*args)
+        except OSError as e:
+            self._failed = e
+            raise WALFailed(
+                f"{self.segments[-1].path}: {e}; the log is closed, restart to recover from it"
+            ) from e
+
+    def rotate(self) -> None:
+        """Start a new segment at the next seq (synced first, so no seq gap can follow a crash)."""
+        self.sync()
+        if self.segments[-1].first_seq == self.next_seq:
+            return  # the current segment holds no record yet
+        path = _create_segment(self.fs, self.directory, self.next_seq, self.lsn, self.crc)
+        self._file.close()
+        self._file = self.fs.open_append(path)
+        self.segments.append(Segment(self.next_seq, self.lsn, path))
+        self.lsn += len(header_line(self.next_seq, self.lsn, self.crc))
+        self.written_lsn = self.durable_lsn = self.lsn
+
+    def delete_through(self, seq: int) -> int:
+        """Delete the segments whose every record has seq <= `seq` (never the current one)."""
+        doomed = [a for a, b in zip(self.segments, self.segments[1:]) if b.first_seq - 1 <= seq]
+        for seg in doomed:
+            self.fs.remove(seg.path)
+        if doomed:
+            self.fs.sync_dir(self.directory)
+            self.fs.mark("wal-segments-deleted")
+            del self.segments[: len(doomed)]
+        return len(doomed)
+
+    def close(self) -> None:
+        """Write and sync what is buffered, then close the segment."""
+        if self._failed is None:
+            self.sync()
+        self._file.close()
+
+
+def _create_segment(fs: FS, directory: str, first_seq: int, base_lsn: int, prev_crc: int) -> str:
+    """tmp file, header, fsync, rename, fsync the directory: a segment exists whole or not at all."""
+    path = posixpath.join(directory, segment_name(first_seq))
+    f = fs.create(path + ".tmp")
+    f.write(header_line(first_seq, base_lsn, prev_crc))
+    f.sync()
+    f.close()
+    fs.replace(path + ".tmp", path)
+    fs.sync_dir(directory)
+    fs.mark("wal-rotated")
+    return path
+
+
+def verify(fs: FS, directory: str) -> Scan:
+    """Check the whole log without changing anything; `problem` is None when it is sound."""
+    return scan(fs, directory)
+
+
+def repair(fs: FS, directory: str) -> tuple[Scan, int, list[str]]:
+    """Point-in-time repair: cut the log at its first bad record. The damaged segment is copied to
+    `.broken` and later segments are renamed `.broken`. Returns the scan, bytes dropped, backups."""
+    s = scan(fs, directory)
+    p = s.problem
+    if p is None:
+        return s, 0, []
+    data = fs.read_bytes(p.path)
+    backups = [p.path + ".broken"]
+    f = fs.create(backups[0])
+    f.write(data)
+    f.sync()
+    f.close()
+    dropped = len(data) - p.offset
+    names = list_segments(fs, directory)
+    later = [posixpath.join(directory, n) for n in names if posixpath.join(directory, n) > p.path]
+    for path in later:
+        dropped += fs.size(path)
+        fs.replace(path, path + ".broken")
+        backups.append(path + ".broken")
+    if p.offset == 0:  # a bad header: the whole segment goes
+        fs.replace(p.path, p.path + ".removed")
+        backups.append(p.path + ".removed")
+    else:
+        fs.truncate(p.path, p.offset)
+    fs.sync_dir(directory)
+    return s, dropped, backups
