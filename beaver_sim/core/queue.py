@@ -155,7 +155,7 @@ class JobQueue:
         return {
             "schema": SCHEMA_VERSION,
             "last_seq": self.last_seq,
-            "jobs": [[j.id, j.status.value, j.attempt, j.payload] for j in self.jobs.values()],
+            "jobs": [[j.id, j.status, j.attempt, j.payload] for j in self.jobs.values()],  # StrEnum: a str
             "pending": list(self.pending),
             "leases": [[k, v.attempt, v.worker, v.deadline] for k, v in self.leases.items()],
         }

@@ -1,12 +1,13 @@
 """The nouns of the queue: job states, jobs, leases and the errors that name them.
 
-Everything here is plain data; no clock, no I/O. `Config` lives in `beaver_sim.config`."""
+Everything here is plain data and interfaces; no clock, no I/O. `beaver_sim.config` loads `Config`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 
 class JobStatus(StrEnum):
@@ -57,3 +58,100 @@ class DuplicateJob(BeaverError):
 
 class CorruptLog(BeaverError):
     """The WAL or a snapshot cannot be trusted; the message names file, offset and seq."""
+
+
+class Handle(Protocol):
+    """Whatever a clock returns from `call_at`; only ever passed back to `cancel`."""
+
+
+class Clock(Protocol):
+    """Time as the controller sees it: the real asyncio loop or the simulator's VirtualClock."""
+
+    def now(self) -> float: ...
+    def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> Any: ...
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Any: ...
+    def cancel(self, handle: Any) -> None: ...
+
+
+# on_result(job_id, attempt, ok, error): a worker's outcome, delivered on the clock's thread.
+OnResult = Callable[[str, int, bool, "str | None"], None]
+
+
+class Workers(Protocol):
+    """Runs payloads: threads or processes in real mode, seeded outcomes in the simulator."""
+
+    def submit(
+        self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: OnResult
+    ) -> None: ...
+
+
+FSYNC_POLICIES = ("always", "interval", "never")
+
+
+@dataclass(slots=True)
+class Config:
+    """Every setting, in seconds and plain values; `beaver_sim.config` loads it from YAML, the
+    environment and flags. The first seven are the seed's keys."""
+
+    worker_count: int = 8
+    task_timeout: float = 3.0
+    snapshot_interval: float = 2.0
+    snapshot_log_ratio: float = 1.0  # snapshot only once the log since the last one is this x jobs
+    max_retry: int = 3
+    wal_path: str = ""  # default: <data_dir>/wal
+    snapshot_path: str = ""  # default: <data_dir>/snap
+    metrics_port: int = 9090
+    data_dir: str = "./data/run"
+    metrics_host: str = "127.0.0.1"
+    fsync: str = "always"
+    fsync_interval: float = 0.05
+    segment_bytes: int = 64 << 20
+    max_record_bytes: int = 1 << 20
+    snapshots_kept: int = 2
+    seed: int = 42
+    failure_rate: float = 0.1
+    work_min: float = 0.1
+    work_max: float = 0.5
+    executor: str = "thread"
+    handlers: dict[str, str] = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        """Every invalid value, one line each (empty when the config is usable)."""
+        out = []
+        if self.worker_count < 1:
+            out.append(f"worker_count must be >= 1, got {self.worker_count}")
+        if self.task_timeout <= 0:
+            out.append(f"task_timeout must be > 0, got {self.task_timeout}")
+        if self.snapshot_interval < 0:
+            out.append(f"snapshot_interval must be >= 0 (0 disables), got {self.snapshot_interval}")
+        if self.snapshot_log_ratio < 0:
+            out.append(f"snapshot_log_ratio must be >= 0, got {self.snapshot_log_ratio}")
+        if self.max_retry < 1:
+            out.append(f"max_retry must be >= 1, got {self.max_retry}")
+        if self.fsync not in FSYNC_POLICIES:
+            out.append(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {self.fsync!r}")
+        if self.fsync_interval <= 0:
+            out.append(f"fsync_interval must be > 0, got {self.fsync_interval}")
+        if not 0 <= self.failure_rate <= 1:
+            out.append(f"failure_rate must be in [0, 1], got {self.failure_rate}")
+        if not 0 <= self.work_min <= self.work_max:
+            out.append(
+                f"work duration range must satisfy 0 <= min <= max, got {self.work_min}..{self.work_max}"
+            )
+        if not 0 <= self.metrics_port <= 65535:
+            out.append(f"metrics_port must be in 0..65535, got {self.metrics_port}")
+        if self.segment_bytes < 4096:
+            out.append(f"segment_bytes must be >= 4096, got {self.segment_bytes}")
+        if self.snapshots_kept < 1:
+            out.append(f"snapshots_kept must be >= 1, got {self.snapshots_kept}")
+        if self.executor not in ("thread", "process"):
+            out.append(f"executor must be thread or process, got {self.executor!r}")
+        return out
+
+    @property
+    def wal_dir(self) -> str:
+        return self.wal_path or f"{self.data_dir.rstrip('/')}/wal"
+
+    @property
+    def snapshot_dir(self) -> str:
+        return self.snapshot_path or f"{self.data_dir.rstrip('/')}/snap"

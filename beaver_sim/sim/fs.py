@@ -27,8 +27,24 @@ class SimulatedCrash(BaseException):
 
 @dataclass(slots=True)
 class _Inode:
+    """`data` is what was written. What is durable is `data[:synced]`, unless the file was cut
+    short since its last sync: then it is `old` (kept so that a sync copies nothing: O(1))."""
+
     data: bytearray = field(default_factory=bytearray)
-    durable: bytes = b""
+    synced: int = 0
+    old: bytes | None = None
+
+    def durable(self) -> bytes:
+        return self.old if self.old is not None else bytes(self.data[: self.synced])
+
+    def cut(self, size: int) -> None:
+        if self.old is None and size < self.synced:
+            self.old = bytes(self.data[: self.synced])
+        del self.data[size:]
+        self.synced = min(self.synced, size)
+
+    def sync(self) -> None:
+        self.synced, self.old = len(self.data), None
 
 
 class SimFile:
@@ -52,7 +68,7 @@ class SimFile:
 
     def sync(self) -> None:
         self.fs._call("sync", self.path)
-        self.inode.durable = bytes(self.inode.data)
+        self.inode.sync()
         self.fs.syncs += 1
 
     def close(self) -> None:
@@ -109,7 +125,7 @@ class SimFS:
         if inode is None:
             inode = self.files[p] = _Inode()
         else:
-            del inode.data[:]
+            inode.cut(0)
         return SimFile(self, p, inode)
 
     def read_bytes(self, path: str) -> bytes:
@@ -132,11 +148,13 @@ class SimFS:
 
     def makedirs(self, path: str) -> None:
         p = self._norm(path)
-        if p in self.files:
-            raise FileExistsError(17, "File exists", path)
+        new: list[str] = []
         while p not in self.dirs:  # directories are made durable at once, as RealFS does
-            self.dirs.add(p)
+            if p in self.files:  # a file anywhere on the path: os.mkdir fails the same way
+                raise FileExistsError(17, "File exists", p)
+            new.append(p)
             p = posixpath.dirname(p)
+        self.dirs.update(new)
 
     def size(self, path: str) -> int:
         return len(self._inode(path).data)
@@ -159,8 +177,8 @@ class SimFS:
         p = self._norm(path)
         self._call("truncate", p)
         inode = self._inode(p)
-        del inode.data[size:]
-        inode.durable = bytes(inode.data)
+        inode.cut(size)
+        inode.sync()
 
     def sync_dir(self, path: str) -> None:
         p = self._norm(path)
@@ -185,17 +203,17 @@ class SimFS:
         out.dirs = set(self.dirs)
         if model == PROCESS:
             for path, inode in self.files.items():
-                out.files[path] = _Inode(bytearray(inode.data), inode.durable)
+                out.files[path] = _Inode(bytearray(inode.data))
         else:
             for path, inode in self.durable_names.items():
-                data = bytes(inode.durable)
-                if torn_bytes and inode.data.startswith(inode.durable):
-                    data += inode.data[len(inode.durable) : len(inode.durable) + torn_bytes]
-                out.files[path] = _Inode(bytearray(data), inode.durable)
+                data = bytearray(inode.durable())
+                if torn_bytes and inode.old is None:
+                    data += inode.data[inode.synced : inode.synced + torn_bytes]
+                out.files[path] = _Inode(data)
         # whatever survived a crash is what is on the disk now
-        out.durable_names = dict(out.files)
         for inode in out.files.values():
-            inode.durable = bytes(inode.data)
+            inode.sync()
+        out.durable_names = dict(out.files)
         return out
 
     def snapshot_files(self) -> dict[str, bytes]:

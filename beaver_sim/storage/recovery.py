@@ -14,6 +14,7 @@ from typing import Any
 
 from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.records import Record, apply
+from beaver_sim.core.types import BeaverError, Config
 from beaver_sim.storage.fs import FS
 from beaver_sim.storage.snapshot import SnapshotStore
 from beaver_sim.storage.wal import WriteAheadLog
@@ -55,6 +56,8 @@ class Storage:
         fs: FS,
         data_dir: str,
         *,
+        wal_dir: str | None = None,
+        snap_dir: str | None = None,
         timer: Callable[[], float] | None = None,
         apply_fn: Apply = apply,
         wal_cls: type[WriteAheadLog] = WriteAheadLog,
@@ -66,7 +69,9 @@ class Storage:
         naming the file when it cannot be trusted; the other arguments let the simulator swap in
         its deliberately broken variants."""
         t0 = timer() if timer else 0.0
-        snapshots = snapshot_cls(fs, posixpath.join(data_dir, "snap"), keep)
+        if fs.exists(data_dir) and not fs.is_dir(data_dir):  # else a bare FileExistsError from mkdir
+            raise BeaverError(f"{data_dir}: data directory is a file")
+        snapshots = snapshot_cls(fs, snap_dir or posixpath.join(data_dir, "snap"), keep)
         loaded = snapshots.load()
         q = loaded.state
 
@@ -74,7 +79,12 @@ class Storage:
             apply_fn(q, rec)
 
         wal, scan, dropped = wal_cls.open(
-            fs, posixpath.join(data_dir, "wal"), after_seq=loaded.seq, on_record=replay, **wal_options
+            fs,
+            wal_dir or posixpath.join(data_dir, "wal"),
+            after_seq=loaded.seq,
+            on_record=replay,
+            timer=timer,
+            **wal_options,
         )
         report = RecoveryReport(
             loaded.path, loaded.seq, loaded.size, scan.replayed, scan.bytes_total, dropped, loaded.broken
@@ -82,6 +92,21 @@ class Storage:
         if timer:
             report.seconds = timer() - t0
         return cls(fs, data_dir, wal, snapshots, q, report)
+
+    @classmethod
+    def from_config(cls, fs: FS, config: Config, **kwargs: Any) -> Storage:
+        """Open the data directory that `config` names, with its WAL and snapshot settings."""
+        return cls.open(
+            fs,
+            config.data_dir,
+            wal_dir=config.wal_dir,
+            snap_dir=config.snapshot_dir,
+            keep=config.snapshots_kept,
+            fsync=config.fsync,
+            segment_bytes=config.segment_bytes,
+            max_record=config.max_record_bytes,
+            **kwargs,
+        )
 
     def append(self, rec: Record) -> int:
         """Log `rec`, then apply it: the one way the state changes at run time."""

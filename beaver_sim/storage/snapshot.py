@@ -56,13 +56,14 @@ def decode(data: bytes, path: str) -> JobQueue:
             f"(this version reads {SCHEMA_VERSION})"
         )
     body = data[nl + 1 :].rstrip(b"\n")
-    if len(body) != header["body_len"] or crc32c(body) != header["body_crc32c"]:
+    # .get: a damaged header that still parses must read as corruption, not raise KeyError
+    if len(body) != header.get("body_len") or crc32c(body) != header.get("body_crc32c"):
         raise CorruptLog(f"{path}: snapshot body fails its checksum")
     try:
         q = JobQueue.from_state(orjson.loads(body))
     except (ValueError, KeyError, TypeError, AssertionError) as e:
         raise CorruptLog(f"{path}: snapshot body is not a valid state ({e})") from e
-    if q.last_seq != header["last_included_seq"]:
+    if q.last_seq != header.get("last_included_seq"):
         raise CorruptLog(f"{path}: body seq {q.last_seq} differs from header")
     return q
 

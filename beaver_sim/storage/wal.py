@@ -255,11 +255,13 @@ class WriteAheadLog:
         segment_bytes: int = SEGMENT_BYTES,
         max_record: int = MAX_RECORD,
         timer: Callable[[], float] | None = None,
+        on_sync: Callable[[float], None] | None = None,
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise BeaverError(f"fsync policy {fsync!r} is not one of {', '.join(FSYNC_POLICIES)}")
         self.fs, self.directory, self.fsync = fs, directory, fsync
-        self.segment_bytes, self.max_record, self.timer = segment_bytes, max_record, timer
+        self.segment_bytes, self.max_record = segment_bytes, max_record
+        self.timer, self.on_sync = timer, on_sync  # real mode: fsync latency for the metrics
         self.segments = scan_.segments
         self.next_seq = scan_.next_seq
         self.lsn = scan_.end_lsn  # LSN of the next byte to be appended
@@ -270,7 +272,6 @@ class WriteAheadLog:
         self._undo = (self.crc, self.lsn)
         self._failed: BaseException | None = None
         self.syncs = 0
-        self.sync_seconds: list[float] = []  # filled only when a timer is given (real mode)
         self._file: FileHandle = fs.open_append(self.segments[-1].path)
 
     @classmethod
@@ -353,6 +354,8 @@ class WriteAheadLog:
 
     def flush(self) -> None:
         """Write what is buffered (one write); under `always`, make it durable (one fdatasync)."""
+        if self._failed is not None:  # a failed log stays failed: never report a later flush as done
+            raise WALFailed(f"{self.directory}: the log failed earlier ({self._failed}); restart")
         if self._buf:
             data = b"".join(self._buf)
             self._buf.clear()
@@ -365,16 +368,18 @@ class WriteAheadLog:
 
     def sync(self) -> None:
         """Make everything written durable (fdatasync), whatever the policy."""
+        if self._failed is not None:  # a failed log stays failed: never report a later flush as done
+            raise WALFailed(f"{self.directory}: the log failed earlier ({self._failed}); restart")
         if self._buf:
             self._io(self._file.write, b"".join(self._buf))
             self._buf.clear()
             self.written_lsn = self.lsn
         if self.durable_lsn == self.written_lsn:
             return
-        if self.timer is not None:
+        if self.timer is not None and self.on_sync is not None:
             t0 = self.timer()
             self._io(self._file.sync)
-            self.sync_seconds.append(self.timer() - t0)
+            self.on_sync(self.timer() - t0)
         else:
             self._io(self._file.sync)
         self.syncs += 1

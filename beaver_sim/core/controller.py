@@ -1,0 +1,236 @@
+"""Controller: dispatch, results, timeouts and snapshots as callbacks on an injected clock.
+
+The seed ran four goroutine loops under one mutex and polled every 100 ms. Here every change is an
+event on one thread: a record is appended to the WAL, then applied (Storage.append), and nothing
+leaves the controller before its record is written: a worker starts an attempt only after its
+DISPATCH record is flushed, an enqueue is acknowledged only once its ENQUEUE is durable under the
+fsync policy. Appends made in one clock turn share one write and one fdatasync (group commit).
+
+Rules the seed got wrong: failures *and* timeouts count toward `max_retry`, then the job is dead;
+a result or timeout for an attempt that is no longer current is stale and ignored; jobs in flight
+when the previous process died are requeued (the interrupted attempt counts, as SQS's
+maxReceiveCount does)."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from beaver_sim.core import records as R
+from beaver_sim.core.types import BeaverError, Clock, Config, DuplicateJob, Workers
+from beaver_sim.storage.recovery import Storage
+from beaver_sim.storage.wal import RecordTooLarge
+
+DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0)  # the seed's histogram buckets, seconds
+
+
+@dataclass(slots=True)
+class Counters:
+    """Plain counters the metrics collector reads at scrape time (no locks on the hot path)."""
+
+    dispatched: int = 0
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead: int = 0
+    timeouts: int = 0
+    stale: int = 0
+    requeued_on_recovery: int = 0
+    snapshots: int = 0
+    enqueued: int = 0
+    duration_buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    duration_sum: float = 0.0
+
+    def observe_duration(self, seconds: float) -> None:
+        self.duration_buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.duration_sum += seconds
+
+
+class Controller:
+    """Runs one data directory's queue on `clock` with `workers`; it does no I/O of its own."""
+
+    def __init__(self, config: Config, clock: Clock, storage: Storage, workers: Workers) -> None:
+        problems = config.problems()
+        if problems:
+            raise BeaverError("; ".join(problems))
+        self.config, self.clock, self.storage, self.workers = config, clock, storage, workers
+        self.state = storage.state
+        self.counters = Counters()
+        self.free_workers: deque[int] = deque(range(config.worker_count))
+        self._timers: dict[str, Any] = {}
+        self._to_start: list[tuple[str, int, int]] = []  # dispatched, waiting for their record
+        self._acks: list[Callable[[], None]] = []  # enqueue acknowledgements waiting for a flush
+        self._flush_handle: Any = None
+        self._sync_handle: Any = None
+        self._snapshot_handle: Any = None
+        self.last_snapshot_seq = storage.report.snapshot_seq
+        self.started = False
+        self.stopped = False
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Requeue what the previous process left in flight, then start dispatching."""
+        max_retry = self.config.max_retry
+        for job_id, lease in list(self.state.leases.items()):
+            if lease.attempt >= max_retry:
+                self._log(R.dead(job_id, lease.attempt, "interrupted"))
+                self.counters.dead += 1
+            else:
+                self._log(R.requeue(job_id, lease.attempt))
+            self.counters.requeued_on_recovery += 1
+        self.started = True
+        self._dispatch()
+
+    def stop(self, snapshot: bool = True) -> None:
+        """Stop dispatching, cancel timers, make the log durable and (optionally) snapshot. Jobs
+        still in flight stay in flight in the log and are requeued by the next start."""
+        self.stopped = True
+        for handle in (self._flush_handle, self._sync_handle, self._snapshot_handle, *self._timers.values()):
+            if handle is not None:
+                self.clock.cancel(handle)
+        self._timers.clear()
+        self._flush_handle = self._sync_handle = self._snapshot_handle = None
+        self._flush()
+        self.storage.wal.sync()
+        if snapshot and self.state.last_seq > self.last_snapshot_seq:
+            self._checkpoint()
+        self.storage.close()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing pending, nothing in flight, nothing waiting to be written."""
+        return not (self.state.pending or self.state.leases or self._acks or self._to_start)
+
+    # -- the event handlers --------------------------------------------------------------------
+
+    def enqueue(
+        self, jobs: Iterable[tuple[str, dict[str, Any]]], on_durable: Callable[[], None] | None = None
+    ) -> int:
+        """Log new jobs; `on_durable` runs once they are durable under the fsync policy. The
+        whole batch is checked first (duplicates, payload type, record size): all or nothing."""
+        batch = list(jobs)
+        seen: set[str] = set()
+        limit = self.config.max_record_bytes - 64  # room for seq and framing
+        for job_id, payload in batch:
+            if not isinstance(job_id, str) or not job_id:
+                raise BeaverError(f"job id must be a non-empty string, got {job_id!r}")
+            if job_id in seen or job_id in self.state.jobs:
+                raise DuplicateJob(f"duplicate job id {job_id!r}")
+            if not isinstance(payload, dict):
+                raise BeaverError(f"job {job_id!r}: payload must be an object, got {type(payload).__name__}")
+            if len(orjson.dumps(payload)) + len(job_id) > limit:
+                raise RecordTooLarge(
+                    f"job {job_id!r}: payload is over the {self.config.max_record_bytes}-byte limit"
+                )
+            seen.add(job_id)
+        for job_id, payload in batch:
+            self._log(R.enqueue(job_id, payload))
+        self.counters.enqueued += len(batch)
+        if on_durable is not None:
+            self._acks.append(on_durable)
+        self._dispatch()
+        return len(batch)
+
+    def on_result(self, job_id: str, attempt: int, ok: bool, error: str | None) -> None:
+        """A worker finished attempt `attempt` of `job_id`."""
+        lease = self.state.leases.get(job_id)
+        if lease is None or lease.attempt != attempt or self.stopped:
+            self.counters.stale += 1  # its attempt timed out, or the job moved on
+            return
+        self.clock.cancel(self._timers.pop(job_id))
+        self.free_workers.append(lease.worker)
+        self.counters.observe_duration(self.clock.now() - (lease.deadline - self.config.task_timeout))
+        if ok:
+            self._log(R.ack(job_id, attempt))
+            self.counters.completed += 1
+        else:
+            self.counters.failed += 1
+            self._retry_or_bury(
+                job_id, attempt, R.fail(job_id, attempt, error or "error"), f"failed: {error}"
+            )
+        self._dispatch()
+
+    def _on_timeout(self, job_id: str, attempt: int) -> None:
+        lease = self.state.leases[job_id]
+        del self._timers[job_id]
+        self.free_workers.append(lease.worker)  # the slow attempt is abandoned; its result is stale
+        self.counters.timeouts += 1
+        self._retry_or_bury(job_id, attempt, R.timeout(job_id, attempt), "timeout")
+        self._dispatch()
+
+    def _retry_or_bury(self, job_id: str, attempt: int, retry: R.Record, why: str) -> None:
+        if attempt >= self.config.max_retry:
+            self._log(R.dead(job_id, attempt, why))
+            self.counters.dead += 1
+        else:
+            self._log(retry)
+            self.counters.retried += 1
+
+    def _dispatch(self) -> None:
+        if self.stopped or not self.started:
+            return
+        pending, jobs, free = self.state.pending, self.state.jobs, self.free_workers
+        timeout, now = self.config.task_timeout, self.clock.now()
+        while free and pending:
+            job_id = pending[0]
+            attempt = jobs[job_id].attempt + 1
+            worker = free.popleft()
+            self._log(R.dispatch(job_id, attempt, worker, now + timeout))
+            self._timers[job_id] = self.clock.call_at(now + timeout, self._on_timeout, job_id, attempt)
+            self._to_start.append((job_id, attempt, worker))
+            self.counters.dispatched += 1
+
+    # -- the log -------------------------------------------------------------------------------
+
+    def _log(self, rec: R.Record) -> None:
+        self.storage.append(rec)
+        if self._flush_handle is None:
+            self._flush_handle = self.clock.call_later(0, self._flush)
+        if self._snapshot_handle is None and self.config.snapshot_interval > 0:
+            self._snapshot_handle = self.clock.call_later(self.config.snapshot_interval, self._snapshot)
+
+    def _flush(self) -> None:
+        """One write (and, under `always`, one fdatasync) for everything logged this turn; then
+        start the dispatched attempts and acknowledge the enqueues."""
+        self._flush_handle = None
+        wal = self.storage.wal
+        wal.flush()
+        if wal.fsync == "interval" and self._sync_handle is None and wal.durable_lsn < wal.written_lsn:
+            self._sync_handle = self.clock.call_later(self.config.fsync_interval, self._sync)
+        to_start, self._to_start = self._to_start, []
+        acks, self._acks = self._acks, []
+        if not self.stopped:
+            jobs, submit, done = self.state.jobs, self.workers.submit, self.on_result
+            for job_id, attempt, worker in to_start:
+                submit(job_id, attempt, worker, jobs[job_id].payload, done)
+        for ack in acks:
+            ack()
+
+    def _sync(self) -> None:
+        self._sync_handle = None
+        self.storage.wal.sync()
+
+    def _snapshot(self) -> None:
+        """Every `snapshot_interval`, if the log has grown by `snapshot_log_ratio` x the number of
+        jobs since the last snapshot: a snapshot costs O(jobs), so this keeps its cost per record
+        constant (Redis rewrites its AOF on the same rule)."""
+        self._snapshot_handle = None
+        grown = self.state.last_seq - self.last_snapshot_seq
+        if grown > 0 and grown >= self.config.snapshot_log_ratio * len(self.state.jobs):
+            self._checkpoint()  # else the next logged record arms the timer again
+
+    def _checkpoint(self) -> None:
+        self.last_snapshot_seq = self.storage.checkpoint()
+        self.counters.snapshots += 1
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, int]:
+        """The `status --json` contract: counts per state and `last_seq`."""
+        return self.state.stats()

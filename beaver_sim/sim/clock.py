@@ -1,0 +1,74 @@
+"""VirtualClock: simulated time as a heap of (time, sequence, callback), SimPy's core in miniature.
+
+`call_at` pushes; `run` pops in order and jumps time to each event. Ties break by insertion
+sequence, so the same calls always run in the same order: determinism for free. A cancelled entry
+stays in the heap with its callback cleared (lazy deletion keeps `cancel` O(1))."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from typing import Any
+
+Entry = list  # [when, seq, fn or None, args]
+
+
+class VirtualClock:
+    """The Clock interface on simulated time; `run` drives it."""
+
+    __slots__ = ("_heap", "_now", "_seq", "events")
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+        self._heap: list[Entry] = []
+        self._seq = 0
+        self.events = 0  # callbacks run so far
+
+    def now(self) -> float:
+        return self._now
+
+    def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> Entry:
+        entry = [when if when > self._now else self._now, self._seq, fn, args]
+        self._seq += 1
+        heapq.heappush(self._heap, entry)
+        return entry
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Entry:
+        return self.call_at(self._now + delay, fn, *args)
+
+    def cancel(self, handle: Entry) -> None:
+        handle[2] = None
+        handle[3] = ()
+
+    def peek(self) -> float:
+        """Time of the next live event, or infinity when nothing is scheduled."""
+        heap = self._heap
+        while heap and heap[0][2] is None:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else float("inf")
+
+    def run(self, until: float | None = None) -> int:
+        """Run events in order until none is left or the next is after `until`; returns the
+        number run. Time ends at `until` when given, else at the last event."""
+        heap, pop = self._heap, heapq.heappop
+        n = 0
+        limit = float("inf") if until is None else until
+        while heap:
+            entry = heap[0]
+            if entry[0] > limit:
+                break
+            pop(heap)
+            fn = entry[2]
+            if fn is None:
+                continue
+            self._now = entry[0]
+            n += 1
+            fn(*entry[3])
+        if until is not None and until > self._now:
+            self._now = until
+        self.events += n
+        return n
+
+    def clear(self) -> None:
+        """Drop every scheduled event (the simulated process died)."""
+        self._heap.clear()

@@ -1,0 +1,49 @@
+"""SimWorkers: the simulator's worker pool. Each attempt's duration and outcome come from one seeded
+`random.Random`, drawn in dispatch order, so a run is fixed by its seed. An attempt that runs past
+the task timeout reports late, exactly like a slow real worker: its result is stale."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from beaver_sim.core.types import OnResult
+from beaver_sim.sim.clock import VirtualClock
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One simulated attempt: who ran it, when, for how long, and whether it would succeed."""
+
+    job: str
+    attempt: int
+    worker: int
+    start: float
+    duration: float
+    ok: bool
+
+
+@dataclass
+class SimWorkers:
+    """Durations uniform in [work_min, work_max] seconds; failure with probability failure_rate."""
+
+    clock: VirtualClock
+    seed: int = 42
+    failure_rate: float = 0.1
+    work_min: float = 0.1
+    work_max: float = 0.5
+    record: bool = False  # keep every Attempt (for DataFrames); off for speed
+    attempts: list[Attempt] = field(default_factory=list)
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def submit(self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: OnResult) -> None:
+        rng = self.rng
+        duration = rng.uniform(self.work_min, self.work_max)
+        ok = rng.random() >= self.failure_rate
+        if self.record:
+            self.attempts.append(Attempt(job_id, attempt, worker, self.clock.now(), duration, ok))
+        self.clock.call_later(duration, done, job_id, attempt, ok, None if ok else "simulated failure")
