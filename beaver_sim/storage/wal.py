@@ -12,6 +12,7 @@ and the log refuses to open, naming file, offset and seq (`beaver wal verify` / 
 
 from __future__ import annotations
 
+import gc
 import itertools
 import posixpath
 import re
@@ -161,6 +162,18 @@ def list_segments(fs: FS, directory: str) -> list[str]:
 def scan(fs: FS, directory: str, after_seq: int = 0, on_record: OnRecord | None = None) -> Scan:
     """Read and check every segment, calling `on_record` for records with seq > `after_seq`.
     Stops at the first problem and describes it; never changes a file."""
+    # Replay allocates a few long-lived objects per record (jobs, payloads, leases) and no cycles:
+    # the cyclic GC would walk the growing heap again and again for nothing (~25 % of replay time).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _scan(fs, directory, after_seq, on_record)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _scan(fs: FS, directory: str, after_seq: int, on_record: OnRecord | None) -> Scan:
     s = Scan()
     names = list_segments(fs, directory)
     loads = orjson.loads
@@ -201,13 +214,22 @@ def scan(fs: FS, directory: str, after_seq: int = 0, on_record: OnRecord | None 
         crc, seq = s.crc, s.next_seq
         reason = ""
         bad_index = -1
+        replayed = 0
         for i, line in enumerate(lines):
-            parsed = _parse_line(line, crc)
-            if isinstance(parsed, str):
-                reason, bad_index = parsed, i
+            # _parse_line's checks, inlined for speed (replay is this loop); on a bad line,
+            # _parse_line itself says what is wrong
+            try:
+                head, length, body = line.split(b" ", 2)
+                good = len(head) == 8 and length.isdigit() and int(length) == len(body)
+                stored = int(head, 16) if good else -1
+            except ValueError:
+                stored = -1
+            if stored < 0 or crc32c(body, crc) != stored:
+                why = _parse_line(line, crc)
+                reason, bad_index = (why if isinstance(why, str) else "checksum mismatch"), i
                 break
             try:
-                rec = loads(parsed[1])
+                rec = loads(body)
                 rec_seq = rec["seq"]
             except (ValueError, TypeError, KeyError):
                 reason, bad_index = "undecodable record", i
@@ -215,18 +237,20 @@ def scan(fs: FS, directory: str, after_seq: int = 0, on_record: OnRecord | None 
             if rec_seq != seq:
                 reason, bad_index = f"seq {rec_seq} where {seq} was expected", i
                 break
-            if seq > after_seq and on_record is not None:
+            if on_record is not None and seq > after_seq:
                 try:
                     on_record(rec, base + offset)
                 except BeaverError as e:
                     s.problem = Problem(path, offset, base + offset, seq - 1, str(e))
                     s.end_offset, s.end_lsn, s.crc, s.next_seq = offset, base + offset, crc, seq
+                    s.replayed += replayed
                     return s
-                s.replayed += 1
-            crc = parsed[0]
+                replayed += 1
+            crc = stored
             seq += 1
             offset += len(line) + 1
         s.records += seq - s.next_seq
+        s.replayed += replayed
         s.crc, s.next_seq, s.end_offset, s.end_lsn = crc, seq, offset, base + offset
         if bad_index >= 0:
             torn = last and not _valid_follows(lines[bad_index:] + ([tail] if tail else []))

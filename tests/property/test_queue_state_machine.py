@@ -1,0 +1,184 @@
+"""JobQueue against a plain-dict model (zarr's stateful testing style): every rule runs on both,
+illegal actions must raise IllegalTransition and change nothing, invariants compare the two."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from hypothesis import note
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from beaver_sim.core.queue import JobQueue
+from beaver_sim.core.types import IllegalTransition, JobStatus, Lease
+
+PENDING, IN_FLIGHT, COMPLETED, DEAD = "pending", "in_flight", "completed", "dead"
+ACTIONS = ("dispatch", "complete", "requeue", "kill", "enqueue")
+LEGAL_FROM = {"dispatch": PENDING, "complete": IN_FLIGHT, "requeue": IN_FLIGHT, "kill": IN_FLIGHT}
+ACTION_NAME = {"dispatch": "dispatch", "complete": "complete", "requeue": "requeue", "kill": "mark dead"}
+
+payloads = st.dictionaries(
+    st.sampled_from(["a", "b", "type", "n"]),
+    st.one_of(st.integers(-5, 5), st.text(max_size=4), st.none(), st.lists(st.booleans(), max_size=2)),
+    max_size=3,
+)
+
+
+class QueueMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = JobQueue()
+        # the model: job -> [status, attempt, payload]; the FIFO; job -> (attempt, worker, deadline)
+        self.jobs: dict[str, list[Any]] = {}
+        self.fifo: list[str] = []
+        self.leases: dict[str, tuple[int, int, float]] = {}
+        self.next_id = 0
+
+    def ids(self, status: str) -> list[str]:
+        return sorted(j for j, (s, _, _) in self.jobs.items() if s == status)
+
+    # -- legal rules ----------------------------------------------------------------------------
+
+    @rule(payload=payloads)
+    def enqueue(self, payload: dict[str, Any]) -> None:
+        job_id = f"job-{self.next_id:03d}"
+        self.next_id += 1
+        note(f"enqueue {job_id}")
+        self.q.enqueue(job_id, payload)
+        self.jobs[job_id] = [PENDING, 0, payload]
+        self.fifo.append(job_id)
+
+    @precondition(lambda self: self.fifo)
+    @rule(worker=st.integers(0, 7), deadline=st.floats(0, 1e6, allow_nan=False))
+    def dispatch_head(self, worker: int, deadline: float) -> None:
+        job_id = self.fifo.pop(0)
+        attempt = self.jobs[job_id][1] + 1
+        note(f"dispatch {job_id} attempt {attempt}")
+        self.q.dispatch(job_id, Lease(attempt, worker, deadline))
+        self.jobs[job_id][:2] = [IN_FLIGHT, attempt]
+        self.leases[job_id] = (attempt, worker, deadline)
+
+    def _end(self, data: st.DataObject, method: str, to: str) -> None:
+        job_id = data.draw(st.sampled_from(self.ids(IN_FLIGHT)), label="job")
+        attempt = self.jobs[job_id][1]
+        note(f"{method} {job_id} attempt {attempt}")
+        getattr(self.q, method)(job_id, attempt)
+        self.jobs[job_id][0] = to
+        del self.leases[job_id]
+        if to == PENDING:
+            self.fifo.append(job_id)
+
+    @precondition(lambda self: self.leases)
+    @rule(data=st.data())
+    def complete(self, data: st.DataObject) -> None:
+        self._end(data, "complete", COMPLETED)
+
+    @precondition(lambda self: self.leases)
+    @rule(data=st.data())
+    def requeue(self, data: st.DataObject) -> None:
+        self._end(data, "requeue", PENDING)
+
+    @precondition(lambda self: self.leases)
+    @rule(data=st.data())
+    def kill(self, data: st.DataObject) -> None:
+        self._end(data, "kill", DEAD)
+
+    # -- illegal rules ----------------------------------------------------------------------------
+
+    def _refused(self, call: Any, job_id: str, action: str, state: str) -> None:
+        before = self.q.to_state()
+        try:
+            call()
+        except IllegalTransition as e:
+            msg = str(e)
+            assert f"job {job_id!r}" in msg and f"cannot {action}" in msg and f"state={state}" in msg, msg
+        else:
+            raise AssertionError(f"{action} of {job_id} in state {state} was allowed")
+        assert self.q.to_state() == before
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data(), action=st.sampled_from(sorted(LEGAL_FROM)))
+    def action_from_the_wrong_state(self, data: st.DataObject, action: str) -> None:
+        wrong = sorted(j for j, (s, _, _) in self.jobs.items() if s != LEGAL_FROM[action])
+        if not wrong:
+            return
+        job_id = data.draw(st.sampled_from(wrong), label="job")
+        status, attempt, _ = self.jobs[job_id]
+        note(f"illegal {action} {job_id} in {status}")
+        if action == "dispatch":
+            call = lambda: self.q.dispatch(job_id, Lease(attempt + 1, 0, 0.0))  # noqa: E731
+        else:
+            call = lambda: getattr(self.q, action)(job_id, attempt)  # noqa: E731
+        self._refused(call, job_id, ACTION_NAME[action], status)
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data())
+    def duplicate_enqueue(self, data: st.DataObject) -> None:
+        job_id = data.draw(st.sampled_from(sorted(self.jobs)), label="job")
+        self._refused(lambda: self.q.enqueue(job_id, {}), job_id, "enqueue", self.jobs[job_id][0])
+
+    @rule(action=st.sampled_from(sorted(LEGAL_FROM)))
+    def unknown_job(self, action: str) -> None:
+        call = (
+            (lambda: self.q.dispatch("ghost", Lease(1, 0, 0.0)))
+            if action == "dispatch"
+            else (lambda: getattr(self.q, action)("ghost", 1))
+        )
+        self._refused(call, "ghost", ACTION_NAME[action], "unknown")
+
+    @precondition(lambda self: len(self.fifo) >= 2)
+    @rule(data=st.data())
+    def dispatch_not_the_head(self, data: st.DataObject) -> None:
+        job_id = data.draw(st.sampled_from(sorted(self.fifo[1:])), label="job")
+        attempt = self.jobs[job_id][1] + 1
+        self._refused(lambda: self.q.dispatch(job_id, Lease(attempt, 0, 0.0)), job_id, "dispatch", PENDING)
+
+    @precondition(lambda self: self.fifo)
+    @rule(skip=st.sampled_from([-1, 0, 2, 3]))
+    def dispatch_the_wrong_attempt(self, skip: int) -> None:
+        job_id = self.fifo[0]
+        attempt = self.jobs[job_id][1] + 1 + skip if skip else self.jobs[job_id][1]
+        self._refused(lambda: self.q.dispatch(job_id, Lease(attempt, 0, 0.0)), job_id, "dispatch", PENDING)
+
+    @precondition(lambda self: self.leases)
+    @rule(
+        data=st.data(), method=st.sampled_from(["complete", "kill", "requeue"]), off=st.sampled_from([-1, 1])
+    )
+    def stale_attempt(self, data: st.DataObject, method: str, off: int) -> None:
+        job_id = data.draw(st.sampled_from(self.ids(IN_FLIGHT)), label="job")
+        attempt = self.jobs[job_id][1] + off
+        name = "mark dead" if method == "kill" else method
+        self._refused(lambda: getattr(self.q, method)(job_id, attempt), job_id, name, IN_FLIGHT)
+
+    # -- snapshot state -------------------------------------------------------------------------
+
+    @rule()
+    def round_trip_through_a_snapshot(self) -> None:
+        state = self.q.to_state()
+        self.q = JobQueue.from_state(orjson.loads(orjson.dumps(state)))
+        assert self.q.to_state() == state
+
+    # -- invariants -----------------------------------------------------------------------------
+
+    @invariant()
+    def validates(self) -> None:
+        self.q.validate()
+
+    @invariant()
+    def stats_equal_the_model(self) -> None:
+        counts = {s: 0 for s in (PENDING, IN_FLIGHT, COMPLETED, DEAD)}
+        for status, _, _ in self.jobs.values():
+            counts[status] += 1
+        assert self.q.stats() == {**counts, "jobs": len(self.jobs), "last_seq": 0}
+
+    @invariant()
+    def jobs_fifo_and_leases_equal_the_model(self) -> None:
+        assert list(self.q.pending) == self.fifo
+        assert self.q.peek() == (self.fifo[0] if self.fifo else None)
+        assert {k: (v.attempt, v.worker, v.deadline) for k, v in self.q.leases.items()} == self.leases
+        assert {j.id: [j.status.value, j.attempt, j.payload] for j in self.q.jobs.values()} == self.jobs
+        assert all(isinstance(j.status, JobStatus) for j in self.q.jobs.values())
+
+
+TestQueueMachine = QueueMachine.TestCase

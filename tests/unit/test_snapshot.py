@@ -1,0 +1,337 @@
+"""SnapshotStore: atomic durable snapshots, the two newest kept, a damaged newest set aside, and the
+WAL compacted only as far as the oldest kept snapshot covers it."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from pathlib import Path
+
+import orjson
+import pytest
+from crc32c import crc32c
+
+from beaver_sim.core import records as R
+from beaver_sim.core.queue import SCHEMA_VERSION, JobQueue
+from beaver_sim.core.types import BeaverError, CorruptLog, Lease
+from beaver_sim.sim.fs import POWER_LOSS, SimFS
+from beaver_sim.storage.fs import FS, RealFS
+from beaver_sim.storage.recovery import Storage
+from beaver_sim.storage.snapshot import SnapshotStore, decode, encode, snapshot_name
+from beaver_sim.storage.wal import list_segments
+
+S = "/data/snap"
+
+
+def state(n_jobs: int, last_seq: int) -> JobQueue:
+    """A queue with jobs in every state, at `last_seq`."""
+    q = JobQueue()
+    for i in range(n_jobs):
+        q.enqueue(f"j{i}", {"i": i, "text": 'ünïcode\n"quoted"'})
+    for i in range(min(n_jobs, 4)):
+        q.dispatch(f"j{i}", Lease(1, i, 10.0 + i))
+    if n_jobs >= 4:
+        q.complete("j0", 1)
+        q.kill("j1", 1)
+        q.requeue("j2", 1)
+    q.last_seq = last_seq
+    return q
+
+
+def store(fs: FS | None = None, d: str = S) -> SnapshotStore:
+    return SnapshotStore(fs or SimFS(), d)
+
+
+both = pytest.mark.parametrize("kind", ["RealFS", "SimFS"])
+
+
+def fs_dir(kind: str, tmp_path: Path) -> tuple[FS, str]:
+    return (RealFS(), str(tmp_path / "snap")) if kind == "RealFS" else (SimFS(), S)
+
+
+@both
+def test_save_load_round_trip(kind: str, tmp_path: Path) -> None:
+    fs, d = fs_dir(kind, tmp_path)
+    st = SnapshotStore(fs, d)
+    q = state(6, 17)
+    path = st.save(q)
+    assert path == posixpath.join(d, snapshot_name(17)) == posixpath.join(d, "snap-00000000000000000017.json")
+    assert fs.listdir(d) == [snapshot_name(17)]
+    loaded = SnapshotStore(fs, d).load()
+    assert loaded.path == path and loaded.seq == 17 and loaded.broken == []
+    assert loaded.size == fs.size(path)
+    assert loaded.state.to_state() == q.to_state()
+    loaded.state.validate()
+
+
+def test_the_file_is_a_checked_header_and_a_body() -> None:
+    data = encode(state(5, 9))
+    header_line, body, end = data.split(b"\n")
+    assert end == b""
+    header = orjson.loads(header_line)
+    assert header["magic"] == "beaver-snap" and header["v"] == SCHEMA_VERSION
+    assert header["last_included_seq"] == 9
+    assert header["body_len"] == len(body) and header["body_crc32c"] == crc32c(body)
+    assert orjson.loads(body) == state(5, 9).to_state()  # payloads of jobs in every state
+
+
+def test_an_empty_store_loads_an_empty_queue() -> None:
+    loaded = store().load()
+    assert loaded.path is None and loaded.seq == 0 and loaded.broken == []
+    assert loaded.state.to_state() == JobQueue().to_state()
+
+
+def test_save_is_durable_with_tmp_fsync_rename_and_directory_fsync() -> None:
+    fs = SimFS()
+    st = store(fs)
+    ops: list[tuple[str, str]] = []
+    fs.hook = lambda op, path, n: ops.append((op, path))
+    st.save(state(3, 5))
+    path = posixpath.join(S, snapshot_name(5))
+    assert ops == [
+        ("create", path + ".tmp"),
+        ("write", path + ".tmp"),
+        ("mark", "snapshot-tmp-written"),
+        ("sync", path + ".tmp"),
+        ("mark", "snapshot-tmp-synced"),
+        ("replace", path),
+        ("mark", "snapshot-renamed"),
+        ("sync_dir", S),
+        ("mark", "snapshot-dir-synced"),
+    ]
+    assert fs.after_crash(POWER_LOSS).read_bytes(path) == encode(state(3, 5))
+
+
+def test_keep_the_two_newest() -> None:
+    fs = SimFS()
+    st = store(fs)
+    st.save(state(1, 3))
+    assert st.prune() == 0  # one snapshot: no fallback yet, so the WAL must stay whole
+    for seq in (7, 12, 20):
+        st.save(state(2, seq))
+    assert st.seqs() == [3, 7, 12, 20]
+    assert st.prune() == 12  # the oldest kept snapshot: the WAL may go through seq 12
+    assert st.seqs() == [12, 20]
+    assert fs.listdir(S) == [snapshot_name(12), snapshot_name(20)]
+    assert st.prune() == 12
+    assert st.load().seq == 20
+
+
+def test_keep_is_configurable() -> None:
+    fs = SimFS()
+    st = SnapshotStore(fs, S, keep=3)
+    for seq in (1, 2, 3, 4):
+        st.save(state(1, seq))
+    assert st.prune() == 2 and st.seqs() == [2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda b: b[:-10],  # torn: the body cut short
+        lambda b: b[:-5] + bytes([b[-5] ^ 1]) + b[-4:],  # a flipped bit in the body
+        lambda b: b"",  # empty
+        lambda b: b"not json\n" + b,  # bad header
+        lambda b: b.replace(b"\n", b" ", 1),  # one line only
+    ],
+    ids=["torn", "flipped", "empty", "bad-header", "no-newline"],
+)
+def test_a_damaged_newest_is_set_aside_and_the_older_used(damage) -> None:
+    fs = SimFS()
+    st = store(fs)
+    st.save(state(4, 10))
+    newest = st.save(state(6, 20))
+    bad = damage(fs.read_bytes(newest))
+    f = fs.create(newest)
+    f.write(bad)
+    loaded = SnapshotStore(fs, S).load()
+    assert loaded.seq == 10 and loaded.state.to_state() == state(4, 10).to_state()
+    assert loaded.broken == [newest]
+    assert fs.read_bytes(newest + ".broken") == bad  # kept for humans
+    assert fs.listdir(S) == [snapshot_name(10), snapshot_name(20) + ".broken"]
+    assert st.seqs() == [10]
+
+
+def test_every_snapshot_damaged_gives_an_empty_state() -> None:
+    fs = SimFS()
+    st = store(fs)
+    paths = [st.save(state(2, seq)) for seq in (1, 2)]
+    for p in paths:
+        fs.create(p).write(b"garbage")
+    loaded = st.load()
+    assert loaded.seq == 0 and loaded.path is None and loaded.broken == paths[::-1]
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda h, b: (h, b.replace(b'"last_seq":9', b'"last_seq":8')), "fails its checksum"),
+        (lambda h, b: ({**h, "last_included_seq": 8}, b), "body seq 9 differs from header"),
+        (lambda h, b: ({k: v for k, v in h.items() if k != "body_len"}, b), "fails its checksum"),
+        (lambda h, b: ({**h, "magic": "other"}, b), "not a beaver snapshot"),
+        (
+            lambda h, b: (
+                {**h, "body_len": 2, "body_crc32c": crc32c(b"{}")},
+                b"{}",
+            ),
+            "not a valid state",
+        ),
+    ],
+    ids=["body-edited", "header-seq", "header-missing-len", "magic", "body-not-a-state"],
+)
+def test_decode_refuses_damage_with_corrupt_log(edit, match: str) -> None:
+    data = encode(state(4, 9))
+    h_line, body, _ = data.split(b"\n")
+    header, body = edit(orjson.loads(h_line), body)
+    with pytest.raises(CorruptLog, match=rf"^/x/snap-9\.json: .*{match}"):
+        decode(orjson.dumps(header) + b"\n" + body + b"\n", "/x/snap-9.json")
+
+
+@both
+def test_a_wrong_schema_version_names_the_file_and_is_not_set_aside(kind: str, tmp_path: Path) -> None:
+    fs, d = fs_dir(kind, tmp_path)
+    st = SnapshotStore(fs, d)
+    path = st.save(state(2, 4))
+    h_line, body, _ = fs.read_bytes(path).split(b"\n")
+    header = {**orjson.loads(h_line), "v": SCHEMA_VERSION + 1}
+    f = fs.create(path)
+    f.write(orjson.dumps(header) + b"\n" + body + b"\n")
+    f.close()
+    with pytest.raises(BeaverError) as excinfo:
+        st.load()
+    assert not isinstance(excinfo.value, CorruptLog)  # a newer writer, not damage
+    msg = str(excinfo.value)
+    assert msg.startswith(f"{path}: snapshot schema version {SCHEMA_VERSION + 1} is not supported")
+    assert fs.exists(path) and not fs.exists(path + ".broken")  # nothing renamed or written
+
+
+def test_leftover_tmp_files_are_removed() -> None:
+    fs = SimFS()
+    fs.makedirs(S)
+    fs.create(posixpath.join(S, snapshot_name(5) + ".tmp")).write(b"half")
+    st = store(fs)
+    assert fs.listdir(S) == [] and st.load().seq == 0
+
+
+def test_other_files_are_ignored() -> None:
+    fs = SimFS()
+    st = store(fs)
+    st.save(state(1, 3))
+    fs.create(posixpath.join(S, "README")).write(b"x")
+    fs.create(posixpath.join(S, "snap-3.json")).write(b"x")  # not 20 digits
+    assert st.seqs() == [3] and st.load().seq == 3
+
+
+@both
+def test_a_snapshot_directory_that_is_a_file_is_refused(kind: str, tmp_path: Path) -> None:
+    fs, d = fs_dir(kind, tmp_path)
+    fs.makedirs(posixpath.dirname(d))
+    fs.create(d).close()
+    with pytest.raises(BeaverError, match=f"^{d}: snapshot directory is a file$"):
+        SnapshotStore(fs, d)
+    assert fs.read_bytes(d) == b""
+
+
+@both
+def test_a_data_directory_that_is_a_file_is_refused(kind: str, tmp_path: Path) -> None:
+    fs = RealFS() if kind == "RealFS" else SimFS()
+    data_dir = str(tmp_path / "data") if kind == "RealFS" else "/data"
+    fs.makedirs(posixpath.dirname(data_dir))
+    fs.create(data_dir).close()
+    with pytest.raises(BeaverError, match=f"^{data_dir}: data directory is a file$"):
+        Storage.open(fs, data_dir)
+    assert fs.read_bytes(data_dir) == b"" and not fs.is_dir(data_dir)
+
+
+root = pytest.mark.skipif(
+    os.geteuid() == 0, reason="root ignores file permissions, so chmod 000 cannot be tested"
+)
+
+
+@root
+def test_an_unreadable_snapshot_names_the_file(tmp_path: Path) -> None:
+    d = str(tmp_path / "snap")
+    st = SnapshotStore(RealFS(), d)
+    path = st.save(state(2, 4))
+    os.chmod(path, 0)
+    try:
+        with pytest.raises(PermissionError) as excinfo:
+            SnapshotStore(RealFS(), d).load()
+        assert path in str(excinfo.value)
+    finally:
+        os.chmod(path, 0o644)
+
+
+@root
+def test_an_unreadable_data_directory_names_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    Storage.open(RealFS(), str(data)).close()
+    os.chmod(data / "snap", 0)
+    try:
+        with pytest.raises(PermissionError) as excinfo:
+            Storage.open(RealFS(), str(data))
+        assert str(data / "snap") in str(excinfo.value)
+    finally:
+        os.chmod(data / "snap", 0o755)
+
+
+class DeniedFS(SimFS):
+    """SimFS where reading `denied` fails as chmod 000 would (runs as root too)."""
+
+    denied = ""
+
+    def read_bytes(self, path: str) -> bytes:
+        if path == self.denied:
+            raise PermissionError(13, "Permission denied", path)
+        return super().read_bytes(path)
+
+
+def test_a_permission_error_names_the_file_and_changes_nothing() -> None:
+    fs = DeniedFS()
+    st = store(fs)
+    path = st.save(state(2, 4))
+    fs.denied = path
+    with pytest.raises(PermissionError, match=rf"Permission denied: '{path}'"):
+        SnapshotStore(fs, S).load()
+    assert fs.listdir(S) == [snapshot_name(4)]  # not mistaken for damage and renamed
+
+
+# -- WAL compaction follows the oldest kept snapshot ----------------------------------------------
+
+
+def test_wal_segments_are_deleted_only_when_the_oldest_kept_snapshot_covers_them() -> None:
+    fs = SimFS()
+    s = Storage.open(fs, "/data", segment_bytes=1 << 30)
+    taken: list[int] = []
+    for round_ in range(5):
+        for i in range(3):
+            job = f"r{round_}-{i}"
+            s.append(R.enqueue(job, {"i": i}))
+            s.append(R.dispatch(job, 1, 0, 1.0))
+            s.append(R.ack(job, 1))
+        s.wal.flush()
+        taken.append(s.checkpoint())
+        kept = s.snapshots.seqs()
+        assert kept == taken[-2:]
+        segs = [int(n[4:24]) for n in list_segments(fs, "/data/wal")]
+        oldest_needed = kept[0] + 1 if len(kept) == 2 else 1
+        # the first remaining segment holds the first record the oldest kept snapshot needs
+        assert segs[0] <= oldest_needed
+        # and every deleted segment was wholly covered by the oldest kept snapshot
+        assert segs[0] == (1 if len(kept) < 2 else oldest_needed)
+        # either kept snapshot can be the base of a recovery: the WAL after each is still whole
+        for seq in kept:
+            crashed = fs.after_crash(POWER_LOSS)
+            for other in kept:
+                if other != seq:
+                    crashed.remove(posixpath.join(S, snapshot_name(other)))
+            s2 = Storage.open(crashed, "/data")
+            assert s2.report.snapshot_seq == seq
+            assert s2.state.to_state() == s.state.to_state()
+    # with the newest damaged, recovery falls back to the older one and its WAL is still there
+    newest = posixpath.join(S, snapshot_name(taken[-1]))
+    crashed = fs.after_crash(POWER_LOSS)
+    crashed.create(newest).write(b"damaged")
+    s3 = Storage.open(crashed, "/data")
+    assert s3.report.snapshot_seq == taken[-2] and s3.report.broken_snapshots == [newest]
+    assert s3.state.to_state() == s.state.to_state()
