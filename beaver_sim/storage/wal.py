@@ -126,18 +126,22 @@ def _parse_line(line: bytes, prev_crc: int) -> tuple[int, bytes] | str:
     return stored, body
 
 
-def _valid_follows(lines: list[bytes]) -> bool:
-    """Is any line after a bad one a good record, chained to the line before it? Then the bad
-    record is corruption in the middle, not a torn tail (etcd/LevelDB: only the tail may tear)."""
-    for prev, line in itertools.pairwise(lines):
-        head = prev.split(b" ", 1)[0]
-        if len(head) != 8:
-            continue
-        try:
-            prev_crc = int(head, 16)
-        except ValueError:
-            continue
-        if not isinstance(_parse_line(line, prev_crc), str):
+def _valid_follows(lines: list[bytes], crc_before: int) -> bool:
+    """Is any line after the bad one (`lines[0]`) a good record, chained to the line before it?
+    Then the bad record is corruption in the middle, not a torn tail (etcd/LevelDB: only the
+    tail may tear). The line right after the bad one is also tried against the CRC its body
+    should have had, so a flipped bit in a CRC field is not mistaken for a torn tail."""
+    for index, (prev, line) in enumerate(itertools.pairwise(lines)):
+        parts = prev.split(b" ", 2)
+        candidates = []
+        if index == 0 and len(parts) == 3:
+            candidates.append(crc32c(parts[2], crc_before))
+        if len(parts[0]) == 8:
+            try:
+                candidates.append(int(parts[0], 16))
+            except ValueError:
+                pass
+        if any(not isinstance(_parse_line(line, c), str) for c in candidates):
             return True
     return False
 
@@ -253,7 +257,7 @@ def _scan(fs: FS, directory: str, after_seq: int, on_record: OnRecord | None) ->
         s.replayed += replayed
         s.crc, s.next_seq, s.end_offset, s.end_lsn = crc, seq, offset, base + offset
         if bad_index >= 0:
-            torn = last and not _valid_follows(lines[bad_index:] + ([tail] if tail else []))
+            torn = last and not _valid_follows(lines[bad_index:] + ([tail] if tail else []), crc)
             s.problem = Problem(path, offset, base + offset, seq - 1, reason, torn)
             return s
         if tail:

@@ -763,3 +763,19 @@ def test_real_wal_files_are_what_cat_shows(tmp_path: Path) -> None:
     (name,) = os.listdir(tmp_path)
     text = (tmp_path / name).read_text()
     assert text.count("\n") == 4 and '"job":"job-2"' in text
+
+
+def test_a_flipped_crc_of_the_second_to_last_record_is_refused_not_truncated() -> None:
+    """The record after a bad CRC field still chains to the CRC its body should have had."""
+    fs = SimFS()
+    wal, _, _ = reopen(fs)
+    fill(wal, 1, 5)
+    wal.close()
+    (name,) = segment_files(fs)
+    path = posixpath.join(D, name)
+    data = bytearray(fs.read_bytes(path))
+    start, _ = record_spans(bytes(data))[-2]
+    data[start] = ord("0") if data[start] != ord("0") else ord("1")
+    fs.files[path].data[:] = data
+    with pytest.raises(CorruptLog, match="checksum mismatch at offset"):
+        reopen(fs)
