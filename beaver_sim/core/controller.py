@@ -102,6 +102,11 @@ class Controller:
             self._checkpoint()
         self.storage.close()
 
+    def drain(self) -> None:
+        """Dispatch nothing more; running attempts still end by result or timeout, so a clean
+        shutdown (stop once no lease is left) costs no job an attempt."""
+        self.started = False
+
     @property
     def idle(self) -> bool:
         """Nothing pending, nothing in flight, nothing waiting to be written."""

@@ -1,0 +1,84 @@
+"""DataDirLock: one writer per data directory, with fcntl.flock on <data_dir>/LOCK.
+
+flock, not lockf/fcntl: a POSIX record lock is dropped when the process closes *any* descriptor of
+the file and is not exclusive between threads of one process; an flock belongs to the open file
+description and is released only when that is closed, or when the process dies (kill -9 included).
+The holder writes its PID into the file so a refused second writer can say who holds it."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from types import TracebackType
+
+from beaver_sim.core.types import BeaverError
+
+LOCK_NAME = "LOCK"
+
+
+class DataDirLocked(BeaverError):
+    """Another process holds the data directory's lock."""
+
+    def __init__(self, data_dir: str, pid: int | None) -> None:
+        who = f"PID {pid}" if pid is not None else "a process that has not written its PID yet"
+        super().__init__(
+            f"{data_dir} is locked by another beaver process ({who}); stop it or use another --data-dir"
+        )
+        self.pid = pid
+
+
+class DataDirLock:
+    """An exclusive, non-blocking lock on a data directory; a context manager."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+        self.path = os.path.join(data_dir, LOCK_NAME)
+        self.fd = -1
+
+    def acquire(self) -> None:
+        """Take the lock or raise DataDirLocked naming the holder's PID. Creates the directory."""
+        os.makedirs(self.data_dir, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = read_pid(fd)
+            os.close(fd)
+            raise DataDirLocked(self.data_dir, pid) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        """Clear the PID (while still holding the lock, so no new holder's PID is erased) and unlock."""
+        if self.fd < 0:
+            return
+        fd, self.fd = self.fd, -1
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # closing the only descriptor releases the flock
+
+    @property
+    def held(self) -> bool:
+        return self.fd >= 0
+
+    def __enter__(self) -> DataDirLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+def read_pid(fd: int) -> int | None:
+    """The PID a holder wrote into the lock file, or None."""
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip())
+    except (OSError, ValueError):
+        return None

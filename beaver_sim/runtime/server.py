@@ -1,0 +1,111 @@
+"""The control socket: how `beaver enqueue` and `beaver status` talk to a running `beaver run`.
+
+A unix socket `<data_dir>/beaver.sock`, one request per connection: the client sends one JSON object
+and shuts down its writing side, the server answers with one JSON object and closes. Requests:
+`{"op": "status"}` and `{"op": "enqueue", "jobs": [[id, payload], ...]}`; answers carry `"ok"` and
+either the result or `"error"` (plus `"retry": true` when the server is shutting down). The socket
+is only reachable by users who can open the data directory, like the WAL itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from beaver_sim.core.types import BeaverError
+
+SOCKET_NAME = "beaver.sock"
+MAX_PATH = 107  # sun_path holds 108 bytes on Linux, including the terminating NUL
+
+Answer = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class ControlUnavailable(BeaverError):
+    """No process is serving the data directory's control socket."""
+
+
+def socket_path(data_dir: str) -> str:
+    """Where the control socket of `data_dir` lives; ControlUnavailable if the path is too long."""
+    path = os.path.join(data_dir, SOCKET_NAME)
+    if len(os.fsencode(path)) > MAX_PATH:
+        raise ControlUnavailable(
+            f"{path}: too long for a unix socket ({MAX_PATH}-byte limit); use a shorter --data-dir path"
+        )
+    return path
+
+
+def request(data_dir: str, req: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+    """Send one request to the controller serving `data_dir` and return its answer.
+    ControlUnavailable if nothing listens there (no socket, or a stale one left by kill -9)."""
+    path = socket_path(data_dir)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            raise ControlUnavailable(f"{path}: no controller is listening ({e.strerror})") from None
+        s.sendall(orjson.dumps(req))
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(1 << 16):
+            chunks.append(chunk)
+    data = b"".join(chunks)
+    if not data:
+        raise BeaverError(f"{path}: the controller closed the connection without answering (did it stop?)")
+    answer = orjson.loads(data)
+    if not isinstance(answer, dict):
+        raise BeaverError(f"{path}: unexpected answer {answer!r}")
+    return answer
+
+
+class ControlServer:
+    """Serves `answer(request)` on the control socket, on the running asyncio loop."""
+
+    def __init__(self, path: str, answer: Answer) -> None:
+        self.path, self.answer = path, answer
+        self.server: asyncio.AbstractServer | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.path)  # left by a process killed with -9; we hold the data-dir lock
+        self.server = await asyncio.start_unix_server(self._client, path=self.path)
+        os.chmod(self.path, 0o600)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            data = await reader.read()
+            try:
+                req = orjson.loads(data)
+                if not isinstance(req, dict):
+                    raise ValueError("a request is a JSON object")
+            except ValueError as e:
+                answer: dict[str, Any] = {"ok": False, "error": f"bad request: {e}"}
+            else:
+                answer = await self.answer(req)
+            writer.write(orjson.dumps(answer))
+            await writer.drain()
+        except ConnectionError:
+            pass  # the client went away; nothing to answer
+        finally:
+            self.tasks.discard(task)
+            writer.close()
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Stop accepting, give open requests `timeout` seconds to finish, remove the socket."""
+        if self.server is not None:
+            self.server.close()
+        if self.tasks:
+            _, pending = await asyncio.wait(list(self.tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.path)

@@ -1,0 +1,329 @@
+"""Service: one data directory served for real. It wires the config, RealFS, Storage, the
+Controller on a RealClock, the worker pool, the data-directory lock, the /metrics server and the
+control socket; `beaver run` is `Service.start`, `run`, `close` on an asyncio loop, and tests use it
+the same way in-process.
+
+Also here: what the CLI does without a running controller. `enqueue` takes the lock, recovers and
+logs the jobs itself; `read_state` rebuilds the state read-only (newest valid snapshot + WAL scan,
+no truncation, no rename, no lock), so `status` can look at a directory another process writes."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import posixpath
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from beaver_sim.core.controller import Controller
+from beaver_sim.core.queue import JobQueue
+from beaver_sim.core.records import apply
+from beaver_sim.core.types import BeaverError, Config, CorruptLog, OnResult
+from beaver_sim.metrics import MetricsServer, QueueMetrics, Sample, sample
+from beaver_sim.runtime.clock import RealClock
+from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
+from beaver_sim.runtime.server import ControlServer, ControlUnavailable, request, socket_path
+from beaver_sim.runtime.workers import Handler, PoolWorkers
+from beaver_sim.storage import snapshot, wal
+from beaver_sim.storage.fs import RealFS
+from beaver_sim.storage.recovery import Storage
+
+Job = tuple[str, dict[str, Any]]
+_SNAPSHOT = re.compile(r"snap-(\d{20})\.json")
+IDLE_POLL = 0.02  # seconds between idle checks for --exit-when-idle and the shutdown drain
+
+
+class Service:
+    """A running controller on one data directory, with everything around it."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        serve_metrics: bool = True,
+        control_socket: bool = True,
+        handlers: dict[str, Handler] | None = None,
+    ) -> None:
+        self.config = config
+        self.serve_metrics, self.control_socket = serve_metrics, control_socket
+        self.handlers = handlers
+        self.lock = DataDirLock(config.data_dir)
+        self.metrics = QueueMetrics()
+        self.metrics_server: MetricsServer | None = None
+        self.control: ControlServer | None = None
+        self.recovery_seconds = 0.0
+        self.fatal: str | None = None  # why the service stopped on its own
+        self._hurry = False
+        self._stop: asyncio.Event | None = None
+        self._acks: set[asyncio.Future[None]] = set()
+        self.abandoned = 0  # attempts still running in the pool after close (results discarded)
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Lock, recover, open the metrics server and the control socket, start the controller.
+        The controller starts last, so a server that cannot start leaves the log as it was."""
+        self.loop = loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._stop = asyncio.Event()
+        loop.set_exception_handler(self._on_loop_error)
+        self.workers = PoolWorkers(loop, self.config, self.handlers)  # a bad handler fails before the lock
+        sock = socket_path(self.config.data_dir) if self.control_socket else ""
+        self.lock.acquire()
+        storage = None
+        try:
+            storage = Storage.from_config(
+                RealFS(), self.config, timer=time.perf_counter, on_sync=self.metrics.wal_fsync.observe
+            )
+            self.controller = Controller(self.config, RealClock(loop), storage, self.workers)
+            self.metrics.attach(self.sample)
+            if self.serve_metrics:
+                self.metrics_server = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
+            if sock:
+                self.control = ControlServer(sock, self._answer)
+                await self.control.start()
+            t0 = time.perf_counter()
+            self.controller.start()  # requeues what the previous process left in flight
+            self.recovery_seconds = storage.report.seconds + time.perf_counter() - t0
+        except BaseException:
+            if storage is not None:
+                with contextlib.suppress(BeaverError, OSError):  # report the first error, not this one
+                    storage.close()
+            await self._teardown()
+            raise
+
+    async def run(self, exit_when_idle: bool = False) -> None:
+        """Serve until `request_stop` (a signal) or a fatal error; with `exit_when_idle`, also
+        stop once nothing is pending, in flight or waiting to be written."""
+        assert self._stop is not None
+        if exit_when_idle:
+            self._check_idle()
+        await self._stop.wait()
+
+    def request_stop(self) -> None:
+        """Ask `run` to return; a second call skips the wait for running attempts."""
+        assert self._stop is not None
+        if self._stop.is_set():
+            self._hurry = True
+        self._stop.set()
+
+    async def close(self) -> None:
+        """Stop cleanly: stop accepting requests, let running attempts end (by result or timeout,
+        at most task_timeout), stop the controller (WAL synced, snapshot), release the lock."""
+        if self.control is not None and self.control.server is not None:
+            self.control.server.close()
+        if self.fatal is None:
+            self.controller.drain()
+            deadline = self.loop.time() + self.config.task_timeout + 1.0
+            while self.controller.state.leases and not self._hurry and self.loop.time() < deadline:
+                await asyncio.sleep(IDLE_POLL)
+        try:
+            self.controller.stop(snapshot=self.fatal is None)
+        except (BeaverError, OSError) as e:
+            self.fatal = self.fatal or str(e)
+        await self._teardown()
+
+    def _fail_acks(self) -> None:
+        for fut in self._acks:
+            if not fut.done():
+                fut.set_exception(
+                    BeaverError(f"the controller stopped before the jobs were durable: {self.fatal}")
+                )
+
+    async def _teardown(self) -> None:
+        self._fail_acks()
+        if self.control is not None:
+            await self.control.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        self.abandoned = self.workers.close(timeout=0)
+        self.lock.release()
+
+    def _check_idle(self) -> None:
+        if self.controller.idle:
+            self.request_stop()
+        else:
+            self.loop.call_later(IDLE_POLL, self._check_idle)
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """An exception escaped a controller callback (a WAL write or fsync failed, a snapshot
+        could not be written): stop acknowledging and shut down; the next start recovers."""
+        exc = context.get("exception")
+        if not isinstance(exc, BeaverError | OSError):
+            loop.default_exception_handler(context)  # a bug or a warning, not a disk: keep the details
+        if exc is None:
+            return
+        self.fatal = f"{type(exc).__name__}: {exc}"
+        self._hurry = True
+        self._fail_acks()  # at once: a client waiting for durability must not wait for the shutdown
+        if self._stop is not None:
+            self._stop.set()
+
+    # -- readers on other threads and the control socket ---------------------------------------
+
+    def sample(self) -> Sample:
+        """The metrics' copy of the controller's numbers, taken on the loop thread."""
+        if threading.get_ident() == self._loop_thread:
+            return sample(self.controller, self.recovery_seconds)
+        fut: concurrent.futures.Future[Sample] = concurrent.futures.Future()
+
+        def take() -> None:
+            fut.set_result(sample(self.controller, self.recovery_seconds))
+
+        try:
+            self.loop.call_soon_threadsafe(take)
+        except RuntimeError:  # the loop is closed: nothing changes any more
+            return sample(self.controller, self.recovery_seconds)
+        return fut.result(timeout=10)
+
+    def status(self) -> dict[str, Any]:
+        """status --json while running: the controller's counts plus who serves them."""
+        return {
+            **self.controller.status(),
+            "running": True,
+            "pid": os.getpid(),
+            "data_dir": self.config.data_dir,
+            "recovery_seconds": self.recovery_seconds,
+        }
+
+    async def _answer(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "status":
+            return {"ok": True, "status": self.status()}
+        if op != "enqueue":
+            return {"ok": False, "error": f"unknown request {op!r}"}
+        if self.controller.stopped or self.fatal is not None:
+            return {"ok": False, "retry": True, "error": "the controller is stopping"}
+        jobs = req.get("jobs")
+        if not isinstance(jobs, list) or not all(isinstance(j, list) and len(j) == 2 for j in jobs):
+            return {"ok": False, "error": "bad request: jobs must be a list of [id, payload]"}
+        if not jobs:
+            return {"ok": True, "enqueued": 0}
+        durable = self.loop.create_future()
+        self._acks.add(durable)
+        try:
+            n = self.controller.enqueue(
+                ((i, p) for i, p in jobs), on_durable=lambda: durable.done() or durable.set_result(None)
+            )
+            await durable
+        except BeaverError as e:
+            return {"ok": False, "error": str(e)}
+        finally:
+            self._acks.discard(durable)
+        return {"ok": True, "enqueued": n}
+
+
+# -- without a running controller --------------------------------------------------------------
+
+
+class _NeverStarted:
+    """The workers of a controller that is never started: it dispatches nothing."""
+
+    def submit(self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: OnResult) -> None:
+        raise AssertionError("an offline controller never dispatches")
+
+
+def enqueue_offline(config: Config, jobs: list[Job]) -> int:
+    """Log `jobs` with this process as the writer (the caller holds the lock): recover, append
+    the ENQUEUE records through Controller.enqueue (same checks as a running controller), sync."""
+    storage = Storage.from_config(RealFS(), config)
+    loop = asyncio.new_event_loop()
+    try:
+        controller = Controller(config, RealClock(loop), storage, _NeverStarted())
+        try:
+            n = controller.enqueue(jobs)
+        finally:
+            controller.stop(snapshot=False)  # flush + fdatasync whatever the fsync policy, close
+    finally:
+        loop.close()
+    return n
+
+
+def enqueue(config: Config, jobs: list[Job], wait: float = 30.0) -> tuple[int, str]:
+    """Make `jobs` durable in `config.data_dir`, through the running controller if one holds the
+    lock, else directly. Returns (count, how). Waits up to `wait` seconds for a controller that
+    holds the lock but is not serving yet (recovering), then gives up naming its PID."""
+    deadline = time.monotonic() + wait
+    payload = {"op": "enqueue", "jobs": [list(j) for j in jobs]}
+    while True:
+        lock = DataDirLock(config.data_dir)
+        try:
+            lock.acquire()
+        except DataDirLocked as locked:
+            try:
+                answer = request(config.data_dir, payload)
+            except ControlUnavailable:
+                if time.monotonic() > deadline:
+                    raise locked from None
+            else:
+                if answer.get("ok"):
+                    return answer["enqueued"], "via the running controller"
+                if not answer.get("retry"):
+                    raise BeaverError(answer.get("error", "the controller refused the jobs")) from None
+            time.sleep(0.05)  # the holder is starting up or shutting down: ask again
+            continue
+        try:
+            return enqueue_offline(config, jobs), "written directly: no controller running"
+        finally:
+            lock.release()
+
+
+@dataclass(slots=True)
+class Inspection:
+    """The state read from the files, and what was read."""
+
+    state: JobQueue
+    snapshot: str | None
+    records: int
+    torn_tail: bool
+
+
+def read_state(config: Config, attempts: int = 3) -> Inspection:
+    """Rebuild the state from the newest valid snapshot and the WAL without changing any file or
+    taking the lock. A torn tail (a writer mid-append) ends the replay; other damage is CorruptLog.
+    A running writer may delete segments under us during a checkpoint: try again then."""
+    fs = RealFS()
+    if not fs.is_dir(config.data_dir):
+        raise BeaverError(f"{config.data_dir}: no such data directory")
+    problem: wal.Problem | None = None
+    for _ in range(attempts):
+        q, path = _newest_snapshot(fs, config.snapshot_dir)
+
+        def replay(rec: dict[str, Any], _lsn: int, q: JobQueue = q) -> None:
+            apply(q, rec)
+
+        if not fs.is_dir(config.wal_dir):
+            return Inspection(q, path, 0, False)
+        s = wal.scan(fs, config.wal_dir, after_seq=q.last_seq, on_record=replay)
+        problem = s.problem
+        if problem is None or problem.torn:
+            return Inspection(q, path, s.replayed, problem is not None)
+    raise CorruptLog(f"{problem}; run `beaver wal verify`")
+
+
+def _newest_snapshot(fs: RealFS, directory: str) -> tuple[JobQueue, str | None]:
+    names = sorted(n for n in fs.listdir(directory) if _SNAPSHOT.fullmatch(n)) if fs.is_dir(directory) else []
+    for name in reversed(names):
+        path = posixpath.join(directory, name)
+        try:
+            return snapshot.decode(fs.read_bytes(path), path), path
+        except (CorruptLog, FileNotFoundError):
+            continue  # damaged (recovery will set it aside) or pruned just now
+    return JobQueue(), None
+
+
+def status_of(config: Config) -> dict[str, Any]:
+    """status --json: from the running controller when one answers, else from the files."""
+    try:
+        answer = request(config.data_dir, {"op": "status"}, timeout=30.0)
+    except ControlUnavailable:
+        found = read_state(config)
+        return {**found.state.stats(), "running": False, "data_dir": config.data_dir}
+    if not answer.get("ok"):
+        raise BeaverError(answer.get("error", "the controller did not answer the status request"))
+    return answer["status"]

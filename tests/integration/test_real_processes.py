@@ -1,0 +1,246 @@
+"""`beaver` as real processes: kill -9 under load and restart, enqueue and status while running,
+a second `run` refused, recovery of the seed's 100 jobs, /metrics over HTTP, `beaver demo`.
+Every wait polls until a deadline; work durations are short so the whole file takes seconds."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from beaver_sim.cli import RECOVERED, RunProcess
+from beaver_sim.core.types import Config, JobStatus
+from beaver_sim.runtime.service import read_state
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+SEED_JOBS = REPO / "data" / "jobs.json"
+BEAVER = [sys.executable, "-m", "beaver_sim.cli"]
+FAST = [
+    *("--workers", "4", "--timeout", "300ms", "--work-min", "10ms", "--work-max", "80ms"),
+    *("--failure-rate", "0.2", "--max-retry", "3", "--snapshot-interval", "200ms", "--metrics-port", "0"),
+]
+READY = re.compile(r"^ready")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No BEAVER_* variables, and a working directory without configs/ (built-in defaults + flags)."""
+    for name in list(os.environ):
+        if name.startswith("BEAVER_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> str:
+    return str(tmp_path / "d")
+
+
+@pytest.fixture
+def runs() -> Iterator[list[RunProcess]]:
+    """Every `beaver run` a test starts; whatever is still alive is killed at the end."""
+    started: list[RunProcess] = []
+    yield started
+    for run in started:
+        run.stop()
+
+
+def start(runs: list[RunProcess], data_dir: str, *extra: str) -> RunProcess:
+    run = RunProcess([*BEAVER, "run", "--data-dir", data_dir, *FAST, *extra])
+    runs.append(run)
+    run.wait_line(READY, 60)
+    return run
+
+
+def beaver(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*BEAVER, *argv], capture_output=True, text=True, timeout=120)
+
+
+def status(data_dir: str) -> dict[str, Any]:
+    out = beaver("status", "--json", "--data-dir", data_dir)
+    assert out.returncode == 0, out.stderr
+    return orjson.loads(out.stdout)
+
+
+def wait_until(check: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def write_jobs(path: Path, n: int, prefix: str = "job") -> list[str]:
+    ids = [f"{prefix}-{i:04d}" for i in range(n)]
+    path.write_bytes(orjson.dumps([{"id": i, "payload": {"type": "compute", "n": n}} for i in ids]))
+    return ids
+
+
+def assert_each_ended_once(data_dir: str, ids: list[str]) -> None:
+    """From the files: every acknowledged job is known, completed or dead, and nothing else is."""
+    q = read_state(Config(data_dir=data_dir)).state
+    q.validate()
+    assert sorted(q.jobs) == sorted(ids)
+    assert {q.jobs[i].status for i in ids} <= {JobStatus.COMPLETED, JobStatus.DEAD}
+    assert q.counts[JobStatus.COMPLETED] + q.counts[JobStatus.DEAD] == len(ids)
+    assert all(1 <= q.jobs[i].attempt <= 3 for i in ids)
+
+
+def ended(st: dict[str, Any]) -> int:
+    return st["completed"] + st["dead"]
+
+
+def stop(run: RunProcess) -> None:
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.proc.wait(timeout=30) == 0
+
+
+def test_kill_9_under_load_then_every_acknowledged_job_ends_exactly_once(
+    tmp_path: Path, data_dir: str, runs: list[RunProcess]
+) -> None:
+    ids = write_jobs(tmp_path / "jobs.json", 300)
+    run = start(runs, data_dir)
+    out = beaver("enqueue", "--file", str(tmp_path / "jobs.json"), "--data-dir", data_dir)
+    assert out.returncode == 0 and "enqueued 300 jobs" in out.stdout, out.stderr
+    wait_until(lambda: ended(status(data_dir)) >= 60)
+    for _ in range(2):  # twice: the second crash hits a log that already holds a recovery
+        run.proc.send_signal(signal.SIGKILL)
+        run.proc.wait()
+        before = read_state(Config(data_dir=data_dir)).state.stats()
+        assert before["jobs"] == 300  # acknowledged means durable
+        run = start(runs, data_dir)
+        if ended(before) < 300:
+            wait_until(lambda b=before: ended(status(data_dir)) > ended(b))
+    wait_until(lambda: ended(status(data_dir)) == 300)
+    stop(run)
+    assert_each_ended_once(data_dir, ids)
+
+
+def test_enqueue_and_status_while_running_and_after(
+    tmp_path: Path, data_dir: str, runs: list[RunProcess]
+) -> None:
+    first = write_jobs(tmp_path / "a.json", 20, "a")
+    run = start(runs, data_dir)
+    st = status(data_dir)
+    assert st["running"] is True and st["pid"] == run.proc.pid and st["jobs"] == 0
+    out = beaver("enqueue", "--file", str(tmp_path / "a.json"), "--data-dir", data_dir)
+    assert out.returncode == 0 and "via the running controller" in out.stdout
+    again = beaver("enqueue", "--file", str(tmp_path / "a.json"), "--data-dir", data_dir)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "duplicate job id" in again.stderr
+    second = write_jobs(tmp_path / "b.json", 20, "b")
+    assert beaver("enqueue", "--file", str(tmp_path / "b.json"), "--data-dir", data_dir).returncode == 0
+    wait_until(lambda: ended(status(data_dir)) == 40)
+    text = beaver("status", "--data-dir", data_dir).stdout
+    assert f"running (pid {run.proc.pid})" in text
+    stop(run)
+    st = status(data_dir)
+    assert st["running"] is False and ended(st) == 40 and st["pending"] == st["in_flight"] == 0
+    assert_each_ended_once(data_dir, first + second)
+
+
+def test_a_second_run_is_refused_naming_the_holder(data_dir: str, runs: list[RunProcess]) -> None:
+    run = start(runs, data_dir)
+    out = beaver("run", "--data-dir", data_dir, "--metrics-port", "0")
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and f"PID {run.proc.pid}" in out.stderr
+    stop(run)
+
+
+def test_recovery_of_the_seed_100_jobs_is_under_3_seconds(data_dir: str, runs: list[RunProcess]) -> None:
+    """The seed's TestCrashRecovery: 100 jobs, some done, crash, restart in < 3 s, all end once."""
+    ids = [job["id"] for job in orjson.loads(SEED_JOBS.read_bytes())]
+    run = start(runs, data_dir)
+    assert beaver("enqueue", "--file", str(SEED_JOBS), "--data-dir", data_dir).returncode == 0
+    wait_until(lambda: ended(status(data_dir)) >= 20)
+    run.proc.send_signal(signal.SIGKILL)
+    run.proc.wait()
+    run = RunProcess([*BEAVER, "run", "--data-dir", data_dir, *FAST])
+    runs.append(run)
+    m = run.wait_line(RECOVERED, 60)
+    assert float(m.group(1)) < 3.0 and int(m.group(2)) > 0
+    wait_until(lambda: ended(status(data_dir)) == 100)
+    stop(run)
+    assert_each_ended_once(data_dir, ids)
+
+
+def test_metrics_endpoint_is_scraped_over_http(tmp_path: Path, data_dir: str, runs: list[RunProcess]) -> None:
+    write_jobs(tmp_path / "jobs.json", 30)
+    run = start(runs, data_dir)
+    url = run.wait_line(re.compile(r"^metrics: (\S+)"), 5).group(1)
+    assert url.startswith("http://127.0.0.1:")
+    assert beaver("enqueue", "--file", str(tmp_path / "jobs.json"), "--data-dir", data_dir).returncode == 0
+    wait_until(lambda: ended(status(data_dir)) == 30)
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    names = {name for name, _ in samples}
+    assert names >= {
+        "queue_jobs_dispatched_total",
+        "queue_jobs_completed_total",
+        "queue_jobs_retried_total",
+        "queue_jobs_dead_total",
+        "queue_jobs_timeout_total",
+        "queue_job_duration_seconds_bucket",
+        "queue_recovery_time_seconds",
+        "queue_depth",
+        "queue_stale_results_total",
+        "wal_fsync_duration_seconds_bucket",
+    }
+    st = status(data_dir)
+    assert samples[("queue_jobs_completed_total", ())] == st["completed"]
+    assert samples[("queue_jobs_dead_total", ())] == st["dead"]
+    assert samples[("queue_depth", ())] == 0
+    assert samples[("wal_fsync_duration_seconds_count", ())] > 0
+    stop(run)
+
+
+def test_run_exit_when_idle_drains_jobs_enqueued_offline(tmp_path: Path, data_dir: str) -> None:
+    ids = write_jobs(tmp_path / "jobs.json", 40)
+    out = beaver("enqueue", "--file", str(tmp_path / "jobs.json"), "--data-dir", data_dir)
+    assert out.returncode == 0 and "written directly" in out.stdout
+    done = subprocess.run([*BEAVER, "run", "--data-dir", data_dir, *FAST, "--exit-when-idle"], timeout=120)
+    assert done.returncode == 0
+    assert_each_ended_once(data_dir, ids)
+
+
+def test_beaver_demo_passes(tmp_path: Path) -> None:
+    config = tmp_path / "fast.yaml"
+    config.write_text(
+        "worker_count: 8\ntask_timeout: 300ms\nwork_min: 10ms\nwork_max: 100ms\nfailure_rate: 0.2\n"
+    )
+    out = subprocess.run(
+        [
+            *BEAVER,
+            "demo",
+            "--config",
+            str(config),
+            "--data-dir",
+            str(tmp_path / "demo"),
+            "--jobs",
+            str(SEED_JOBS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "recovery took" in out.stdout and "demo passed" in out.stdout
+    assert_each_ended_once(
+        str(tmp_path / "demo"), [job["id"] for job in orjson.loads(SEED_JOBS.read_bytes())]
+    )

@@ -1,0 +1,301 @@
+"""The real-world pieces in one process: RealClock on asyncio, the worker pool (handlers, seeded
+simulated work, results on the loop thread), the data-directory lock (held by a real subprocess),
+and the Service wired end to end over its control socket."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from beaver_sim.core.types import BeaverError, Config, JobStatus
+from beaver_sim.runtime.clock import RealClock
+from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
+from beaver_sim.runtime.server import ControlUnavailable, request
+from beaver_sim.runtime.service import Service, enqueue, read_state, status_of
+from beaver_sim.runtime.workers import PoolWorkers
+from beaver_sim.sim.clock import VirtualClock
+from beaver_sim.sim.workers import SimWorkers
+
+Result = tuple[str, bool, "str | None"]
+
+
+def poll(check: Any, timeout: float = 20.0) -> None:
+    """Wait until `check()` is true, failing at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+# -- RealClock -----------------------------------------------------------------------------------
+
+
+def test_real_clock_runs_callbacks_in_time_order_and_cancels() -> None:
+    async def go() -> list[str]:
+        loop = asyncio.get_running_loop()
+        clock = RealClock(loop)
+        seen: list[str] = []
+        t0 = clock.now()
+        clock.call_at(t0 + 0.03, seen.append, "at")
+        clock.call_later(0.01, seen.append, "later")
+        clock.call_later(0, seen.append, "soon")
+        clock.cancel(clock.call_later(0.02, seen.append, "cancelled"))
+        clock.cancel(clock.call_later(0, seen.append, "cancelled too"))
+        await asyncio.sleep(0.06)
+        assert clock.now() >= t0 + 0.03
+        return seen
+
+    assert asyncio.run(go()) == ["soon", "later", "at"]
+
+
+# -- PoolWorkers ---------------------------------------------------------------------------------
+
+
+def run_attempts(
+    config: Config, payloads: list[dict[str, Any]], handlers: dict[str, Any] | None = None
+) -> list[Result]:
+    """Submit one attempt per payload on a real loop; results in job order."""
+
+    async def go() -> list[Result]:
+        loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
+        workers = PoolWorkers(loop, config, handlers)
+        results: dict[str, Result] = {}
+        finished = loop.create_future()
+
+        def done(job_id: str, attempt: int, ok: bool, error: str | None) -> None:
+            assert threading.get_ident() == loop_thread and attempt == 1
+            results[job_id] = (job_id, ok, error)
+            if len(results) == len(payloads):
+                finished.set_result(None)
+
+        for i, payload in enumerate(payloads):
+            workers.submit(f"j{i:03d}", 1, 0, payload, done)
+        await asyncio.wait_for(finished, 60)
+        assert workers.close(timeout=10) == 0
+        return [results[k] for k in sorted(results)]
+
+    return asyncio.run(go())
+
+
+FAST = Config(worker_count=4, work_min=0.0, work_max=0.001)
+
+
+def test_noop_and_user_handlers_by_payload_type() -> None:
+    config = Config(worker_count=2, handlers={"dump": "json:dumps", "root": "math:sqrt"})
+    got = run_attempts(config, [{"type": "noop"}, {"type": "dump"}, {"type": "root"}])
+    assert got[0][1:] == (True, None)
+    assert got[1][1:] == (True, None)
+    assert got[2][1] is False and got[2][2] is not None and got[2][2].startswith("TypeError: ")
+
+
+def test_simulated_work_follows_failure_rate() -> None:
+    always = run_attempts(Config(worker_count=2, failure_rate=1.0, work_min=0, work_max=0), [{}] * 5)
+    assert {r[1:] for r in always} == {(False, "SimulatedFailure: simulated failure")}
+    never = run_attempts(
+        Config(worker_count=2, failure_rate=0.0, work_min=0, work_max=0), [{"type": "compute"}] * 5
+    )
+    assert all(r[1] for r in never)
+
+
+def test_simulated_work_draws_like_the_simulator_for_the_same_seed() -> None:
+    config = Config(worker_count=4, seed=11, failure_rate=0.5, work_min=0.0, work_max=0.002)
+    real = [ok for _, ok, _ in run_attempts(config, [{"type": "compute"}] * 40)]
+    clock = VirtualClock()
+    sim = SimWorkers(clock, config.seed, config.failure_rate, config.work_min, config.work_max, record=True)
+    for i in range(40):
+        sim.submit(f"j{i:03d}", 1, 0, {}, lambda *a: None)
+    assert real == [a.ok for a in sim.attempts]
+    assert 5 < sum(real) < 35
+
+
+def test_process_executor_runs_handlers_by_name() -> None:
+    config = Config(worker_count=1, executor="process", handlers={"dump": "json:dumps"})
+    got = run_attempts(config, [{"type": "noop"}, {"type": "dump"}, {"type": "compute"}])
+    assert [ok for _, ok, _ in got[:2]] == [True, True]
+
+
+def test_a_handler_that_cannot_be_loaded_is_one_clear_error() -> None:
+    with pytest.raises(BeaverError, match="handler 'no_such_module_zz:f' cannot be loaded"):
+        run_attempts(Config(handlers={"x": "no_such_module_zz:f"}), [{}])
+
+
+# -- DataDirLock ---------------------------------------------------------------------------------
+
+HOLDER = """
+import sys
+from beaver_sim.runtime.lock import DataDirLock
+DataDirLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_lock_held_by_another_process_is_refused_naming_its_pid(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DataDirLocked) as err:
+            DataDirLock(str(tmp_path)).acquire()
+        assert err.value.pid == holder.pid and f"PID {holder.pid}" in str(err.value)
+        holder.send_signal(signal.SIGKILL)  # the kernel drops the flock with the process
+        holder.wait()
+        lock = DataDirLock(str(tmp_path))
+        poll(lambda: _try(lock))
+        assert (tmp_path / "LOCK").read_text().strip() == str(os.getpid())
+        lock.release()
+        assert (tmp_path / "LOCK").read_text() == ""
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _try(lock: DataDirLock) -> bool:
+    try:
+        lock.acquire()
+    except DataDirLocked:
+        return False
+    return True
+
+
+def test_lock_is_exclusive_within_one_process_too(tmp_path: Path) -> None:
+    with DataDirLock(str(tmp_path)), pytest.raises(DataDirLocked):
+        DataDirLock(str(tmp_path)).acquire()  # flock: per open file, unlike lockf
+
+
+# -- Service -------------------------------------------------------------------------------------
+
+
+def service_config(tmp_path: Path, **kw: Any) -> Config:
+    base = {
+        "data_dir": str(tmp_path / "d"),
+        "worker_count": 4,
+        "task_timeout": 2.0,
+        "work_min": 0.0,
+        "work_max": 0.01,
+        "failure_rate": 0.0,
+        "metrics_port": 0,
+        "snapshot_interval": 0.05,
+    }
+    return Config(**{**base, **kw})
+
+
+def jobs(n: int, start: int = 0, kind: str = "compute") -> list[tuple[str, dict[str, Any]]]:
+    return [(f"job-{i:04d}", {"type": kind, "n": i}) for i in range(start, start + n)]
+
+
+def test_service_serves_enqueue_and_status_over_its_socket(tmp_path: Path) -> None:
+    config = service_config(tmp_path)
+
+    async def go() -> None:
+        service = Service(config)
+        await service.start()
+        runner = asyncio.create_task(service.run())
+        n, how = await asyncio.to_thread(enqueue, config, jobs(50))
+        assert (n, how) == (50, "via the running controller")
+        answer = await asyncio.to_thread(
+            request, config.data_dir, {"op": "enqueue", "jobs": [["job-0001", {}]]}
+        )
+        assert answer["ok"] is False and "duplicate" in answer["error"]
+        while (await asyncio.to_thread(status_of, config))["completed"] < 50:
+            await asyncio.sleep(0.01)
+        st = await asyncio.to_thread(status_of, config)
+        assert st["running"] is True and st["pid"] == os.getpid() and st["jobs"] == 50
+        service.request_stop()
+        await runner
+        await service.close()
+
+    asyncio.run(go())
+    assert not os.path.exists(os.path.join(config.data_dir, "beaver.sock"))
+    with pytest.raises(ControlUnavailable):
+        request(config.data_dir, {"op": "status"})
+    st = status_of(config)  # from the files now
+    assert (st["running"], st["completed"], st["pending"], st["in_flight"]) == (False, 50, 0, 0)
+    DataDirLock(config.data_dir).acquire()  # released
+
+
+def test_enqueue_without_a_controller_writes_durably_then_run_drains(tmp_path: Path) -> None:
+    config = service_config(tmp_path)
+    assert enqueue(config, jobs(30)) == (30, "written directly: no controller running")
+    found = read_state(config)
+    assert found.state.stats()["pending"] == 30 and found.records == 30
+    with pytest.raises(BeaverError, match="duplicate job id 'job-0000'"):
+        enqueue(config, jobs(5))
+
+    async def go() -> None:
+        service = Service(config, serve_metrics=False)
+        await service.start()
+        await service.run(exit_when_idle=True)
+        await service.close()
+
+    asyncio.run(go())
+    assert read_state(config).state.stats()["completed"] == 30
+
+
+def test_clean_stop_lets_running_attempts_finish(tmp_path: Path) -> None:
+    config = service_config(tmp_path, work_min=0.2, work_max=0.3, snapshot_interval=0)
+
+    async def go() -> None:
+        service = Service(config, serve_metrics=False, control_socket=False)
+        await service.start()
+        service.controller.enqueue(jobs(8))
+        while len(service.controller.state.leases) < 4:
+            await asyncio.sleep(0.005)
+        service.request_stop()
+        await service.close()
+
+    asyncio.run(go())
+    q = read_state(config).state
+    assert q.counts[JobStatus.COMPLETED] == 4 and q.counts[JobStatus.PENDING] == 4
+    assert not q.leases and all(q.jobs[f"job-{i:04d}"].attempt <= 1 for i in range(8))
+
+
+class FailingSync:
+    """A WAL segment whose fdatasync fails, as a dying disk's would (EIO)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def write(self, data: bytes) -> None:
+        self.inner.write(data)
+
+    def sync(self) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_an_fsync_error_is_fatal_and_nothing_is_acknowledged(tmp_path: Path) -> None:
+    config = service_config(tmp_path)
+
+    async def go() -> tuple[Service, dict[str, Any]]:
+        service = Service(config, serve_metrics=False)
+        await service.start()
+        runner = asyncio.create_task(service.run())
+        wal = service.controller.storage.wal
+        wal._file = FailingSync(wal._file)
+        answer = await asyncio.to_thread(request, config.data_dir, {"op": "enqueue", "jobs": [["a", {}]]})
+        await runner  # the service stopped by itself
+        await service.close()
+        return service, answer
+
+    service, answer = asyncio.run(go())
+    assert answer["ok"] is False and "Input/output error" in answer["error"]
+    assert service.fatal is not None and "WALFailed" in service.fatal
+    DataDirLock(config.data_dir).acquire()  # released even so
