@@ -20,12 +20,13 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q --nbval --nbval-current-env --sanitize-with notebooks/nbval_sanitize.cfg notebooks
 
 demo: $(STAMP)
 	$(BIN)/beaver demo
 
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 metrics:
 	@echo "Metrics: http://127.0.0.1:9090/metrics (while beaver run is running)"
