@@ -139,6 +139,8 @@ class Controller:
         self.counters.enqueued += len(batch)
         if on_durable is not None:
             self._acks.append(on_durable)
+            if self._flush_handle is None:  # an empty batch logs nothing but is still answered
+                self._flush_handle = self.clock.call_later(0, self._flush)
         self._dispatch()
         return len(batch)
 

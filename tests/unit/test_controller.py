@@ -639,3 +639,15 @@ def test_a_job_in_flight_at_every_crash_ends_dead_not_in_a_loop() -> None:
     assert attempts_of(recs, "job-00000")[-2:] == [(R.DISPATCH, 3), (R.DEAD, 3)]
     assert recs[-1][1]["reason"] == "interrupted"
     assert w.ctl.counters.dead == 1 and w.ctl.counters.dispatched == 0
+
+
+def test_an_empty_enqueue_is_still_acknowledged() -> None:
+    fs = SimFS()
+    clock = VirtualClock()
+    config = Config(data_dir="/data")
+    ctl = Controller(config, clock, Storage.from_config(fs, config), SimWorkers(clock))
+    ctl.start()
+    acked: list[bool] = []
+    ctl.enqueue([], on_durable=lambda: acked.append(True))
+    clock.run()
+    assert acked == [True]
