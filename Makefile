@@ -20,7 +20,7 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
-	$(BIN)/python -m pytest -q --nbval --nbval-current-env --sanitize-with notebooks/nbval_sanitize.cfg notebooks
+	$(BIN)/python -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks
 
 demo: $(STAMP)
 	$(BIN)/beaver demo

@@ -67,9 +67,11 @@ class SimFile:
         fs.bytes_written += len(data)
 
     def sync(self) -> None:
-        self.fs._call("sync", self.path)
+        fs = self.fs
+        if fs.hook is not None:
+            fs._call("sync", self.path)
         self.inode.sync()
-        self.fs.syncs += 1
+        fs.syncs += 1
 
     def close(self) -> None:
         pass
@@ -199,7 +201,7 @@ class SimFS:
         file's unsynced appended tail (a torn write)."""
         if model not in CRASH_MODELS:
             raise ValueError(f"unknown crash model {model!r}; expected one of {CRASH_MODELS}")
-        out = SimFS()
+        out = type(self)()  # a subclass (a durability mutant) stays itself after a crash
         out.dirs = set(self.dirs)
         if model == PROCESS:
             for path, inode in self.files.items():

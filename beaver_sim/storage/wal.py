@@ -387,7 +387,10 @@ class WriteAheadLog:
         if self._buf:
             data = b"".join(self._buf)
             self._buf.clear()
-            self._io(self._file.write, data)
+            try:  # self._io, inlined: one flush per event-loop turn
+                self._file.write(data)
+            except OSError as e:
+                self._fail(e)
             self.written_lsn = self.lsn
         if self.fsync == "always":
             self.sync()
@@ -409,7 +412,10 @@ class WriteAheadLog:
             self._io(self._file.sync)
             self.on_sync(self.timer() - t0)
         else:
-            self._io(self._file.sync)
+            try:  # self._io, inlined: one sync per flush under `always`
+                self._file.sync()
+            except OSError as e:
+                self._fail(e)
         self.syncs += 1
         self.durable_lsn = self.written_lsn
 
@@ -419,10 +425,14 @@ class WriteAheadLog:
         try:
             fn(*args)
         except OSError as e:
-            self._failed = e
-            raise WALFailed(
-                f"{self.segments[-1].path}: {e}; the log is closed, restart to recover from it"
-            ) from e
+            self._fail(e)
+
+    def _fail(self, e: OSError) -> None:
+        """A write or sync failed: the log is closed for good (WALFailed)."""
+        self._failed = e
+        raise WALFailed(
+            f"{self.segments[-1].path}: {e}; the log is closed, restart to recover from it"
+        ) from e
 
     def rotate(self) -> None:
         """Start a new segment at the next seq (synced first, so no seq gap can follow a crash)."""

@@ -1,0 +1,249 @@
+"""The invariant checker: the seven invariants of DESIGN §6, checked on one simulated run as it
+crashes, recovers and runs on to the end.
+
+The checker knows what the clients were told (which enqueues were acknowledged, with which payload)
+and what the log claimed durable at each crash (records whose end LSN the WAL had synced), and
+compares that with what the real recovery code rebuilt from the surviving files. Each violation names
+the invariant, the job, the crash after which it was seen and the run's replay token, so
+`beaver sim --replay TOKEN` shows it again. A recovery that refuses to start counts too: after a crash
+the correct design always recovers."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from beaver_sim.core import records as R
+from beaver_sim.core.queue import JobQueue
+from beaver_sim.core.types import JobStatus
+from beaver_sim.storage.fs import FS
+from beaver_sim.storage.wal import list_segments, scan
+
+INVARIANTS = {
+    1: "every acknowledged enqueue survives every crash and recovery",
+    2: "no job is in two states; the counts add up to the jobs known",
+    3: "a durably completed job stays completed and is never dispatched again",
+    4: "no job has more than max_retry attempts; dead jobs have exactly max_retry",
+    5: "sequence numbers and LSNs strictly increase across segments and restarts",
+    6: "after recovery, running to quiescence ends with completed + dead == acknowledged jobs",
+    7: "same inputs, same bytes (determinism)",
+}
+NO_CRASH = "no crash"
+Trace = list[tuple[R.Record, int, int]]  # (record, start LSN, end LSN) as the WAL appended them
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One broken invariant: which, for which job (None: the whole run), after which crash, why,
+    and the token that replays the run."""
+
+    invariant: int
+    job: str | None
+    crash: str
+    detail: str
+    token: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "invariant": self.invariant,
+            "name": INVARIANTS[self.invariant],
+            "job": self.job,
+            "crash": self.crash,
+            "detail": self.detail,
+            "token": self.token,
+        }
+
+    def __str__(self) -> str:
+        job = f" job {self.job}:" if self.job else ""
+        return f"invariant {self.invariant} ({self.crash}):{job} {self.detail}"
+
+
+class Checker:
+    """Follows one run: `submitted` / `acknowledged` as the clients see them, `crashed` with what
+    the log claimed durable, `recovered` with the rebuilt state, `finished` at quiescence."""
+
+    def __init__(self, max_retry: int, token: str) -> None:
+        self.max_retry, self.token = max_retry, token
+        self.submitted: dict[str, dict[str, Any]] = {}  # job -> payload its client sent
+        self.acked: dict[str, None] = {}  # in the order the acknowledgements came
+        self.completed: set[str] = set()  # durably completed: must stay completed
+        self.durable_seq = 0  # the highest seq, and LSN, the log ever claimed durable
+        self.durable_lsn = 0
+        self.crash = NO_CRASH
+        self.lost: set[str] = set()  # acknowledged jobs some recovery did not bring back
+        self.violations: list[Violation] = []
+        self._seen: set[tuple[int, str | None]] = set()
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def violation(self, invariant: int, job: str | None, detail: str) -> None:
+        """Record a violation, once per invariant and job."""
+        if (invariant, job) not in self._seen:
+            self._seen.add((invariant, job))
+            self.violations.append(Violation(invariant, job, self.crash, detail, self.token))
+
+    # -- what the clients see ------------------------------------------------------------------
+
+    def submit(self, batch: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        self.submitted.update(batch)
+
+    def acknowledge(self, jobs: Iterable[str]) -> None:
+        self.acked.update(dict.fromkeys(jobs))
+
+    # -- crashes and recoveries ----------------------------------------------------------------
+
+    def crashed(self, label: str, trace: Trace, durable_lsn: int | None) -> None:
+        """The machine stopped; `trace` is what this life appended, `durable_lsn` how far its WAL
+        had synced (None: the WAL was not open yet)."""
+        if durable_lsn is None:
+            self.crash = label
+            return
+        acks, seq = [], 0
+        for rec, _start, end in trace:
+            if end > durable_lsn:
+                break
+            seq = rec["seq"]
+            if rec["type"] == R.ACK:
+                acks.append(rec["job"])
+        self.claim(label, acks, seq, durable_lsn)
+
+    def claim(self, label: str, acked_jobs: Iterable[str], durable_seq: int, durable_lsn: int) -> None:
+        """What the log claimed durable when the machine stopped (`crashed`, precomputed): the jobs
+        whose ACK was synced, the last synced seq and LSN."""
+        self.crash = label
+        self.completed.update(acked_jobs)
+        self.durable_seq = max(self.durable_seq, durable_seq)
+        self.durable_lsn = max(self.durable_lsn, durable_lsn)
+
+    def recovered(self, q: JobQueue, wal_end_lsn: int) -> None:
+        """Check the state the real recovery rebuilt from the surviving files."""
+        jobs = q.jobs
+        for job_id in self.acked:
+            job = jobs.get(job_id)
+            if job is None:
+                self.lost.add(job_id)
+                self.violation(1, job_id, "acknowledged, but missing after recovery")
+            elif job.payload != self.submitted[job_id]:
+                self.violation(1, job_id, f"payload changed: {job.payload!r} != {self.submitted[job_id]!r}")
+        self._structure(q)
+        for job_id in sorted(self.completed):
+            job = jobs.get(job_id)
+            if job is None or job.status is not JobStatus.COMPLETED:
+                state = "missing" if job is None else job.status.value
+                self.violation(3, job_id, f"its ACK was durable, but after recovery it is {state}")
+        if q.last_seq < self.durable_seq:
+            self.violation(
+                5,
+                None,
+                f"seq {q.last_seq + 1}..{self.durable_seq} were durable but recovery ended at seq "
+                f"{q.last_seq}: those numbers will be used again",
+            )
+        elif wal_end_lsn < self.durable_lsn:
+            self.violation(
+                5, None, f"LSN {self.durable_lsn} was durable but the recovered log ends at {wal_end_lsn}"
+            )
+        self.completed = {j for j, job in jobs.items() if job.status is JobStatus.COMPLETED}
+
+    def refused(self, error: BaseException) -> None:
+        """Recovery raised instead of starting: after a crash, that never happens by design."""
+        self.violation(6, None, f"recovery refused to start: {' '.join(str(error).split())}")
+
+    def failed(self, error: BaseException) -> None:
+        """The controller raised while running (a state it could not apply)."""
+        self.violation(6, None, f"the controller failed: {' '.join(str(error).split())}")
+
+    def life(self, attempts: Iterable[tuple[str, int]], completed_at_start: set[str]) -> None:
+        """Check the attempts one life handed to workers (job, attempt number): none of a job that
+        was completed when the life began, none past max_retry."""
+        max_retry = self.max_retry
+        for job_id, attempt in attempts:
+            if job_id in completed_at_start:
+                self.violation(3, job_id, f"completed, then dispatched again (attempt {attempt})")
+            if attempt > max_retry:
+                self.violation(4, job_id, f"attempt {attempt} dispatched; max_retry is {max_retry}")
+
+    # -- the end -------------------------------------------------------------------------------
+
+    def finished(self, q: JobQueue, fs: FS, wal_dir: str, snapshot_seq: int = 0, since: int = 0) -> None:
+        """Quiescence: every acknowledged job ended completed or dead, within its attempts, and the
+        log on disk verifies from the oldest kept snapshot (`snapshot_seq`) to its end; `since`: the
+        LSN where the last life began (the recovery that started it checked what came before, so
+        only the segments from the one holding `since` are read again)."""
+        jobs, acked, submitted, max_retry = q.jobs, self.acked, self.submitted, self.max_retry
+        self._structure(q)
+        for job_id in sorted(acked.keys() - jobs.keys()):
+            self.violation(1, job_id, "acknowledged, but missing at the end")
+        for job_id, job in jobs.items():  # one pass: this is O(jobs) at the end of every run
+            status = job.status
+            if job_id in acked:
+                if job.payload != submitted[job_id]:
+                    self.violation(1, job_id, f"payload changed: {job.payload!r} != {submitted[job_id]!r}")
+                elif status is not JobStatus.COMPLETED and status is not JobStatus.DEAD:
+                    self.violation(6, job_id, f"ended {status.value}")
+            if job.attempt > max_retry:
+                self.violation(4, job_id, f"{job.attempt} attempts; max_retry is {max_retry}")
+            elif status is JobStatus.DEAD and job.attempt != max_retry:
+                self.violation(4, job_id, f"dead after {job.attempt} attempts; max_retry is {max_retry}")
+        ended = q.counts[JobStatus.COMPLETED] + q.counts[JobStatus.DEAD]
+        if ended != len(acked):
+            self.violation(6, None, f"completed + dead = {ended}, acknowledged = {len(acked)}")
+        view, first = _from(fs, wal_dir, since)
+        s = scan(view, wal_dir, max(snapshot_seq, first - 1))
+        if s.problem is not None:
+            self.violation(5, None, f"the log does not verify: {s.problem}")
+        elif s.next_seq - 1 != q.last_seq:
+            self.violation(5, None, f"the log ends at seq {s.next_seq - 1}, the state at {q.last_seq}")
+
+    def _structure(self, q: JobQueue) -> None:
+        """Invariant 2: the queue's own structural rules, and only jobs some client sent."""
+        try:
+            q.validate()
+        except AssertionError as e:
+            self.violation(2, None, str(e))
+        stats = q.stats()
+        if stats["pending"] + stats["in_flight"] + stats["completed"] + stats["dead"] != stats["jobs"]:
+            self.violation(2, None, f"state counts do not add up to the jobs: {stats}")
+        for job_id in sorted(q.jobs.keys() - self.submitted.keys()):
+            self.violation(2, job_id, "a job no client enqueued")
+
+
+class _Tail:
+    """A read-only view of a WAL directory that lists only some of its segments."""
+
+    def __init__(self, fs: FS, names: list[str]) -> None:
+        self.fs, self.names = fs, names
+
+    def listdir(self, path: str) -> list[str]:
+        return self.names
+
+    def read_bytes(self, path: str) -> bytes:
+        return self.fs.read_bytes(path)
+
+
+def _from(fs: FS, wal_dir: str, since: int) -> tuple[Any, int]:
+    """A view of `fs` with the segments that hold LSN `since` and later, and the first seq of the
+    first of them (1: the whole log)."""
+    names = list_segments(fs, wal_dir)
+    if not since or len(names) < 2:
+        return fs, 1
+    keep = 0
+    for i, name in enumerate(names):
+        data = fs.read_bytes(posixpath.join(wal_dir, name))
+        try:
+            base = orjson.loads(data[: data.find(b"\n")].split(b" ", 2)[2])["base_lsn"]
+        except (ValueError, IndexError, KeyError, TypeError):
+            return fs, 1  # let the full scan name the problem
+        if base <= since:
+            keep = i
+    return _Tail(fs, names[keep:]), int(names[keep][4:24])
+
+
+def same_bytes(a: Mapping[str, bytes], b: Mapping[str, bytes]) -> list[str]:
+    """Invariant 7: the paths whose bytes differ between two runs of the same inputs."""
+    return sorted(p for p in a.keys() | b.keys() if a.get(p) != b.get(p))

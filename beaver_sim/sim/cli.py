@@ -1,0 +1,279 @@
+"""`beaver sim` and `beaver crash-sweep`: the simulator on the command line.
+
+`register(subparsers)` adds both commands to the main parser (beaver_sim/cli.py). The simulator's
+modules (and pandas) are imported only when one of them runs, so `beaver --help` stays fast. Both
+exit 0 when every invariant held, 1 when the checker found a violation; errors are BeaverError lines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from beaver_sim.core.types import BeaverError
+
+CONFIG_FLAGS = {  # dest -> (Config field, flag as the user typed it)
+    "workers": ("worker_count", "--workers"),
+    "timeout": ("task_timeout", "--timeout"),
+    "snapshot_interval": ("snapshot_interval", "--snapshot-interval"),
+    "max_retry": ("max_retry", "--max-retry"),
+    "fsync": ("fsync", "--fsync"),
+    "seed": ("seed", "--seed"),
+    "failure_rate": ("failure_rate", "--failure-rate"),
+}
+CRASH_FLAGS = {
+    "--crash-at-offset": "lsn",
+    "--crash-at-record": "record",
+    "--crash-at-point": "point",
+    "--crash-at-time": "time",
+}
+
+
+class _Crash(argparse.Action):
+    """Collect the --crash-at-* flags in the order given: the i-th crash hits the i-th life."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        crashes = list(getattr(namespace, "crashes", None) or [])
+        crashes.append(f"{CRASH_FLAGS[option_string or '']}:{values}")
+        namespace.crashes = crashes
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (default: configs/default.yaml if present)")
+    p.add_argument("--jobs", type=int, default=None, help="jobs in the workload (default 100)")
+    p.add_argument("--seed", help="seed of the workload, the work's durations and failures")
+    p.add_argument("--workers", help="attempts running at once (worker_count)")
+    p.add_argument("--failure-rate", help="probability an attempt fails")
+    p.add_argument("--timeout", help="per-attempt timeout, e.g. 3s (task_timeout)")
+    p.add_argument("--snapshot-interval", help="e.g. 2s; 0 disables")
+    p.add_argument("--max-retry", help="attempts before a job is dead")
+    p.add_argument("--fsync", help="always | interval | never")
+    p.add_argument(
+        "--rate", type=float, default=None, help="Poisson arrivals per virtual second (default: all at t=0)"
+    )
+    p.add_argument(
+        "--durations", choices=("uniform", "exponential"), help="attempt durations (default uniform)"
+    )
+    p.add_argument("--crash-model", choices=("process", "power-loss"), default=None, help="default process")
+    p.add_argument("--mutant", help="a deliberately broken variant (see `beaver sim --list-mutants`)")
+    p.add_argument("--json", action="store_true", help="one JSON object (DESIGN §8)")
+
+
+def register(subparsers: Any) -> None:
+    """Add `sim` and `crash-sweep` to the main parser's subcommands."""
+    sim = subparsers.add_parser(
+        "sim", help="one deterministic simulated run, optionally crashed and recovered"
+    )
+    _common(sim)
+    for flag, kind in CRASH_FLAGS.items():
+        what = {"lsn": "LSN", "record": "K", "point": "NAME[#N]", "time": "SECONDS"}[kind]
+        sim.add_argument(flag, metavar=what, action=_Crash, dest="crashes", help=_CRASH_HELP[kind])
+    sim.add_argument(
+        "--torn-bytes", type=int, default=0, help="power loss: unsynced bytes per file that survive"
+    )
+    sim.add_argument("--replay", metavar="TOKEN", help="rerun exactly what a replay token describes")
+    sim.add_argument("--list-mutants", action="store_true", help="name and explain every mutant, then exit")
+    sim.set_defaults(func=cmd_sim, crashes=None)
+
+    sweep = subparsers.add_parser(
+        "crash-sweep", help="crash a run at every point, recover, check the invariants, run on"
+    )
+    _common(sweep)
+    sweep.add_argument(
+        "--points",
+        default="records",
+        help="records (default) | all | bytes | marks | sample:N and lsn:X record:K point:NAME#N "
+        "time:T, joined with + or commas",
+    )
+    sweep.add_argument("--executor", choices=("process", "dask", "serial"), default="process")
+    sweep.add_argument(
+        "--scheduler", help="with --executor dask: a scheduler address (default: a LocalCluster)"
+    )
+    sweep.add_argument("--processes", type=int, default=None, help="workers of the executor (default: CPUs)")
+    sweep.add_argument("--out", help="write the DataFrame: FILE.csv or FILE.parquet")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.add_argument("--no-minimize", action="store_true", help="skip the minimal counterexample search")
+    sweep.set_defaults(func=cmd_crash_sweep)
+
+
+_CRASH_HELP = {
+    "lsn": "crash while writing WAL byte LSN (the record holding it is torn); repeatable",
+    "record": "crash right after record K's last byte; repeatable",
+    "point": "crash at a persistence point (snapshot-tmp-written, snapshot-renamed, wal-rotated, ...)",
+    "time": "crash at a virtual time; repeatable",
+}
+
+
+def _simulation(args: argparse.Namespace, crash: Any = None) -> Any:
+    """The Simulation the flags describe (config: flag > BEAVER_* > YAML > default)."""
+    from beaver_sim.config import load_config
+    from beaver_sim.sim.experiment import Simulation, Workload
+
+    flags = {key: getattr(args, dest) for dest, (key, _flag) in CONFIG_FLAGS.items()}
+    config = load_config(args.config, flags, flag_names=dict(CONFIG_FLAGS.values()))
+    workload = Workload(
+        jobs=100 if args.jobs is None else args.jobs,
+        rate=args.rate or 0.0,
+        durations=args.durations or "uniform",
+    )
+    return Simulation(
+        config, workload, config.seed, crash=crash, model=args.crash_model or "process", mutant=args.mutant
+    )
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    """`beaver sim`: run, print the summary (a table, or JSON), exit 1 on a violation."""
+    from beaver_sim.sim import mutants
+    from beaver_sim.sim.experiment import Simulation
+    from beaver_sim.sim.faults import CrashPlan
+
+    if args.list_mutants:
+        for name, m in mutants.MUTANTS.items():
+            print(f"{name}  (checkpoint {m.checkpoint})\n    {m.doc}\n")
+        return 0
+    if args.replay:
+        given = [
+            f
+            for f in (
+                "jobs",
+                "seed",
+                "workers",
+                "failure_rate",
+                "timeout",
+                "snapshot_interval",
+                "max_retry",
+                "fsync",
+                "rate",
+                "durations",
+                "crash_model",
+                "mutant",
+                "crashes",
+            )
+            if getattr(args, f) not in (None, False)
+        ]
+        if given:
+            raise BeaverError(f"--replay fixes the whole run; drop --{given[0].replace('_', '-')}")
+        sim = Simulation.from_token(args.replay)
+    else:
+        plans = [CrashPlan.parse(c) for c in args.crashes or []]
+        if args.torn_bytes:
+            plans = [CrashPlan(p.kind, p.at, p.occurrence, args.torn_bytes) for p in plans]
+        sim = _simulation(args, plans or None)
+    summary = sim.run().summary
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(_sim_table(summary))
+    return 0 if summary["invariants"]["ok"] else 1
+
+
+def _sim_table(s: dict[str, Any]) -> str:
+    attempts = " ".join(f"{k}:{v}" for k, v in s["attempts"].items())
+    lines = [
+        f"jobs       {s['jobs']} (seed {s['seed']}, {s['workers']} workers, fsync {s['fsync']}"
+        + (f", mutant {s['mutant']})" if s["mutant"] else ")"),
+        f"ended      {s['completed']} completed, {s['dead']} dead   attempts {attempts or '-'}",
+        f"run        {s['events']} events, {s['virtual_seconds']:.3f} virtual s, WAL {s['wal_bytes']} bytes",
+        f"wal sha256 {s['wal_sha256']}",
+    ]
+    for crash in s["crashes"]:
+        lines.append(
+            f"crash      {crash['point']} ({crash['model']}) at {crash['time']:.3f} s, LSN {crash['lsn']}"
+        )
+    for rec in s["recoveries"]:
+        lines.append(
+            f"recovery   {rec['records_replayed']} records replayed, {rec['bytes_truncated']} torn bytes "
+            f"cut, {rec['seconds'] * 1e3:.2f} ms measured, {rec['model_seconds'] * 1e3:.2f} ms modelled"
+        )
+    if s["crash"] is not None and not s["crashes"]:
+        lines.append(f"crash      {s['crash']['point']}: not reached (the run ended first)")
+    v = s["invariants"]["violations"]
+    lines.append("invariants ok" if not v else f"invariants {len(v)} violation(s):")
+    for x in v[:10]:
+        job = f" job {x['job']}:" if x["job"] else ""
+        lines.append(f"  {x['invariant']} after {x['crash']}:{job} {x['detail']}")
+    if len(v) > 10:
+        lines.append(f"  ... and {len(v) - 10} more (--json lists them all)")
+    if v:
+        lines.append(f"replay     beaver sim --replay {s['token']}")
+    return "\n".join(lines)
+
+
+def cmd_crash_sweep(args: argparse.Namespace) -> int:
+    """`beaver crash-sweep`: sweep, print outcomes (a table, or JSON), write --out, exit 1 on a violation."""
+    from beaver_sim.sim.sweep import crash_sweep, failing, minimal_counterexample, violations
+
+    if args.out and not args.out.endswith((".csv", ".parquet")):
+        raise BeaverError(f"--out {args.out}: expected a .csv or .parquet file name")
+    sim = _simulation(args)
+    points = args.points
+    options = {
+        "executor": args.executor,
+        "workers": args.processes,
+        "scheduler": args.scheduler,
+        "progress": False if args.no_progress or args.json else None,
+    }
+    df = crash_sweep(sim, points, **options)
+    example = None
+    if failing(df) and not args.no_minimize:
+        example = minimal_counterexample(sim, df, points, **{**options, "progress": False})
+    if args.out:
+        if args.out.endswith(".csv"):
+            df.to_csv(args.out, index=False)
+        else:
+            df.to_parquet(args.out, index=False)
+    a = df.attrs
+    outcomes = {str(k): int(v) for k, v in df["outcome"].value_counts().sort_index().items()}
+    result = {
+        "points": a["points"],
+        "ok": not failing(df),
+        "violations": violations(df),
+        "wal_bytes": a["wal_bytes"],
+        "seconds": a["seconds"],
+        "outcomes": outcomes,
+        "model": sim.model,
+        "mutant": sim.mutant,
+        "counterexample": example,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(_sweep_table(result, sim))
+    return 0 if result["ok"] else 1
+
+
+def _sweep_table(r: dict[str, Any], sim: Any) -> str:
+    outcomes = ", ".join(f"{n} {k}" for k, n in r["outcomes"].items())
+    lines = [
+        f"sweep      {r['points']} crash points ({sim.model}, fsync {sim.config.fsync}"
+        + (f", mutant {sim.mutant})" if sim.mutant else ")")
+        + f" over a {r['wal_bytes']}-byte WAL in {r['seconds']:.1f} s",
+        f"outcomes   {outcomes}",
+    ]
+    v = r["violations"]
+    lines.append("invariants ok at every point" if r["ok"] else f"invariants {len(v)} violation(s):")
+    for x in v[:8]:
+        where = "the run without a crash" if x["point"] < 0 else f"point {x['point']}"
+        job = f" job {x['job']}:" if x["job"] else ""
+        lines.append(f"  {x['invariant']} at {where}:{job} {x['detail']}")
+    if len(v) > 8:
+        lines.append(f"  ... and {len(v) - 8} more (--json or --out has them all)")
+    c = r["counterexample"]
+    if c:
+        lines.append(
+            f"earliest   point {c['earliest']['point']}: beaver sim --replay {c['earliest']['token']}"
+        )
+        lines.append(f"smallest   {c['jobs']} job(s): beaver sim --replay {c['smallest']['token']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # `python -m beaver_sim.sim.cli sim ...` without the main CLI
+    root = argparse.ArgumentParser(prog="beaver")
+    register(root.add_subparsers(dest="command", required=True))
+    ns = root.parse_args()
+    try:
+        sys.exit(ns.func(ns))
+    except BeaverError as e:
+        print(f"beaver {ns.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)

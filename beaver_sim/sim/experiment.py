@@ -1,0 +1,858 @@
+"""Simulation: the real Controller, JobQueue, WAL and SnapshotStore on VirtualClock + SimFS + SimWorkers.
+
+The simulator supplies only the clock, the file system, the workers' outcomes and the faults. A run is
+fixed by (config, workload, seed, crash plans, crash model, mutant): the same inputs give the same
+bytes, which `Simulation.token()` packs into one replay string. A run goes in lives: the controller
+runs until a crash plan stops the machine; the surviving files (SimFS.after_crash) go through the real
+recovery code, the checker compares what came back with what clients were told, clients resubmit
+what was never acknowledged, and a new controller on a new clock runs on from the crash time, until
+the run is quiescent (nothing left to happen) and the controller stops.
+
+Results are pandas DataFrames (jobs, attempts, WAL records, metric samples over virtual time) and
+`summary`, the `beaver sim --json` contract of DESIGN §8."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import gc
+import hashlib
+import math
+import posixpath
+import random
+import re
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from functools import cache, cached_property
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from beaver_sim.core import records as R
+from beaver_sim.core.controller import Controller
+from beaver_sim.core.types import BeaverError, Config, JobStatus
+from beaver_sim.sim import mutants
+from beaver_sim.sim.checker import Checker, Trace, Violation
+from beaver_sim.sim.clock import VirtualClock
+from beaver_sim.sim.faults import CrashHook, CrashPlan, recovery_model_seconds, survivors
+from beaver_sim.sim.fs import CRASH_MODELS, SimFS, SimulatedCrash
+from beaver_sim.sim.workers import Attempt, SimWorkers
+from beaver_sim.storage.recovery import Storage
+from beaver_sim.storage.wal import WriteAheadLog, list_segments
+
+_SEGMENT = re.compile(r"wal-\d{20}\.log")
+
+DURATIONS = ("uniform", "exponential")
+TOKEN_VERSION = 1
+Batch = list[tuple[str, dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """What the clients send: `jobs` jobs, all at t=0 in one batch (the seed's `enqueue --file`) or
+    one by one as Poisson arrivals at `rate` per virtual second. Attempt durations are `uniform` in
+    [work_min, work_max] (the seed's) or `exponential`: the same mean, at least work_min, with a long
+    tail that runs into timeouts. Failure rate and duration range come from the Config."""
+
+    jobs: int = 100
+    rate: float = 0.0
+    durations: str = "uniform"
+
+    def __post_init__(self) -> None:
+        if self.jobs < 0 or self.rate < 0:
+            raise BeaverError(f"workload needs jobs >= 0 and rate >= 0, got {self.jobs} and {self.rate}")
+        if self.durations not in DURATIONS:
+            raise BeaverError(f"durations must be one of {', '.join(DURATIONS)}, got {self.durations!r}")
+
+    def batches(self, seed: int) -> list[tuple[float, Batch]]:
+        """(arrival time, jobs) in order; job `task-NNN` carries the seed demo's payload."""
+        name = f"task-{{:0{max(3, len(str(self.jobs)))}d}}".format
+        jobs = [(name(i), {"type": "compute", "value": 37 * i}) for i in range(1, self.jobs + 1)]
+        if not self.rate:
+            return [(0.0, jobs)] if jobs else []
+        rng = random.Random(f"arrivals:{seed}")
+        t = 0.0
+        out = []
+        for job in jobs:
+            t += rng.expovariate(self.rate)
+            out.append((t, [job]))
+        return out
+
+
+class ExponentialWorkers(SimWorkers):
+    """SimWorkers with exponential durations: work_min plus a mean of (work_max - work_min) / 2."""
+
+    def submit(self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: Any) -> None:
+        rng = self.rng
+        spread = (self.work_max - self.work_min) / 2
+        duration = self.work_min + (rng.expovariate(1 / spread) if spread > 0 else 0.0)
+        ok = rng.random() >= self.failure_rate
+        if self.record:
+            self.attempts.append(Attempt(job_id, attempt, worker, self.clock.now(), duration, ok))
+        self.clock.call_later(duration, done, job_id, attempt, ok, None if ok else "simulated failure")
+
+
+class _RecordEnds:
+    """Mixin for a WAL class: note the end LSN of every record as it is appended, so a crash
+    planned at the end of record K can cut the very write that carries it."""
+
+    ends: list[int]
+
+    def append(self, rec: R.Record) -> int:
+        seq = super().append(rec)  # type: ignore[misc]
+        self.ends.append(self.lsn)  # type: ignore[attr-defined]
+        return seq
+
+    def discard_last(self) -> None:
+        super().discard_last()  # type: ignore[misc]
+        self.ends.pop()
+
+
+class _Archive:
+    """Mixin for a SimFS class: keep the files the run deletes (compacted WAL segments, pruned
+    snapshots), so the whole log a life wrote can still be read once the run is over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.archive: list[tuple[str, Any]] = []  # (path, inode) in the order they were removed
+
+    def remove(self, path: str) -> None:
+        p = SimFS._norm(path)
+        inode = self.files.get(p)  # type: ignore[attr-defined]
+        super().remove(path)  # type: ignore[misc]
+        self.archive.append((p, inode))
+
+
+@cache
+def _with_ends(cls: type[WriteAheadLog]) -> type[WriteAheadLog]:
+    return type(f"{cls.__name__}WithEnds", (_RecordEnds, cls), {})
+
+
+@cache
+def _archived(cls: type[SimFS]) -> type[SimFS]:
+    return type(f"Archived{cls.__name__}", (_Archive, cls), {})
+
+
+def wal_records(fs: SimFS, wal_dir: str, since: int = 0) -> Trace:
+    """Every complete record in the WAL segments of `fs` (deleted ones too, if it archives them)
+    that starts at LSN `since` or later, as (record, start LSN, end LSN), in LSN order. Read from
+    the bytes themselves: what the log wrote, not what the process meant to write."""
+    wal_dir = SimFS._norm(wal_dir)
+    files = [*fs.files.items(), *getattr(fs, "archive", [])]
+    out: Trace = []
+    for path, inode in files:
+        if posixpath.dirname(path) != wal_dir or not _SEGMENT.fullmatch(posixpath.basename(path)):
+            continue
+        data = bytes(inode.data)
+        nl = data.find(b"\n")
+        try:
+            base = orjson.loads(data[:nl].split(b" ", 2)[2])["base_lsn"]
+        except (ValueError, IndexError, KeyError, TypeError):
+            continue  # no readable header: nothing in this file can be placed in the log
+        offset = nl + 1
+        for line in data[offset:].split(b"\n")[:-1]:  # the last piece is cut short, or empty
+            start, offset = base + offset, offset + len(line) + 1
+            if start < since:
+                continue
+            try:
+                rec = orjson.loads(line.split(b" ", 2)[2])
+            except (ValueError, IndexError):
+                break
+            out.append((rec, start, base + offset))
+    out.sort(key=lambda t: t[1])
+    return out
+
+
+def _crash_now(plan: CrashPlan) -> None:
+    raise SimulatedCrash(f"crash at {plan.describe()}")
+
+
+@dataclass
+class Life:
+    """One process lifetime of a run: from its start (0 or a crash) to its crash or the end."""
+
+    index: int
+    start: float
+    first_attempt: int
+    start_lsn: int = 0  # where this life began to write the log
+    fs: SimFS | None = None  # the files as this life left them (before a crash took its toll)
+    end: float = math.inf
+    events: int = 0
+    recovery: dict[str, Any] | None = None
+    crash: dict[str, Any] | None = None
+    end_lsn: int | None = None  # a crashed life: the LSN of its crash (nothing after it counts)
+    trace: Trace | None = None  # its records, when already read (else read from `fs` on demand)
+    recovered_key: tuple[Any, ...] | None = None  # what the recovery that began it rebuilt
+    recovered_seq: int | None = None  # last seq the next life recovered (None: this life did not crash)
+    hook: CrashHook | None = None  # with `observe`: the WAL writes and persistence points it saw
+
+
+@dataclass
+class Simulation:
+    """One deterministic run; `run()` returns a SimResult. `crash` is one CrashPlan or a list (the
+    i-th crash is armed in the i-th life); `model` is `process` or `power-loss`; `mutant` one of
+    `sim.mutants.MUTANTS`. `sample_every` (virtual seconds, 0: never) paces the metric samples;
+    `observe` records every WAL write and persistence point (sweeps enumerate crash points so)."""
+
+    config: Config = field(default_factory=Config)
+    workload: Workload = field(default_factory=Workload)
+    seed: int = 42
+    crash: CrashPlan | Sequence[CrashPlan] | None = None
+    model: str = "process"
+    mutant: str | None = None
+    sample_every: float = 1.0
+    observe: bool = False
+
+    @property
+    def plans(self) -> tuple[CrashPlan, ...]:
+        if self.crash is None:
+            return ()
+        return (self.crash,) if isinstance(self.crash, CrashPlan) else tuple(self.crash)
+
+    # -- replay tokens -------------------------------------------------------------------------
+
+    def token(self) -> str:
+        """Everything that fixes this run, in one URL-safe string (`beaver sim --replay`)."""
+        spec = {
+            "v": TOKEN_VERSION,
+            "seed": self.seed,
+            "config": _changed(self.config, Config()),
+            "workload": _changed(self.workload, Workload()),
+            "crash": [p.as_list() for p in self.plans],
+            "model": self.model,
+            "mutant": self.mutant,
+        }
+        return base64.urlsafe_b64encode(zlib.compress(orjson.dumps(spec), 9)).decode().rstrip("=")
+
+    @classmethod
+    def from_token(cls, token: str, **options: Any) -> Simulation:
+        """The Simulation a token describes; `options` set sample_every / observe."""
+        try:
+            raw = zlib.decompress(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+            spec = orjson.loads(raw)
+            if spec.get("v") != TOKEN_VERSION:
+                raise BeaverError(f"replay token version {spec.get('v')} is not {TOKEN_VERSION}")
+            return cls(
+                config=Config(**spec["config"]),
+                workload=Workload(**spec["workload"]),
+                seed=spec["seed"],
+                crash=[CrashPlan.from_list(p) for p in spec["crash"]] or None,
+                model=spec["model"],
+                mutant=spec["mutant"],
+                **options,
+            )
+        except (ValueError, TypeError, KeyError, zlib.error, binascii.Error) as e:
+            raise BeaverError(f"not a replay token ({e})") from None
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        """Run to quiescence through every planned crash. The cyclic GC is paused meanwhile: a run
+        allocates many long-lived objects and no garbage cycles worth walking the heap for."""
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run()
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _records(self, life: Life) -> Trace:
+        """The records `life` wrote, read back from its files."""
+        if life.trace is not None:
+            return life.trace
+        if life.fs is None:
+            return []
+        trace = wal_records(life.fs, self.config.wal_dir, life.start_lsn)
+        if life.end_lsn is not None:
+            trace = [t for t in trace if t[2] <= life.end_lsn]
+        return trace
+
+    def _run(self) -> SimResult:
+        return _Run(self).loop()
+
+
+@dataclass
+class Capture:
+    """What a crash at one moment of a run leaves besides the files: the clients' view, the
+    workers' random state, the checker's claims. `_Run.resume` goes on from it (sweeps share the
+    run up to their crash points that way)."""
+
+    plan: CrashPlan
+    time: float
+    lsn: int | None
+    durable: int | None
+    next_batch: int
+    rng: Any
+    attempts: int
+    submitted: dict[str, dict[str, Any]]
+    acked: dict[str, None]
+    sent: list[tuple[float, list[str]]]
+    acks: list[tuple[float, list[str]]]
+    events: int
+
+
+class _Run:
+    """One simulation in progress: its files, clients, workers and checker, life after life."""
+
+    def __init__(self, sim: Simulation, batches: list[tuple[float, Batch]] | None = None) -> None:
+        cfg = sim.config
+        problems = cfg.problems()
+        if problems:
+            raise BeaverError("; ".join(problems))
+        if sim.model not in CRASH_MODELS:
+            raise BeaverError(f"crash model must be one of {', '.join(CRASH_MODELS)}, got {sim.model!r}")
+        self.sim, self.cfg = sim, cfg
+        self.m = mutants.get(sim.mutant) or mutants.Mutant("none", 0)
+        self.checker = Checker(cfg.max_retry, sim.token())
+        self.batches = sim.workload.batches(sim.seed) if batches is None else batches
+        worker_cls = ExponentialWorkers if sim.workload.durations == "exponential" else SimWorkers
+        self.workers = worker_cls(
+            VirtualClock(), sim.seed, cfg.failure_rate, cfg.work_min, cfg.work_max, record=True
+        )
+        self.out = SimResult(sim, self.checker, self.workers)
+        self.fs: SimFS = _archived(self.m.fs_cls)()
+        self.now = 0.0
+        self.next_batch = 0
+        # the life running now (a sweep's capture reads them)
+        self.clock: VirtualClock | None = None
+        self.storage: Storage | None = None
+        self.samples = 0
+        self.watch: Any = None  # a sweep's hook class (CrashHook subclass) for the first life
+        self._trace: Trace = []  # what life 0 wrote so far, read incrementally (sweeps)
+        self._ends: list[int] = []
+        self._acks: list[tuple[int, str]] = []  # (end LSN, job) of its ACK records
+        self._read: dict[str, int] = {}  # segment path -> offset read up to
+
+    def loop(self) -> SimResult:
+        """Lives until one ends without a crash (or recovery refuses, or the controller fails)."""
+        plans = self.sim.plans
+        while True:
+            index = len(self.out.lives)
+            if not self.life(plans[index] if index < len(plans) else None):
+                return self.out
+
+    def life(self, plan: CrashPlan | None) -> bool:
+        """Run one life from `self.now` on `self.fs`; True if it ended in a crash."""
+        sim, cfg, m, checker, out = self.sim, self.cfg, self.m, self.checker, self.out
+        index = len(out.lives)
+        clock = self.clock = VirtualClock(self.now)
+        self.workers.clock = clock
+        life = Life(index, self.now, len(self.workers.attempts))
+        out.lives.append(life)
+        fs = self.fs
+        hook = None
+        if self.watch is not None and index == 0:
+            hook = fs.hook = self.watch(fs, cfg.wal_dir, plan, clock, sim.observe, run=self)
+        elif sim.observe or (plan is not None and plan.kind != "time"):
+            hook = fs.hook = CrashHook(fs, cfg.wal_dir, plan, clock, sim.observe)
+        if plan is not None and plan.kind == "time":
+            clock.call_at(plan.at, _crash_now, plan)
+        life.hook = hook
+        self.storage = storage = None
+        self.samples = 0
+        completed_at_start: set[str] = set()
+        try:
+            storage = self.storage = Storage.from_config(
+                fs,
+                cfg,
+                timer=time.perf_counter if index else None,
+                wal_cls=_with_ends(m.wal_cls) if plan is not None and plan.kind == "record" else m.wal_cls,
+                snapshot_cls=m.snapshot_cls,
+                apply_fn=m.apply_fn,
+            )
+            wal = storage.wal
+            life.start_lsn = wal.lsn
+            if plan is not None and plan.kind == "record":
+                wal.ends = hook.ends  # type: ignore[attr-defined,union-attr]
+                hook.first_seq = wal.next_seq  # type: ignore[union-attr]
+            state = storage.state
+            resubmit: Batch = []
+            if index:
+                resubmit = self._recovered(life, storage)
+            completed_at_start = {j for j, job in state.jobs.items() if job.status is JobStatus.COMPLETED}
+            controller = m.controller_cls(cfg, clock, storage, self.workers)
+            controller.start()
+            if resubmit:
+                clock.call_at(self.now, self._arrive, controller, resubmit, None)
+            batches = self.batches
+            for i in range(self.next_batch, len(batches)):
+                clock.call_at(batches[i][0], self._arrive, controller, batches[i][1], i)
+            if sim.sample_every > 0:
+                clock.call_at(self.now, self._sample, controller, life)
+            clock.run()
+            controller.stop()
+        except SimulatedCrash:
+            fs.hook = None
+            crash_time = clock.now() if hook is None or hook.crash_time is None else hook.crash_time
+            lsn = hook.crash_lsn if hook is not None and hook.crash_lsn is not None else None
+            if lsn is None and storage is not None:
+                lsn = storage.wal.written_lsn
+            assert plan is not None
+            life.fs = fs
+            durable = None if storage is None else storage.wal.durable_lsn
+            self._crashed(
+                life, plan, crash_time, lsn, durable, clock.events - self.samples, completed_at_start
+            )
+            clock.clear()
+            self.fs = survivors(fs, sim.model, plan.torn)
+            return True
+        except BeaverError as e:
+            fs.hook = None
+            life.end, life.events, life.fs = clock.now(), clock.events - self.samples, fs
+            if storage is None:
+                if not index:
+                    raise  # a fresh data directory that cannot open: the config is wrong
+                life.recovered_key = ("refused", str(e))
+                checker.refused(e)
+                out.ending = "refused"
+            else:
+                checker.failed(e)
+                out.ending = "error"
+            out.fs, out.end_lsn = fs, (storage.wal.lsn if storage is not None else 0)
+            return False
+        fs.hook = None
+        life.end, life.events, life.fs = clock.now(), clock.events - self.samples, fs
+        if index:
+            checker.life(self._attempts(life), completed_at_start)
+        kept = storage.snapshots.seqs()
+        checker.finished(storage.state, fs, cfg.wal_dir, kept[0] if kept else 0, life.start_lsn)
+        out.fs, out.end_lsn, out.state = fs, storage.wal.lsn, storage.state
+        return False
+
+    def _crashed(
+        self,
+        life: Life,
+        plan: CrashPlan,
+        crash_time: float,
+        lsn: int | None,
+        durable: int | None,
+        events: int,
+        completed_at_start: set[str],
+        base: _Run | None = None,
+    ) -> None:
+        """The books of a crash: where it hit, what the log claimed durable, what this life wrote
+        (`base`: the shared run it was captured in, whose records are already read)."""
+        life.end, life.events, life.end_lsn = crash_time, events, lsn
+        trace = self.sim._records(life)
+        life.crash = {
+            "point": plan.describe(),
+            "kind": plan.kind,
+            "at": plan.at,
+            "model": self.sim.model,
+            "time": crash_time,
+            "lsn": lsn,
+            "record": record_before(trace, lsn),
+        }
+        if base is not None and durable is not None:
+            synced = bisect.bisect_right(base._ends, durable)
+            acks = base._acks[: bisect.bisect_right(base._acks, (durable, "\uffff"))]
+            seq = base._trace[synced - 1][0]["seq"] if synced else 0
+            self.checker.claim(plan.describe(), [job for _end, job in acks], seq, durable)
+        else:
+            self.checker.crashed(plan.describe(), trace, durable)
+        if life.index:
+            self.checker.life(self._attempts(life), completed_at_start)
+        self.now = crash_time
+
+    def _attempts(self, life: Life) -> list[tuple[str, int]]:
+        """(job, attempt) of every attempt `life` handed to a worker so far."""
+        return [(a.job, a.attempt) for a in self.workers.attempts[life.first_attempt :]]
+
+    def _recovered(self, life: Life, storage: Storage) -> Batch:
+        """Check what the real recovery rebuilt; then the clients retry what was never
+        acknowledged: a job already there is a duplicate (its client now knows it is in), anything
+        else is enqueued again. Returns that batch."""
+        checker, state, r = self.checker, storage.state, storage.report
+        life.recovery = {
+            "records_replayed": r.records_replayed,
+            "seconds": r.seconds,
+            "model_seconds": recovery_model_seconds(r.records_replayed, r.wal_bytes, r.snapshot_bytes),
+            "wal_bytes": r.wal_bytes,
+            "snapshot_bytes": r.snapshot_bytes,
+            "bytes_truncated": r.bytes_truncated,
+            "snapshot_seq": r.snapshot_seq,
+            "broken_snapshots": len(r.broken_snapshots),
+        }
+        self.out.lives[life.index - 1].recovered_seq = state.last_seq
+        life.recovered_key = recovered_key(storage)
+        checker.recovered(state, storage.wal.lsn)
+        resubmit: Batch = []
+        known: list[str] = []
+        for job_id, payload in checker.submitted.items():
+            if job_id in checker.acked:
+                continue
+            if job_id in state.jobs:
+                known.append(job_id)
+            else:
+                resubmit.append((job_id, payload))
+        if known:
+            checker.acknowledge(known)
+            self.out.acks.append((self.now, known))
+        return resubmit
+
+    def _arrive(self, ctl: Controller, batch: Batch, i: int | None) -> None:
+        """Clients send `batch` (the i-th of the workload, or a retry); it is acknowledged once durable."""
+        if i is not None:
+            self.next_batch = i + 1
+        out, clock = self.out, ctl.clock
+        ids = [job_id for job_id, _ in batch]
+        out.sent.append((clock.now(), ids))
+        self.checker.submit(batch)
+
+        def acked() -> None:
+            out.acks.append((clock.now(), ids))
+            self.checker.acknowledge(ids)
+
+        ctl.enqueue(batch, on_durable=acked)
+
+    def _sample(self, ctl: Controller, life: Life) -> None:
+        """One metrics sample; the next one only while work remains."""
+        self.samples += 1
+        counts, n = ctl.state.counts, ctl.counters
+        self.out.samples.append(
+            (
+                ctl.clock.now(),
+                life.index,
+                counts[JobStatus.PENDING],
+                counts[JobStatus.IN_FLIGHT],
+                counts[JobStatus.COMPLETED],
+                counts[JobStatus.DEAD],
+                n.dispatched,
+                n.retried,
+                n.timeouts,
+                n.stale,
+                n.snapshots,
+                ctl.storage.wal.lsn,
+            )
+        )
+        if not ctl.idle or self.next_batch < len(self.batches):
+            ctl.clock.call_later(self.sim.sample_every, self._sample, ctl, life)
+
+    # -- sharing a run up to its crash points (sweeps) -----------------------------------------
+
+    def trace_until(self, lsn: int | None) -> Trace:
+        """The records life 0 wrote that end at or before `lsn`, read from the files once."""
+        wal_dir = SimFS._norm(self.cfg.wal_dir)
+        fs = self.fs
+        segs = sorted(
+            (p, inode)
+            for p, inode in [*fs.files.items(), *getattr(fs, "archive", [])]
+            if posixpath.dirname(p) == wal_dir and _SEGMENT.fullmatch(posixpath.basename(p))
+        )
+        for path, inode in segs:
+            offset = self._read.get(path)
+            data = inode.data
+            if offset is None:
+                nl = data.find(b"\n")
+                if nl < 0:
+                    continue
+                offset = nl + 1
+            if offset >= len(data):
+                continue
+            base = orjson.loads(bytes(data[: data.find(b"\n")]).split(b" ", 2)[2])["base_lsn"]
+            chunk = bytes(data[offset:])
+            for line in chunk.split(b"\n")[:-1]:
+                start, offset = base + offset, offset + len(line) + 1
+                rec = orjson.loads(line.split(b" ", 2)[2])
+                self._trace.append((rec, start, base + offset))
+                self._ends.append(base + offset)
+                if rec["type"] == R.ACK:
+                    self._acks.append((base + offset, rec["job"]))
+            self._read[path] = offset
+        if lsn is None:
+            return list(self._trace)
+        return self._trace[: bisect.bisect_right(self._ends, lsn)]
+
+    def capture(self, plan: CrashPlan, lsn: int | None) -> Capture:
+        """Everything but the files that a crash now would leave (the run itself goes on)."""
+        assert self.clock is not None
+        checker, out = self.checker, self.out
+        return Capture(
+            plan,
+            self.clock.now(),
+            lsn,
+            None if self.storage is None else self.storage.wal.durable_lsn,
+            self.next_batch,
+            self.workers.rng.getstate(),
+            len(self.workers.attempts),
+            dict(checker.submitted),
+            dict(checker.acked),
+            list(out.sent),
+            list(out.acks),
+            self.clock.events - self.samples,
+        )
+
+    @classmethod
+    def resume(cls, sim: Simulation, base: _Run, cap: Capture, files: SimFS) -> SimResult:
+        """The result of `sim` (the base run's inputs with `cap.plan` as its crash), going on from
+        the crash `cap` took in `base` (whose files, up to the crash LSN, are this run's too) with
+        the surviving `files`."""
+        run = cls(sim, base.batches)
+        run.workers.rng.setstate(cap.rng)
+        run.workers.attempts = base.workers.attempts[: cap.attempts]
+        run.checker.submitted, run.checker.acked = dict(cap.submitted), dict(cap.acked)
+        run.out.sent, run.out.acks = list(cap.sent), list(cap.acks)
+        run.next_batch = cap.next_batch
+        life = Life(0, 0.0, 0, fs=base.fs, trace=base.trace_until(cap.lsn))
+        run.out.lives.append(life)
+        run._crashed(life, cap.plan, cap.time, cap.lsn, cap.durable, cap.events, set(), base)
+        run.fs = files
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return run.loop()
+        finally:
+            if enabled:
+                gc.enable()
+
+
+def recovered_key(storage: Storage) -> tuple[Any, ...]:
+    """What a recovery rebuilt, in a few numbers: the snapshot it used, the last seq applied, where
+    the log ends and its checksum chain there. Equal keys, equal states and equal logs."""
+    return (storage.report.snapshot_seq, storage.state.last_seq, storage.wal.lsn, storage.wal.crc)
+
+
+def _changed(obj: Any, default: Any) -> dict[str, Any]:
+    """The fields of a dataclass that differ from the default instance (tokens stay short)."""
+    names = [f.name for f in fields(obj)]
+    return {n: getattr(obj, n) for n in names if getattr(obj, n) != getattr(default, n)}
+
+
+def record_before(trace: Trace, lsn: int | None) -> list[Any] | None:
+    """[seq, type, job] of the last whole record before LSN `lsn`: sweeps compare it with the
+    uncrashed run to check that both agreed up to the crash (invariant 7)."""
+    if lsn is None:
+        return None
+    for rec, _start, end in reversed(trace):  # the trace usually ends at `lsn`: one step
+        if end <= lsn:
+            return [rec["seq"], rec["type"], rec["job"]]
+    return None
+
+
+def digest(files: dict[str, bytes]) -> str:
+    """sha256 over paths and contents, in path order."""
+    h = hashlib.sha256()
+    for path in sorted(files):
+        data = files[path]
+        h.update(b"%s\0%d\0" % (path.encode(), len(data)))
+        h.update(data)
+    return h.hexdigest()
+
+
+@dataclass(eq=False)
+class SimResult:
+    """What a run produced: `summary` (DESIGN §8), `violations`, the final files, and DataFrames
+    built on first use (jobs, attempts, wal, metrics)."""
+
+    sim: Simulation
+    checker: Checker
+    workers: SimWorkers
+    lives: list[Life] = field(default_factory=list)
+    samples: list[tuple[Any, ...]] = field(default_factory=list)
+    sent: list[tuple[float, list[str]]] = field(default_factory=list)  # (time, jobs) clients sent
+    acks: list[tuple[float, list[str]]] = field(default_factory=list)  # (time, jobs) acknowledged
+    fs: SimFS | None = None
+    state: Any = None  # the final JobQueue (None when the run ended refused or failed)
+    end_lsn: int = 0
+    ending: str = "quiescent"  # or "refused" (recovery would not start), "error" (the controller raised)
+
+    @property
+    def violations(self) -> list[Violation]:
+        return self.checker.violations
+
+    @property
+    def ok(self) -> bool:
+        return self.checker.ok
+
+    @property
+    def files(self) -> dict[str, bytes]:
+        """Path -> bytes of every file in the final data directory."""
+        return self.fs.snapshot_files() if self.fs is not None else {}
+
+    @property
+    def crashes(self) -> list[dict[str, Any]]:
+        return [life.crash for life in self.lives if life.crash is not None]
+
+    @property
+    def recoveries(self) -> list[dict[str, Any]]:
+        return [life.recovery for life in self.lives if life.recovery is not None]
+
+    def records(self, life: int = 0) -> Trace:
+        """(record, start LSN, end LSN) of every whole record life `life` wrote."""
+        return self.sim._records(self.lives[life])
+
+    @property
+    def virtual_seconds(self) -> float:
+        return self.lives[-1].end if self.lives else 0.0
+
+    @cached_property
+    def wal_files(self) -> dict[str, bytes]:
+        """The final WAL segments, path -> bytes."""
+        if self.fs is None:
+            return {}
+        wal_dir = self.sim.config.wal_dir
+        if not self.fs.is_dir(wal_dir):
+            return {}
+        paths = [posixpath.join(wal_dir, n) for n in list_segments(self.fs, wal_dir)]
+        return {SimFS._norm(p): self.fs.read_bytes(p) for p in paths}
+
+    def successes(self) -> dict[str, int]:
+        """Job -> how many of its attempts finished successfully (its work was done) before their
+        life ended: more than one is a duplicate execution (at-least-once)."""
+        out: dict[str, int] = {}
+        attempts = self.workers.attempts
+        for life, nxt in zip(self.lives, [*self.lives[1:], None]):
+            stop = len(attempts) if nxt is None else nxt.first_attempt
+            for a in attempts[life.first_attempt : stop]:
+                if a.ok and a.start + a.duration <= life.end:
+                    out[a.job] = out.get(a.job, 0) + 1
+        return out
+
+    @cached_property
+    def summary(self) -> dict[str, Any]:
+        """The `beaver sim --json` contract (DESIGN §8), plus a few more keys. Every value is
+        deterministic except the measured `recovery.seconds`."""
+        sim, cfg = self.sim, self.sim.config
+        q = self.state
+        hist: dict[str, int] = {}
+        completed = dead = 0
+        if q is not None:
+            counts: dict[int, int] = {}
+            for job in q.jobs.values():
+                counts[job.attempt] = counts.get(job.attempt, 0) + 1
+            hist = {str(k): counts[k] for k in sorted(counts)}
+            completed, dead = q.counts[JobStatus.COMPLETED], q.counts[JobStatus.DEAD]
+        crashes, recoveries = self.crashes, self.recoveries
+        dup = sum(1 for n in self.successes().values() if n > 1)
+        crash = crashes[0] if crashes else None
+        if crash is None and sim.plans:  # planned, but the run ended before reaching it
+            crash = {"point": sim.plans[0].describe(), "model": sim.model, "reached": False}
+        return {
+            "seed": sim.seed,
+            "jobs": sim.workload.jobs,
+            "completed": completed,
+            "dead": dead,
+            "attempts": hist,
+            "events": sum(life.events for life in self.lives),
+            "virtual_seconds": self.virtual_seconds,
+            "wal_bytes": self.end_lsn,
+            "wal_sha256": digest(self.wal_files),
+            "files_sha256": digest(self.files),
+            "crash": crash,
+            "recovery": recoveries[0] if recoveries else None,
+            "crashes": crashes,
+            "recoveries": recoveries,
+            "ending": self.ending,
+            "duplicates": dup,
+            "jobs_lost": len(self.checker.lost),
+            "model": sim.model,
+            "mutant": sim.mutant,
+            "fsync": cfg.fsync,
+            "workers": cfg.worker_count,
+            "invariants": {"ok": self.ok, "violations": [v.as_dict() for v in self.violations]},
+            "token": self.checker.token,
+        }
+
+    # -- DataFrames ----------------------------------------------------------------------------
+
+    @cached_property
+    def jobs(self) -> pd.DataFrame:
+        """One row per job a client sent: final status ("missing" if the end state lacks it),
+        attempts, when it was submitted and acknowledged, and how often its work succeeded."""
+        jobs = self.state.jobs if self.state is not None else {}
+        wins = self.successes()
+        sent: dict[str, float] = {}
+        acked: dict[str, float] = {}
+        for when, target in ((sent, self.sent), (acked, self.acks)):
+            for t, ids in target:
+                for job_id in ids:
+                    when.setdefault(job_id, t)
+        rows = []
+        for job_id in self.checker.submitted:
+            job = jobs.get(job_id)
+            rows.append(
+                (
+                    job_id,
+                    job.status.value if job is not None else "missing",
+                    job.attempt if job is not None else 0,
+                    sent.get(job_id, math.nan),
+                    acked.get(job_id, math.nan),
+                    wins.get(job_id, 0),
+                )
+            )
+        return pd.DataFrame(
+            rows, columns=["job", "status", "attempts", "submitted", "acknowledged", "successes"]
+        )
+
+    @cached_property
+    def attempts(self) -> pd.DataFrame:
+        """One row per attempt a worker started. outcome: completed, failed, timeout (it ran past
+        task_timeout; its result was stale), or interrupted (a crash came first)."""
+        timeout = self.sim.config.task_timeout
+        rows = []
+        attempts = self.workers.attempts
+        for life, nxt in zip(self.lives, [*self.lives[1:], None]):
+            stop = len(attempts) if nxt is None else nxt.first_attempt
+            for a in attempts[life.first_attempt : stop]:
+                end = a.start + a.duration
+                if a.start + min(a.duration, timeout) > life.end:
+                    outcome = "interrupted"
+                elif a.duration > timeout:
+                    outcome = "timeout"
+                else:
+                    outcome = "completed" if a.ok else "failed"
+                rows.append((a.job, a.attempt, a.worker, life.index, a.start, a.duration, end, a.ok, outcome))
+        return pd.DataFrame(
+            rows, columns=["job", "attempt", "worker", "life", "start", "duration", "end", "ok", "outcome"]
+        )
+
+    @cached_property
+    def wal(self) -> pd.DataFrame:
+        """One row per record any life appended, with its LSN (byte offset in the log) and whether
+        it survived the crash that ended its life."""
+        rows = []
+        for life in self.lives:
+            kept = math.inf if life.recovered_seq is None else life.recovered_seq
+            for rec, start, end in self.sim._records(life):
+                rows.append(
+                    (
+                        life.index,
+                        rec["seq"],
+                        start,
+                        end - start,
+                        rec["type"],
+                        rec["job"],
+                        rec.get("attempt", 0),
+                        rec["seq"] <= kept,
+                    )
+                )
+        return pd.DataFrame(
+            rows, columns=["life", "seq", "lsn", "bytes", "type", "job", "attempt", "survived"]
+        )
+
+    @cached_property
+    def metrics(self) -> pd.DataFrame:
+        """Samples of the controller's state and counters every `sample_every` virtual seconds while
+        work remained (counters restart with each life)."""
+        return pd.DataFrame(
+            self.samples,
+            columns=[
+                "time",
+                "life",
+                "pending",
+                "in_flight",
+                "completed",
+                "dead",
+                "dispatched",
+                "retried",
+                "timeouts",
+                "stale",
+                "snapshots",
+                "wal_lsn",
+            ],
+        )

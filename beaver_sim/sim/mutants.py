@@ -1,0 +1,308 @@
+"""Durability mutants: deliberately broken variants of the design, one per lesson, selectable by name.
+
+Each one is a small subclass or function handed to the hooks the real code already has (a SimFS
+subclass, `Storage.open`'s wal_cls / snapshot_cls / apply_fn, a Controller subclass); no core module
+knows they exist. A crash sweep over a mutant must find the violation the correct design prevents:
+that answers the seed's learning checkpoints (1 concurrency control, 2 WAL checksums and fsync,
+3 snapshot atomicity, 4 timeouts and infinite retries, 5 idempotent replay, 6 recovery guarantees)
+and proves the checker sees what it claims to. `Mutant.catch` is a sweep setting that shows each one.
+
+Checkpoint 1 needs no mutant: the controller runs every event on one thread (DESIGN §1), so there is
+no lock to forget."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from crc32c import crc32c
+
+from beaver_sim.core import records as R
+from beaver_sim.core.controller import Controller
+from beaver_sim.core.queue import JobQueue
+from beaver_sim.core.types import BeaverError, IllegalTransition, JobStatus
+from beaver_sim.sim.fs import SimFile, SimFS
+from beaver_sim.storage import snapshot as snap
+from beaver_sim.storage.snapshot import SnapshotStore
+from beaver_sim.storage.wal import WriteAheadLog, frame, list_segments
+
+Apply = Callable[[JobQueue, R.Record], None]
+
+
+# -- checkpoint 2: fsync and checksums -----------------------------------------------------------
+
+
+class _NoSyncFile(SimFile):
+    __slots__ = ()
+
+    def sync(self) -> None:
+        self.fs._call("sync", self.path)  # still a crash point, but nothing becomes durable
+        self.fs.syncs += 1
+
+
+class NoFsyncFS(SimFS):
+    """Checkpoint 2 (what are the risks of not doing fsync?): fsync returns at once and makes
+    nothing durable, like a disk that lies about its cache or an fsync left out of the code. A
+    process crash loses nothing; a power loss loses every acknowledged enqueue since the files were
+    created, and the log's own headers with them."""
+
+    def open_append(self, path: str) -> SimFile:
+        f = super().open_append(path)
+        return _NoSyncFile(self, f.path, f.inode)
+
+    def create(self, path: str) -> SimFile:
+        f = super().create(path)
+        return _NoSyncFile(self, f.path, f.inode)
+
+
+class NoDirFsyncFS(SimFS):
+    """Checkpoint 3 (temp file + rename): renames and new files are made durable only by an fsync
+    of their directory, which this variant leaves out. Files are synced, but after a power loss the
+    new WAL segment or snapshot may not be there at all: a rename is atomic, not durable."""
+
+    def sync_dir(self, path: str) -> None:
+        self._call("sync_dir", self._norm(path))
+        self.dir_syncs += 1
+
+
+class NoChecksumWAL(WriteAheadLog):
+    """Checkpoint 2 (why are checksums needed?): records are written without a checksum
+    (`00000000`), as in a log format that has none. Recovery must tell a torn write from a good
+    record, and without a checksum it cannot: it keeps none of them (the whole tail segment is cut
+    as torn, and a log with an older segment refuses to start). Acknowledged jobs are lost."""
+
+    def append(self, rec: R.Record) -> int:
+        seq = super().append(rec)
+        self._buf[-1] = b"00000000" + self._buf[-1][8:]
+        return seq
+
+
+# -- checkpoint 3: snapshot atomicity ------------------------------------------------------------
+
+
+class InPlaceSnapshots(SnapshotStore):
+    """Checkpoint 3 (why temp file + rename?): the seed's one snapshot file is overwritten in place.
+    Truncating it is metadata the file system journals at once; the new body is not durable until
+    its fsync. A power loss in between leaves an empty snapshot, and the WAL it covered was already
+    cut ("Rotate clears the WAL"): recovery refuses, or starts from nothing."""
+
+    NAME = "snapshot.json"
+
+    def path(self, seq: int) -> str:
+        return f"{self.directory}/{self.NAME}"
+
+    def seqs(self) -> list[int]:
+        if not self.fs.exists(self.path(0)):
+            return []
+        data = self.fs.read_bytes(self.path(0))
+        try:
+            return [int(orjson.loads(data[: data.find(b"\n")])["last_included_seq"])]
+        except (ValueError, KeyError, TypeError):
+            return [0]  # unreadable: load() marks it broken
+
+    def save(self, q: JobQueue) -> str:
+        fs, path = self.fs, self.path(0)
+        existed = fs.exists(path)
+        if existed:
+            fs.truncate(path, 0)
+        f = fs.open_append(path)
+        f.write(snap.encode(q))
+        fs.mark("snapshot-tmp-written")
+        f.sync()
+        f.close()
+        fs.mark("snapshot-tmp-synced")
+        if not existed:
+            fs.sync_dir(self.directory)
+            fs.mark("snapshot-dir-synced")
+        return path
+
+    def prune(self) -> int:
+        seqs = self.seqs()
+        return seqs[-1] if seqs else 0  # one snapshot, no fallback: the WAL it covers may go
+
+
+# -- checkpoint 4: timeouts ----------------------------------------------------------------------
+
+
+class NoTimeoutLimitController(Controller):
+    """Checkpoint 4 (how do you avoid infinite retries?): a timed-out attempt is requeued whatever
+    its number, as the seed's timeout loop did (`job.Attempt++; Requeue`): only failures count
+    toward max_retry, so a job that keeps timing out runs forever."""
+
+    def _retry_or_bury(self, job_id: str, attempt: int, retry: R.Record, why: str) -> None:
+        if retry["type"] == R.TIMEOUT:
+            self._log(retry)
+            self.counters.retried += 1
+        else:
+            super()._retry_or_bury(job_id, attempt, retry, why)
+
+
+# -- checkpoint 5: idempotent replay -------------------------------------------------------------
+
+
+class ReplayWholeLogWAL(WriteAheadLog):
+    """The seed's Replay reads its whole file, records the snapshot already covers included."""
+
+    @classmethod
+    def open(
+        cls, fs: Any, directory: str, *, after_seq: int = 0, on_record: Any = None, **options: Any
+    ) -> tuple[WriteAheadLog, Any, int]:
+        names = list_segments(fs, directory) if fs.is_dir(directory) else []
+        first = int(names[0][4:24]) if names else 1
+        after_seq = min(after_seq, first - 1)
+        return super().open(fs, directory, after_seq=after_seq, on_record=on_record, **options)
+
+
+def replay_without_completed_check(q: JobQueue, r: R.Record) -> None:
+    """Checkpoint 5 (how does replay avoid re-running completed jobs?): recovery replays the whole
+    log over the snapshot, and a replayed FAIL / TIMEOUT / REQUEUE puts the job back in the pending
+    list without checking whether it has completed since, as the seed's replay handler did; records
+    that do not fit the job's state are skipped, as the seed's queue methods did. A job that failed
+    once and then completed runs again after every recovery."""
+    job = q.jobs.get(r["job"])
+    if r["type"] in (R.FAIL, R.TIMEOUT, R.REQUEUE) and job is not None:
+        if job.status is not JobStatus.PENDING:
+            q.leases.pop(job.id, None)
+            q._move(job, JobStatus.PENDING)
+            q.pending.append(job.id)
+    else:
+        try:
+            R.APPLY[r["type"]](q, r)
+        except (IllegalTransition, KeyError):
+            pass
+    q.last_seq = max(q.last_seq, r["seq"])
+
+
+# -- checkpoint 6: recovery guarantees -----------------------------------------------------------
+
+
+class SeqResetWAL(WriteAheadLog):
+    """Checkpoint 6 (why can WAL + snapshot guarantee consistency?): only if every record has a
+    number that never repeats, so replay can skip what a snapshot covers. The seed's Rotate set
+    `seq = 0`; here the records of every new segment are numbered from 1 again. Our recovery sees
+    the numbers go back and refuses to start (or cuts the lone record as torn); a reader that skips
+    by seq would silently drop them."""
+
+    seq_base = 0
+
+    def rotate(self) -> None:
+        before = len(self.segments)
+        super().rotate()
+        if len(self.segments) > before:
+            self.seq_base = self.next_seq - 1
+
+    def append(self, rec: R.Record) -> int:
+        seq = super().append(rec)
+        if self.seq_base:
+            prev_crc, start = self._undo
+            body = orjson.dumps({**rec, "seq": seq - self.seq_base})
+            self.crc = crc = crc32c(body, prev_crc)
+            self._buf[-1] = frame(body, crc)
+            self.lsn = start + len(self._buf[-1])
+        return seq
+
+
+class PayloadlessEnqueueWAL(WriteAheadLog):
+    """Checkpoint 6, the seed's own design: ENQUEUE records carry the job id only
+    (`wal.Append("ENQUEUE", job.ID)`) and payloads live in the snapshot. Any job enqueued after the
+    last snapshot comes back from a crash without its payload."""
+
+    def append(self, rec: R.Record) -> int:
+        if rec["type"] != R.ENQUEUE:
+            return super().append(rec)
+        payload = rec.pop("payload")
+        try:
+            return super().append(rec)
+        finally:
+            rec["payload"] = payload  # the running process still has it; the log does not
+
+
+def apply_payloadless(q: JobQueue, r: R.Record) -> None:
+    """Replay of a payload-less ENQUEUE: the job comes back with an empty payload."""
+    if r["type"] == R.ENQUEUE and "payload" not in r:
+        r = {**r, "payload": {}}
+    R.apply(q, r)
+
+
+# -- the registry --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """A named broken variant: the pieces it swaps in, the checkpoint it answers, and a sweep
+    (crash model, points, config changes) that catches it."""
+
+    name: str
+    checkpoint: int
+    fs_cls: type[SimFS] = SimFS
+    wal_cls: type[WriteAheadLog] = WriteAheadLog
+    snapshot_cls: type[SnapshotStore] = SnapshotStore
+    apply_fn: Apply = R.apply
+    controller_cls: type[Controller] = Controller
+    catch: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def doc(self) -> str:
+        """The docstring of the piece that breaks the design (the one that names its checkpoint)."""
+        parts = (self.fs_cls, self.wal_cls, self.snapshot_cls, self.controller_cls, self.apply_fn)
+        docs = [" ".join((p.__doc__ or "").split()) for p in parts]
+        return next((d for d in docs if d.startswith("Checkpoint")), "")
+
+
+_QUICK_SNAPSHOTS = {"snapshot_interval": 0.3, "snapshot_log_ratio": 0.5}
+MUTANTS: dict[str, Mutant] = {
+    m.name: m
+    for m in (
+        Mutant("no-fsync", 2, fs_cls=NoFsyncFS, catch={"model": "power-loss", "points": "records"}),
+        Mutant("no-dir-fsync", 3, fs_cls=NoDirFsyncFS, catch={"model": "power-loss", "points": "records"}),
+        Mutant(
+            "snapshot-in-place",
+            3,
+            snapshot_cls=InPlaceSnapshots,
+            catch={"model": "power-loss", "points": "marks", "config": _QUICK_SNAPSHOTS},
+        ),
+        Mutant("no-checksum", 2, wal_cls=NoChecksumWAL, catch={"model": "process", "points": "records"}),
+        Mutant(
+            "replay-without-completed-check",
+            5,
+            wal_cls=ReplayWholeLogWAL,
+            apply_fn=replay_without_completed_check,
+            catch={
+                "model": "process",
+                "points": "records",
+                "config": {**_QUICK_SNAPSHOTS, "failure_rate": 0.3},
+            },
+        ),
+        Mutant(
+            "timeouts-without-retry-limit",
+            4,
+            controller_cls=NoTimeoutLimitController,
+            catch={"model": "process", "points": "records", "config": {"task_timeout": 0.3}},
+        ),
+        Mutant(
+            "seq-reset-on-rotation",
+            6,
+            wal_cls=SeqResetWAL,
+            catch={"model": "process", "points": "records", "config": _QUICK_SNAPSHOTS},
+        ),
+        Mutant(
+            "payload-less-enqueue",
+            6,
+            wal_cls=PayloadlessEnqueueWAL,
+            apply_fn=apply_payloadless,
+            catch={"model": "process", "points": "records"},
+        ),
+    )
+}
+
+
+def get(name: str | None) -> Mutant | None:
+    """The mutant called `name` (None: the correct design); BeaverError naming the known ones."""
+    if name is None or name == "none":
+        return None
+    try:
+        return MUTANTS[name]
+    except KeyError:
+        raise BeaverError(f"unknown mutant {name!r}; known: {', '.join(MUTANTS)}") from None

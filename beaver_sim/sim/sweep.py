@@ -1,0 +1,599 @@
+"""Crash sweeps: run a workload once, enumerate crash points, and for each one crash there, recover
+with the real code, check the invariants and run on to the end. One DataFrame row per point.
+
+Point sets: `bytes` (every WAL LSN: every byte of every segment, headers included), `marks` (every
+time a named persistence point is reached), `records` (every record boundary plus a torn point in the
+middle of every record: the default), `all` (bytes + marks), `sample:N` (N of `all`, seeded), any of
+them joined with `+`, or an explicit list of CrashPlans or `kind:where` strings. Points run on any
+`concurrent.futures.Executor` (a process pool by default, a Dask `distributed` client for more than
+one machine); rows come back sorted by point, so the DataFrame is the same whatever ran it. Every
+column is deterministic except `recovery_seconds`, the measured wall time of the real recovery.
+
+How a sweep stays fast (`share=True`, the default; `share=False` runs every point from scratch and
+gives the same rows): each task runs the workload once, and at each of its crash points it captures
+the moment (the files, the clients' acknowledgements, the workers' random state) and runs the crashed
+continuation from there, so the run up to a crash is shared by all the points after it. Points that
+crash in the same write with the same whole records before them (or, under `power-loss` with nothing
+torn, anywhere in the same write) leave files that differ at most in a torn tail: every one of them
+is recovered by the real code, and when its recovery rebuilds exactly the state and log of the first
+one (same snapshot, last seq, end LSN and checksum chain), the rest of the run is that one's too,
+by determinism; the row shares it, keeping its own recovery figures. Anything else runs on its own."""
+
+from __future__ import annotations
+
+import bisect
+import gc
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from functools import cached_property, partial
+from typing import Any
+
+import pandas as pd
+
+from beaver_sim.core.types import BeaverError
+from beaver_sim.sim import mutants
+from beaver_sim.sim.checker import INVARIANTS, same_bytes
+from beaver_sim.sim.experiment import Capture, SimResult, Simulation, _Run, record_before, recovered_key
+from beaver_sim.sim.faults import CrashHook, CrashPlan, recovery_model_seconds, survivors
+from beaver_sim.sim.fs import POWER_LOSS, SimFS
+from beaver_sim.storage.recovery import Storage
+
+COLUMNS = [
+    "point",
+    "kind",
+    "at",
+    "occurrence",
+    "offset",
+    "time",
+    "model",
+    "outcome",
+    "violations",
+    "invariants",
+    "detail",
+    "jobs_lost",
+    "duplicates",
+    "records_replayed",
+    "bytes_truncated",
+    "model_seconds",
+    "recovery_seconds",
+    "problems",
+    "token",
+]
+
+
+@dataclass
+class Base:
+    """The uncrashed run a sweep starts from: its records, writes and persistence points."""
+
+    result: SimResult
+
+    @cached_property
+    def starts(self) -> list[int]:
+        """The start LSN of every WAL write, in order."""
+        return [w[1] for w in self.writes]
+
+    @cached_property
+    def trace(self) -> list[tuple[dict[str, Any], int, int]]:
+        """The records of the uncrashed run, with their LSNs."""
+        return self.result.records(0)
+
+    @property
+    def end(self) -> int:
+        return self.result.end_lsn
+
+    @property
+    def writes(self) -> list[tuple[int, int, int]]:
+        hook = self.result.lives[0].hook
+        return hook.writes if hook is not None else []
+
+    @property
+    def marks(self) -> list[tuple[str, int, int, float]]:
+        hook = self.result.lives[0].hook
+        return hook.points if hook is not None else []
+
+    def lsn(self, plan: CrashPlan) -> int | None:
+        """Where in the log a plan crashes (None: a time)."""
+        if plan.kind == "lsn":
+            return plan.at
+        if plan.kind == "record":
+            seqs = self.trace
+            i = plan.at - seqs[0][0]["seq"] if seqs else -1
+            return seqs[i][2] if 0 <= i < len(seqs) else self.end
+        if plan.kind == "point":
+            for name, n, lsn, _t in self.marks:
+                if name == plan.at and n == plan.occurrence:
+                    return lsn
+            return None
+        return None
+
+    @cached_property
+    def ends(self) -> list[int]:
+        return [end for _rec, _start, end in self.trace]
+
+    def signature(self, plan: CrashPlan, model: str) -> tuple[Any, ...]:
+        """Points with the same signature crash at the same moment, and their files differ at most
+        in a torn tail (which recovery must cut): candidates to share the rest of the run."""
+        if plan.kind in ("point", "time"):
+            return (plan.kind, plan.at, plan.occurrence, plan.torn)
+        x = self.lsn(plan)
+        starts = self.starts
+        i = bisect.bisect_right(starts, x) - 1 if x is not None else -1
+        if i < 0 or x >= starts[i] + self.writes[i][2]:  # type: ignore[operator]
+            return ("never",)  # past the end of the log: the run ends before reaching it
+        if model == POWER_LOSS and plan.torn == 0:
+            return ("write", i)  # the unsynced tail is lost whole, wherever in it the crash came
+        return ("write", i, bisect.bisect_right(self.ends, x), plan.torn)
+
+
+def base_run(sim: Simulation) -> Base:
+    """The run without a crash, observed: every WAL write and persistence point it reaches."""
+    return Base(replace(sim, crash=None, observe=True, sample_every=0).run())
+
+
+SETS = ("all", "bytes", "records", "marks", "sample")
+
+
+def enumerate_points(base: Base, points: str | Sequence[CrashPlan | str], seed: int = 0) -> list[CrashPlan]:
+    """The crash points a spec names: point sets (`records+marks`) in the order the run reaches
+    them, then explicit points (`lsn:300`, `record:7`, ...) in the order given, each once."""
+    items = points.replace("+", ",").split(",") if isinstance(points, str) else list(points)
+    found: list[tuple[tuple[int, int], CrashPlan]] = []
+    given: list[CrashPlan] = []
+    for item in items:
+        if isinstance(item, CrashPlan):
+            given.append(item)
+            continue
+        part = item.strip()
+        name, _, arg = part.partition(":")
+        if name not in SETS:
+            if not arg:
+                raise BeaverError(
+                    f"points {part!r}: expected all, bytes, records, marks, sample:N or KIND:WHERE"
+                )
+            given.append(CrashPlan.parse(part))
+        elif name in ("bytes", "all"):
+            found += [((x, 1), CrashPlan("lsn", x)) for x in range(base.end)]
+        if name in ("marks", "all"):
+            found += [((lsn, 0), CrashPlan("point", m, n)) for m, n, lsn, _t in base.marks]
+        elif name == "records":
+            for rec, start, end in base.trace:
+                found.append(((end, 1), CrashPlan("record", rec["seq"])))
+                found.append(((start + (end - start) // 2, 1), CrashPlan("lsn", start + (end - start) // 2)))
+        elif name == "sample":
+            try:
+                n = int(arg)
+            except ValueError:
+                raise BeaverError(f"points {part!r}: expected sample:N") from None
+            pool = enumerate_points(base, "all")
+            picked = sorted(random.Random(seed).sample(range(len(pool)), min(n, len(pool))))
+            found += [
+                ((base.lsn(pool[i]) or 0, 0 if pool[i].kind == "point" else 1), pool[i]) for i in picked
+            ]
+    plans = [plan for _key, plan in sorted(found, key=lambda kp: kp[0])] + given
+    return list(dict.fromkeys(plans))
+
+
+Points = list[tuple[int, list[Any], int | None, int]]  # (index, plan, crash LSN or None, group)
+
+
+def _run_alone(token: str, model: str, points: Points) -> dict[int, Any]:
+    """Run crash points one by one, each from scratch (`share=False`)."""
+    base = Simulation.from_token(token, sample_every=0)
+    return {
+        i: point_row(replace(base, crash=CrashPlan.from_list(p), model=model).run())
+        for i, p, _x, _g in points
+    }
+
+
+class _Done(BaseException):
+    """Every crash point of a task has been taken: the shared run can stop."""
+
+
+class _SharingHook(CrashHook):
+    """The hook of a task's shared run: at each crash point it captures the moment and runs the
+    crashed continuation from it. A write's points wait for the next FS call: the write's bytes are
+    in the files by then, and each point keeps those before its LSN."""
+
+    def __init__(
+        self, fs: SimFS, wal_dir: str, plan: Any, clock: Any, observe: bool, *, run: _Run, task: _Task
+    ):
+        super().__init__(fs, wal_dir, None, clock, observe)
+        self.run, self.task = run, task
+        self.pending: list[tuple[Capture, str, int, int, list[Any]]] = []
+        self.at_lsn = sorted((x, i) for i, (_p, x) in enumerate(task.targets) if x is not None)
+        self.next = 0
+        self.at_mark: dict[tuple[str, int], list[int]] = {}
+        for i, (plan_, x) in enumerate(task.targets):
+            if x is None and plan_.kind == "point":
+                self.at_mark.setdefault((plan_.at, plan_.occurrence), []).append(i)
+            elif x is None:
+                clock.call_at(plan_.at, self._at_time, i)
+
+    def __call__(self, op: str, path: str, nbytes: int) -> int | None:
+        if self.pending:
+            self.settle()
+        return super().__call__(op, path, nbytes)
+
+    def reached_write(self, path: str, start: int, nbytes: int) -> int | None:
+        targets, end = self.at_lsn, start + nbytes
+        if self.next < len(targets) and targets[self.next][0] < end:
+            cap = self.run.capture(self.task.targets[targets[self.next][1]][0], None)
+            size = len(self.fs.files[path].data)
+            while self.next < len(targets) and targets[self.next][0] < end:
+                x, i = targets[self.next]
+                keep = max(0, x - start)
+                self.pending.append(
+                    (replace(cap, plan=self.task.targets[i][0], lsn=start + keep), path, size, keep, [i])
+                )
+                self.next += 1
+        return None
+
+    def reached_mark(self, name: str, n: int) -> int | None:
+        for i in self.at_mark.pop((name, n), []):
+            self.task.take(i, self.run.capture(self.task.targets[i][0], self.end_lsn()), self.fs, None)
+        self.task.done_yet()
+        return None
+
+    def _at_time(self, i: int) -> None:
+        storage = self.run.storage
+        lsn = storage.wal.written_lsn if storage is not None else None
+        self.task.take(i, self.run.capture(self.task.targets[i][0], lsn), self.fs, None)
+        self.task.done_yet()
+
+    def settle(self) -> None:
+        """Take the points of the last write, now that its bytes are in the files."""
+        pending, self.pending = self.pending, []
+        for cap, path, size, keep, (i,) in pending:
+            self.task.take(i, cap, self.fs, (path, size + keep))
+        self.task.done_yet()
+
+
+@dataclass
+class _Task:
+    """The crash points one executor task takes from one shared run, grouped by signature."""
+
+    sim: Simulation
+    targets: list[tuple[CrashPlan, int | None]]  # (plan, LSN of its crash or None)
+    groups: list[int]  # target -> group: same group, candidates to share the continuation
+    rows: dict[int, dict[str, Any]]
+    keys: dict[int, tuple[tuple[Any, ...], dict[str, Any]]]  # group -> (recovered key, row)
+    base: _Run | None = None
+    left: int = 0
+
+    def take(self, i: int, cap: Capture, fs: SimFS, cut: tuple[str, int] | None) -> None:
+        """Crash target `i` at the captured moment: the files survive under the crash model (a
+        torn write keeps its bytes before the crash LSN), recovery runs, the run goes on."""
+        plan = self.targets[i][0]
+        files = survivors(fs, self.sim.model, plan.torn)
+        if cut is not None:
+            path, size = cut
+            inode = files.files.get(path)
+            if inode is not None and len(inode.data) > size:
+                del inode.data[size:]
+                inode.sync()
+        self.left -= 1
+        group = self.groups[i]
+        shared = self.keys.get(group)
+        assert self.base is not None
+        if shared is not None:
+            key, report = _recover(self.sim, files)
+            if key == shared[0]:
+                row = dict(shared[1], problems=list(shared[1]["problems"]))
+                row.update(
+                    report, offset=cap.lsn, record=record_before(self.base.trace_until(cap.lsn), cap.lsn)
+                )
+                self.rows[i] = row
+                return
+        result = _Run.resume(replace(self.sim, crash=plan), self.base, cap, files)
+        row = self.rows[i] = point_row(result)
+        if shared is None and len(result.lives) > 1 and result.lives[1].recovered_key is not None:
+            self.keys[group] = (result.lives[1].recovered_key, row)
+
+    def done_yet(self) -> None:
+        if self.left == 0:
+            raise _Done
+
+
+def _recover(sim: Simulation, files: SimFS) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Recover `files` with the real code (and the mutant's pieces): what it rebuilt, and the
+    figures a sweep row keeps from it."""
+    m = mutants.get(sim.mutant) or mutants.Mutant("none", 0)
+    try:
+        storage = Storage.from_config(
+            files,
+            sim.config,
+            timer=time.perf_counter,
+            wal_cls=m.wal_cls,
+            snapshot_cls=m.snapshot_cls,
+            apply_fn=m.apply_fn,
+        )
+    except BeaverError as e:
+        return ("refused", str(e)), {}
+    r = storage.report
+    return recovered_key(storage), {
+        "records_replayed": r.records_replayed,
+        "bytes_truncated": r.bytes_truncated,
+        "model_seconds": recovery_model_seconds(r.records_replayed, r.wal_bytes, r.snapshot_bytes),
+        "recovery_seconds": r.seconds,
+    }
+
+
+def _run_shared(token: str, model: str, points: Points) -> dict[int, Any]:
+    """Run some crash points of one sweep from one shared run (in a worker process, a Dask worker or
+    here); `points` are (index, plan, crash LSN or None, group)."""
+    base = Simulation.from_token(token, sample_every=0)
+    sim = replace(base, model=model)
+    targets = [(CrashPlan.from_list(p), x) for _i, p, x, _g in points]
+    task = _Task(sim, targets, [g for *_, g in points], {}, {}, left=len(targets))
+    run = _Run(base)
+    task.base = run
+    run.watch = partial(_SharingHook, task=task)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        run.loop()
+        hook = run.out.lives[0].hook
+        if isinstance(hook, _SharingHook) and hook.pending:
+            hook.settle()
+    except _Done:
+        pass
+    finally:
+        if enabled:
+            gc.enable()
+    return {points[i][0]: row for i, row in task.rows.items()}
+
+
+def point_row(r: SimResult) -> dict[str, Any]:
+    """The sweep row of one crashed run (without the point's own labels)."""
+    crash = r.crashes[0] if r.crashes else None
+    rec = r.recoveries[0] if r.recoveries else {}
+    vs = r.violations
+    if r.ending == "refused":
+        outcome = "refused"
+    elif vs:
+        outcome = "violation"
+    else:
+        outcome = "ok" if crash is not None else "no-crash"
+    return {
+        "offset": crash["lsn"] if crash else None,
+        "time": crash["time"] if crash else None,
+        "outcome": outcome,
+        "violations": len(vs),
+        "invariants": ",".join(str(i) for i in sorted({v.invariant for v in vs})),
+        "detail": _detail(vs[0].invariant, vs[0].job, vs[0].detail) if vs else "",
+        "jobs_lost": len(r.checker.lost),
+        "duplicates": sum(1 for n in r.successes().values() if n > 1),
+        "records_replayed": rec.get("records_replayed", 0),
+        "bytes_truncated": rec.get("bytes_truncated", 0),
+        "model_seconds": rec.get("model_seconds", 0.0),
+        "recovery_seconds": rec.get("seconds", 0.0),
+        "record": crash["record"] if crash else None,
+        "problems": [(v.invariant, v.job, v.detail) for v in vs],
+    }
+
+
+def _detail(invariant: int, job: str | None, detail: str) -> str:
+    return f"invariant {invariant}: " + (f"job {job}: " if job else "") + detail
+
+
+@contextmanager
+def _executor(executor: Executor | str | None, workers: int | None, scheduler: str | None) -> Iterator[Any]:
+    """The executor to use, created and shut down here unless one was passed in."""
+    if isinstance(executor, Executor):
+        yield executor
+    elif executor in (None, "process"):
+        with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+            yield pool
+    elif executor == "dask":
+        from dask.distributed import Client, LocalCluster
+
+        if scheduler:
+            client = Client(scheduler)
+        else:
+            cluster = LocalCluster(n_workers=workers or os.cpu_count(), threads_per_worker=1)
+            client = Client(cluster)
+        try:
+            yield client.get_executor(pure=False)
+        finally:
+            client.close()
+            if not scheduler:
+                cluster.close()
+    elif executor == "serial":
+        yield None
+    else:
+        raise BeaverError(f"executor must be process, dask or serial, got {executor!r}")
+
+
+def crash_sweep(
+    sim: Simulation,
+    points: str | Sequence[CrashPlan | str] = "records",
+    *,
+    executor: Executor | str | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool | None = None,
+    chunk: int | None = None,
+    share: bool = True,
+) -> pd.DataFrame:
+    """Crash `sim`'s run at every point of `points` (under `sim.model`), recover, check, run on.
+
+    `executor`: an Executor, or "process" (default: a pool of `workers`), "dask" (a LocalCluster,
+    or the scheduler at `scheduler`), "serial" (here). `progress`: a tqdm bar (default: on a TTY).
+    `share=False` runs every point from scratch (same rows, slower: the module docstring says why).
+    Column `at` is the plan's position as text (an LSN, a record, a point's name, a time; `offset`
+    and `time` are the numbers); `problems` holds each point's violations as JSON ([invariant,
+    job, detail] each); `violations(df)` lists them all. `df.attrs` holds `wal_bytes`, `seconds`,
+    `points`, `groups` (continuations run) and `base_violations`: those of the uncrashed run itself,
+    as point -1 (a mutant may break an invariant with no crash at all; two runs that differ break
+    invariant 7)."""
+    t0 = time.perf_counter()
+    base = base_run(sim)
+    again = replace(sim, crash=None, sample_every=0).run()
+    plans = enumerate_points(base, points, sim.seed)
+    token = replace(sim, crash=None).token()
+    never = point_row(again)  # a point the run never reaches: the run without a crash
+    results: dict[int, dict[str, Any]] = {}
+    groups: dict[tuple[Any, ...], int] = {}
+    todo: Points = []
+    for i, plan in enumerate(plans):
+        sig = base.signature(plan, sim.model)
+        if sig == ("never",):
+            results[i] = dict(never, problems=[])  # the run's own problems are reported once, as point -1
+        else:
+            x = base.lsn(plan) if plan.kind in ("lsn", "record") else None
+            todo.append((i, plan.as_list(), x, groups.setdefault(sig, len(groups))))
+    run = _run_shared if share else _run_alone
+    n = workers or os.cpu_count() or 1
+    size = chunk or max(1, min(64, len(todo) // (8 * n)))  # small tasks: the last ones end together
+    chunks = _chunks(todo, size)
+    bar = _progress(len(plans), progress)
+    bar.update(len(plans) - len(todo))
+    with _executor(executor, workers, scheduler) as ex:
+        if ex is None:
+            for c in chunks:
+                _collect(results, run(token, sim.model, c), base, plans, bar)
+        else:
+            futures = [ex.submit(run, token, sim.model, c) for c in chunks]
+            for f in as_completed(futures):
+                _collect(results, f.result(), base, plans, bar)
+    bar.close()
+    rows = []
+    for i, plan in enumerate(plans):
+        row = dict(results[i])
+        row.pop("record")
+        row["problems"] = json.dumps(row["problems"])
+        row.update(point=i, kind=plan.kind, at=str(plan.at), occurrence=plan.occurrence, model=sim.model)
+        row["token"] = replace(sim, crash=plan).token()
+        rows.append(row)
+    first = [{"point": -1, **v.as_dict(), "token": token} for v in base.result.violations]
+    if again.files != base.result.files:
+        detail = (
+            f"two runs of the same inputs differ in {', '.join(same_bytes(again.files, base.result.files))}"
+        )
+        first.append({"point": -1, "invariant": 7, "job": None, "detail": detail, "token": token})
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df.attrs.update(  # small values only: pandas copies attrs into every frame derived from df
+        wal_bytes=base.end,
+        seconds=time.perf_counter() - t0,
+        points=len(plans),
+        groups=len(groups),
+        base_violations=first,
+    )
+    return df
+
+
+def violations(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Every violation a sweep found, as {point, invariant, job, detail, token}: the uncrashed
+    run's first (point -1), then each point's in order."""
+    out = [
+        {k: v[k] for k in ("point", "invariant", "job", "detail", "token")}
+        for v in df.attrs["base_violations"]
+    ]
+    for point, token, problems in zip(df["point"], df["token"], df["problems"]):
+        for inv, job, detail in json.loads(problems):
+            out.append({"point": int(point), "invariant": inv, "job": job, "detail": detail, "token": token})
+    return out
+
+
+def _chunks(todo: Points, size: int) -> list[Points]:
+    """Consecutive points, about `size` per task, never splitting a group (it shares one run)."""
+    out: list[Points] = []
+    for p in todo:
+        if out and (len(out[-1]) < size or out[-1][-1][3] == p[3]):
+            out[-1].append(p)
+        else:
+            out.append([p])
+    return out
+
+
+def _collect(
+    results: dict[int, dict[str, Any]],
+    rows: dict[int, dict[str, Any]],
+    base: Base,
+    plans: list[CrashPlan],
+    bar: Any,
+) -> None:
+    """File a finished task's rows, checking that each run agreed with the uncrashed run up to
+    its crash (invariant 7)."""
+    for i, row in rows.items():
+        plan = plans[i]
+        if plan.kind in ("lsn", "record") and row["offset"] is not None:
+            row["offset"] = base.lsn(plan)
+        expected = _expected_record(base, plan)
+        if expected is not None and row["record"] is not None and row["record"] != expected:
+            why = f"the run differs from the first before its crash: {row['record']} != {expected}"
+            row["problems"] = [*row["problems"], (7, None, why)]
+            row["violations"] += 1
+            row["outcome"] = "violation"
+        results[i] = row
+    bar.update(len(rows))
+
+
+def _expected_record(base: Base, plan: CrashPlan) -> list[Any] | None:
+    x = base.lsn(plan)
+    return record_before(base.trace, x) if x is not None and plan.kind in ("lsn", "record") else None
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, progress: bool | None) -> Any:
+    """A tqdm bar (the notebook widget in Jupyter), or nothing when not wanted or not a terminal."""
+    if progress is False or (progress is None and not sys.stderr.isatty()):
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="pt", desc="crash sweep")
+
+
+def failing(df: pd.DataFrame) -> bool:
+    """Did the sweep find any violation (at a crash point or in the uncrashed run)?"""
+    return bool(df.attrs["base_violations"]) or bool((df["violations"] > 0).any())
+
+
+def minimal_counterexample(
+    sim: Simulation,
+    df: pd.DataFrame,
+    points: str | Sequence[CrashPlan | str] = "records",
+    sweep: Callable[..., pd.DataFrame] = crash_sweep,
+    **options: Any,
+) -> dict[str, Any] | None:
+    """For a failing sweep: its earliest failing crash point, and the fewest jobs (by bisection)
+    whose sweep still fails, with that sweep's earliest failing point and replay token."""
+    if not failing(df):
+        return None
+    first = _earliest(df)
+    lo, hi, best = 1, sim.workload.jobs, first
+    while lo < hi:
+        mid = (lo + hi) // 2
+        smaller = replace(sim, workload=replace(sim.workload, jobs=mid))
+        d = sweep(smaller, points, **options)
+        if failing(d):
+            hi, best = mid, _earliest(d)
+        else:
+            lo = mid + 1
+    return {"earliest": first, "jobs": hi, "smallest": best}
+
+
+def _earliest(df: pd.DataFrame) -> dict[str, Any]:
+    """The first violation of a sweep: its point, invariant, detail and token."""
+    v = df.attrs["base_violations"]
+    if not v:
+        row = df[df["violations"] > 0].iloc[0]
+        v = [{"point": int(row["point"]), "token": row["token"]}]
+        v[0]["invariant"], v[0]["job"], v[0]["detail"] = json.loads(row["problems"])[0]
+    return {k: v[0][k] for k in ("point", "invariant", "job", "detail", "token")} | {
+        "name": INVARIANTS[v[0]["invariant"]]
+    }

@@ -1,0 +1,158 @@
+"""The checker sees each of the seven invariants break: acknowledged jobs lost or altered, jobs in
+two states or unknown, durable completions undone or re-dispatched, too many attempts, seq numbers
+reused or a log that does not verify, runs that do not end, and runs that differ."""
+
+from __future__ import annotations
+
+from beaver_sim.core import records as R
+from beaver_sim.core.queue import JobQueue
+from beaver_sim.core.types import JobStatus
+from beaver_sim.sim.checker import INVARIANTS, Checker, Violation, same_bytes
+from beaver_sim.sim.fs import SimFS
+from beaver_sim.storage.recovery import Storage
+
+P = {"type": "compute", "value": 1}
+
+
+def queue(*recs: R.Record) -> JobQueue:
+    q = JobQueue()
+    for seq, rec in enumerate(recs, 1):
+        R.apply(q, {**rec, "seq": seq})
+    return q
+
+
+def checker(*jobs: str, acked: bool = True) -> Checker:
+    c = Checker(max_retry=3, token="TOKEN")
+    c.submit((j, dict(P)) for j in jobs)
+    if acked:
+        c.acknowledge(jobs)
+    return c
+
+
+def found(c: Checker) -> set[tuple[int, str | None]]:
+    return {(v.invariant, v.job) for v in c.violations}
+
+
+def test_a_recovered_state_with_every_acknowledged_job_passes() -> None:
+    c = checker("a", "b")
+    c.recovered(queue(R.enqueue("a", P), R.enqueue("b", P)), wal_end_lsn=0)
+    assert c.ok and not c.lost
+
+
+def test_an_acknowledged_job_lost_or_altered_breaks_invariant_1() -> None:
+    c = checker("a", "b", "c")
+    c.crashed("lsn 10", [], durable_lsn=0)
+    c.recovered(queue(R.enqueue("a", P), R.enqueue("b", {"type": "compute"})), wal_end_lsn=0)
+    assert found(c) == {(1, "c"), (1, "b")} and c.lost == {"c"}
+    v = next(v for v in c.violations if v.job == "c")
+    assert (v.crash, v.token) == ("lsn 10", "TOKEN")
+    assert v.as_dict()["name"] == INVARIANTS[1] and "lsn 10" in str(v) and "job c" in str(v)
+
+
+def test_unacknowledged_jobs_may_be_lost() -> None:
+    c = checker("a", acked=False)
+    c.recovered(JobQueue(), wal_end_lsn=0)
+    assert c.ok
+
+
+def test_a_job_no_client_sent_or_a_broken_structure_breaks_invariant_2() -> None:
+    c = checker("a")
+    q = queue(R.enqueue("a", P), R.enqueue("ghost", P))
+    c.recovered(q, wal_end_lsn=0)
+    assert found(c) == {(2, "ghost")}
+    q.counts[JobStatus.PENDING] += 1  # counts no longer add up to the jobs
+    c.recovered(q, wal_end_lsn=0)
+    assert (2, None) in found(c)
+
+
+def test_a_durable_completion_undone_or_redispatched_breaks_invariant_3() -> None:
+    c = checker("a", "b")
+    trace = [
+        ({"seq": 5, "type": R.ACK, "job": "a", "attempt": 1}, 400, 450),
+        ({"seq": 6, "type": R.ACK, "job": "b", "attempt": 1}, 450, 500),  # written, never synced
+    ]
+    c.crashed("record 6", trace, durable_lsn=450)
+    assert c.completed == {"a"} and c.durable_seq == 5
+    pending = queue(
+        R.enqueue("a", P), R.enqueue("b", P), R.enqueue("x", P), R.enqueue("y", P), R.enqueue("z", P)
+    )
+    c.submit([("x", P), ("y", P), ("z", P)])
+    c.recovered(pending, wal_end_lsn=450)
+    assert found(c) == {(3, "a")}
+    c.life([("b", 1), ("a", 2)], completed_at_start={"a"})
+    assert next(v.detail for v in c.violations if v.job == "a").startswith("its ACK was durable")
+    c2 = checker("a")
+    c2.life([("a", 2)], completed_at_start={"a"})
+    assert found(c2) == {(3, "a")}
+
+
+def test_too_many_attempts_break_invariant_4() -> None:
+    c = checker("a", "b")
+    c.life([("a", 4)], completed_at_start=set())
+    assert found(c) == {(4, "a")}
+    q = queue(
+        R.enqueue("a", P),
+        R.enqueue("b", P),
+        R.dispatch("a", 1, 0, 3.0),
+        R.dead("a", 1, "failed"),  # dead after 1 of 3 attempts
+        R.dispatch("b", 1, 0, 3.0),
+        R.ack("b", 1),
+    )
+    c2 = checker("a", "b")
+    fs = SimFS()
+    fs.makedirs("/wal")
+    c2.finished(q, fs, "/wal")
+    assert (4, "a") in found(c2)
+
+
+def test_durable_records_lost_break_invariant_5() -> None:
+    c = checker()
+    c.crashed(
+        "lsn 900",
+        [({"seq": s, "type": R.ACK, "job": "a", "attempt": 1}, s * 10, s * 10 + 10) for s in (1, 2, 3)],
+        40,
+    )
+    c.completed.clear()
+    q = queue()  # recovery came back empty: seq 1..3 will be reused
+    c.recovered(q, wal_end_lsn=0)
+    assert (5, None) in found(c) and "used again" in c.violations[0].detail
+
+
+def test_a_refused_recovery_or_a_failed_controller_breaks_invariant_6() -> None:
+    c = checker()
+    c.refused(ValueError("wal-001.log: bad header\n(line two)"))
+    assert [v.invariant for v in c.violations] == [6]
+    assert c.violations[0].detail == "recovery refused to start: wal-001.log: bad header (line two)"
+    c2 = checker()
+    c2.failed(ValueError("cannot apply"))
+    assert c2.violations[0].detail == "the controller failed: cannot apply"
+
+
+def test_the_end_state_and_the_log_on_disk() -> None:
+    fs = SimFS()
+    s = Storage.open(fs, "/d")
+    for rec in (R.enqueue("a", P), R.enqueue("b", P), R.dispatch("a", 1, 0, 3.0), R.ack("a", 1)):
+        s.append(rec)
+    s.wal.flush()
+    c = checker("a", "b")
+    c.finished(s.state, fs, "/d/wal")
+    assert found(c) == {(6, "b"), (6, None)}  # b never ended; completed + dead != acknowledged
+    c2 = checker("a", "b")
+    c2.finished(s.state, fs, "/d/wal", since=0)
+    path = "/d/wal/" + fs.listdir("/d/wal")[0]
+    fs.files[path].data[-3:-2] = b"X"  # a flipped byte in the last record
+    c3 = checker("a", "b")
+    c3.finished(s.state, fs, "/d/wal")
+    assert (5, None) in found(c3)
+
+
+def test_each_violation_is_reported_once_per_job() -> None:
+    c = checker("a")
+    for _ in range(3):
+        c.recovered(JobQueue(), wal_end_lsn=0)
+    assert len(c.violations) == 1 and isinstance(c.violations[0], Violation)
+
+
+def test_same_bytes_names_the_files_that_differ() -> None:
+    assert same_bytes({"/a": b"1", "/b": b"2"}, {"/a": b"1", "/b": b"3", "/c": b""}) == ["/b", "/c"]
+    assert set(INVARIANTS) == set(range(1, 8))

@@ -1,0 +1,154 @@
+"""Crash sweeps: point sets, every byte of a 40-job run under both crash models, the same rows from
+every executor and with or without shared runs, minimal counterexamples, and `beaver crash-sweep`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from concurrent.futures import ProcessPoolExecutor
+
+import pandas as pd
+import pytest
+
+from beaver_sim.core.types import BeaverError, Config
+from beaver_sim.sim.cli import register
+from beaver_sim.sim.experiment import Simulation, Workload
+from beaver_sim.sim.faults import POINTS, CrashPlan
+from beaver_sim.sim.sweep import (
+    base_run,
+    crash_sweep,
+    enumerate_points,
+    failing,
+    minimal_counterexample,
+    violations,
+)
+
+
+def sim(jobs: int = 40, model: str = "process", fsync: str = "always", **config: object) -> Simulation:
+    return Simulation(Config(data_dir="/sim", fsync=fsync, **config), Workload(jobs), 9, model=model)  # type: ignore[arg-type]
+
+
+def same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    cols = [c for c in a.columns if c != "recovery_seconds"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    assert violations(a) == violations(b)
+
+
+def test_point_sets() -> None:
+    base = base_run(sim(20, snapshot_interval=0.3, snapshot_log_ratio=0.5))
+    records = enumerate_points(base, "records")
+    assert len(records) == 2 * len(base.trace)
+    assert [p.kind for p in records[:2]] == ["lsn", "record"]  # in log order: torn point, then the boundary
+    marks = enumerate_points(base, "marks")
+    assert {p.at for p in marks} == set(POINTS) and all(p.kind == "point" for p in marks)
+    everything = enumerate_points(base, "all")
+    assert len(everything) == base.end + len(marks)
+    both = enumerate_points(base, "records+marks")
+    assert set(both) == set(records) | set(marks) and len(both) == len(records) + len(marks)
+    sample = enumerate_points(base, "sample:50", seed=3)
+    assert len(sample) == 50 and sample == enumerate_points(base, "sample:50", seed=3)
+    assert sample != enumerate_points(base, "sample:50", seed=4)
+    assert enumerate_points(base, ["lsn:5", "time:1"]) == [CrashPlan("lsn", 5), CrashPlan("time", 1.0)]
+    assert enumerate_points(base, "lsn:5,marks")[-1] == CrashPlan("lsn", 5)
+    with pytest.raises(BeaverError, match="expected all"):
+        enumerate_points(base, "everything")
+
+
+def test_every_byte_of_a_40_job_run_under_both_crash_models_keeps_every_invariant() -> None:
+    for model in ("process", "power-loss"):
+        df = crash_sweep(sim(40, model), "all", executor="serial", progress=False)
+        assert (
+            len(df) == df.attrs["wal_bytes"] + (df["kind"] == "point").sum() and (df["kind"] == "point").any()
+        )
+        assert not failing(df), violations(df)[:3]
+        assert set(df["outcome"]) == {"ok"}
+        torn = df[(df["kind"] == "lsn") & (df["bytes_truncated"] > 0)]
+        assert (len(torn) > 0) == (model == "process")  # a kill -9 leaves torn records; recovery cuts them
+
+
+def test_without_fsync_a_power_loss_loses_acknowledged_jobs() -> None:
+    never = sim(20, "power-loss", "never")
+    df = crash_sweep(never, "records", executor="serial", progress=False)
+    assert failing(df) and (df["jobs_lost"] > 0).any()
+    assert {v["invariant"] for v in violations(df)} >= {1, 6}
+    example = minimal_counterexample(never, df, "records", executor="serial", progress=False)
+    assert example is not None and example["jobs"] == 1
+    assert example["earliest"]["point"] == int(df[df["violations"] > 0]["point"].min())
+    replay = Simulation.from_token(example["smallest"]["token"]).run()
+    assert not replay.ok and replay.sim.workload.jobs == 1
+    assert minimal_counterexample(never, crash_sweep(sim(5), "marks", executor="serial"), "marks") is None
+
+
+@pytest.mark.parametrize(
+    ("model", "fsync", "mutant", "points"),
+    [
+        ("process", "always", None, "records+marks"),
+        ("power-loss", "never", None, "records"),
+        ("power-loss", "always", "no-dir-fsync", "records"),
+        ("process", "always", "replay-without-completed-check", "records"),
+    ],
+)
+def test_shared_runs_give_the_rows_of_runs_from_scratch(
+    model: str, fsync: str, mutant: str | None, points: str
+) -> None:
+    s = sim(20, model, fsync, snapshot_interval=0.3, snapshot_log_ratio=0.5, failure_rate=0.3)
+    s.mutant = mutant
+    shared = crash_sweep(s, points, executor="serial", progress=False)
+    alone = crash_sweep(s, points, executor="serial", progress=False, share=False)
+    same_rows(shared, alone)
+    assert shared.attrs["groups"] < len(shared)
+
+
+def test_a_process_pool_and_dask_give_the_same_dataframe() -> None:
+    from dask.distributed import Client, LocalCluster
+
+    s = sim(25, "power-loss", "never")
+    serial = crash_sweep(s, "records+marks", executor="serial", progress=False)
+    with ProcessPoolExecutor(2) as pool:
+        same_rows(serial, crash_sweep(s, "records+marks", executor=pool, progress=False, chunk=7))
+    with (
+        LocalCluster(n_workers=2, processes=False, threads_per_worker=1) as cluster,
+        Client(cluster) as client,
+    ):
+        same_rows(
+            serial, crash_sweep(s, "records+marks", executor=client.get_executor(), progress=False, chunk=5)
+        )
+    assert list(serial["point"]) == list(range(len(serial)))
+
+
+# -- beaver crash-sweep ----------------------------------------------------------------------------
+
+
+def beaver(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    root = argparse.ArgumentParser(prog="beaver")
+    register(root.add_subparsers(dest="command", required=True))
+    args = root.parse_args(argv)
+    code = args.func(args)
+    return code, capsys.readouterr().out
+
+
+def test_beaver_crash_sweep_json_and_files(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    monkeypatch.chdir(str(tmp_path))
+    code, out = beaver(
+        capsys, "crash-sweep", "--jobs", "15", "--executor", "serial", "--json", "--out", "s.csv"
+    )
+    r = json.loads(out)
+    assert code == 0 and r["ok"] and r["violations"] == [] and r["points"] > 50
+    assert {"points", "ok", "violations", "wal_bytes", "seconds"} <= r.keys()
+    assert len(pd.read_csv("s.csv")) == r["points"]
+    code, out = beaver(
+        capsys, "crash-sweep", "--jobs", "10", "--crash-model", "power-loss", "--fsync", "never",
+        "--executor", "serial", "--json", "--out", "s.parquet",
+    )  # fmt: skip
+    r = json.loads(out)
+    assert code == 1 and not r["ok"] and r["counterexample"]["jobs"] == 1
+    assert {"point", "invariant", "detail"} <= r["violations"][0].keys()
+    assert len(pd.read_parquet("s.parquet")) == r["points"]
+    code, out = beaver(
+        capsys, "crash-sweep", "--jobs", "5", "--executor", "serial", "--points", "lsn:300,record:5"
+    )
+    assert code == 0 and "2 crash points" in out
+    with pytest.raises(BeaverError, match=r"csv or \.parquet"):
+        beaver(capsys, "crash-sweep", "--out", "x.txt")
