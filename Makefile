@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup build test lint demo bench clean metrics
+.PHONY: setup build test lint demo bench clean metrics lab notebooks
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,12 @@ test: lint
 
 demo: $(STAMP)
 	$(BIN)/beaver demo
+
+lab: $(STAMP)  # JupyterLab on the notebooks (kernel "python3" is this .venv)
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+notebooks: $(STAMP)  # after a code change: re-execute every notebook in place, then read `git diff notebooks`
+	for nb in notebooks/[0-9]*.ipynb; do echo "$$nb"; $(BIN)/jupyter execute --inplace "$$nb" || exit 1; done
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done

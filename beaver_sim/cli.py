@@ -51,10 +51,17 @@ RUN_FLAGS = {
     "executor": ("executor", "--executor"),
 }
 COMMON_FLAGS = {"data_dir": ("data_dir", "--data-dir")}
-DEMO_FLAGS = [  # a short, lively config: 100 jobs end in seconds, with failures and timeouts
-    *("--workers", "8", "--timeout", "500ms", "--work-min", "50ms", "--work-max", "600ms"),
-    *("--failure-rate", "0.1", "--max-retry", "3", "--snapshot-interval", "1s"),
-]
+DEMO = {  # a short, lively config: 100 jobs end in seconds; work that may outrun the timeout and a
+    # 10 % failure rate make retries, and the few jobs whose three attempts all fail end dead
+    "worker_count": "8",
+    "task_timeout": "500ms",
+    "work_min": "50ms",
+    "work_max": "600ms",
+    "failure_rate": "0.1",
+    "max_retry": "3",
+    "snapshot_interval": "1s",
+}
+DEMO_FLAGS = [arg for key, flag in RUN_FLAGS.values() if key in DEMO for arg in (flag, DEMO[key])]
 RECOVERED = re.compile(r"recovered in ([0-9.]+) s: (\d+) records replayed.* (\d+) in-flight jobs requeued")
 
 
@@ -338,10 +345,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     base = [sys.executable, "-m", "beaver_sim.cli"]
     where = ["--data-dir", data_dir] + (["--config", args.config] if args.config else [])
     run_argv = [*base, "run", *where, "--metrics-port", "0", *([] if args.config else DEMO_FLAGS)]
-    config = config_from(argparse.Namespace(config=args.config, data_dir=data_dir))
+    config = load_config(args.config, {"data_dir": data_dir} | ({} if args.config else DEMO))
     t_start = time.monotonic()
     say("=== beaver demo: a durable job queue, killed with -9 and recovered ===")
-    say(f"data dir: {data_dir}")
+    kept = "kept" if args.data_dir else "temporary: removed at the end unless the demo fails"
+    say(f"data dir: {data_dir} ({kept}; --data-dir DIR keeps one)")
+    say(
+        f"settings: {config.worker_count} workers; work takes {config.work_min * 1e3:g}-"
+        f"{config.work_max * 1e3:g} ms and fails {config.failure_rate:.0%} of the time; an attempt still "
+        f"running after {config.task_timeout * 1e3:g} ms times out; {config.max_retry} attempts, then dead"
+    )
     run = RunProcess(run_argv)
     try:
         run.wait_line(re.compile(r"^ready"), 60)
@@ -381,12 +394,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"beaver demo: FAILED: {line}", file=sys.stderr)
         say(f"data dir kept for inspection: {data_dir}")
         return 1
+    if final["dead"]:
+        say(
+            f"dead {final['dead']}: each of those jobs failed or timed out on all {config.max_retry} "
+            "attempts and was set aside (the dead-letter state), as the settings above make a few do"
+        )
     say(
         f"=== demo passed in {time.monotonic() - t_start:.1f} s: all {len(jobs)} acknowledged jobs survived "
         "the kill -9 and each ended exactly once (completed or dead) ==="
     )
-    if not args.data_dir:
+    if args.data_dir:
+        say(f"data dir kept: {data_dir} (try `beaver status --data-dir {data_dir}`)")
+    else:
         shutil.rmtree(data_dir, ignore_errors=True)
+        say(f"removed the temporary data dir {data_dir}")
     return 0
 
 
@@ -457,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     enq.set_defaults(func=cmd_enqueue)
 
     st = sub.add_parser("status", parents=[common], help="counts per state, running or not")
-    st.add_argument("--json", action="store_true", help="one JSON object (DESIGN §8)")
+    st.add_argument("--json", action="store_true", help="one JSON object (docs/contracts.md)")
     st.set_defaults(func=cmd_status)
 
     w = sub.add_parser("wal", help="inspect or repair the write-ahead log")
@@ -473,7 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     repair.set_defaults(func=cmd_wal_repair)
 
-    demo = sub.add_parser("demo", parents=[common], help="run, enqueue 100 jobs, kill -9, recover, check")
+    demo = sub.add_parser("demo", help="run, enqueue 100 jobs, kill -9, recover, check")
+    demo.add_argument(
+        "--data-dir", help="a new or empty directory, kept afterwards (default: a temporary one, removed)"
+    )
+    demo.add_argument(
+        "--config", help="YAML config file (default: the demo's own settings, printed when it starts)"
+    )
     demo.add_argument("--jobs", help="job file (default: data/jobs.json)")
     demo.set_defaults(func=cmd_demo)
 

@@ -7,6 +7,7 @@ line that names where it came from (file, variable or flag)."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import fields
@@ -141,7 +142,9 @@ def load_config(
 
     def put(key: str, raw: Any, source: str) -> None:
         if key not in known:
-            raise BeaverError(f"{source}: unknown key {key!r} (known keys: {', '.join(sorted(known))})")
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
+            raise BeaverError(f"{source}: unknown key {key!r} ({hint})")
         try:
             values[key] = _coerce(key, raw)
         except ValueError as e:

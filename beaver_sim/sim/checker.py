@@ -1,4 +1,4 @@
-"""The invariant checker: the seven invariants of DESIGN §6, checked on one simulated run as it
+"""The invariant checker: the seven invariants (docs/contracts.md), checked on one simulated run as it
 crashes, recovers and runs on to the end.
 
 The checker knows what the clients were told (which enqueues were acknowledged, with which payload)
@@ -32,6 +32,15 @@ INVARIANTS = {
     6: "after recovery, running to quiescence ends with completed + dead == acknowledged jobs",
     7: "same inputs, same bytes (determinism)",
 }
+CODES = {  # stable kebab-case names, printed next to the numbers and in JSON as "code"
+    1: "acknowledged-job-lost",
+    2: "job-state-inconsistent",
+    3: "completed-job-redone",
+    4: "retry-limit-broken",
+    5: "log-order-broken",
+    6: "jobs-not-finished",
+    7: "nondeterministic-run",
+}
 NO_CRASH = "no crash"
 Trace = list[tuple[R.Record, int, int]]  # (record, start LSN, end LSN) as the WAL appended them
 
@@ -50,6 +59,7 @@ class Violation:
     def as_dict(self) -> dict[str, Any]:
         return {
             "invariant": self.invariant,
+            "code": CODES[self.invariant],
             "name": INVARIANTS[self.invariant],
             "job": self.job,
             "crash": self.crash,
@@ -59,7 +69,7 @@ class Violation:
 
     def __str__(self) -> str:
         job = f" job {self.job}:" if self.job else ""
-        return f"invariant {self.invariant} ({self.crash}):{job} {self.detail}"
+        return f"invariant {self.invariant} {CODES[self.invariant]} ({self.crash}):{job} {self.detail}"
 
 
 class Checker:

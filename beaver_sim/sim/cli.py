@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from typing import Any
 
 from beaver_sim.core.types import BeaverError
 
+SIM_DATA_DIR = "sim:/run"  # SimFS treats sim:/x as /x (beaver_sim/sim/fs.py)
 CONFIG_FLAGS = {  # dest -> (Config field, flag as the user typed it)
     "workers": ("worker_count", "--workers"),
     "timeout": ("task_timeout", "--timeout"),
@@ -34,9 +36,34 @@ class _Crash(argparse.Action):
     """Collect the --crash-at-* flags in the order given: the i-th crash hits the i-th life."""
 
     def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        flag = option_string or ""
+        kind = CRASH_FLAGS[flag]
+        if not _crash_value_ok(kind, values):
+            parser.error(f"{flag} {values}: expected {_CRASH_VALUE[kind]}")
         crashes = list(getattr(namespace, "crashes", None) or [])
-        crashes.append(f"{CRASH_FLAGS[option_string or '']}:{values}")
+        crashes.append(f"{kind}:{values}")
         namespace.crashes = crashes
+
+
+_CRASH_VALUE = {
+    "lsn": "a WAL byte offset (a whole number), e.g. 5000",
+    "record": "a record number (a whole number), e.g. 17",
+    "point": "a point name, optionally #N for its N-th time, e.g. snapshot-renamed#2",
+    "time": "virtual seconds (a number), e.g. 1.5",
+}
+
+
+def _crash_value_ok(kind: str, value: str) -> bool:
+    """Checked as typed, so an error quotes the flag rather than the internal KIND:WHERE spelling."""
+    try:
+        if kind == "time":
+            return float(value) >= 0
+        if kind == "point":
+            name, _, occurrence = value.partition("#")
+            return bool(name) and int(occurrence or 1) >= 1
+        return int(value) >= 0
+    except ValueError:
+        return False
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -57,7 +84,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--crash-model", choices=("process", "power-loss"), default=None, help="default process")
     p.add_argument("--mutant", help="a deliberately broken variant (see `beaver sim --list-mutants`)")
-    p.add_argument("--json", action="store_true", help="one JSON object (DESIGN §8)")
+    p.add_argument("--json", action="store_true", help="one JSON object (docs/contracts.md)")
 
 
 def register(subparsers: Any) -> None:
@@ -110,8 +137,14 @@ def _simulation(args: argparse.Namespace, crash: Any = None) -> Any:
     from beaver_sim.config import load_config
     from beaver_sim.sim.experiment import Simulation, Workload
 
+    if args.jobs is not None and args.jobs < 0:
+        raise BeaverError(f"--jobs {args.jobs}: must be 0 or more")
+    if args.rate is not None and args.rate < 0:
+        raise BeaverError(f"--rate {args.rate:g}: must be 0 or more (0: every job at t=0)")
     flags = {key: getattr(args, dest) for dest, (key, _flag) in CONFIG_FLAGS.items()}
     config = load_config(args.config, flags, flag_names=dict(CONFIG_FLAGS.values()))
+    # the run lives in SimFS, never in the configured data directory: say so in every path it prints
+    config = replace(config, data_dir=SIM_DATA_DIR, wal_path="", snapshot_path="")
     workload = Workload(
         jobs=100 if args.jobs is None else args.jobs,
         rate=args.rate or 0.0,
@@ -177,27 +210,58 @@ def _sim_table(s: dict[str, Any]) -> str:
         f"run        {s['events']} events, {s['virtual_seconds']:.3f} virtual s, WAL {s['wal_bytes']} bytes",
         f"wal sha256 {s['wal_sha256']}",
     ]
-    for crash in s["crashes"]:
+    for i, crash in enumerate(s["crashes"]):
         lines.append(
             f"crash      {crash['point']} ({crash['model']}) at {crash['time']:.3f} s, LSN {crash['lsn']}"
         )
-    for rec in s["recoveries"]:
-        lines.append(
-            f"recovery   {rec['records_replayed']} records replayed, {rec['bytes_truncated']} torn bytes "
-            f"cut, {rec['seconds'] * 1e3:.2f} ms measured, {rec['model_seconds'] * 1e3:.2f} ms modelled"
-        )
+        if i < len(s["recoveries"]):
+            lines += _recovery_lines(crash, s["recoveries"][i])
     if s["crash"] is not None and not s["crashes"]:
         lines.append(f"crash      {s['crash']['point']}: not reached (the run ended first)")
     v = s["invariants"]["violations"]
     lines.append("invariants ok" if not v else f"invariants {len(v)} violation(s):")
     for x in v[:10]:
         job = f" job {x['job']}:" if x["job"] else ""
-        lines.append(f"  {x['invariant']} after {x['crash']}:{job} {x['detail']}")
+        lines.append(f"  {x['invariant']} {x['code']} after {x['crash']}:{job} {x['detail']}")
     if len(v) > 10:
         lines.append(f"  ... and {len(v) - 10} more (--json lists them all)")
     if v:
         lines.append(f"replay     beaver sim --replay {s['token']}")
+        if expected := _expected(s["fsync"], s["model"], s["mutant"]):
+            lines.append(f"expected   {expected}")
     return "\n".join(lines)
+
+
+def _recovery_lines(crash: dict[str, Any], rec: dict[str, Any]) -> list[str]:
+    """What recovery found, and why: how much of the log survived the crash, and what the clients
+    did about the enqueues they had not seen acknowledged."""
+    power = crash["model"] == "power-loss"
+    replayed, durable, written = rec["records_replayed"], crash.get("durable_lsn"), crash["lsn"]
+    why = ""
+    if not replayed and not rec["snapshot_seq"]:
+        why = " (the crash came before the first record was " + ("fsynced)" if power else "complete)")
+    lines = [
+        f"recovery   {replayed} records replayed{why}, {rec['bytes_truncated']} torn bytes cut, "
+        f"{rec['seconds'] * 1e3:.2f} ms measured, {rec['model_seconds'] * 1e3:.2f} ms modelled"
+    ]
+    if power and durable is not None and written is not None:
+        lines.append(f"survived   LSN {durable} of {written}: a power loss keeps only what was fsynced")
+    resubmitted, found = rec.get("resubmitted", 0), rec.get("found_in_log", 0)
+    if resubmitted or found:
+        lines.append(
+            f"clients    {resubmitted} enqueue(s) never acknowledged were sent again"
+            + (f"; {found} were found in the log (counted as acknowledged)" if found else "")
+        )
+    return lines
+
+
+def _expected(fsync: str, model: str, mutant: str | None) -> str:
+    """Why violations are the point of this run (a known-unsafe configuration), or ''."""
+    if mutant:
+        return f"violations found, as expected of the mutant {mutant} (a deliberately broken design)"
+    if fsync == "never" and model == "power-loss":
+        return "violations found, as expected without fsync: a power loss drops acknowledged writes"
+    return ""
 
 
 def cmd_crash_sweep(args: argparse.Namespace) -> int:
@@ -256,7 +320,7 @@ def _sweep_table(r: dict[str, Any], sim: Any) -> str:
     for x in v[:8]:
         where = "the run without a crash" if x["point"] < 0 else f"point {x['point']}"
         job = f" job {x['job']}:" if x["job"] else ""
-        lines.append(f"  {x['invariant']} at {where}:{job} {x['detail']}")
+        lines.append(f"  {x['invariant']} {x['code']} at {where}:{job} {x['detail']}")
     if len(v) > 8:
         lines.append(f"  ... and {len(v) - 8} more (--json or --out has them all)")
     c = r["counterexample"]
@@ -265,6 +329,8 @@ def _sweep_table(r: dict[str, Any], sim: Any) -> str:
             f"earliest   point {c['earliest']['point']}: beaver sim --replay {c['earliest']['token']}"
         )
         lines.append(f"smallest   {c['jobs']} job(s): beaver sim --replay {c['smallest']['token']}")
+    if not r["ok"] and (expected := _expected(sim.config.fsync, sim.model, sim.mutant)):
+        lines.append(f"expected   {expected}")
     return "\n".join(lines)
 
 

@@ -9,7 +9,7 @@ what was never acknowledged, and a new controller on a new clock runs on from th
 the run is quiescent (nothing left to happen) and the controller stops.
 
 Results are pandas DataFrames (jobs, attempts, WAL records, metric samples over virtual time) and
-`summary`, the `beaver sim --json` contract of DESIGN §8."""
+`summary`, the `beaver sim --json` contract of docs/contracts.md."""
 
 from __future__ import annotations
 
@@ -447,6 +447,7 @@ class _Run:
             "time": crash_time,
             "lsn": lsn,
             "record": record_before(trace, lsn),
+            "durable_lsn": durable,  # how far the WAL had synced (None: it was not open yet)
         }
         if base is not None and durable is not None:
             synced = bisect.bisect_right(base._ends, durable)
@@ -493,6 +494,7 @@ class _Run:
         if known:
             checker.acknowledge(known)
             self.out.acks.append((self.now, known))
+        life.recovery |= {"resubmitted": len(resubmit), "found_in_log": len(known)}
         return resubmit
 
     def _arrive(self, ctl: Controller, batch: Batch, i: int | None) -> None:
@@ -646,7 +648,7 @@ def digest(files: dict[str, bytes]) -> str:
 
 @dataclass(eq=False)
 class SimResult:
-    """What a run produced: `summary` (DESIGN §8), `violations`, the final files, and DataFrames
+    """What a run produced: `summary` (docs/contracts.md), `violations`, the final files, and DataFrames
     built on first use (jobs, attempts, wal, metrics)."""
 
     sim: Simulation
@@ -715,7 +717,7 @@ class SimResult:
 
     @cached_property
     def summary(self) -> dict[str, Any]:
-        """The `beaver sim --json` contract (DESIGN §8), plus a few more keys. Every value is
+        """The `beaver sim --json` contract (docs/contracts.md), plus a few more keys. Every value is
         deterministic except the measured `recovery.seconds`."""
         sim, cfg = self.sim, self.sim.config
         q = self.state

@@ -132,7 +132,7 @@ class CrashHook:
         observe: bool = False,
     ) -> None:
         self.fs, self.plan, self.clock, self.observe = fs, plan, clock, observe
-        self.wal_dir = posixpath.normpath(posixpath.join("/", wal_dir))
+        self.wal_dir = SimFS._norm(wal_dir)
         self.ends: list[int] = []  # a record plan: end LSN of each record this life appends
         self.first_seq = 1  # seq of the first of them
         self._base: dict[str, int] = {}  # segment path -> base LSN, from its header

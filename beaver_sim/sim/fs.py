@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 PROCESS = "process"
 POWER_LOSS = "power-loss"
 CRASH_MODELS = (PROCESS, POWER_LOSS)
+SCHEME = "sim:"  # simulated paths are written sim:/run/wal/..., so they never pass for real ones
 
 # hook(op, path, nbytes) -> None to go on, or the number of bytes of this write to keep before
 # the crash (0 for any other call): SimFS then raises SimulatedCrash.
@@ -91,7 +92,8 @@ class SimFS:
 
     @staticmethod
     def _norm(path: str) -> str:
-        return posixpath.normpath(posixpath.join("/", path))
+        """`sim:/run/wal` and `/run/wal` name the same file: `sim:` marks a path as simulated."""
+        return posixpath.normpath(posixpath.join("/", path.removeprefix(SCHEME)))
 
     def _call(self, op: str, path: str) -> None:
         if self.hook is not None and self.hook(op, path, 0) is not None:

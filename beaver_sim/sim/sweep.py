@@ -39,7 +39,7 @@ import pandas as pd
 
 from beaver_sim.core.types import BeaverError
 from beaver_sim.sim import mutants
-from beaver_sim.sim.checker import INVARIANTS, same_bytes
+from beaver_sim.sim.checker import CODES, INVARIANTS, same_bytes
 from beaver_sim.sim.experiment import Capture, SimResult, Simulation, _Run, record_before, recovered_key
 from beaver_sim.sim.faults import CrashHook, CrashPlan, recovery_model_seconds, survivors
 from beaver_sim.sim.fs import POWER_LOSS, SimFS
@@ -380,7 +380,7 @@ def point_row(r: SimResult) -> dict[str, Any]:
 
 
 def _detail(invariant: int, job: str | None, detail: str) -> str:
-    return f"invariant {invariant}: " + (f"job {job}: " if job else "") + detail
+    return f"invariant {invariant} {CODES[invariant]}: " + (f"job {job}: " if job else "") + detail
 
 
 @contextmanager
@@ -490,15 +490,19 @@ def crash_sweep(
 
 
 def violations(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Every violation a sweep found, as {point, invariant, job, detail, token}: the uncrashed
+    """Every violation a sweep found, as {point, invariant, code, job, detail, token}: the uncrashed
     run's first (point -1), then each point's in order."""
     out = [
-        {k: v[k] for k in ("point", "invariant", "job", "detail", "token")}
+        {"point": v["point"], "invariant": v["invariant"], "code": CODES[v["invariant"]]}
+        | {k: v[k] for k in ("job", "detail", "token")}
         for v in df.attrs["base_violations"]
     ]
     for point, token, problems in zip(df["point"], df["token"], df["problems"]):
         for inv, job, detail in json.loads(problems):
-            out.append({"point": int(point), "invariant": inv, "job": job, "detail": detail, "token": token})
+            out.append(
+                {"point": int(point), "invariant": inv, "code": CODES[inv]}
+                | {"job": job, "detail": detail, "token": token}
+            )
     return out
 
 
@@ -595,5 +599,6 @@ def _earliest(df: pd.DataFrame) -> dict[str, Any]:
         v = [{"point": int(row["point"]), "token": row["token"]}]
         v[0]["invariant"], v[0]["job"], v[0]["detail"] = json.loads(row["problems"])[0]
     return {k: v[0][k] for k in ("point", "invariant", "job", "detail", "token")} | {
-        "name": INVARIANTS[v[0]["invariant"]]
+        "code": CODES[v[0]["invariant"]],
+        "name": INVARIANTS[v[0]["invariant"]],
     }

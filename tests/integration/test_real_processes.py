@@ -241,6 +241,11 @@ def test_beaver_demo_passes(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "recovery took" in out.stdout and "demo passed" in out.stdout
+    assert "an attempt still running after 300 ms times out; 3 attempts, then dead" in out.stdout
+    assert f"data dir kept: {tmp_path / 'demo'}" in out.stdout
+    dead = int(re.search(r"final status \(from the files\): completed \d+, dead (\d+)", out.stdout)[1])
+    explained = f"dead {dead}: each of those jobs failed or timed out on all 3 attempts" in out.stdout
+    assert explained == (dead > 0)
     assert_each_ended_once(
         str(tmp_path / "demo"), [job["id"] for job in orjson.loads(SEED_JOBS.read_bytes())]
     )
