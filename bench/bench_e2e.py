@@ -11,7 +11,7 @@
    - `one by one`: a single producer enqueues one job per call and waits for its durable
      acknowledgement before the next (persist-queue's put loop, but dispatch and ACK overlap).
    Against persist-queue 1.1.0's SQLiteAckQueue doing put -> get -> ack for the same N (its
-   defaults: SQLite WAL mode, synchronous=FULL), the loop of /work/shared/anchors/pqueue_e2e.py.
+   defaults: SQLite WAL mode, synchronous=FULL), the loop of bench/anchors/pqueue_e2e.py.
 2. Enqueue-to-dispatch latency on an idle controller: one job at a time, from `Controller.enqueue`
    to the handler starting in its worker thread (ENQUEUE + DISPATCH made durable by one fdatasync,
    then the hand-off to the pool); also enqueue to the durable acknowledgement. p50 / p99.

@@ -7,7 +7,7 @@
     max_retry 3, 3 s timeout) through `Simulation.run()` (the real Controller, JobQueue and WAL on
     VirtualClock + SimFS, with its checker and metric samples; the summary's file hashes are timed
     apart) against the same model in SimPy 4
-    (/work/shared/anchors/simpy_seed_model.py, imported and run in this process), interleaved, best of
+    (bench/anchors/simpy_seed_model.py, imported and run in this process), interleaved, best of
     `--repeat`. The bare controller loop (no Simulation around it) is timed too. Target: SimPy time /
     Simulation time >= 1.0 (2.0 stretch). `--profile` adds a cProfile breakdown of one run.
 (b) A `records` crash sweep (every record boundary plus a torn point in every record, each recovered,
@@ -45,7 +45,7 @@ from beaver_sim.sim.sweep import crash_sweep
 from beaver_sim.sim.workers import SimWorkers
 from beaver_sim.storage.recovery import Storage
 
-ANCHOR = "/work/shared/anchors/simpy_seed_model.py"
+ANCHOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "anchors", "simpy_seed_model.py")
 SEED = Config(data_dir="/sim")  # the seed's keys are the defaults: 8 workers, 3 s, max_retry 3, 10 %
 
 

@@ -7,8 +7,8 @@ that answers the seed's learning checkpoints (1 concurrency control, 2 WAL check
 3 snapshot atomicity, 4 timeouts and infinite retries, 5 idempotent replay, 6 recovery guarantees)
 and proves the checker sees what it claims to. `Mutant.catch` is a sweep setting that shows each one.
 
-Checkpoint 1 needs no mutant: the controller runs every event on one thread (DESIGN §1), so there is
-no lock to forget."""
+Checkpoint 1 needs no mutant: the controller runs every event on one thread (docs/architecture.md),
+so there is no lock to forget."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
-"""The Controller under random workloads, crashed at a random point, recovered, and run on: the DESIGN §6
-invariants hold. A workload is enqueue batches at random virtual times, a failure rate, work durations
-against the task timeout, a snapshot interval, an fsync policy; the crash is at a random virtual time or
-at a random file-system call (SimFS hook: mid-write at a random byte, or before a sync, rename or
-named persistence point), under a random crash model. Under fsync `always` (either model) and under a
-process crash (any policy) no acknowledged job may be lost; a power loss under `interval` or `never`
-may lose acknowledged jobs (the documented trade), so there only the structural invariants apply."""
+"""The Controller under random workloads, crashed at a random point, recovered, and run on: the invariants
+of docs/contracts.md hold. A workload is enqueue batches at random virtual times, a failure rate, work
+durations against the task timeout, a snapshot interval, an fsync policy; the crash is at a random
+virtual time or at a random file-system call (SimFS hook: mid-write at a random byte, or before a sync,
+rename or named persistence point), under a random crash model. Under fsync `always` (either model) and
+under a process crash (any policy) no acknowledged job may be lost; a power loss under `interval` or
+`never` may lose acknowledged jobs (the documented trade), so there only the structural invariants
+apply."""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def history(fs: SimFS, removed: dict[str, bytes]) -> list[tuple[int, R.Record]]:
 def check_invariants(
     p: Process, fs: SimFS, removed: dict[str, bytes], acked: list[str], max_retry: int
 ) -> list[tuple[int, R.Record]]:
-    """DESIGN §6, invariants 1 to 6, on the state and on the WAL's whole history; returns it."""
+    """docs/contracts.md, invariants 1 to 6, on the state and on the WAL's whole history; returns it."""
     q = p.storage.state
     assert [j for j in acked if j not in q.jobs] == []  # 1
     q.validate()  # 2

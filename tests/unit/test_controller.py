@@ -1,6 +1,6 @@
 """The Controller on the VirtualClock with SimFS and SimWorkers: thousands of jobs in virtual time,
 failures, timeouts, stale results, max_retry, snapshots, enqueue rules, crashes and recovery, with
-the seven DESIGN §6 invariants checked on the state and on the WAL's whole history."""
+the seven invariants of docs/contracts.md checked on the state and on the WAL's whole history."""
 
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ def history(w: World) -> list[tuple[int, R.Record]]:
 
 
 def check_invariants(w: World, *, quiescent: bool = True) -> list[tuple[int, R.Record]]:
-    """DESIGN §6, invariants 1 to 6 (7 is checked by comparing runs); returns the history."""
+    """docs/contracts.md, invariants 1 to 6 (7 is checked by comparing runs); returns the history."""
     q, max_retry = w.storage.state, w.config.max_retry
     # 1. every acknowledged enqueue survives
     assert [j for j in w.acked if j not in q.jobs] == []
