@@ -57,6 +57,28 @@ def setup_notebook(seed: int = 0) -> None:
     np.random.seed(seed)
 
 
+AXIS_LABELS = {  # column -> axis label with its unit; other columns: the name, underscores as spaces
+    "offset": "crash offset (WAL bytes, LSN)",
+    "lsn": "crash offset (WAL bytes, LSN)",
+    "record": "crash after record (seq)",
+    "time": "crash time (virtual s)",
+    "crash time": "crash time (virtual s)",
+    "records_replayed": "records replayed (count)",
+    "model_seconds": "modelled recovery time (s)",
+    "seconds": "measured recovery time (wall-clock s)",
+    "model ms": "modelled recovery time (ms)",
+    "measured ms": "measured recovery time (wall-clock ms)",
+    "ms": "recovery time (ms)",
+    "wal_bytes": "WAL read (bytes)",
+    "failure_rate": "failure rate (fraction of attempts)",
+}
+
+
+def axis_label(column: str) -> str:
+    """The label of an axis showing `column`, naming its unit."""
+    return AXIS_LABELS.get(column, column.replace("_", " "))
+
+
 def _axes(ax: Axes | None, title: str | None) -> Axes:
     """The Axes to draw on (a new figure's when None), titled. Notebooks assign the result (`ax = ...`):
     nbval runs cells without IPython history, so a trailing `;` does not silence a cell's last value."""
@@ -96,7 +118,7 @@ def timeline(
         ax.broken_barh(spans, (w - 0.4, 0.8), color=colors[str(o)], edgecolor="white", linewidth=0.5)
     ax.set_yticks(sorted(attempts[worker].unique()))
     ax.set_xlabel("virtual time (s)")
-    ax.set_ylabel("worker")
+    ax.set_ylabel("worker (number)")
     ax.grid(axis="y", visible=False)
     _legend(ax, colors, outcome)
     return ax
@@ -155,7 +177,7 @@ def outcome_map(
             ax.scatter(rows[x], np.full(len(rows), i), s=14, marker="|", color=colors[str(o)], linewidths=2)
     ax.set_yticks(range(len(groups)), [str(g) if g is not None else "" for g in groups])
     ax.set_ylim(len(groups) - 0.4, -0.6)  # the first group on top
-    ax.set_xlabel(x)
+    ax.set_xlabel(axis_label(x))
     ax.grid(axis="y", visible=False)
     _legend(ax, colors, outcome)
     return ax
@@ -186,8 +208,8 @@ def recovery_time(
             lw=1 if lines else 0,
             label=None if name is None else str(name),
         )
-    ax.set_xlabel(x.replace("_", " "))
-    ax.set_ylabel(y.replace("_", " "))
+    ax.set_xlabel(axis_label(x))
+    ax.set_ylabel(axis_label(y))
     if hue:
         ax.legend(title=hue)
     return ax
@@ -216,8 +238,8 @@ def attempts_histogram(
         ax.axvline(max_retry + 0.5, ls="--", color="black", lw=1)
         ax.text(max_retry + 0.45, bottom.max() * 0.95, "max_retry", fontsize=8, ha="right")
     ax.set_xticks(table.index)
-    ax.set_xlabel("attempts")
-    ax.set_ylabel("jobs")
+    ax.set_xlabel("attempts per job")
+    ax.set_ylabel("jobs (count)")
     ax.legend(title=status, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax
 
@@ -228,16 +250,19 @@ def rates(
     x: str = "failure_rate",
     ys: Sequence[str] = ("retried", "dead"),
     dashed: Sequence[str] = (),
+    ylabel: str | None = None,
     ax: Axes | None = None,
     title: str | None = None,
 ) -> Axes:
     """Several counts (or fractions) against one swept parameter, e.g. retries and dead letters as the
-    failure rate grows; the `dashed` columns (a theory to compare with) get no markers."""
+    failure rate grows; the `dashed` columns (a theory to compare with) get no markers. The y label
+    defaults to the plotted columns' names, which say their unit (`retries per job`)."""
     ax = _axes(ax, title)
     rows = df.sort_values(x)
     for y in ys:
         style = {"ls": "--", "lw": 1.5} if y in dashed else {"marker": "o", "ms": 3, "lw": 1}
         ax.plot(rows[x], rows[y], label=y.replace("_", " "), **style)
-    ax.set_xlabel(x.replace("_", " "))
+    ax.set_xlabel(axis_label(x))
+    ax.set_ylabel(ylabel or ", ".join(axis_label(y) for y in ys if y not in dashed))
     ax.legend()
     return ax
