@@ -13,28 +13,22 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
-import posixpath
-import re
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from beaver_sim.core.controller import Controller
-from beaver_sim.core.queue import JobQueue
-from beaver_sim.core.records import apply
 from beaver_sim.core.types import BeaverError, Config, CorruptLog, OnResult
 from beaver_sim.metrics import MetricsServer, QueueMetrics, Sample, sample
 from beaver_sim.runtime.clock import RealClock
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
 from beaver_sim.runtime.server import ControlServer, ControlUnavailable, request, socket_path
 from beaver_sim.runtime.workers import Handler, PoolWorkers
-from beaver_sim.storage import snapshot, wal
+from beaver_sim.storage import wal
 from beaver_sim.storage.fs import RealFS
-from beaver_sim.storage.recovery import Storage
+from beaver_sim.storage.recovery import Inspection, Storage, inspect
 
 Job = tuple[str, dict[str, Any]]
-_SNAPSHOT = re.compile(r"snap-(\d{20})\.json")
 IDLE_POLL = 0.02  # seconds between idle checks for --exit-when-idle and the shutdown drain
 
 
@@ -273,48 +267,23 @@ def enqueue(config: Config, jobs: list[Job], wait: float = 30.0) -> tuple[int, s
             lock.release()
 
 
-@dataclass(slots=True)
-class Inspection:
-    """The state read from the files, and what was read."""
-
-    state: JobQueue
-    snapshot: str | None
-    records: int
-    torn_tail: bool
-
-
 def read_state(config: Config, attempts: int = 3) -> Inspection:
-    """Rebuild the state from the newest valid snapshot and the WAL without changing any file or
+    """Rebuild the state as recovery would (storage.recovery.inspect) without changing any file or
     taking the lock. A torn tail (a writer mid-append) ends the replay; other damage is CorruptLog.
-    A running writer may delete segments under us during a checkpoint: try again then."""
+    A running writer may delete segments or snapshots under us during a checkpoint: try again then."""
     fs = RealFS()
     if not fs.is_dir(config.data_dir):
         raise BeaverError(f"{config.data_dir}: no such data directory")
     problem: wal.Problem | None = None
     for _ in range(attempts):
-        q, path = _newest_snapshot(fs, config.snapshot_dir)
-
-        def replay(rec: dict[str, Any], _lsn: int, q: JobQueue = q) -> None:
-            apply(q, rec)
-
-        if not fs.is_dir(config.wal_dir):
-            return Inspection(q, path, 0, False)
-        s = wal.scan(fs, config.wal_dir, after_seq=q.last_seq, on_record=replay)
-        problem = s.problem
-        if problem is None or problem.torn:
-            return Inspection(q, path, s.replayed, problem is not None)
-    raise CorruptLog(f"{problem}; run `beaver wal verify`")
-
-
-def _newest_snapshot(fs: RealFS, directory: str) -> tuple[JobQueue, str | None]:
-    names = sorted(n for n in fs.listdir(directory) if _SNAPSHOT.fullmatch(n)) if fs.is_dir(directory) else []
-    for name in reversed(names):
-        path = posixpath.join(directory, name)
         try:
-            return snapshot.decode(fs.read_bytes(path), path), path
-        except (CorruptLog, FileNotFoundError):
-            continue  # damaged (recovery will set it aside) or pruned just now
-    return JobQueue(), None
+            found = inspect(fs, config.wal_dir, config.snapshot_dir)
+        except FileNotFoundError:
+            continue  # pruned or deleted while we read it
+        if found.ok:
+            return found
+        problem = found.problem
+    raise CorruptLog(f"{problem}; run `beaver wal verify`")
 
 
 def status_of(config: Config) -> dict[str, Any]:

@@ -244,3 +244,35 @@ def test_beaver_demo_passes(tmp_path: Path) -> None:
     assert_each_ended_once(
         str(tmp_path / "demo"), [job["id"] for job in orjson.loads(SEED_JOBS.read_bytes())]
     )
+
+
+def test_operator_tools_on_a_compacted_directory_after_kill_9(
+    tmp_path: Path, data_dir: str, runs: list[RunProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshots taken and old segments deleted, then kill -9: `wal verify` passes, `wal dump`
+    prints the log that is left, `wal repair` has nothing to do and changes nothing."""
+    monkeypatch.setenv("BEAVER_SEGMENT_BYTES", "4096")
+    run = start(runs, data_dir)
+    ids: list[str] = []
+    for batch in range(3):
+        ids += write_jobs(tmp_path / f"b{batch}.json", 40, prefix=f"b{batch}")
+        out = beaver("enqueue", "--file", str(tmp_path / f"b{batch}.json"), "--data-dir", data_dir)
+        assert out.returncode == 0, out.stderr
+        n = len(ids)
+        wait_until(lambda n=n: ended(status(data_dir)) == n)
+    wal_dir = Path(data_dir) / "wal"
+    wait_until(lambda: not (wal_dir / "wal-00000000000000000001.log").exists())  # compacted
+    run.proc.send_signal(signal.SIGKILL)
+    run.proc.wait()
+    files = {p.name: p.read_bytes() for p in sorted(Path(data_dir).rglob("*")) if p.is_file()}
+    verify = beaver("wal", "verify", "--json", "--data-dir", data_dir)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    summary = orjson.loads(verify.stdout)
+    assert summary["ok"] and summary["snapshot_seq"] > 0 and summary["first_seq"] > 1
+    dump = beaver("wal", "dump", "--json", "--data-dir", data_dir)
+    assert dump.returncode == 0, dump.stderr
+    assert orjson.loads(dump.stdout.splitlines()[0])["seq"] == summary["first_seq"]
+    repair = beaver("wal", "repair", "--yes", "--data-dir", data_dir)
+    assert repair.returncode == 0 and "nothing to repair" in repair.stdout, repair.stdout + repair.stderr
+    assert {p.name: p.read_bytes() for p in sorted(Path(data_dir).rglob("*")) if p.is_file()} == files
+    assert_each_ended_once(data_dir, ids)

@@ -202,8 +202,15 @@ def test_wal_verify_dump_and_repair(data_dir: Path, capsys: pytest.CaptureFixtur
     assert "corruption" in capsys.readouterr().out
     assert main(["status", *d]) == 2
     one_error(capsys, "beaver wal verify")
-    assert main(["wal", "repair", *d]) == 0
+    before = tree(data_dir)
+    assert main(["wal", "repair", *d]) == 1  # the plan only: what the cut loses, nothing changed
+    out = capsys.readouterr().out
+    assert "loses 1 acknowledged job(s)" in out and "--yes" in out
+    assert tree(data_dir) == before
+    assert main(["wal", "repair", "--yes", *d]) == 0
     assert "bytes dropped" in capsys.readouterr().out
+    assert main(["wal", "repair", *d]) == 0
+    assert "nothing to repair" in capsys.readouterr().out
     assert main(["wal", "verify", *d]) == 0
     assert "ok: 0 records" in capsys.readouterr().out
     assert (segment.parent / (segment.name + ".broken")).read_bytes()[first + 20 : first + 21] == b"X"

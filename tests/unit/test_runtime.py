@@ -233,7 +233,7 @@ def test_enqueue_without_a_controller_writes_durably_then_run_drains(tmp_path: P
     config = service_config(tmp_path)
     assert enqueue(config, jobs(30)) == (30, "written directly: no controller running")
     found = read_state(config)
-    assert found.state.stats()["pending"] == 30 and found.records == 30
+    assert found.state.stats()["pending"] == 30 and found.scan.replayed == 30
     with pytest.raises(BeaverError, match="duplicate job id 'job-0000'"):
         enqueue(config, jobs(5))
 
