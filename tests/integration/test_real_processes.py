@@ -276,3 +276,22 @@ def test_operator_tools_on_a_compacted_directory_after_kill_9(
     assert repair.returncode == 0 and "nothing to repair" in repair.stdout, repair.stdout + repair.stderr
     assert {p.name: p.read_bytes() for p in sorted(Path(data_dir).rglob("*")) if p.is_file()} == files
     assert_each_ended_once(data_dir, ids)
+
+
+def test_data_files_are_owner_only(tmp_path: Path, data_dir: str, runs: list[RunProcess]) -> None:
+    """Payloads may be private: every file beaver writes is 0600 and every directory 0700."""
+    old = os.umask(0o002)  # a permissive umask does not widen them
+    try:
+        write_jobs(tmp_path / "jobs.json", 20)
+        out = beaver("enqueue", "--file", str(tmp_path / "jobs.json"), "--data-dir", data_dir)
+        assert out.returncode == 0, out.stderr
+        run = start(runs, data_dir)
+        wait_until(lambda: ended(status(data_dir)) == 20)
+        stop(run)
+    finally:
+        os.umask(old)
+    paths = [Path(data_dir), *Path(data_dir).rglob("*")]
+    assert any(p.name.startswith("snap-") for p in paths)
+    for p in paths:
+        mode = p.stat().st_mode & 0o777
+        assert mode == (0o700 if p.is_dir() else 0o600), f"{p}: {oct(mode)}"
