@@ -21,6 +21,10 @@ from beaver_sim.core.types import BeaverError
 
 SOCKET_NAME = "beaver.sock"
 MAX_PATH = 107  # sun_path holds 108 bytes on Linux, including the terminating NUL
+# A client that never finishes its request (or sends without end) is answered with an error and
+# dropped, so it holds no more than one idle task for this long and this much memory.
+READ_TIMEOUT = 10.0
+MAX_REQUEST = 256 << 20
 
 Answer = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -63,6 +67,17 @@ def request(data_dir: str, req: dict[str, Any], timeout: float = 120.0) -> dict[
     return answer
 
 
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    """The request bytes up to the client's EOF; ValueError past MAX_REQUEST."""
+    chunks, size = [], 0
+    while chunk := await reader.read(1 << 16):
+        size += len(chunk)
+        if size > MAX_REQUEST:
+            raise ValueError(f"over {MAX_REQUEST} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class ControlServer:
     """Serves `answer(request)` on the control socket, on the running asyncio loop."""
 
@@ -82,13 +97,19 @@ class ControlServer:
         assert task is not None
         self.tasks.add(task)
         try:
-            data = await reader.read()
             try:
+                data = await asyncio.wait_for(_read_request(reader), READ_TIMEOUT)
                 req = orjson.loads(data)
                 if not isinstance(req, dict):
                     raise ValueError("a request is a JSON object")
+            except TimeoutError:
+                answer: dict[str, Any] = {
+                    "ok": False,
+                    "error": f"bad request: incomplete after {READ_TIMEOUT:g} s (send one JSON object, "
+                    "then shut down the writing side)",
+                }
             except ValueError as e:
-                answer: dict[str, Any] = {"ok": False, "error": f"bad request: {e}"}
+                answer = {"ok": False, "error": f"bad request: {e}"}
             else:
                 answer = await self.answer(req)
             writer.write(orjson.dumps(answer))
