@@ -265,7 +265,9 @@ def cmd_wal_dump(args: argparse.Namespace) -> int:
             write(orjson.dumps({"lsn": lsn, **rec}).decode() + "\n")
         else:
             rest = {k: v for k, v in rec.items() if k not in ("seq", "type", "job")}
-            write(f"lsn={lsn} seq={rec['seq']} {rec['type']} {rec['job']} {orjson.dumps(rest).decode()}\n")
+            job = rec["job"]
+            job = job if job.isprintable() and not any(c.isspace() for c in job) else repr(job)
+            write(f"lsn={lsn} seq={rec['seq']} {rec['type']} {job} {orjson.dumps(rest).decode()}\n")
 
     found = inspect(RealFS(), directory, config.snapshot_dir, show, every_record=True)
     sys.stdout.flush()
