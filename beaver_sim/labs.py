@@ -33,6 +33,7 @@ from beaver_sim.sim import mutants
 from beaver_sim.sim.checker import INVARIANTS
 from beaver_sim.sim.experiment import SimResult, Simulation, Workload
 from beaver_sim.sim.faults import CrashPlan
+from beaver_sim.sim.plots import attempts_histogram, outcome_map
 from beaver_sim.sim.sweep import crash_sweep, violations
 from beaver_sim.storage.fs import FS, FileHandle
 from beaver_sim.storage.snapshot import SnapshotStore, encode, snapshot_name
@@ -124,8 +125,11 @@ class LabSnapshots(SnapshotStore):
     write_snapshot: ClassVar[Callable[[FS, str, str, bytes], None]]
 
     def save(self, q: JobQueue) -> str:
-        type(self).write_snapshot(_MarkedFS(self.fs), self.directory, snapshot_name(q.last_seq), encode(q))
-        return self.path(q.last_seq)
+        data, path = encode(q), self.path(q.last_seq)
+        type(self).write_snapshot(_MarkedFS(self.fs), self.directory, snapshot_name(q.last_seq), data)
+        if not self.fs.exists(path) or self.fs.read_bytes(path) != data:
+            raise LabError(f"write_snapshot returned, but {path} does not hold the snapshot it was given")
+        return path
 
 
 ACTIONS = ("retry", "dead")
@@ -248,12 +252,13 @@ def plugged(lab: str, fn: Callable[..., Any]) -> Iterator[Lab]:
 @dataclass
 class Result:
     """What a check found: `passed`, or the first counterexample (`first`: point, invariant, job,
-    detail, token, crash); `sweep` is the sweep's DataFrame (None if the function is unfinished)."""
+    detail, token, crash); `sweep` is the sweep's DataFrame (None when no sweep finished)."""
 
     lab: str
     function: str
     passed: bool
     not_implemented: bool = False
+    error: str | None = None  # the function broke its contract (a bad return, no file written)
     first: dict[str, Any] | None = None
     sweep: pd.DataFrame | None = field(default=None, repr=False)
 
@@ -281,6 +286,9 @@ def check(lab: str, fn: Callable[..., Any], *, jobs: int | None = None, plot: bo
             "and run the check again."
         )
         return Result(lab, name, False, not_implemented=True)
+    except LabError as e:
+        print(f"FAIL: {e}")
+        return Result(lab, name, False, error=str(e))
     found = violations(df)
     n, model = len(df), spec.model
     if not found:
@@ -292,8 +300,8 @@ def check(lab: str, fn: Callable[..., Any], *, jobs: int | None = None, plot: bo
     first = dict(found[0])
     bad = int((df["violations"] > 0).sum())
     if first["point"] < 0:
-        first["crash"] = "none"
-        where = "in the run without any crash"
+        first["crash"] = "no crash"
+        where = "with no crash needed: the uncrashed run already breaks it"
     else:
         row = df.iloc[first["point"]]
         plan = CrashPlan(row["kind"], _at(row["kind"], row["at"]), int(row["occurrence"]))
@@ -323,11 +331,9 @@ def replay(lab: str, fn: Callable[..., Any], token: str) -> SimResult:
 
 
 def _picture(spec: Lab, name: str, fn: Callable[..., Any], df: pd.DataFrame, first: dict[str, Any]) -> None:
-    """The outcome of every crash point along the log with the counterexample marked; for a failure
-    without any crash, the attempts per job of that run (with max_retry)."""
-    from beaver_sim.sim.plots import attempts_histogram, outcome_map
-
-    if first["point"] < 0:
+    """The outcome of every crash point along the log with the counterexample marked; for too many
+    attempts without any crash, the attempts per job of that run against max_retry."""
+    if first["point"] < 0 and first["invariant"] == 4:
         result = replay(spec.name, fn, first["token"])
         attempts_histogram(
             result.jobs,
@@ -336,16 +342,20 @@ def _picture(spec: Lab, name: str, fn: Callable[..., Any], df: pd.DataFrame, fir
         )
         return
     ax = outcome_map(df, x="offset", title=f"{name}: outcome of each crash point along the WAL")
+    ax.figure.set_size_inches(7, 1.8)
+    if first["point"] < 0:
+        return  # the uncrashed run fails: so does every point
     x = df.iloc[first["point"]]["offset"]
     ax.axvline(x, color="black", lw=1, ls="--")
+    left = x > (df["offset"].min() + df["offset"].max()) / 2  # keep the label clear of the legend
     ax.annotate(
         f"first counterexample: invariant {first['invariant']}",
         (x, -0.45),
-        xytext=(4, 0),
+        xytext=(-4 if left else 4, 0),
         textcoords="offset points",
+        ha="right" if left else "left",
         fontsize=8,
     )
-    ax.figure.set_size_inches(7, 1.8)
 
 
 # -- learner versions of the notebooks -------------------------------------------------------
