@@ -471,7 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     enq.add_argument(
         "--file", "-f", required=True, help='JSON list of {"id": ..., "payload": {...}}; - = stdin'
     )
-    enq.add_argument("--json", action="store_true", help="one JSON object: file, new, already_present, durable")
+    enq.add_argument(
+        "--json", action="store_true", help="one JSON object: file, new, already_present, durable"
+    )
     enq.set_defaults(func=cmd_enqueue)
 
     st = sub.add_parser("status", parents=[common], help="counts per state, running or not")

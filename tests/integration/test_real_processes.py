@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from beaver_sim.cli import RECOVERED, RunProcess
-from beaver_sim.core.types import Config, JobStatus
+from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.runtime.service import read_state
 
 pytestmark = pytest.mark.integration
@@ -244,3 +244,64 @@ def test_beaver_demo_passes(tmp_path: Path) -> None:
     assert_each_ended_once(
         str(tmp_path / "demo"), [job["id"] for job in orjson.loads(SEED_JOBS.read_bytes())]
     )
+
+
+def test_clients_retrying_through_a_kill_9_enqueue_every_job_exactly_once(
+    tmp_path: Path, data_dir: str, runs: list[RunProcess]
+) -> None:
+    """Retry-safe enqueue on real processes: 10 clients each send a file of 20 jobs and resend it
+    until `beaver enqueue` exits 0; `beaver run` is killed with -9 while they are in flight and
+    started again. Every job is then in the log exactly once (one ENQUEUE record), with its payload."""
+    files = {f"c{c}": write_jobs(tmp_path / f"c{c}.json", 20, f"c{c}") for c in range(10)}
+    keep_log = ("--snapshot-interval", "0")  # no compaction: the log keeps every ENQUEUE to count
+    run = start(runs, data_dir, *keep_log)
+    answers: dict[str, dict[str, Any]] = {}
+    tries: dict[str, int] = {}
+
+    def client(name: str) -> subprocess.Popen[str]:
+        tries[name] = tries.get(name, 0) + 1
+        argv = [
+            *BEAVER,
+            "enqueue",
+            "--json",
+            "--file",
+            str(tmp_path / f"{name}.json"),
+            "--data-dir",
+            data_dir,
+        ]
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    clients = {name: client(name) for name in files}
+    wait_until(lambda: read_state(Config(data_dir=data_dir)).state.stats()["jobs"] > 0, 30)
+    run.proc.send_signal(signal.SIGKILL)  # some enqueues are answered, some in flight, some not sent
+    run.proc.wait()
+    deadline = time.monotonic() + 50
+    restarted = False
+    while clients:
+        assert time.monotonic() < deadline, f"clients still retrying: {sorted(clients)}"
+        for name, proc in list(clients.items()):
+            if proc.poll() is None:
+                continue
+            out, err = proc.communicate()
+            if proc.returncode == 0:
+                answers[name] = orjson.loads(out)
+                del clients[name]
+            else:  # the controller died under it, or is restarting: send the same file again
+                assert "different payload" not in err, err
+                clients[name] = client(name)
+        if not restarted:
+            try:
+                start(runs, data_dir, *keep_log)
+                restarted = True
+            except BeaverError:  # a client held the lock, writing directly: start it again
+                pass
+        time.sleep(0.05)
+    assert all(a["new"] + a["already_present"] == 20 and a["durable"] is True for a in answers.values())
+    assert sum(tries.values()) > len(files) or any(a["already_present"] for a in answers.values())
+    dump = beaver("wal", "dump", "--json", "--data-dir", data_dir)
+    enqueues = [r["job"] for r in map(orjson.loads, dump.stdout.splitlines()) if r["type"] == "enqueue"]
+    everything = sorted(i for ids in files.values() for i in ids)
+    assert sorted(enqueues) == everything  # each job logged exactly once
+    q = read_state(Config(data_dir=data_dir)).state
+    assert sorted(q.jobs) == everything
+    assert all(q.jobs[i].payload == {"type": "compute", "n": 20} for i in everything)

@@ -477,7 +477,12 @@ def test_a_retried_batch_is_already_present_in_every_state_and_logs_nothing() ->
     seq = w.storage.wal.next_seq
     fired: list[bool] = []
     reordered = dict(reversed(payload(1).items()))
-    batch = [("job-00000", payload(0)), ("job-00001", reordered), ("new", {"x": 1}), ("job-00002", payload(2))]
+    batch = [
+        ("job-00000", payload(0)),
+        ("job-00001", reordered),
+        ("new", {"x": 1}),
+        ("job-00002", payload(2)),
+    ]
     done = w.ctl.enqueue([*batch, ("new", {"x": 1})], on_durable=lambda: fired.append(True))
     assert (done.new, done.already_present) == (1, 3)
     assert w.storage.wal.next_seq == seq + 1  # one ENQUEUE (new), nothing for the others

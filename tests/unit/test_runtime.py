@@ -212,7 +212,10 @@ def test_service_serves_enqueue_and_status_over_its_socket(tmp_path: Path) -> No
         answer = await asyncio.to_thread(
             request, config.data_dir, {"op": "enqueue", "jobs": [["job-0001", {}]]}
         )
-        assert answer["ok"] is False and "job id 'job-0001' is already enqueued with a different" in answer["error"]
+        assert (
+            answer["ok"] is False
+            and "job id 'job-0001' is already enqueued with a different" in answer["error"]
+        )
         again = await asyncio.to_thread(request, config.data_dir, {"op": "enqueue", "jobs": jobs(51)})
         assert again == {"ok": True, "enqueued": 1, "already_present": 50}
         while (await asyncio.to_thread(status_of, config))["completed"] < 51:
