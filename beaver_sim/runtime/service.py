@@ -245,8 +245,9 @@ def enqueue_offline(config: Config, jobs: list[Job]) -> Enqueued:
 def enqueue(config: Config, jobs: list[Job], wait: float = 30.0) -> tuple[Enqueued, str]:
     """Make `jobs` durable in `config.data_dir`, through the running controller if one holds the
     lock, else directly. Returns (new and already present, how). Retry-safe: after any error or
-    timeout, sending the same jobs again is right (Controller.enqueue). Waits up to `wait` seconds for a controller that
-    holds the lock but is not serving yet (recovering), then gives up naming its PID."""
+    timeout, sending the same jobs again is right (Controller.enqueue). Waits up to `wait` seconds
+    for a controller that holds the lock but is not serving yet (recovering), then gives up
+    naming its PID."""
     deadline = time.monotonic() + wait
     payload = {"op": "enqueue", "jobs": [list(j) for j in jobs]}
     while True:

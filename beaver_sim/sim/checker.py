@@ -1,5 +1,5 @@
-"""The invariant checker: the seven invariants of DESIGN §6 and retry-safe enqueue (8), checked on one simulated run as it
-crashes, recovers and runs on to the end.
+"""The invariant checker: the seven invariants of DESIGN §6 and retry-safe enqueue (8), checked
+on one simulated run as it crashes, recovers and runs on to the end.
 
 The checker knows what the clients were told (which enqueues were acknowledged, with which payload)
 and what the log claimed durable at each crash (records whose end LSN the WAL had synced), and

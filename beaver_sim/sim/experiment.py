@@ -54,9 +54,10 @@ Batch = list[tuple[str, dict[str, Any]]]
 @dataclass(frozen=True, slots=True)
 class Workload:
     """What the clients send: `jobs` jobs, all at t=0 in one batch (the seed's `enqueue --file`) or
-    as Poisson arrivals at `rate` per virtual second of `batch` jobs each (one `enqueue --file`). Attempt durations are `uniform` in
-    [work_min, work_max] (the seed's) or `exponential`: the same mean, at least work_min, with a long
-    tail that runs into timeouts. Failure rate and duration range come from the Config."""
+    as Poisson arrivals at `rate` per virtual second of `batch` jobs each (one `enqueue --file`).
+    Attempt durations are `uniform` in [work_min, work_max] (the seed's) or `exponential`: the
+    same mean, at least work_min, with a long tail that runs into timeouts. Failure rate and
+    duration range come from the Config."""
 
     jobs: int = 100
     rate: float = 0.0

@@ -5,10 +5,10 @@ exactly the bytes before X, so the record holding X is torn), the end of a recor
 holds records 1..K and nothing after), the n-th time a named persistence point is reached (`point`,
 the SimFS marks), a virtual time (`time`), or an I/O error: the K-th write of the life fails with
 ENOSPC (`enospc`) or its K-th fsync with EIO (`eio`), over every file; the process then stops on the
-error, as `beaver run` does, and restarts on what the crash model keeps. `CrashHook` is the SimFS hook that finds the spot: it
-follows the WAL's LSNs through the writes it sees (a segment's base LSN is in its header), so crash
-points stay exact across segment rotations and restarts. The crash model (`process` or `power-loss`)
-then decides what survives: SimFS.after_crash.
+error, as `beaver run` does, and restarts on what the crash model keeps. `CrashHook` is the SimFS
+hook that finds the spot: it follows the WAL's LSNs through the writes it sees (a segment's base
+LSN is in its header), so crash points stay exact across segment rotations and restarts. The crash
+model (`process` or `power-loss`) then decides what survives: SimFS.after_crash.
 
 Recovery time has two faces here: the measured wall time of the real recovery code (never part of a
 deterministic output) and `recovery_model_seconds`, a cost model of the work recovery did."""
