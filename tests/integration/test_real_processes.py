@@ -138,7 +138,10 @@ def test_enqueue_and_status_while_running_and_after(
     out = beaver("enqueue", "--file", str(tmp_path / "a.json"), "--data-dir", data_dir)
     assert out.returncode == 0 and "via the running controller" in out.stdout
     again = beaver("enqueue", "--file", str(tmp_path / "a.json"), "--data-dir", data_dir)
-    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "duplicate job id" in again.stderr
+    assert again.returncode == 0 and "0 new, 20 already present" in again.stdout  # a retry is free
+    (tmp_path / "a2.json").write_bytes(orjson.dumps([{"id": first[0], "payload": {"other": 1}}]))
+    clash = beaver("enqueue", "--file", str(tmp_path / "a2.json"), "--data-dir", data_dir)
+    assert clash.returncode == 2 and clash.stderr.count("\n") == 1 and "different payload" in clash.stderr
     second = write_jobs(tmp_path / "b.json", 20, "b")
     assert beaver("enqueue", "--file", str(tmp_path / "b.json"), "--data-dir", data_dir).returncode == 0
     wait_until(lambda: ended(status(data_dir)) == 40)
@@ -284,6 +287,7 @@ def test_clients_retrying_through_a_kill_9_enqueue_every_job_exactly_once(
                 continue
             out, err = proc.communicate()
             if proc.returncode == 0:
+                assert out.strip(), f"{name}: exit 0 without an answer; stderr: {err}"
                 answers[name] = orjson.loads(out)
                 del clients[name]
             else:  # the controller died under it, or is restarting: send the same file again
