@@ -132,8 +132,10 @@ async def serve(service: Service, exit_when_idle: bool) -> int:
 
 
 def read_jobs(path: str) -> list[Job]:
-    """Validate a whole job file (a JSON list of {"id": str, "payload": object}, ids unique)
-    before anything is written; BeaverError naming the file and the first problem."""
+    """Validate a whole job file (a JSON list of {"id": str, "payload": object}) before anything
+    is written; BeaverError naming the file and the first problem. An id repeated with the same
+    payload is one job (the controller counts it once); with another payload it is a conflict,
+    refused here before the data directory is touched."""
     try:
         data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as e:
@@ -145,7 +147,7 @@ def read_jobs(path: str) -> list[Job]:
     if not isinstance(items, list):
         raise BeaverError(f'{path}: expected a JSON list of {{"id": ..., "payload": {{...}}}} objects')
     jobs: list[Job] = []
-    seen: set[str] = set()
+    seen: dict[str, bytes] = {}
     for n, item in enumerate(items, 1):
         where = f"{path}: job #{n}"
         if not isinstance(item, dict):
@@ -161,9 +163,9 @@ def read_jobs(path: str) -> list[Job]:
             raise BeaverError(f"{where}: id must be a non-empty string, got {job_id!r}")
         if not isinstance(payload, dict):
             raise BeaverError(f"{where} ({job_id}): payload must be an object, got {type(payload).__name__}")
-        if job_id in seen:
-            raise BeaverError(f"{where}: duplicate id {job_id!r} in the file")
-        seen.add(job_id)
+        canonical = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+        if seen.setdefault(job_id, canonical) != canonical:
+            raise BeaverError(f"{where}: id {job_id!r} appears earlier in the file with a different payload")
         jobs.append((job_id, payload))
     return jobs
 
@@ -172,10 +174,21 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     jobs = read_jobs(args.file)
     config = config_from(args)
     try:
-        n, how = enqueue(config, jobs)
+        done, how = enqueue(config, jobs)
     except BeaverError as e:
         raise BeaverError(f"{args.file}: {e}") from None
-    say(f"enqueued {n} jobs from {args.file} into {config.data_dir} ({how}); durable")
+    if args.json:
+        say(
+            orjson.dumps(
+                {"file": args.file, "new": done.new, "already_present": done.already_present, "durable": True}
+            ).decode()
+        )
+    else:
+        n = done.new + done.already_present
+        say(
+            f"enqueued {n} jobs from {args.file} into {config.data_dir} ({how}): {done.new} new, "
+            f"{done.already_present} already present; durable"
+        )
     return 0
 
 
@@ -528,9 +541,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--exit-when-idle", action="store_true", help="stop once nothing is pending or running")
     run.set_defaults(func=cmd_run)
 
-    enq = sub.add_parser("enqueue", parents=[common], help="add jobs from a JSON file, durably")
+    enq = sub.add_parser(
+        "enqueue",
+        parents=[common],
+        help="add jobs from a JSON file, durably; retry-safe (same id and payload: already present)",
+    )
     enq.add_argument(
         "--file", "-f", required=True, help='JSON list of {"id": ..., "payload": {...}}; - = stdin'
+    )
+    enq.add_argument(
+        "--json", action="store_true", help="one JSON object: file, new, already_present, durable"
     )
     enq.set_defaults(func=cmd_enqueue)
 

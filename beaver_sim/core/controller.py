@@ -51,6 +51,18 @@ class Counters:
         self.duration_sum += seconds
 
 
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """The answer to an enqueue: how many jobs were new, how many were already present."""
+
+    new: int
+    already_present: int
+
+
+def _canonical(payload: dict[str, Any]) -> bytes:
+    return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+
+
 class Controller:
     """Runs one data directory's queue on `clock` with `workers`; it does no I/O of its own."""
 
@@ -116,33 +128,51 @@ class Controller:
 
     def enqueue(
         self, jobs: Iterable[tuple[str, dict[str, Any]]], on_durable: Callable[[], None] | None = None
-    ) -> int:
-        """Log new jobs; `on_durable` runs once they are durable under the fsync policy. The
-        whole batch is checked first (duplicates, payload type, record size): all or nothing."""
-        batch = list(jobs)
-        seen: set[str] = set()
+    ) -> Enqueued:
+        """Log the new jobs of a batch; `on_durable` runs once the whole batch is durable under the
+        fsync policy. Retry-safe: a job whose id is already known with the identical payload is
+        already present (not logged again), so resending a batch whose answer was lost, or that
+        failed half-written, is always right; the same id with another payload is a conflict.
+        The whole batch is checked first (conflicts, payload type, record size): all or nothing."""
+        new, present = self._check_batch(jobs)
+        for job_id, payload in new:
+            self._log(R.enqueue(job_id, payload))
+        self.counters.enqueued += len(new)
+        if on_durable is not None:
+            # also for jobs already present: their records may not be durable yet (another batch
+            # of this turn, a recovered tail not yet synced), so they wait for the same flush
+            self._acks.append(on_durable)
+            if self._flush_handle is None:  # nothing logged, but still answered after a flush
+                self._flush_handle = self.clock.call_later(0, self._flush)
+        self._dispatch()
+        return Enqueued(len(new), present)
+
+    def _check_batch(self, jobs: Iterable[tuple[str, dict[str, Any]]]) -> tuple[list[tuple[str, Any]], int]:
+        """(new jobs to log, in batch order, each once; how many ids were already present).
+        Payloads compare as canonical JSON (sorted keys), so 1 and true or 1 and 1.0 differ."""
+        new: dict[str, dict[str, Any]] = {}
+        present: set[str] = set()
+        known = self.state.jobs
         limit = self.config.max_record_bytes - 64  # room for seq and framing
-        for job_id, payload in batch:
+        for job_id, payload in jobs:
             if not isinstance(job_id, str) or not job_id:
                 raise BeaverError(f"job id must be a non-empty string, got {job_id!r}")
-            if job_id in seen or job_id in self.state.jobs:
-                raise DuplicateJob(f"duplicate job id {job_id!r}")
             if not isinstance(payload, dict):
                 raise BeaverError(f"job {job_id!r}: payload must be an object, got {type(payload).__name__}")
-            if len(orjson.dumps(payload)) + len(job_id) > limit:
+            body = orjson.dumps(payload)
+            if len(body) + len(job_id) > limit:
                 raise RecordTooLarge(
                     f"job {job_id!r}: payload is over the {self.config.max_record_bytes}-byte limit"
                 )
-            seen.add(job_id)
-        for job_id, payload in batch:
-            self._log(R.enqueue(job_id, payload))
-        self.counters.enqueued += len(batch)
-        if on_durable is not None:
-            self._acks.append(on_durable)
-            if self._flush_handle is None:  # an empty batch logs nothing but is still answered
-                self._flush_handle = self.clock.call_later(0, self._flush)
-        self._dispatch()
-        return len(batch)
+            earlier = known[job_id].payload if job_id in known else new.get(job_id)
+            if earlier is None:
+                new[job_id] = payload
+            elif _canonical(earlier) != _canonical(payload):
+                where = "already enqueued" if job_id in known else "earlier in the same batch"
+                raise DuplicateJob(f"job id {job_id!r} is {where} with a different payload")
+            elif job_id in known:
+                present.add(job_id)
+        return list(new.items()), len(present)
 
     def on_result(self, job_id: str, attempt: int, ok: bool, error: str | None) -> None:
         """A worker finished attempt `attempt` of `job_id`."""

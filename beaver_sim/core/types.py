@@ -54,7 +54,8 @@ class IllegalTransition(BeaverError):
 
 
 class DuplicateJob(BeaverError):
-    """An enqueue of a job id that is already known."""
+    """An enqueue of a job id that is already known with a different payload (a conflict: the
+    same id with the same payload is already present, which is not an error)."""
 
 
 class CorruptLog(BeaverError):

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from beaver_sim.core.controller import Controller
+from beaver_sim.core.controller import Controller, Enqueued
 from beaver_sim.core.types import BeaverError, Config, CorruptLog, OnResult
 from beaver_sim.metrics import MetricsServer, QueueMetrics, Sample, sample
 from beaver_sim.runtime.clock import RealClock
@@ -196,12 +196,10 @@ class Service:
         jobs = req.get("jobs")
         if not isinstance(jobs, list) or not all(isinstance(j, list) and len(j) == 2 for j in jobs):
             return {"ok": False, "error": "bad request: jobs must be a list of [id, payload]"}
-        if not jobs:
-            return {"ok": True, "enqueued": 0}
         durable = self.loop.create_future()
         self._acks.add(durable)
         try:
-            n = self.controller.enqueue(
+            done = self.controller.enqueue(
                 ((i, p) for i, p in jobs), on_durable=lambda: durable.done() or durable.set_result(None)
             )
             await durable
@@ -209,7 +207,7 @@ class Service:
             return {"ok": False, "error": str(e)}
         finally:
             self._acks.discard(durable)
-        return {"ok": True, "enqueued": n}
+        return {"ok": True, "enqueued": done.new, "already_present": done.already_present}
 
 
 # -- without a running controller --------------------------------------------------------------
@@ -222,7 +220,7 @@ class _NeverStarted:
         raise AssertionError("an offline controller never dispatches")
 
 
-def enqueue_offline(config: Config, jobs: list[Job]) -> int:
+def enqueue_offline(config: Config, jobs: list[Job]) -> Enqueued:
     """Log `jobs` with this process as the writer (the caller holds the lock): recover, append
     the ENQUEUE records through Controller.enqueue (same checks as a running controller), sync."""
     storage = Storage.from_config(RealFS(), config)
@@ -230,18 +228,20 @@ def enqueue_offline(config: Config, jobs: list[Job]) -> int:
     try:
         controller = Controller(config, RealClock(loop), storage, _NeverStarted())
         try:
-            n = controller.enqueue(jobs)
+            done = controller.enqueue(jobs)
         finally:
             controller.stop(snapshot=False)  # flush + fdatasync whatever the fsync policy, close
     finally:
         loop.close()
-    return n
+    return done
 
 
-def enqueue(config: Config, jobs: list[Job], wait: float = 30.0) -> tuple[int, str]:
+def enqueue(config: Config, jobs: list[Job], wait: float = 30.0) -> tuple[Enqueued, str]:
     """Make `jobs` durable in `config.data_dir`, through the running controller if one holds the
-    lock, else directly. Returns (count, how). Waits up to `wait` seconds for a controller that
-    holds the lock but is not serving yet (recovering), then gives up naming its PID."""
+    lock, else directly. Returns (new and already present, how). Retry-safe: after any error or
+    timeout, sending the same jobs again is right (Controller.enqueue). Waits up to `wait` seconds
+    for a controller that holds the lock but is not serving yet (recovering), then gives up
+    naming its PID."""
     deadline = time.monotonic() + wait
     payload = {"op": "enqueue", "jobs": [list(j) for j in jobs]}
     while True:
@@ -256,7 +256,8 @@ def enqueue(config: Config, jobs: list[Job], wait: float = 30.0) -> tuple[int, s
                     raise locked from None
             else:
                 if answer.get("ok"):
-                    return answer["enqueued"], "via the running controller"
+                    done = Enqueued(answer["enqueued"], answer.get("already_present", 0))
+                    return done, "via the running controller"
                 if not answer.get("retry"):
                     raise BeaverError(answer.get("error", "the controller refused the jobs")) from None
             time.sleep(0.05)  # the holder is starting up or shutting down: ask again

@@ -83,8 +83,8 @@ def register(subparsers: Any) -> None:
     sweep.add_argument(
         "--points",
         default="records",
-        help="records (default) | all | bytes | marks | sample:N and lsn:X record:K point:NAME#N "
-        "time:T, joined with + or commas",
+        help="records (default) | all | bytes | marks | io | sample:N and lsn:X record:K point:NAME#N "
+        "time:T enospc:K eio:K, joined with + or commas",
     )
     sweep.add_argument("--executor", choices=("process", "dask", "serial"), default="process")
     sweep.add_argument(
