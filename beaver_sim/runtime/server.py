@@ -34,6 +34,11 @@ class ControlUnavailable(BeaverError):
     """No process is serving the data directory's control socket."""
 
 
+class ControlLost(BeaverError):
+    """The controller went away mid-request: the request may or may not have taken effect (a
+    retried enqueue is safe: see Controller.enqueue)."""
+
+
 def socket_path(data_dir: str) -> str:
     """Where the control socket of `data_dir` lives; ControlUnavailable if the path is too long."""
     path = os.path.join(data_dir, SOCKET_NAME)
@@ -54,14 +59,19 @@ def request(data_dir: str, req: dict[str, Any], timeout: float = 120.0) -> dict[
             s.connect(path)
         except (FileNotFoundError, ConnectionRefusedError) as e:
             raise ControlUnavailable(f"{path}: no controller is listening ({e.strerror})") from None
-        s.sendall(orjson.dumps(req))
-        s.shutdown(socket.SHUT_WR)
         chunks = []
-        while chunk := s.recv(1 << 16):
-            chunks.append(chunk)
+        try:
+            s.sendall(orjson.dumps(req))
+            s.shutdown(socket.SHUT_WR)
+            while chunk := s.recv(1 << 16):
+                chunks.append(chunk)
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise ControlLost(f"{path}: the connection broke before an answer ({e.strerror})") from None
+        except TimeoutError:
+            raise BeaverError(f"{path}: no answer within {timeout:g} s") from None
     data = b"".join(chunks)
     if not data:
-        raise BeaverError(f"{path}: the controller closed the connection without answering (did it stop?)")
+        raise ControlLost(f"{path}: the controller closed the connection without answering (did it stop?)")
     answer = orjson.loads(data)
     if not isinstance(answer, dict):
         raise BeaverError(f"{path}: unexpected answer {answer!r}")

@@ -22,7 +22,7 @@ from beaver_sim.core.types import BeaverError, Config, CorruptLog, OnResult
 from beaver_sim.metrics import MetricsServer, QueueMetrics, Sample, sample
 from beaver_sim.runtime.clock import RealClock
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
-from beaver_sim.runtime.server import ControlServer, ControlUnavailable, request, socket_path
+from beaver_sim.runtime.server import ControlLost, ControlServer, ControlUnavailable, request, socket_path
 from beaver_sim.runtime.workers import Handler, PoolWorkers
 from beaver_sim.storage import wal
 from beaver_sim.storage.fs import RealFS
@@ -254,6 +254,9 @@ def enqueue(config: Config, jobs: list[Job], wait: float = 30.0) -> tuple[Enqueu
             except ControlUnavailable:
                 if time.monotonic() > deadline:
                     raise locked from None
+            except ControlLost:  # killed mid-request: resending the same jobs is safe
+                if time.monotonic() > deadline:
+                    raise
             else:
                 if answer.get("ok"):
                     done = Enqueued(answer["enqueued"], answer.get("already_present", 0))

@@ -8,6 +8,8 @@ import asyncio
 import errno
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -307,3 +309,30 @@ def test_an_fsync_error_is_fatal_and_nothing_is_acknowledged(tmp_path: Path) -> 
     assert answer["ok"] is False and "Input/output error" in answer["error"]
     assert service.fatal is not None and "WALFailed" in service.fatal
     DataDirLock(config.data_dir).acquire()  # released even so
+
+
+def test_a_controller_that_dies_mid_request_is_a_lost_connection_not_a_silent_success(tmp_path: Path) -> None:
+    """A BrokenPipeError from the socket used to reach main's `beaver wal dump | head` handler,
+    which exits 0 quietly: an enqueue that was never acknowledged looked durable."""
+    from beaver_sim.runtime.server import ControlLost
+
+    data = tmp_path / "d"
+    data.mkdir()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(data / "beaver.sock"))
+    listener.listen()
+
+    def hang_up() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # reset, as a process killed with -9 leaves it
+
+    t = threading.Thread(target=hang_up, daemon=True)
+    t.start()
+    big = {"op": "enqueue", "jobs": [[f"j{i}", {"pad": "x" * 1000}] for i in range(5000)]}
+    for req in (big, {"op": "status"}):
+        with pytest.raises(ControlLost):
+            request(str(data), req, timeout=10)
+    t.join(5)
+    listener.close()
