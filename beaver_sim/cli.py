@@ -120,7 +120,10 @@ async def serve(service: Service, exit_when_idle: bool) -> int:
         loop.add_signal_handler(sig, service.request_stop)
     say("ready" + (" (exits when idle)" if exit_when_idle else " (Ctrl-C or SIGTERM stops; twice: now)"))
     await service.run(exit_when_idle)
-    say("stopping: letting running attempts end, then syncing the WAL and writing a snapshot")
+    if service.fatal is None:
+        say("stopping: letting running attempts end, then syncing the WAL and writing a snapshot")
+    else:
+        say("stopping after a fatal error: nothing more is written; restart to recover")
     await service.close()
     if service.fatal is not None:
         raise BeaverError(f"stopped after a fatal error: {service.fatal}")

@@ -84,7 +84,7 @@ def register(subparsers: Any) -> None:
         "--points",
         default="records",
         help="records (default) | all | bytes | marks | io | sample:N and lsn:X record:K point:NAME#N "
-        "time:T enospc:K eio:K, joined with + or commas",
+        "time:T enospc:K short:K eio:K erename:K edirsync:K, joined with + or commas",
     )
     sweep.add_argument("--executor", choices=("process", "dask", "serial"), default="process")
     sweep.add_argument(

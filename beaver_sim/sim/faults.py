@@ -27,7 +27,13 @@ from beaver_sim.core.types import BeaverError
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import CRASH_MODELS, IOFault, SimFS
 
-IO_KINDS = {"enospc": ("write", errno.ENOSPC), "eio": ("sync", errno.EIO)}  # kind -> (op, errno)
+IO_KINDS = {  # kind -> (op, errno, bytes of the failing write kept)
+    "enospc": ("write", errno.ENOSPC, 0),
+    "short": ("write", errno.ENOSPC, -1),  # half the write lands, then the disk is full
+    "eio": ("sync", errno.EIO, 0),
+    "erename": ("rename", errno.EIO, 0),
+    "edirsync": ("dirsync", errno.EIO, 0),
+}
 KINDS = ("lsn", "record", "point", "time", *IO_KINDS)
 POINTS = (  # the SimFS marks, in the order a checkpoint reaches them
     "snapshot-tmp-written",
@@ -103,8 +109,8 @@ class CrashPlan:
 
     def fault(self) -> IOFault:
         """The SimFS fault of an `enospc` or `eio` plan."""
-        op, code = IO_KINDS[self.kind]
-        return IOFault(op, self.at, code)
+        op, code, keep = IO_KINDS[self.kind]
+        return IOFault(op, self.at, code, keep)
 
     def as_list(self) -> list[Any]:
         """Compact form for replay tokens."""

@@ -5,7 +5,8 @@ and the bytes *durable* (what its last sync made safe). For every directory entr
 the create or rename that made it has been made durable by syncing the directory. `after_crash`
 returns the files that survive under the `process` or `power-loss` model. A `hook` can stop the
 world before any call or in the middle of any write: that is how crash points are placed. A `fault`
-(IOFault) makes the n-th write or sync fail with an OSError, as a full or failing disk does."""
+(IOFault) makes the n-th write, sync, rename or directory sync fail with an OSError, as a full or
+failing disk does."""
 
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ Hook = Callable[[str, str, int], "int | None"]
 
 @dataclass(slots=True)
 class IOFault:
-    """A planned I/O error: the `nth` call of `op` ("write" or "sync", on any file, counted from
-    when the fault is set) raises OSError(`code`). A failing write first puts `keep` of its bytes in
-    the file (a short write); a failing sync makes nothing durable. Fires once."""
+    """A planned I/O error: the `nth` call of `op` ("write", "sync", "rename" or "dirsync", on any
+    file, counted from when the fault is set) raises OSError(`code`). A failing write first puts
+    `keep` of its bytes in the file (a short write; -1 keeps half); a failing sync makes nothing
+    durable; a failing rename or directory sync changes nothing. Fires once."""
 
     op: str
     nth: int
@@ -93,8 +95,9 @@ class SimFile:
             try:
                 fs.fault.check("write", self.path)
             except OSError:
-                self.inode.data += data[: fs.fault.keep]
-                fs.bytes_written += min(fs.fault.keep, len(data))
+                keep = len(data) // 2 if fs.fault.keep < 0 else min(fs.fault.keep, len(data))
+                self.inode.data += data[:keep]
+                fs.bytes_written += keep
                 raise
         fs.write_calls += 1
         self.inode.data += data
@@ -126,6 +129,7 @@ class SimFS:
         self.bytes_written = 0
         self.syncs = 0
         self.dir_syncs = 0
+        self.renames = 0
 
     @staticmethod
     def _norm(path: str) -> str:
@@ -202,6 +206,9 @@ class SimFS:
     def replace(self, src: str, dst: str) -> None:
         s, d = self._norm(src), self._norm(dst)
         self._call("replace", d)
+        if self.fault is not None:
+            self.fault.check("rename", d)
+        self.renames += 1
         inode = self._inode(s)
         self._parent_exists(d)
         del self.files[s]
@@ -223,6 +230,8 @@ class SimFS:
     def sync_dir(self, path: str) -> None:
         p = self._norm(path)
         self._call("sync_dir", p)
+        if self.fault is not None:
+            self.fault.check("dirsync", p)
         durable = {k: v for k, v in self.durable_names.items() if posixpath.dirname(k) != p}
         durable.update((k, v) for k, v in self.files.items() if posixpath.dirname(k) == p)
         self.durable_names = dict(sorted(durable.items()))

@@ -167,11 +167,20 @@ def enumerate_points(base: Base, points: str | Sequence[CrashPlan | str], seed: 
             for rec, start, end in base.trace:
                 found.append(((end, 1), CrashPlan("record", rec["seq"])))
                 found.append(((start + (end - start) // 2, 1), CrashPlan("lsn", start + (end - start) // 2)))
-        elif name == "io":  # every write fails with ENOSPC, every fsync with EIO, one at a time
+        elif name == "io":  # each write, fsync, rename and directory fsync fails, one at a time
             fs = base.result.fs
-            n_writes, n_syncs = (fs.write_calls, fs.syncs) if fs is not None else (0, 0)
-            found += [((0, k), CrashPlan("enospc", k)) for k in range(1, n_writes + 1)]
-            found += [((0, n_writes + k), CrashPlan("eio", k)) for k in range(1, n_syncs + 1)]
+            calls = {"write": 0, "sync": 0, "rename": 0, "dirsync": 0}
+            if fs is not None:
+                calls = {
+                    "write": fs.write_calls,
+                    "sync": fs.syncs,
+                    "rename": fs.renames,
+                    "dirsync": fs.dir_syncs,
+                }
+            order = 0
+            for kind, (op, _code, _keep) in IO_KINDS.items():
+                found += [((0, order + k), CrashPlan(kind, k)) for k in range(1, calls[op] + 1)]
+                order += calls[op]
         elif name == "sample":
             try:
                 n = int(arg)

@@ -163,3 +163,59 @@ def test_wal_repair_killed_mid_repair_then_rerun_ends_where_one_clean_repair_end
             if "nothing to repair" in out.stdout:
                 break
         assert Storage.open(RealFS(), str(d)).state.to_state() == expected, attempt
+
+
+def test_a_write_error_stops_beaver_run_in_one_line_and_a_restart_loses_nothing(tmp_path: Path) -> None:
+    """A real I/O error on a real process: RLIMIT_FSIZE makes write(2) past 24 KiB fail with EFBIG
+    (SIGXFSZ ignored), as a full disk fails with ENOSPC. Enqueues stop being acknowledged, `beaver
+    run` exits non-zero with one line naming the file, and a restart without the limit has every
+    acknowledged job."""
+    import resource
+
+    data_dir = str(tmp_path / "d")
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (24 << 10, 24 << 10))
+
+    proc = subprocess.Popen(
+        [*BEAVER, "run", "--data-dir", data_dir, *RUN],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=limit,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("ready"):
+                break
+        acked: list[str] = []
+        for b in range(60):
+            ids = [f"b{b}-{i}" for i in range(10)]
+            path = tmp_path / f"{b}.json"
+            path.write_bytes(
+                orjson.dumps([{"id": i, "payload": {"type": "noop", "pad": "x" * 40}} for i in ids])
+            )
+            out = beaver("enqueue", "--data-dir", data_dir, "--file", str(path), timeout=30)
+            if out.returncode != 0:
+                break
+            acked += ids
+        else:
+            pytest.fail("the file size limit was never reached")
+        code = proc.wait(timeout=60)
+        err = proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code != 0 and acked
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "File too large" in errors[0] and "Traceback" not in err, err
+    run = start(data_dir)  # no limit now
+    try:
+        q = read_state(Config(data_dir=data_dir)).state
+        assert set(acked) <= set(q.jobs)  # nothing acknowledged was lost
+    finally:
+        run.proc.send_signal(signal.SIGTERM)
+        run.proc.wait(timeout=60)

@@ -27,8 +27,10 @@ def test_every_record_boundary_and_io_error_ends_with_every_job_exactly_once(mod
     df = crash_sweep(replace(SIM, model=model), "records+io", executor="serial")
     assert violations(df) == []
     kinds = df.groupby("kind")["outcome"].value_counts().to_dict()
-    assert set(kinds) == {(k, "ok") for k in ("record", "lsn", "enospc", "eio")}  # every point crashed
+    io = ("enospc", "short", "eio", "erename", "edirsync")
+    assert set(kinds) == {(k, "ok") for k in ("record", "lsn", *io)}  # every point crashed
     assert kinds[("record", "ok")] > 60 and kinds[("enospc", "ok")] > 30 and kinds[("eio", "ok")] > 30
+    assert kinds[("short", "ok")] == kinds[("enospc", "ok")] and kinds[("erename", "ok")] >= 3
 
 
 def test_a_half_written_batch_is_retried_whole_and_ends_once() -> None:
