@@ -23,7 +23,7 @@ from typing import Any
 from beaver_sim.core.controller import Controller
 from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.records import apply
-from beaver_sim.core.types import BeaverError, Config, CorruptLog, OnResult
+from beaver_sim.core.types import Abandoned, BeaverError, Config, CorruptLog, OnResult
 from beaver_sim.metrics import MetricsServer, QueueMetrics, Sample, sample
 from beaver_sim.runtime.clock import RealClock
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
@@ -189,6 +189,8 @@ class Service:
             "pid": os.getpid(),
             "data_dir": self.config.data_dir,
             "recovery_seconds": self.recovery_seconds,
+            "stuck_workers": self.controller.stuck_workers(),  # timed out, being killed or interrupted
+            "running_without_slot": self.workers.running_without_slot(),  # timed-out threads running on
         }
 
     async def _answer(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -225,6 +227,9 @@ class _NeverStarted:
     """The workers of a controller that is never started: it dispatches nothing."""
 
     def submit(self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: OnResult) -> None:
+        raise AssertionError("an offline controller never dispatches")
+
+    def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned:
         raise AssertionError("an offline controller never dispatches")
 
 

@@ -248,19 +248,23 @@ class _Proc:
 
 
 class _ProcessPool:
-    """Processes for attempts, driven from the loop thread (pipes and exit sentinels are loop
-    readers); see the module docstring for what a timeout does to one."""
+    """`size` processes for attempts, driven from the loop thread (pipes and exit sentinels are
+    loop readers); see the module docstring for what a timeout does to one. They are started up
+    front and a gone one is replaced at once, so no attempt's timeout pays for a process start."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self.loop, self.size = loop, size
         # forking a process that runs threads (metrics, loop) can copy a held lock: use a forkserver
         linux = sys.platform.startswith("linux")
         self.ctx = multiprocessing.get_context("forkserver" if linux else "spawn")
-        if linux:
-            self.ctx.set_forkserver_preload([__name__])  # workers fork with this module loaded
+        if linux:  # workers fork with these already imported
+            self.ctx.set_forkserver_preload(["__main__", __name__])
         self.idle: list[_Proc] = []
         self.running: dict[Key, _Proc] = {}
         self.procs: list[_Proc] = []
+        self.closed = False
+        for _ in range(size):
+            self.idle.append(self._spawn())
 
     def _spawn(self) -> _Proc:
         ours, theirs = self.ctx.Pipe()
@@ -325,11 +329,14 @@ class _ProcessPool:
         if p.key is not None and p.report is not None:
             del self.running[p.key]
             why = "timeout: handler killed" if p.stopping else f"handler process died (exit code {code})"
-            p.report(False, why)
+            p.report(False, why)  # delivered on a later loop turn, after the replacement below
+        if not self.closed and len(self.procs) < self.size:
+            self.idle.append(self._spawn())
 
     def close(self, timeout: float) -> int:
         """Stop every process (running attempts stay in flight in the log, requeued by the next
         start); returns 0: nothing is left running."""
+        self.closed = True
         procs = list(self.procs)
         for p in procs:
             self._forget(p)
@@ -358,7 +365,11 @@ class PoolWorkers:
         self.handlers.update({kind: resolve(spec) for kind, spec in self.specs.items()})
         self.handlers.update(handlers or {})
         self.process = config.executor == "process"
-        self.pool = _ProcessPool(loop) if self.process else _ThreadPool(spare=config.worker_count)
+        self.pool = (
+            _ProcessPool(loop, config.worker_count)
+            if self.process
+            else _ThreadPool(spare=config.worker_count)
+        )
         # outcomes waiting for the loop; one wake-up of the loop delivers all that arrived meanwhile
         self._results: deque[tuple[OnResult, str, int, bool, str | None]] = deque()
         self._wake_lock = threading.Lock()

@@ -3,7 +3,9 @@ SimWorkers modelling the real pool (2 x worker_count threads). It shows what the
 under the old rule (`free-slot-at-timeout`) hung attempts keep every thread, new attempts spend their
 timeout waiting for one and healthy jobs die unrun; under the rule, a killed attempt holds its slot
 until gone and the healthy jobs run at once. `stoppable=False` is a handler no one can stop (a
-thread blocked in C): the rule then makes the controller wait, and no healthy attempt is spent."""
+thread blocked in C): the rule then makes the controller wait, and no healthy attempt is spent.
+`crash_at` kills the process at that time (kill -9) and recovers: the handlers die with it, so the
+next life starts with every thread free and the interrupted attempts requeued."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from beaver_sim.core.controller import Controller
 from beaver_sim.core.types import Config, JobStatus
 from beaver_sim.sim import mutants
 from beaver_sim.sim.clock import VirtualClock
+from beaver_sim.sim.faults import survivors
 from beaver_sim.sim.fs import SimFS
 from beaver_sim.sim.workers import SimWorkers
 from beaver_sim.storage.recovery import Storage
@@ -32,6 +35,7 @@ def run_poison(
     healthy: int = 8,
     healthy_at: float = 4.0,
     seed: int = 42,
+    crash_at: float | None = None,
 ) -> dict[str, Any]:
     """`hung` jobs whose handler never returns at t=0, `healthy` quick ones at `healthy_at`; run
     until nothing can happen any more. Returns the jobs' fates and the controller's counters."""
@@ -59,14 +63,25 @@ def run_poison(
         spare=workers,
     )
     controller_cls = Controller if rule == "slot-held" else mutants.LIVENESS[rule]
-    ctl = controller_cls(config, clock, Storage.from_config(SimFS(), config), pool)
+    fs = SimFS()
+    ctl = controller_cls(config, clock, Storage.from_config(fs, config), pool)
     ctl.start()
     ctl.enqueue([(f"hung-{i}", {"type": "hang"}) for i in range(1, hung + 1)])
     ok_jobs = [(f"ok-{i}", {"type": "noop"}) for i in range(1, healthy + 1)]
     clock.call_at(healthy_at, ctl.enqueue, ok_jobs)
+    out: dict[str, Any] = {"rule": rule, "stoppable": stoppable}
+    if crash_at is not None:
+        clock.run(until=crash_at)
+        clock.clear()
+        clock = VirtualClock(crash_at)
+        out["died with the process"] = pool.crash(clock)
+        ctl = controller_cls(config, clock, Storage.from_config(survivors(fs, "process"), config), pool)
+        ctl.start()
+        arrived = any(job_id.startswith("ok-") for job_id in ctl.state.jobs)
+        if not arrived:
+            clock.call_at(healthy_at, ctl.enqueue, ok_jobs)
     clock.run()
     jobs = ctl.state.jobs
-    out: dict[str, Any] = {"rule": rule, "stoppable": stoppable}
     for group in ("hung", "ok"):
         mine = [job for job_id, job in jobs.items() if job_id.startswith(group + "-")]
         for status in JobStatus:

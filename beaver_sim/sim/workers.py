@@ -114,6 +114,17 @@ class SimWorkers:
         self.detached += 1
         return _RELEASED
 
+    def crash(self, clock: VirtualClock) -> int:
+        """The process running the pool died (kill -9): its attempts die with it, as real handler
+        processes do with `beaver run`, and the pool goes on with the next life's `clock`. Returns
+        how many were running (each would be an orphan holding a thread had it survived)."""
+        gone = len(self.running)
+        self.running.clear()
+        self.waiting.clear()
+        self.detached = 0
+        self.clock = clock
+        return gone
+
     def _start(self, run: _Running) -> None:
         self.running[(run.job, run.attempt)] = run
         if self.record:
