@@ -87,6 +87,7 @@ class Service:
             if sock:
                 self.control = ControlServer(sock, self._answer)
                 await self.control.start()
+            await self.workers.ready()  # worker processes started: no first attempt pays for that
             t0 = time.perf_counter()
             self.controller.start()  # requeues what the previous process left in flight
             self.recovery_seconds = storage.report.seconds + time.perf_counter() - t0

@@ -222,6 +222,7 @@ def _serve(conn: Connection) -> None:
     """A worker process: run the attempts sent over `conn`, one at a time, until it closes."""
     _die_with_owner()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: `run` decides
+    conn.send(None)  # ready: started and imported, so no attempt's timeout pays for that
     while True:
         try:
             fn, args = conn.recv()
@@ -244,13 +245,16 @@ class _Proc:
     key: Key | None = None
     report: Report | None = None
     stopping: bool = False
+    ready: bool = False
+    replaces: Callable[[], None] | None = None  # reports the gone process's attempt once this one is ready
     kill: Any = field(default=None, repr=False)  # the SIGKILL timer after a SIGTERM
 
 
 class _ProcessPool:
     """`size` processes for attempts, driven from the loop thread (pipes and exit sentinels are
     loop readers); see the module docstring for what a timeout does to one. They are started up
-    front and a gone one is replaced at once, so no attempt's timeout pays for a process start."""
+    front, and a gone one's slot is released only once its replacement is ready: no attempt's
+    timeout pays for a process start (which under load, or with `python -m`, takes a while)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
         self.loop, self.size = loop, size
@@ -263,8 +267,9 @@ class _ProcessPool:
         self.running: dict[Key, _Proc] = {}
         self.procs: list[_Proc] = []
         self.closed = False
+        self.all_ready = asyncio.Event()
         for _ in range(size):
-            self.idle.append(self._spawn())
+            self._spawn()
 
     def _spawn(self) -> _Proc:
         ours, theirs = self.ctx.Pipe()
@@ -278,7 +283,7 @@ class _ProcessPool:
         return p
 
     def start(self, key: Key, fn: Callable[..., Any], args: tuple[Any, ...], report: Report) -> None:
-        p = self.idle.pop() if self.idle else self._spawn()
+        p = self.idle.pop() if self.idle else self._spawn()  # not ready yet only if used before ready()
         p.key, p.report = key, report
         self.running[key] = p
         with suppress(OSError):  # it died meanwhile: _exited reports the attempt
@@ -299,10 +304,21 @@ class _ProcessPool:
 
     def _readable(self, p: _Proc) -> None:
         try:
-            ok, error = p.conn.recv()
+            message = p.conn.recv()
         except (EOFError, OSError):
             self.loop.remove_reader(p.conn.fileno())  # it died: _exited reports
             return
+        if message is None:  # started
+            p.ready = True
+            if p.key is None and p not in self.idle:
+                self.idle.append(p)
+            if p.replaces is not None:
+                p.replaces, replaces = None, p.replaces
+                replaces()
+            if all(q.ready for q in self.procs):
+                self.all_ready.set()
+            return
+        ok, error = message
         if p.stopping or p.key is None or p.report is None:
             return  # lost the race with the kill: reported once the process is gone
         key, report = p.key, p.report
@@ -326,12 +342,16 @@ class _ProcessPool:
         self._forget(p)
         code = p.proc.exitcode
         p.conn.close()
+        report: Callable[[], None] | None = None
         if p.key is not None and p.report is not None:
             del self.running[p.key]
             why = "timeout: handler killed" if p.stopping else f"handler process died (exit code {code})"
-            p.report(False, why)  # delivered on a later loop turn, after the replacement below
-        if not self.closed and len(self.procs) < self.size:
-            self.idle.append(self._spawn())
+            report = partial(p.report, False, why)
+        if self.closed or len(self.procs) >= self.size:
+            if report is not None:
+                report()
+            return
+        self._spawn().replaces = report  # the slot is free once the replacement is ready
 
     def close(self, timeout: float) -> int:
         """Stop every process (running attempts stay in flight in the log, requeued by the next
@@ -388,6 +408,11 @@ class PoolWorkers:
         else:
             fn, args = handler, (payload,)
         self.pool.start((job_id, attempt), fn, args, partial(self._report, done, job_id, attempt))
+
+    async def ready(self) -> None:
+        """Wait until every worker process has started (threads: at once)."""
+        if isinstance(self.pool, _ProcessPool):
+            await self.pool.all_ready.wait()
 
     def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned:
         """Stop a timed-out attempt: kill its process, or interrupt its thread."""
