@@ -84,10 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = config_from(args, RUN_FLAGS)
     service = Service(config)
     code = asyncio.run(serve(service, args.exit_when_idle))
-    if service.abandoned:  # a handler that never returns must not keep the process alive
+    if service.abandoned:  # daemon threads: they do not keep the process alive (processes are stopped)
         say(f"{service.abandoned} abandoned attempt(s) still running; exiting without waiting for them")
-        sys.stderr.flush()
-        os._exit(code)
     return code
 
 

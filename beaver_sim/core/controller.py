@@ -9,7 +9,13 @@ fsync policy. Appends made in one clock turn share one write and one fdatasync (
 Rules the seed got wrong: failures *and* timeouts count toward `max_retry`, then the job is dead;
 a result or timeout for an attempt that is no longer current is stale and ignored; jobs in flight
 when the previous process died are requeued (the interrupted attempt counts, as SQS's
-maxReceiveCount does)."""
+maxReceiveCount does).
+
+A worker slot is free only once its attempt is gone. At a timeout the workers are told to abandon
+the attempt: they either release the slot at once (the attempt runs on without one, as a detached
+thread) or hold it while they stop the attempt (kill its process, interrupt its thread), and its
+late `done` then frees the slot. So a hung handler never lets a new attempt start without a worker
+to run on, and no attempt's timeout is spent waiting for one."""
 
 from __future__ import annotations
 
@@ -39,6 +45,8 @@ class Counters:
     retried: int = 0
     dead: int = 0
     timeouts: int = 0
+    abandoned: int = 0  # timed out and left running without a slot (the workers could not stop it)
+    killed: int = 0  # timed out and stopped by the workers, holding its slot until gone
     stale: int = 0
     requeued_on_recovery: int = 0
     snapshots: int = 0
@@ -74,6 +82,7 @@ class Controller:
         self.state = storage.state
         self.counters = Counters()
         self.free_workers: deque[int] = deque(range(config.worker_count))
+        self.stuck: dict[tuple[str, int], int] = {}  # (job, attempt) timed out, still holding worker
         self._timers: dict[str, Any] = {}
         self._to_start: list[tuple[str, int, int]] = []  # dispatched, waiting for their record
         self._acks: list[Callable[[], None]] = []  # enqueue acknowledgements waiting for a flush
@@ -179,6 +188,10 @@ class Controller:
         lease = self.state.leases.get(job_id)
         if lease is None or lease.attempt != attempt or self.stopped:
             self.counters.stale += 1  # its attempt timed out, or the job moved on
+            worker = self.stuck.pop((job_id, attempt), None)
+            if worker is not None:  # the timed-out attempt is gone at last: its slot is free
+                self.free_workers.append(worker)
+                self._dispatch()
             return
         self.clock.cancel(self._timers.pop(job_id))
         self.free_workers.append(lease.worker)
@@ -196,9 +209,16 @@ class Controller:
     def _on_timeout(self, job_id: str, attempt: int) -> None:
         lease = self.state.leases[job_id]
         del self._timers[job_id]
-        self.free_workers.append(lease.worker)  # the slow attempt is abandoned; its result is stale
+        held, how = self.workers.abandon(job_id, attempt, lease.worker)  # its result will be stale
+        if held:
+            self.stuck[(job_id, attempt)] = lease.worker
+            self.counters.killed += 1
+        else:
+            self.free_workers.append(lease.worker)
+            self.counters.abandoned += 1
         self.counters.timeouts += 1
-        self._retry_or_bury(job_id, attempt, R.timeout(job_id, attempt), "timeout")
+        why = f"timeout: {how}" if how else "timeout"
+        self._retry_or_bury(job_id, attempt, R.timeout(job_id, attempt), why)
         self._dispatch()
 
     def _retry_or_bury(self, job_id: str, attempt: int, retry: R.Record, why: str) -> None:
@@ -271,3 +291,8 @@ class Controller:
     def status(self) -> dict[str, int]:
         """The `status --json` contract: counts per state and `last_seq`."""
         return self.state.stats()
+
+    def stuck_workers(self) -> list[dict[str, Any]]:
+        """Worker slots held by a timed-out attempt that is not gone yet, by slot."""
+        held = sorted((w, job, attempt) for (job, attempt), w in self.stuck.items())
+        return [{"worker": w, "job": job, "attempt": attempt} for w, job, attempt in held]

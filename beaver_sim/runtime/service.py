@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from beaver_sim.core.controller import Controller, Enqueued
-from beaver_sim.core.types import BeaverError, Config, CorruptLog, OnResult
+from beaver_sim.core.types import Abandoned, BeaverError, Config, CorruptLog, OnResult
 from beaver_sim.metrics import MetricsServer, QueueMetrics, Sample, sample
 from beaver_sim.runtime.clock import RealClock
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
@@ -81,6 +81,7 @@ class Service:
             if sock:
                 self.control = ControlServer(sock, self._answer)
                 await self.control.start()
+            await self.workers.ready()  # worker processes started: no first attempt pays for that
             t0 = time.perf_counter()
             self.controller.start()  # requeues what the previous process left in flight
             self.recovery_seconds = storage.report.seconds + time.perf_counter() - t0
@@ -183,6 +184,8 @@ class Service:
             "pid": os.getpid(),
             "data_dir": self.config.data_dir,
             "recovery_seconds": self.recovery_seconds,
+            "stuck_workers": self.controller.stuck_workers(),  # timed out, being killed or interrupted
+            "running_without_slot": self.workers.running_without_slot(),  # timed-out threads running on
         }
 
     async def _answer(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -217,6 +220,9 @@ class _NeverStarted:
     """The workers of a controller that is never started: it dispatches nothing."""
 
     def submit(self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: OnResult) -> None:
+        raise AssertionError("an offline controller never dispatches")
+
+    def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned:
         raise AssertionError("an offline controller never dispatches")
 
 

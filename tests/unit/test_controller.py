@@ -17,7 +17,7 @@ import pytest
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import DURATION_BUCKETS, Controller
 from beaver_sim.core.queue import JobQueue
-from beaver_sim.core.types import BeaverError, Config, DuplicateJob, JobStatus, OnResult
+from beaver_sim.core.types import Abandoned, BeaverError, Config, DuplicateJob, JobStatus, OnResult
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS
 from beaver_sim.sim.workers import SimWorkers
@@ -72,6 +72,9 @@ class CheckedWorkers:
         assert find_written(self.fs, segments, needle, durable=wal.fsync == "always"), (job_id, attempt)
         self.started.append((self.clock.now(), job_id, attempt))
         self.inner.submit(job_id, attempt, worker, payload, self._checked(done))
+
+    def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned:
+        return self.inner.abandon(job_id, attempt, worker)
 
     def _checked(self, done: OnResult) -> OnResult:
         state, wal = self.storage.state, self.storage.wal
@@ -338,6 +341,9 @@ class ScriptedWorkers:
             self.clock.call_later(self.late, done, job_id, attempt, True, None)
         else:
             self.clock.call_later(0.1, done, job_id, attempt, outcome == "ok", "boom")
+
+    def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned:
+        return Abandoned(False)  # it runs on: its late success is stale
 
 
 def test_max_retry_counts_failures_and_timeouts_alike() -> None:
