@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup build test lint demo bench clean metrics lab notebooks
+.PHONY: setup build test lint demo bench clean metrics lab notebooks student
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ notebooks: $(STAMP)  # after a code change: re-execute every notebook in place, 
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+# The lab notebooks for learners: each solution block replaced by `raise NotImplementedError`.
+student: $(STAMP)
+	$(BIN)/python -m beaver_sim.labs notebooks/labs build/student
 
 metrics:
 	@echo "Metrics: http://127.0.0.1:9090/metrics (while beaver run is running)"

@@ -27,8 +27,8 @@ from beaver_sim.config import load_config
 from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.runtime.lock import DataDirLock
 from beaver_sim.runtime.service import Job, Service, enqueue, read_state, status_of
-from beaver_sim.storage import wal
 from beaver_sim.storage.fs import RealFS
+from beaver_sim.storage.recovery import Inspection, RepairPlan, apply_repair, inspect, plan_repair
 
 try:
     from beaver_sim.sim.cli import register as register_sim
@@ -91,10 +91,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = config_from(args, RUN_FLAGS)
     service = Service(config)
     code = asyncio.run(serve(service, args.exit_when_idle))
-    if service.abandoned:  # a handler that never returns must not keep the process alive
+    if service.abandoned:  # daemon threads: they do not keep the process alive (processes are stopped)
         say(f"{service.abandoned} abandoned attempt(s) still running; exiting without waiting for them")
-        sys.stderr.flush()
-        os._exit(code)
     return code
 
 
@@ -127,7 +125,10 @@ async def serve(service: Service, exit_when_idle: bool) -> int:
         loop.add_signal_handler(sig, service.request_stop)
     say("ready" + (" (exits when idle)" if exit_when_idle else " (Ctrl-C or SIGTERM stops; twice: now)"))
     await service.run(exit_when_idle)
-    say("stopping: letting running attempts end, then syncing the WAL and writing a snapshot")
+    if service.fatal is None:
+        say("stopping: letting running attempts end, then syncing the WAL and writing a snapshot")
+    else:
+        say("stopping after a fatal error: nothing more is written; restart to recover")
     await service.close()
     if service.fatal is not None:
         raise BeaverError(f"stopped after a fatal error: {service.fatal}")
@@ -139,8 +140,10 @@ async def serve(service: Service, exit_when_idle: bool) -> int:
 
 
 def read_jobs(path: str) -> list[Job]:
-    """Validate a whole job file (a JSON list of {"id": str, "payload": object}, ids unique)
-    before anything is written; BeaverError naming the file and the first problem."""
+    """Validate a whole job file (a JSON list of {"id": str, "payload": object}) before anything
+    is written; BeaverError naming the file and the first problem. An id repeated with the same
+    payload is one job (the controller counts it once); with another payload it is a conflict,
+    refused here before the data directory is touched."""
     try:
         data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as e:
@@ -152,7 +155,7 @@ def read_jobs(path: str) -> list[Job]:
     if not isinstance(items, list):
         raise BeaverError(f'{path}: expected a JSON list of {{"id": ..., "payload": {{...}}}} objects')
     jobs: list[Job] = []
-    seen: set[str] = set()
+    seen: dict[str, bytes] = {}
     for n, item in enumerate(items, 1):
         where = f"{path}: job #{n}"
         if not isinstance(item, dict):
@@ -168,9 +171,9 @@ def read_jobs(path: str) -> list[Job]:
             raise BeaverError(f"{where}: id must be a non-empty string, got {job_id!r}")
         if not isinstance(payload, dict):
             raise BeaverError(f"{where} ({job_id}): payload must be an object, got {type(payload).__name__}")
-        if job_id in seen:
-            raise BeaverError(f"{where}: duplicate id {job_id!r} in the file")
-        seen.add(job_id)
+        canonical = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+        if seen.setdefault(job_id, canonical) != canonical:
+            raise BeaverError(f"{where}: id {job_id!r} appears earlier in the file with a different payload")
         jobs.append((job_id, payload))
     return jobs
 
@@ -179,10 +182,21 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     jobs = read_jobs(args.file)
     config = config_from(args)
     try:
-        n, how = enqueue(config, jobs)
+        done, how = enqueue(config, jobs)
     except BeaverError as e:
         raise BeaverError(f"{args.file}: {e}") from None
-    say(f"enqueued {n} jobs from {args.file} into {config.data_dir} ({how}); durable")
+    if args.json:
+        say(
+            orjson.dumps(
+                {"file": args.file, "new": done.new, "already_present": done.already_present, "durable": True}
+            ).decode()
+        )
+    else:
+        n = done.new + done.already_present
+        say(
+            f"enqueued {n} jobs from {args.file} into {config.data_dir} ({how}): {done.new} new, "
+            f"{done.already_present} already present; durable"
+        )
     return 0
 
 
@@ -211,18 +225,34 @@ def _wal_dir(config: Config) -> str:
     return config.wal_dir
 
 
+def _covered(found: Inspection) -> str:
+    """Where the log starts, when a snapshot covers its front."""
+    s = found.scan
+    if not found.snapshot_seq:
+        return ""
+    return f"; seq 1..{found.snapshot_seq} are in snapshot {found.snapshot}" + (
+        f" (segments before seq {s.first_seq} were deleted after it)" if s.first_seq > 1 else ""
+    )
+
+
 def cmd_wal_verify(args: argparse.Namespace) -> int:
-    directory = _wal_dir(config_from(args))
-    s = wal.verify(RealFS(), directory)
-    p = s.problem
+    """Read the data directory as recovery does: the newest good snapshot, then the log after it."""
+    config = config_from(args)
+    directory = _wal_dir(config)
+    found = inspect(RealFS(), directory, config.snapshot_dir, lambda rec, lsn: None, check_snapshots=True)
+    s, p = found.scan, found.problem
+    torn = p is not None and p.torn
     summary = {
-        "ok": p is None,
+        "ok": found.ok,
         "segments": len(s.segments),
         "records": s.records,
         "first_seq": s.first_seq,
         "last_seq": s.next_seq - 1,
         "bytes": s.bytes_total,
         "end_lsn": s.end_lsn,
+        "snapshot": found.snapshot,
+        "snapshot_seq": found.snapshot_seq,
+        "broken_snapshots": found.broken_snapshots,
         "problem": None
         if p is None
         else {"path": p.path, "offset": p.offset, "lsn": p.lsn, "reason": p.reason}
@@ -230,19 +260,25 @@ def cmd_wal_verify(args: argparse.Namespace) -> int:
     }
     if args.json:
         say(orjson.dumps(summary).decode())
-    elif p is None:
+    elif found.ok:
         say(
             f"{directory}: ok: {s.records} records (seq {s.first_seq}..{s.next_seq - 1}) in "
-            f"{len(s.segments)} segment(s), {s.bytes_total} bytes"
+            f"{len(s.segments)} segment(s), {s.bytes_total} bytes{_covered(found)}"
         )
+        if torn:
+            say(
+                f"  the log ends in a torn write at {p}: the next start truncates it (a .broken copy is kept)"
+            )
     else:
-        kind = "a torn tail (recovery truncates it)" if p.torn else "corruption"
-        say(f"{directory}: {kind}: {p}; `beaver wal repair` cuts the log there (a backup is kept)")
-    return 0 if p is None else 1
+        say(f"{directory}: corruption: {p}; `beaver wal repair` shows what cutting the log there would cost")
+    for path in found.broken_snapshots:
+        say(f"warning: snapshot {path} fails its checksum; recovery sets it aside and uses an older one")
+    return 0 if found.ok and not found.broken_snapshots else 1
 
 
 def cmd_wal_dump(args: argparse.Namespace) -> int:
-    directory = _wal_dir(config_from(args))
+    config = config_from(args)
+    directory = _wal_dir(config)
     write = sys.stdout.write
 
     def show(rec: dict[str, Any], lsn: int) -> None:
@@ -250,26 +286,82 @@ def cmd_wal_dump(args: argparse.Namespace) -> int:
             write(orjson.dumps({"lsn": lsn, **rec}).decode() + "\n")
         else:
             rest = {k: v for k, v in rec.items() if k not in ("seq", "type", "job")}
-            write(f"lsn={lsn} seq={rec['seq']} {rec['type']} {rec['job']} {orjson.dumps(rest).decode()}\n")
+            job = rec["job"]
+            job = job if job.isprintable() and not any(c.isspace() for c in job) else repr(job)
+            write(f"lsn={lsn} seq={rec['seq']} {rec['type']} {job} {orjson.dumps(rest).decode()}\n")
 
-    s = wal.scan(RealFS(), directory, on_record=show)
+    found = inspect(RealFS(), directory, config.snapshot_dir, show, every_record=True)
     sys.stdout.flush()
-    if s.problem is not None:
-        print(f"beaver wal dump: stopped at {s.problem}", file=sys.stderr)
-        return 1
-    return 0
+    if found.snapshot_seq and found.scan.first_seq > 1:
+        print(
+            f"beaver wal dump: the log starts at seq {found.scan.first_seq}{_covered(found)}", file=sys.stderr
+        )
+    p = found.problem
+    if p is not None:
+        what = "the log ends in a torn write (the next start truncates it)" if p.torn else "stopped"
+        print(f"beaver wal dump: {what} at {p}", file=sys.stderr)
+    return 0 if found.ok else 1
 
 
 def cmd_wal_repair(args: argparse.Namespace) -> int:
+    """Plan first, say what the cut costs, change nothing without --yes."""
     config = config_from(args)
     directory = _wal_dir(config)
-    with DataDirLock(config.data_dir):  # never cut a log a running controller is writing
-        s, dropped, backups = wal.repair(RealFS(), directory)
-    if s.problem is None:
-        say(f"{directory}: the log is sound; nothing to repair")
+    fs = RealFS()
+    plan = plan_repair(fs, directory, config.snapshot_dir)
+    if plan is None:
+        if args.json:
+            say(orjson.dumps({"ok": True, "plan": None, "repaired": False}).decode())
+        else:
+            say(f"{directory}: recovery starts from this directory as it is; nothing to repair")
+        return 0
+    if args.json:
+        say(
+            orjson.dumps(
+                {"ok": False, "plan": plan.as_dict(), "repaired": bool(args.yes and not plan.refused)}
+            ).decode()
+        )
     else:
-        say(f"{directory}: cut at {s.problem}; {dropped} bytes dropped; backups: {', '.join(backups)}")
+        _say_plan(directory, plan)
+    if plan.refused:
+        raise BeaverError(f"{directory}: no safe repair: {plan.refused}")
+    if not args.yes:
+        if not args.json:
+            say("nothing changed; run again with --yes to cut the log as planned")
+        return 1
+    with DataDirLock(config.data_dir):  # never cut a log a running controller is writing
+        again = plan_repair(fs, directory, config.snapshot_dir)
+        if again is None or again.as_dict() != plan.as_dict():
+            raise BeaverError(f"{directory}: the log changed since the plan; nothing cut, run repair again")
+        backups = apply_repair(fs, directory, plan)
+    if not args.json:
+        say(f"done: {plan.bytes_dropped} bytes dropped; backups: {', '.join(backups)}")
+        if (after := plan_repair(fs, directory, config.snapshot_dir)) is not None:
+            say(f"the log has another problem further on: {after.cut}; run `beaver wal repair` again")
     return 0
+
+
+def _say_plan(directory: str, plan: RepairPlan) -> None:
+    p = plan.cut
+    say(f"{directory}: recovery refuses this log: {p}")
+    if plan.refused:
+        return
+    if plan.covered:
+        say(f"plan: set {p.path} aside (.removed): snapshot {plan.inspection.snapshot} holds all its records")
+        say("  loses nothing")
+        return
+    moved = f", and move {len(plan.moved)} later segment(s) aside (.broken)" if plan.moved else ""
+    say(f"plan: cut {p.path} at offset {p.offset} (LSN {p.lsn}), after seq {p.last_good_seq}{moved}")
+    kinds = ", ".join(f"{n} {kind}" for kind, n in plan.records_dropped.items()) or "no record"
+    say(
+        f"  drops {plan.bytes_dropped} bytes: {kinds} after the snapshot; "
+        f"{plan.unreadable} unreadable line(s)"
+    )
+    say(
+        f"  loses {plan.jobs_lost} acknowledged job(s) whose enqueue is cut; {plan.completions_lost} "
+        f"completion(s) (those jobs would run again); {plan.dead_lost} dead-letter(s) "
+        "(those jobs would be retried)"
+    )
 
 
 # -- demo ----------------------------------------------------------------------------------------
@@ -471,9 +563,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--exit-when-idle", action="store_true", help="stop once nothing is pending or running")
     run.set_defaults(func=cmd_run)
 
-    enq = sub.add_parser("enqueue", parents=[common], help="add jobs from a JSON file, durably")
+    enq = sub.add_parser(
+        "enqueue",
+        parents=[common],
+        help="add jobs from a JSON file, durably; retry-safe (same id and payload: already present)",
+    )
     enq.add_argument(
         "--file", "-f", required=True, help='JSON list of {"id": ..., "payload": {...}}; - = stdin'
+    )
+    enq.add_argument(
+        "--json", action="store_true", help="one JSON object: file, new, already_present, durable"
     )
     enq.set_defaults(func=cmd_enqueue)
 
@@ -483,15 +582,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("wal", help="inspect or repair the write-ahead log")
     wsub = w.add_subparsers(dest="wal_command", metavar="ACTION", required=True, parser_class=Parser)
-    verify = wsub.add_parser("verify", parents=[common], help="check every record; exit 1 on a problem")
+    verify = wsub.add_parser(
+        "verify",
+        parents=[common],
+        help="check the snapshots and every record as recovery reads them; exit 1 if recovery would refuse",
+    )
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=cmd_wal_verify)
     dump = wsub.add_parser("dump", parents=[common], help="print every record with its LSN")
     dump.add_argument("--json", action="store_true", help="JSON lines: {lsn, seq, type, job, ...}")
     dump.set_defaults(func=cmd_wal_dump)
     repair = wsub.add_parser(
-        "repair", parents=[common], help="cut the log at its first bad record (backup kept)"
+        "repair",
+        parents=[common],
+        help="plan a cut of the log at its first bad record and say what it loses; --yes does it",
     )
+    repair.add_argument("--yes", action="store_true", help="carry out the plan (default: only print it)")
+    repair.add_argument("--json", action="store_true", help="the plan as one JSON object")
     repair.set_defaults(func=cmd_wal_repair)
 
     demo = sub.add_parser("demo", help="run, enqueue 100 jobs, kill -9, recover, check")

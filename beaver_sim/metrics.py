@@ -33,6 +33,7 @@ class Sample:
     status: dict[str, int]
     recovery_seconds: float
     records_replayed: int
+    stuck_workers: int = 0
 
 
 def sample(controller: Controller, recovery_seconds: float | None = None) -> Sample:
@@ -45,6 +46,7 @@ def sample(controller: Controller, recovery_seconds: float | None = None) -> Sam
         controller.status(),
         seconds,
         report.records_replayed,
+        len(controller.stuck),
     )
 
 
@@ -65,6 +67,16 @@ class QueueCollector(Collector):
             ("queue_jobs_retried_total", "Failed or timed-out attempts put back in the queue", c.retried),
             ("queue_jobs_dead_total", "Jobs that used up max_retry attempts", c.dead),
             ("queue_jobs_timeout_total", "Attempts abandoned at their deadline", c.timeouts),
+            (
+                "queue_attempts_abandoned_total",
+                "Timed-out attempts left running without a worker slot (not stoppable, or spare threads)",
+                c.abandoned,
+            ),
+            (
+                "queue_attempts_killed_total",
+                "Timed-out attempts stopped by the workers (process killed, thread interrupted)",
+                c.killed,
+            ),
             ("queue_stale_results_total", "Results for an attempt that was no longer current", c.stale),
             (
                 "queue_jobs_requeued_on_recovery_total",
@@ -91,6 +103,11 @@ class QueueCollector(Collector):
             "queue_recovery_records_replayed",
             "WAL records replayed by the last start",
             value=s.records_replayed,
+        )
+        yield GaugeMetricFamily(
+            "queue_workers_stuck",
+            "Worker slots held by a timed-out attempt that is not gone yet",
+            value=s.stuck_workers,
         )
         yield GaugeMetricFamily(
             "queue_depth", "Jobs pending (waiting for a worker)", value=s.status["pending"]

@@ -9,7 +9,13 @@ fsync policy. Appends made in one clock turn share one write and one fdatasync (
 Rules the seed got wrong: failures *and* timeouts count toward `max_retry`, then the job is dead;
 a result or timeout for an attempt that is no longer current is stale and ignored; jobs in flight
 when the previous process died are requeued (the interrupted attempt counts, as SQS's
-maxReceiveCount does)."""
+maxReceiveCount does).
+
+A worker slot is free only once its attempt is gone. At a timeout the workers are told to abandon
+the attempt: they either release the slot at once (the attempt runs on without one, as a detached
+thread) or hold it while they stop the attempt (kill its process, interrupt its thread), and its
+late `done` then frees the slot. So a hung handler never lets a new attempt start without a worker
+to run on, and no attempt's timeout is spent waiting for one."""
 
 from __future__ import annotations
 
@@ -39,6 +45,8 @@ class Counters:
     retried: int = 0
     dead: int = 0
     timeouts: int = 0
+    abandoned: int = 0  # timed out and left running without a slot (the workers could not stop it)
+    killed: int = 0  # timed out and stopped by the workers, holding its slot until gone
     stale: int = 0
     requeued_on_recovery: int = 0
     snapshots: int = 0
@@ -49,6 +57,18 @@ class Counters:
     def observe_duration(self, seconds: float) -> None:
         self.duration_buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
         self.duration_sum += seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """The answer to an enqueue: how many jobs were new, how many were already present."""
+
+    new: int
+    already_present: int
+
+
+def _canonical(payload: dict[str, Any]) -> bytes:
+    return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
 
 
 class Controller:
@@ -62,6 +82,7 @@ class Controller:
         self.state = storage.state
         self.counters = Counters()
         self.free_workers: deque[int] = deque(range(config.worker_count))
+        self.stuck: dict[tuple[str, int], int] = {}  # (job, attempt) timed out, still holding worker
         self._timers: dict[str, Any] = {}
         self._to_start: list[tuple[str, int, int]] = []  # dispatched, waiting for their record
         self._acks: list[Callable[[], None]] = []  # enqueue acknowledgements waiting for a flush
@@ -116,39 +137,61 @@ class Controller:
 
     def enqueue(
         self, jobs: Iterable[tuple[str, dict[str, Any]]], on_durable: Callable[[], None] | None = None
-    ) -> int:
-        """Log new jobs; `on_durable` runs once they are durable under the fsync policy. The
-        whole batch is checked first (duplicates, payload type, record size): all or nothing."""
-        batch = list(jobs)
-        seen: set[str] = set()
+    ) -> Enqueued:
+        """Log the new jobs of a batch; `on_durable` runs once the whole batch is durable under the
+        fsync policy. Retry-safe: a job whose id is already known with the identical payload is
+        already present (not logged again), so resending a batch whose answer was lost, or that
+        failed half-written, is always right; the same id with another payload is a conflict.
+        The whole batch is checked first (conflicts, payload type, record size): all or nothing."""
+        new, present = self._check_batch(jobs)
+        for job_id, payload in new:
+            self._log(R.enqueue(job_id, payload))
+        self.counters.enqueued += len(new)
+        if on_durable is not None:
+            # also for jobs already present: their records may not be durable yet (another batch
+            # of this turn, a recovered tail not yet synced), so they wait for the same flush
+            self._acks.append(on_durable)
+            if self._flush_handle is None:  # nothing logged, but still answered after a flush
+                self._flush_handle = self.clock.call_later(0, self._flush)
+        self._dispatch()
+        return Enqueued(len(new), present)
+
+    def _check_batch(self, jobs: Iterable[tuple[str, dict[str, Any]]]) -> tuple[list[tuple[str, Any]], int]:
+        """(new jobs to log, in batch order, each once; how many ids were already present).
+        Payloads compare as canonical JSON (sorted keys), so 1 and true or 1 and 1.0 differ."""
+        new: dict[str, dict[str, Any]] = {}
+        present: set[str] = set()
+        known = self.state.jobs
         limit = self.config.max_record_bytes - 64  # room for seq and framing
-        for job_id, payload in batch:
+        for job_id, payload in jobs:
             if not isinstance(job_id, str) or not job_id:
                 raise BeaverError(f"job id must be a non-empty string, got {job_id!r}")
-            if job_id in seen or job_id in self.state.jobs:
-                raise DuplicateJob(f"duplicate job id {job_id!r}")
             if not isinstance(payload, dict):
                 raise BeaverError(f"job {job_id!r}: payload must be an object, got {type(payload).__name__}")
-            if len(orjson.dumps(payload)) + len(job_id) > limit:
+            body = orjson.dumps(payload)
+            if len(body) + len(job_id) > limit:
                 raise RecordTooLarge(
                     f"job {job_id!r}: payload is over the {self.config.max_record_bytes}-byte limit"
                 )
-            seen.add(job_id)
-        for job_id, payload in batch:
-            self._log(R.enqueue(job_id, payload))
-        self.counters.enqueued += len(batch)
-        if on_durable is not None:
-            self._acks.append(on_durable)
-            if self._flush_handle is None:  # an empty batch logs nothing but is still answered
-                self._flush_handle = self.clock.call_later(0, self._flush)
-        self._dispatch()
-        return len(batch)
+            earlier = known[job_id].payload if job_id in known else new.get(job_id)
+            if earlier is None:
+                new[job_id] = payload
+            elif _canonical(earlier) != _canonical(payload):
+                where = "already enqueued" if job_id in known else "earlier in the same batch"
+                raise DuplicateJob(f"job id {job_id!r} is {where} with a different payload")
+            elif job_id in known:
+                present.add(job_id)
+        return list(new.items()), len(present)
 
     def on_result(self, job_id: str, attempt: int, ok: bool, error: str | None) -> None:
         """A worker finished attempt `attempt` of `job_id`."""
         lease = self.state.leases.get(job_id)
         if lease is None or lease.attempt != attempt or self.stopped:
             self.counters.stale += 1  # its attempt timed out, or the job moved on
+            worker = self.stuck.pop((job_id, attempt), None)
+            if worker is not None:  # the timed-out attempt is gone at last: its slot is free
+                self.free_workers.append(worker)
+                self._dispatch()
             return
         self.clock.cancel(self._timers.pop(job_id))
         self.free_workers.append(lease.worker)
@@ -166,9 +209,16 @@ class Controller:
     def _on_timeout(self, job_id: str, attempt: int) -> None:
         lease = self.state.leases[job_id]
         del self._timers[job_id]
-        self.free_workers.append(lease.worker)  # the slow attempt is abandoned; its result is stale
+        held, how = self.workers.abandon(job_id, attempt, lease.worker)  # its result will be stale
+        if held:
+            self.stuck[(job_id, attempt)] = lease.worker
+            self.counters.killed += 1
+        else:
+            self.free_workers.append(lease.worker)
+            self.counters.abandoned += 1
         self.counters.timeouts += 1
-        self._retry_or_bury(job_id, attempt, R.timeout(job_id, attempt), "timeout")
+        why = f"timeout: {how}" if how else "timeout"
+        self._retry_or_bury(job_id, attempt, R.timeout(job_id, attempt), why)
         self._dispatch()
 
     def _retry_or_bury(self, job_id: str, attempt: int, retry: R.Record, why: str) -> None:
@@ -241,3 +291,8 @@ class Controller:
     def status(self) -> dict[str, int]:
         """The `status --json` contract: counts per state and `last_seq`."""
         return self.state.stats()
+
+    def stuck_workers(self) -> list[dict[str, Any]]:
+        """Worker slots held by a timed-out attempt that is not gone yet, by slot."""
+        held = sorted((w, job, attempt) for (job, attempt), w in self.stuck.items())
+        return [{"worker": w, "job": job, "attempt": attempt} for w, job, attempt in held]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class JobStatus(StrEnum):
@@ -54,7 +54,8 @@ class IllegalTransition(BeaverError):
 
 
 class DuplicateJob(BeaverError):
-    """An enqueue of a job id that is already known."""
+    """An enqueue of a job id that is already known with a different payload (a conflict: the
+    same id with the same payload is already present, which is not an error)."""
 
 
 class CorruptLog(BeaverError):
@@ -78,12 +79,29 @@ class Clock(Protocol):
 OnResult = Callable[[str, int, bool, "str | None"], None]
 
 
+class Abandoned(NamedTuple):
+    """What the workers do with an attempt the controller gave up on (its deadline passed).
+    `held`: the worker slot stays taken until `done` reports the attempt gone (returned, raised,
+    killed); else the slot is free now and the attempt, if it still runs, runs without one.
+    `how` ("handler killed", ...) is added to a DEAD record's reason; empty says nothing more."""
+
+    held: bool
+    how: str = ""
+
+
 class Workers(Protocol):
-    """Runs payloads: threads or processes in real mode, seeded outcomes in the simulator."""
+    """Runs payloads: threads or processes in real mode, seeded outcomes in the simulator.
+
+    Slot rule: worker slot `worker` runs one attempt at a time, and is free again only once that
+    attempt is really gone. `done` is called for an attempt when it ends, never from inside
+    `submit` or `abandon`; for an attempt abandoned with `held` it is the signal that frees the slot,
+    so it must come (a killed attempt reports too)."""
 
     def submit(
         self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: OnResult
     ) -> None: ...
+
+    def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned: ...
 
 
 FSYNC_POLICIES = ("always", "interval", "never")

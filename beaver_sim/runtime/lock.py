@@ -12,6 +12,7 @@ import os
 from types import TracebackType
 
 from beaver_sim.core.types import BeaverError
+from beaver_sim.storage.fs import DIR_MODE, FILE_MODE
 
 LOCK_NAME = "LOCK"
 
@@ -37,8 +38,8 @@ class DataDirLock:
 
     def acquire(self) -> None:
         """Take the lock or raise DataDirLocked naming the holder's PID. Creates the directory."""
-        os.makedirs(self.data_dir, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        os.makedirs(self.data_dir, DIR_MODE, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -3,7 +3,8 @@
 A unix socket `<data_dir>/beaver.sock`, one request per connection: the client sends one JSON object
 and shuts down its writing side, the server answers with one JSON object and closes. Requests:
 `{"op": "status"}` and `{"op": "enqueue", "jobs": [[id, payload], ...]}`; answers carry `"ok"` and
-either the result or `"error"` (plus `"retry": true` when the server is shutting down). The socket
+either the result (enqueue: `"enqueued"` new jobs and `"already_present"`) or `"error"` (plus
+`"retry": true` when the server is shutting down). The socket
 is only reachable by users who can open the data directory, like the WAL itself."""
 
 from __future__ import annotations
@@ -21,12 +22,21 @@ from beaver_sim.core.types import BeaverError
 
 SOCKET_NAME = "beaver.sock"
 MAX_PATH = 107  # sun_path holds 108 bytes on Linux, including the terminating NUL
+# A client that never finishes its request (or sends without end) is answered with an error and
+# dropped, so it holds no more than one idle task for this long and this much memory.
+READ_TIMEOUT = 10.0
+MAX_REQUEST = 256 << 20
 
 Answer = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class ControlUnavailable(BeaverError):
     """No process is serving the data directory's control socket."""
+
+
+class ControlLost(BeaverError):
+    """The controller went away mid-request: the request may or may not have taken effect (a
+    retried enqueue is safe: see Controller.enqueue)."""
 
 
 def socket_path(data_dir: str) -> str:
@@ -49,18 +59,34 @@ def request(data_dir: str, req: dict[str, Any], timeout: float = 120.0) -> dict[
             s.connect(path)
         except (FileNotFoundError, ConnectionRefusedError) as e:
             raise ControlUnavailable(f"{path}: no controller is listening ({e.strerror})") from None
-        s.sendall(orjson.dumps(req))
-        s.shutdown(socket.SHUT_WR)
         chunks = []
-        while chunk := s.recv(1 << 16):
-            chunks.append(chunk)
+        try:
+            s.sendall(orjson.dumps(req))
+            s.shutdown(socket.SHUT_WR)
+            while chunk := s.recv(1 << 16):
+                chunks.append(chunk)
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise ControlLost(f"{path}: the connection broke before an answer ({e.strerror})") from None
+        except TimeoutError:
+            raise BeaverError(f"{path}: no answer within {timeout:g} s") from None
     data = b"".join(chunks)
     if not data:
-        raise BeaverError(f"{path}: the controller closed the connection without answering (did it stop?)")
+        raise ControlLost(f"{path}: the controller closed the connection without answering (did it stop?)")
     answer = orjson.loads(data)
     if not isinstance(answer, dict):
         raise BeaverError(f"{path}: unexpected answer {answer!r}")
     return answer
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    """The request bytes up to the client's EOF; ValueError past MAX_REQUEST."""
+    chunks, size = [], 0
+    while chunk := await reader.read(1 << 16):
+        size += len(chunk)
+        if size > MAX_REQUEST:
+            raise ValueError(f"over {MAX_REQUEST} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class ControlServer:
@@ -82,13 +108,19 @@ class ControlServer:
         assert task is not None
         self.tasks.add(task)
         try:
-            data = await reader.read()
             try:
+                data = await asyncio.wait_for(_read_request(reader), READ_TIMEOUT)
                 req = orjson.loads(data)
                 if not isinstance(req, dict):
                     raise ValueError("a request is a JSON object")
+            except TimeoutError:
+                answer: dict[str, Any] = {
+                    "ok": False,
+                    "error": f"bad request: incomplete after {READ_TIMEOUT:g} s (send one JSON object, "
+                    "then shut down the writing side)",
+                }
             except ValueError as e:
-                answer: dict[str, Any] = {"ok": False, "error": f"bad request: {e}"}
+                answer = {"ok": False, "error": f"bad request: {e}"}
             else:
                 answer = await self.answer(req)
             writer.write(orjson.dumps(answer))

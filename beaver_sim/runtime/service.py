@@ -13,28 +13,22 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
-import posixpath
-import re
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from beaver_sim.core.controller import Controller
-from beaver_sim.core.queue import JobQueue
-from beaver_sim.core.records import apply
-from beaver_sim.core.types import BeaverError, Config, CorruptLog, OnResult
+from beaver_sim.core.controller import Controller, Enqueued
+from beaver_sim.core.types import Abandoned, BeaverError, Config, CorruptLog, OnResult
 from beaver_sim.metrics import MetricsServer, QueueMetrics, Sample, sample
 from beaver_sim.runtime.clock import RealClock
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
-from beaver_sim.runtime.server import ControlServer, ControlUnavailable, request, socket_path
+from beaver_sim.runtime.server import ControlLost, ControlServer, ControlUnavailable, request, socket_path
 from beaver_sim.runtime.workers import Handler, PoolWorkers
-from beaver_sim.storage import snapshot, wal
+from beaver_sim.storage import wal
 from beaver_sim.storage.fs import RealFS
-from beaver_sim.storage.recovery import Storage
+from beaver_sim.storage.recovery import Inspection, Storage, inspect
 
 Job = tuple[str, dict[str, Any]]
-_SNAPSHOT = re.compile(r"snap-(\d{20})\.json")
 IDLE_POLL = 0.02  # seconds between idle checks for --exit-when-idle and the shutdown drain
 
 
@@ -87,6 +81,7 @@ class Service:
             if sock:
                 self.control = ControlServer(sock, self._answer)
                 await self.control.start()
+            await self.workers.ready()  # worker processes started: no first attempt pays for that
             t0 = time.perf_counter()
             self.controller.start()  # requeues what the previous process left in flight
             self.recovery_seconds = storage.report.seconds + time.perf_counter() - t0
@@ -189,6 +184,8 @@ class Service:
             "pid": os.getpid(),
             "data_dir": self.config.data_dir,
             "recovery_seconds": self.recovery_seconds,
+            "stuck_workers": self.controller.stuck_workers(),  # timed out, being killed or interrupted
+            "running_without_slot": self.workers.running_without_slot(),  # timed-out threads running on
         }
 
     async def _answer(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -202,12 +199,10 @@ class Service:
         jobs = req.get("jobs")
         if not isinstance(jobs, list) or not all(isinstance(j, list) and len(j) == 2 for j in jobs):
             return {"ok": False, "error": "bad request: jobs must be a list of [id, payload]"}
-        if not jobs:
-            return {"ok": True, "enqueued": 0}
         durable = self.loop.create_future()
         self._acks.add(durable)
         try:
-            n = self.controller.enqueue(
+            done = self.controller.enqueue(
                 ((i, p) for i, p in jobs), on_durable=lambda: durable.done() or durable.set_result(None)
             )
             await durable
@@ -215,7 +210,7 @@ class Service:
             return {"ok": False, "error": str(e)}
         finally:
             self._acks.discard(durable)
-        return {"ok": True, "enqueued": n}
+        return {"ok": True, "enqueued": done.new, "already_present": done.already_present}
 
 
 # -- without a running controller --------------------------------------------------------------
@@ -227,8 +222,11 @@ class _NeverStarted:
     def submit(self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: OnResult) -> None:
         raise AssertionError("an offline controller never dispatches")
 
+    def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned:
+        raise AssertionError("an offline controller never dispatches")
 
-def enqueue_offline(config: Config, jobs: list[Job]) -> int:
+
+def enqueue_offline(config: Config, jobs: list[Job]) -> Enqueued:
     """Log `jobs` with this process as the writer (the caller holds the lock): recover, append
     the ENQUEUE records through Controller.enqueue (same checks as a running controller), sync."""
     storage = Storage.from_config(RealFS(), config)
@@ -236,18 +234,20 @@ def enqueue_offline(config: Config, jobs: list[Job]) -> int:
     try:
         controller = Controller(config, RealClock(loop), storage, _NeverStarted())
         try:
-            n = controller.enqueue(jobs)
+            done = controller.enqueue(jobs)
         finally:
             controller.stop(snapshot=False)  # flush + fdatasync whatever the fsync policy, close
     finally:
         loop.close()
-    return n
+    return done
 
 
-def enqueue(config: Config, jobs: list[Job], wait: float = 30.0) -> tuple[int, str]:
+def enqueue(config: Config, jobs: list[Job], wait: float = 30.0) -> tuple[Enqueued, str]:
     """Make `jobs` durable in `config.data_dir`, through the running controller if one holds the
-    lock, else directly. Returns (count, how). Waits up to `wait` seconds for a controller that
-    holds the lock but is not serving yet (recovering), then gives up naming its PID."""
+    lock, else directly. Returns (new and already present, how). Retry-safe: after any error or
+    timeout, sending the same jobs again is right (Controller.enqueue). Waits up to `wait` seconds
+    for a controller that holds the lock but is not serving yet (recovering), then gives up
+    naming its PID."""
     deadline = time.monotonic() + wait
     payload = {"op": "enqueue", "jobs": [list(j) for j in jobs]}
     while True:
@@ -260,9 +260,13 @@ def enqueue(config: Config, jobs: list[Job], wait: float = 30.0) -> tuple[int, s
             except ControlUnavailable:
                 if time.monotonic() > deadline:
                     raise locked from None
+            except ControlLost:  # killed mid-request: resending the same jobs is safe
+                if time.monotonic() > deadline:
+                    raise
             else:
                 if answer.get("ok"):
-                    return answer["enqueued"], "via the running controller"
+                    done = Enqueued(answer["enqueued"], answer.get("already_present", 0))
+                    return done, "via the running controller"
                 if not answer.get("retry"):
                     raise BeaverError(answer.get("error", "the controller refused the jobs")) from None
             time.sleep(0.05)  # the holder is starting up or shutting down: ask again
@@ -273,48 +277,23 @@ def enqueue(config: Config, jobs: list[Job], wait: float = 30.0) -> tuple[int, s
             lock.release()
 
 
-@dataclass(slots=True)
-class Inspection:
-    """The state read from the files, and what was read."""
-
-    state: JobQueue
-    snapshot: str | None
-    records: int
-    torn_tail: bool
-
-
 def read_state(config: Config, attempts: int = 3) -> Inspection:
-    """Rebuild the state from the newest valid snapshot and the WAL without changing any file or
+    """Rebuild the state as recovery would (storage.recovery.inspect) without changing any file or
     taking the lock. A torn tail (a writer mid-append) ends the replay; other damage is CorruptLog.
-    A running writer may delete segments under us during a checkpoint: try again then."""
+    A running writer may delete segments or snapshots under us during a checkpoint: try again then."""
     fs = RealFS()
     if not fs.is_dir(config.data_dir):
         raise BeaverError(f"{config.data_dir}: no such data directory")
     problem: wal.Problem | None = None
     for _ in range(attempts):
-        q, path = _newest_snapshot(fs, config.snapshot_dir)
-
-        def replay(rec: dict[str, Any], _lsn: int, q: JobQueue = q) -> None:
-            apply(q, rec)
-
-        if not fs.is_dir(config.wal_dir):
-            return Inspection(q, path, 0, False)
-        s = wal.scan(fs, config.wal_dir, after_seq=q.last_seq, on_record=replay)
-        problem = s.problem
-        if problem is None or problem.torn:
-            return Inspection(q, path, s.replayed, problem is not None)
-    raise CorruptLog(f"{problem}; run `beaver wal verify`")
-
-
-def _newest_snapshot(fs: RealFS, directory: str) -> tuple[JobQueue, str | None]:
-    names = sorted(n for n in fs.listdir(directory) if _SNAPSHOT.fullmatch(n)) if fs.is_dir(directory) else []
-    for name in reversed(names):
-        path = posixpath.join(directory, name)
         try:
-            return snapshot.decode(fs.read_bytes(path), path), path
-        except (CorruptLog, FileNotFoundError):
-            continue  # damaged (recovery will set it aside) or pruned just now
-    return JobQueue(), None
+            found = inspect(fs, config.wal_dir, config.snapshot_dir)
+        except FileNotFoundError:
+            continue  # pruned or deleted while we read it
+        if found.ok:
+            return found
+        problem = found.problem
+    raise CorruptLog(f"{problem}; run `beaver wal verify`")
 
 
 def status_of(config: Config) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """PoolWorkers: the real worker pool. Threads by default, processes (`executor: process`) for
-CPU-bound handlers; each attempt's outcome goes back to the controller on the loop's thread.
+CPU-bound handlers and handlers that may hang; each attempt's outcome goes back to the controller on
+the loop's thread.
 
 A handler is chosen by the payload's `type`: `noop` returns at once; types listed in
 `config.handlers` call `module:function(payload)`; `compute` and every other type run the seed's
@@ -8,30 +9,40 @@ with probability failure_rate) are drawn on the loop thread from random.Random(s
 order, the same draws in the same order as the simulator's SimWorkers. A handler that raises is a
 failed attempt, with the exception as its error.
 
-Pool size: 2 x worker_count. The controller abandons an attempt that times out and frees its slot
-at once, but a thread cannot be interrupted, so the abandoned attempt keeps its thread until it
-returns. The spare half lets up to worker_count abandoned attempts finish while worker_count live
-ones run; beyond that, new attempts wait for a thread and the wait counts toward their timeout
-(bounded threads rather than one more thread per hung handler). Threads are only created when
-no idle one exists, so a healthy pool uses worker_count threads."""
+A timed-out attempt must not take a worker with it (the controller's slot rule, core.types.Workers):
+- processes: one process per running attempt, kept for the next one. At a timeout it is sent
+  SIGTERM, SIGKILL after REAP_GRACE, and replaced; its slot is held until it is gone. Worker
+  processes die with `beaver run`, kill -9 included (`_die_with_owner`).
+- threads: a thread cannot be killed. At a timeout AttemptTimedOut is raised inside it (as Dramatiq
+  does), which Python delivers at the handler's next bytecode: a loop or a sleep in small steps
+  ends, a call blocked in C (a socket read without a timeout, a lock) does not. Up to worker_count
+  such attempts run on without a slot (so at most 2 x worker_count threads); beyond that a
+  timed-out attempt keeps its slot until its thread returns and the controller waits, with no
+  attempt spent. Threads are only created when no idle one exists."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import importlib
 import multiprocessing
+import os
+import queue
 import random
+import signal
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from contextlib import suppress
+from dataclasses import dataclass, field
 from functools import partial
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
-from beaver_sim.core.types import BeaverError, Config, OnResult
+from beaver_sim.core.types import Abandoned, BeaverError, Config, OnResult
 
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -73,6 +84,293 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+REAP_GRACE = 0.5  # seconds from SIGTERM to SIGKILL for a timed-out handler process
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+Key = tuple[str, int]  # (job, attempt)
+Report = Callable[[bool, "str | None"], None]  # an attempt's outcome, from any thread
+_RELEASED = Abandoned(False)
+
+
+class AttemptTimedOut(BaseException):
+    """Raised inside a handler's thread when its attempt timed out. A BaseException, like
+    KeyboardInterrupt, so a handler's `except Exception` does not swallow it."""
+
+
+def _interrupt(ident: int, exc: type[BaseException] | None) -> None:
+    """Raise `exc` in thread `ident` at its next bytecode (None: drop one that is pending)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc) if exc else None)
+
+
+class _Thread:
+    """A daemon thread running the attempts handed to it, one at a time."""
+
+    def __init__(self, pool: _ThreadPool) -> None:
+        self.pool = pool
+        self.inbox: queue.SimpleQueue[tuple[Key, Callable[..., Any], tuple[Any, ...], Report] | None]
+        self.inbox = queue.SimpleQueue()
+        self.key: Key | None = None  # the attempt its handler is running, while it runs
+        self.cancelled: Key | None = None  # abandoned before it started
+        self.detached = False
+        self.thread = threading.Thread(target=self._run, name="beaver-worker", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        pool, ident = self.pool, threading.get_ident()
+        while (task := self.inbox.get()) is not None:
+            key, fn, args, report = task
+            error: BaseException | None = None
+            try:
+                try:
+                    with pool.lock:
+                        self.key = key
+                        if self.cancelled == key:
+                            raise AttemptTimedOut("abandoned before it started")
+                    fn(*args)
+                finally:
+                    with pool.lock:
+                        self.key = None
+                        _interrupt(ident, None)  # an interrupt that came after the handler returned
+            except BaseException as e:
+                error = e
+            keep = pool.ended(self, key)
+            report(error is None, None if error is None else describe(error))
+            if not keep:
+                return
+
+
+class _ThreadPool:
+    """Threads for attempts; see the module docstring for what a timeout does to one."""
+
+    def __init__(self, spare: int) -> None:
+        self.spare = spare
+        self.lock = threading.Lock()
+        self.idle: list[_Thread] = []
+        self.running: dict[Key, _Thread] = {}
+        self.detached = 0  # timed-out attempts still running without a slot
+        self.closed = False
+
+    def start(self, key: Key, fn: Callable[..., Any], args: tuple[Any, ...], report: Report) -> None:
+        with self.lock:
+            t = self.idle.pop() if self.idle else None
+        if t is None:
+            t = _Thread(self)
+        with self.lock:
+            self.running[key] = t
+        t.inbox.put((key, fn, args, report))
+
+    def abandon(self, key: Key) -> Abandoned:
+        with self.lock:
+            t = self.running.get(key)
+            if t is None:
+                return _RELEASED  # it has returned; its result is on the way, and stale
+            if t.key == key:
+                _interrupt(t.thread.ident or 0, AttemptTimedOut)
+            else:
+                t.cancelled = key
+            if self.detached < self.spare:
+                t.detached = True
+                self.detached += 1
+                return Abandoned(False, "handler interrupted")
+            return Abandoned(True, "handler interrupted")
+
+    def ended(self, t: _Thread, key: Key) -> bool:
+        """The thread's attempt is over; False if the thread should exit (the pool is closed)."""
+        with self.lock:
+            t.key = None
+            del self.running[key]
+            if t.detached:
+                t.detached = False
+                self.detached -= 1
+            if not self.closed:
+                self.idle.append(t)
+            return not self.closed
+
+    def close(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with self.lock:
+            self.closed = True
+            idle, self.idle = self.idle, []
+            running = len(self.running)
+        for t in idle:
+            t.inbox.put(None)
+        return running
+
+
+def _die_with_owner() -> None:
+    """In a worker process: never outlive `beaver run`, kill -9 included. Under a forkserver our
+    parent is the forkserver, which exits once no process holds its "alive" pipe: we close the copy
+    every forkserver child inherits, so `beaver run`'s death reaches it, and have the kernel send us
+    SIGKILL when it exits (PR_SET_PDEATHSIG). If the owner died before that, exit now."""
+    if sys.platform.startswith("linux"):
+        from multiprocessing import forkserver
+
+        server = forkserver._forkserver
+        if server._forkserver_alive_fd is not None:
+            os.close(server._forkserver_alive_fd)
+            server._forkserver_alive_fd = None
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    owner = multiprocessing.parent_process()
+    if owner is not None and not owner.is_alive():
+        os._exit(1)
+
+
+def _serve(conn: Connection) -> None:
+    """A worker process: run the attempts sent over `conn`, one at a time, until it closes."""
+    _die_with_owner()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: `run` decides
+    conn.send(None)  # ready: started and imported, so no attempt's timeout pays for that
+    while True:
+        try:
+            fn, args = conn.recv()
+        except EOFError:
+            return
+        try:
+            fn(*args)
+        except BaseException as e:
+            conn.send((False, describe(e)))
+        else:
+            conn.send((True, None))
+
+
+@dataclass(eq=False)
+class _Proc:
+    """A worker process, its end of the pipe, and the attempt it runs."""
+
+    proc: BaseProcess
+    conn: Connection
+    key: Key | None = None
+    report: Report | None = None
+    stopping: bool = False
+    ready: bool = False
+    replaces: Callable[[], None] | None = None  # reports the gone process's attempt once this one is ready
+    kill: Any = field(default=None, repr=False)  # the SIGKILL timer after a SIGTERM
+
+
+class _ProcessPool:
+    """`size` processes for attempts, driven from the loop thread (pipes and exit sentinels are
+    loop readers); see the module docstring for what a timeout does to one. They are started up
+    front, and a gone one's slot is released only once its replacement is ready: no attempt's
+    timeout pays for a process start (which under load, or with `python -m`, takes a while)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self.loop, self.size = loop, size
+        # forking a process that runs threads (metrics, loop) can copy a held lock: use a forkserver
+        linux = sys.platform.startswith("linux")
+        self.ctx = multiprocessing.get_context("forkserver" if linux else "spawn")
+        if linux:  # workers fork with these already imported
+            self.ctx.set_forkserver_preload(["__main__", __name__])
+        self.idle: list[_Proc] = []
+        self.running: dict[Key, _Proc] = {}
+        self.procs: list[_Proc] = []
+        self.closed = False
+        self.all_ready = asyncio.Event()
+        for _ in range(size):
+            self._spawn()
+
+    def _spawn(self) -> _Proc:
+        ours, theirs = self.ctx.Pipe()
+        proc = self.ctx.Process(target=_serve, args=(theirs,), name="beaver-worker", daemon=True)
+        proc.start()
+        theirs.close()
+        p = _Proc(proc, ours)
+        self.procs.append(p)
+        self.loop.add_reader(ours.fileno(), self._readable, p)
+        self.loop.add_reader(proc.sentinel, self._exited, p)
+        return p
+
+    def start(self, key: Key, fn: Callable[..., Any], args: tuple[Any, ...], report: Report) -> None:
+        p = self.idle.pop() if self.idle else self._spawn()  # not ready yet only if used before ready()
+        p.key, p.report = key, report
+        self.running[key] = p
+        with suppress(OSError):  # it died meanwhile: _exited reports the attempt
+            p.conn.send((fn, args))
+
+    def abandon(self, key: Key) -> Abandoned:
+        p = self.running.get(key)
+        if p is None or p.stopping:
+            return _RELEASED
+        p.stopping = True
+        p.proc.terminate()
+        p.kill = self.loop.call_later(REAP_GRACE, self._kill, p)
+        return Abandoned(True, "handler killed")
+
+    def _kill(self, p: _Proc) -> None:
+        p.kill = None
+        p.proc.kill()
+
+    def _readable(self, p: _Proc) -> None:
+        try:
+            message = p.conn.recv()
+        except (EOFError, OSError):
+            self.loop.remove_reader(p.conn.fileno())  # it died: _exited reports
+            return
+        if message is None:  # started
+            p.ready = True
+            if p.key is None and p not in self.idle:
+                self.idle.append(p)
+            if p.replaces is not None:
+                p.replaces, replaces = None, p.replaces
+                replaces()
+            if all(q.ready for q in self.procs):
+                self.all_ready.set()
+            return
+        ok, error = message
+        if p.stopping or p.key is None or p.report is None:
+            return  # lost the race with the kill: reported once the process is gone
+        key, report = p.key, p.report
+        p.key = p.report = None
+        del self.running[key]
+        self.idle.append(p)
+        report(ok, error)
+
+    def _forget(self, p: _Proc) -> None:
+        self.loop.remove_reader(p.proc.sentinel)
+        self.loop.remove_reader(p.conn.fileno())
+        if p.kill is not None:
+            p.kill.cancel()
+            p.kill = None
+        self.procs.remove(p)
+        if p in self.idle:
+            self.idle.remove(p)
+
+    def _exited(self, p: _Proc) -> None:
+        """The process is gone (killed by us, or it crashed): only now is its slot free."""
+        self._forget(p)
+        code = p.proc.exitcode
+        p.conn.close()
+        report: Callable[[], None] | None = None
+        if p.key is not None and p.report is not None:
+            del self.running[p.key]
+            why = "timeout: handler killed" if p.stopping else f"handler process died (exit code {code})"
+            report = partial(p.report, False, why)
+        if self.closed or len(self.procs) >= self.size:
+            if report is not None:
+                report()
+            return
+        self._spawn().replaces = report  # the slot is free once the replacement is ready
+
+    def close(self, timeout: float) -> int:
+        """Stop every process (running attempts stay in flight in the log, requeued by the next
+        start); returns 0: nothing is left running."""
+        self.closed = True
+        procs = list(self.procs)
+        for p in procs:
+            self._forget(p)
+            p.proc.terminate()
+        for p in procs:
+            p.proc.join(REAP_GRACE)
+            if p.proc.exitcode is None:
+                p.proc.kill()
+                p.proc.join()
+            p.conn.close()
+        self.running.clear()
+        return 0
+
+
 class PoolWorkers:
     """The Workers interface on a thread or process pool, reporting through `loop`."""
 
@@ -87,20 +385,15 @@ class PoolWorkers:
         self.handlers.update({kind: resolve(spec) for kind, spec in self.specs.items()})
         self.handlers.update(handlers or {})
         self.process = config.executor == "process"
-        self.outstanding: set[Future[Any]] = set()
-        self.executor = self._new_executor()
+        self.pool = (
+            _ProcessPool(loop, config.worker_count)
+            if self.process
+            else _ThreadPool(spare=config.worker_count)
+        )
         # outcomes waiting for the loop; one wake-up of the loop delivers all that arrived meanwhile
         self._results: deque[tuple[OnResult, str, int, bool, str | None]] = deque()
         self._wake_lock = threading.Lock()
         self._wake_pending = False
-
-    def _new_executor(self) -> Executor:
-        size = 2 * self.config.worker_count
-        if not self.process:
-            return ThreadPoolExecutor(size, thread_name_prefix="beaver-worker")
-        # forking a process that runs threads (metrics, pool) can copy a held lock: use a forkserver
-        method = "forkserver" if sys.platform.startswith("linux") else None
-        return ProcessPoolExecutor(size, mp_context=multiprocessing.get_context(method))
 
     def submit(self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: OnResult) -> None:
         kind = payload.get("type")
@@ -114,21 +407,24 @@ class PoolWorkers:
             fn, args = call_spec, (self.specs[kind], payload)
         else:
             fn, args = handler, (payload,)
-        try:
-            fut = self.executor.submit(fn, *args)
-        except BrokenProcessPool:  # a pool process died (killed, out of memory): start a new pool
-            self.executor = self._new_executor()
-            fut = self.executor.submit(fn, *args)
-        self.outstanding.add(fut)
-        fut.add_done_callback(partial(self._report, job_id, attempt, done))
+        self.pool.start((job_id, attempt), fn, args, partial(self._report, done, job_id, attempt))
 
-    def _report(self, job_id: str, attempt: int, done: OnResult, fut: Future[Any]) -> None:
-        """On the worker's (or the pool manager's) thread: post the outcome to the loop."""
-        self.outstanding.discard(fut)
-        if fut.cancelled():
-            return  # only at shutdown; the attempt stays in flight in the log and is requeued
-        exc = fut.exception()
-        self._results.append((done, job_id, attempt, exc is None, None if exc is None else describe(exc)))
+    async def ready(self) -> None:
+        """Wait until every worker process has started (threads: at once)."""
+        if isinstance(self.pool, _ProcessPool):
+            await self.pool.all_ready.wait()
+
+    def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned:
+        """Stop a timed-out attempt: kill its process, or interrupt its thread."""
+        return self.pool.abandon((job_id, attempt))
+
+    def running_without_slot(self) -> int:
+        """Timed-out attempts whose thread runs on without a worker slot (threads only)."""
+        return self.pool.detached if isinstance(self.pool, _ThreadPool) else 0
+
+    def _report(self, done: OnResult, job_id: str, attempt: int, ok: bool, error: str | None) -> None:
+        """On the worker's thread (or the loop's, for processes): post the outcome to the loop."""
+        self._results.append((done, job_id, attempt, ok, error))
         with self._wake_lock:
             if self._wake_pending:
                 return  # the loop is already due to deliver, this one included
@@ -148,9 +444,6 @@ class PoolWorkers:
             done(job_id, attempt, ok, error)
 
     def close(self, timeout: float) -> int:
-        """Start nothing more and wait up to `timeout` seconds for running attempts; returns how
-        many are still running (their results would be stale anyway)."""
-        running = list(self.outstanding)
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        _, not_done = wait(running, timeout=timeout)
-        return len(not_done)
+        """Start nothing more and wait up to `timeout` seconds for running attempts (threads; worker
+        processes are stopped); returns how many are still running (their results would be stale)."""
+        return self.pool.close(timeout)

@@ -1,5 +1,5 @@
-"""The invariant checker: the seven invariants (docs/contracts.md), checked on one simulated run as it
-crashes, recovers and runs on to the end.
+"""The invariant checker: the seven invariants (docs/contracts.md) and retry-safe enqueue (8),
+checked on one simulated run as it crashes, recovers and runs on to the end.
 
 The checker knows what the clients were told (which enqueues were acknowledged, with which payload)
 and what the log claimed durable at each crash (records whose end LSN the WAL had synced), and
@@ -31,6 +31,7 @@ INVARIANTS = {
     5: "sequence numbers and LSNs strictly increase across segments and restarts",
     6: "after recovery, running to quiescence ends with completed + dead == acknowledged jobs",
     7: "same inputs, same bytes (determinism)",
+    8: "an unacknowledged batch leaves a prefix of its jobs, payloads exact; its retries end acknowledged",
 }
 CODES = {  # stable kebab-case names, printed next to the numbers and in JSON as "code"
     1: "acknowledged-job-lost",
@@ -40,6 +41,7 @@ CODES = {  # stable kebab-case names, printed next to the numbers and in JSON as
     5: "log-order-broken",
     6: "jobs-not-finished",
     7: "nondeterministic-run",
+    8: "unacknowledged-batch-broken",
 }
 NO_CRASH = "no crash"
 Trace = list[tuple[R.Record, int, int]]  # (record, start LSN, end LSN) as the WAL appended them
@@ -80,6 +82,7 @@ class Checker:
         self.max_retry, self.token = max_retry, token
         self.submitted: dict[str, dict[str, Any]] = {}  # job -> payload its client sent
         self.acked: dict[str, None] = {}  # in the order the acknowledgements came
+        self.open: dict[tuple[str, ...], None] = {}  # batches sent, not yet acknowledged, in order
         self.completed: set[str] = set()  # durably completed: must stay completed
         self.durable_seq = 0  # the highest seq, and LSN, the log ever claimed durable
         self.durable_lsn = 0
@@ -101,10 +104,15 @@ class Checker:
     # -- what the clients see ------------------------------------------------------------------
 
     def submit(self, batch: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        batch = list(batch)
         self.submitted.update(batch)
+        if batch:
+            self.open[tuple(job_id for job_id, _ in batch)] = None
 
     def acknowledge(self, jobs: Iterable[str]) -> None:
+        jobs = tuple(jobs)
         self.acked.update(dict.fromkeys(jobs))
+        self.open.pop(jobs, None)
 
     # -- crashes and recoveries ----------------------------------------------------------------
 
@@ -142,6 +150,7 @@ class Checker:
             elif job.payload != self.submitted[job_id]:
                 self.violation(1, job_id, f"payload changed: {job.payload!r} != {self.submitted[job_id]!r}")
         self._structure(q)
+        self._unacknowledged(q)
         for job_id in sorted(self.completed):
             job = jobs.get(job_id)
             if job is None or job.status is not JobStatus.COMPLETED:
@@ -200,6 +209,8 @@ class Checker:
                 self.violation(4, job_id, f"{job.attempt} attempts; max_retry is {max_retry}")
             elif status is JobStatus.DEAD and job.attempt != max_retry:
                 self.violation(4, job_id, f"dead after {job.attempt} attempts; max_retry is {max_retry}")
+        for batch in self.open:
+            self.violation(8, batch[0], f"its batch of {len(batch)} was never acknowledged, retries or not")
         ended = q.counts[JobStatus.COMPLETED] + q.counts[JobStatus.DEAD]
         if ended != len(acked):
             self.violation(6, None, f"completed + dead = {ended}, acknowledged = {len(acked)}")
@@ -209,6 +220,24 @@ class Checker:
             self.violation(5, None, f"the log does not verify: {s.problem}")
         elif s.next_seq - 1 != q.last_seq:
             self.violation(5, None, f"the log ends at seq {s.next_seq - 1}, the state at {q.last_seq}")
+
+    def _unacknowledged(self, q: JobQueue) -> None:
+        """Invariant 8 after a crash or I/O error: of a batch never acknowledged, a prefix is in the
+        state (its records were appended in order, and any failure keeps a prefix of the log), each
+        with the payload its client sent; the client's retry of the whole batch then completes it."""
+        jobs, submitted = q.jobs, self.submitted
+        for batch in self.open:
+            gap = None
+            for job_id in batch:
+                job = jobs.get(job_id)
+                if job is None:
+                    gap = gap or job_id
+                elif gap is not None:
+                    self.violation(
+                        8, job_id, f"present, but {gap} before it in its unacknowledged batch is not"
+                    )
+                elif job.payload != submitted[job_id]:
+                    self.violation(8, job_id, f"payload changed: {job.payload!r} != {submitted[job_id]!r}")
 
     def _structure(self, q: JobQueue) -> None:
         """Invariant 2: the queue's own structural rules, and only jobs some client sent."""

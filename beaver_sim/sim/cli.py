@@ -110,8 +110,8 @@ def register(subparsers: Any) -> None:
     sweep.add_argument(
         "--points",
         default="records",
-        help="records (default) | all | bytes | marks | sample:N and lsn:X record:K point:NAME#N "
-        "time:T, joined with + or commas",
+        help="records (default) | all | bytes | marks | io | sample:N and lsn:X record:K point:NAME#N "
+        "time:T enospc:K short:K eio:K erename:K edirsync:K, joined with + or commas",
     )
     sweep.add_argument("--executor", choices=("process", "dask", "serial"), default="process")
     sweep.add_argument(
@@ -250,7 +250,7 @@ def _recovery_lines(crash: dict[str, Any], rec: dict[str, Any]) -> list[str]:
     if resubmitted or found:
         lines.append(
             f"clients    {resubmitted} enqueue(s) never acknowledged were sent again"
-            + (f"; {found} were found in the log (counted as acknowledged)" if found else "")
+            + (f"; {found} of them were already in the log (answered as already present)" if found else "")
         )
     return lines
 

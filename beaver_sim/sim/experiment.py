@@ -38,7 +38,7 @@ from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.sim import mutants
 from beaver_sim.sim.checker import Checker, Trace, Violation
 from beaver_sim.sim.clock import VirtualClock
-from beaver_sim.sim.faults import CrashHook, CrashPlan, recovery_model_seconds, survivors
+from beaver_sim.sim.faults import IO_KINDS, CrashHook, CrashPlan, recovery_model_seconds, survivors
 from beaver_sim.sim.fs import CRASH_MODELS, SimFS, SimulatedCrash
 from beaver_sim.sim.workers import Attempt, SimWorkers
 from beaver_sim.storage.recovery import Storage
@@ -54,17 +54,21 @@ Batch = list[tuple[str, dict[str, Any]]]
 @dataclass(frozen=True, slots=True)
 class Workload:
     """What the clients send: `jobs` jobs, all at t=0 in one batch (the seed's `enqueue --file`) or
-    one by one as Poisson arrivals at `rate` per virtual second. Attempt durations are `uniform` in
-    [work_min, work_max] (the seed's) or `exponential`: the same mean, at least work_min, with a long
-    tail that runs into timeouts. Failure rate and duration range come from the Config."""
+    as Poisson arrivals at `rate` per virtual second of `batch` jobs each (one `enqueue --file`).
+    Attempt durations are `uniform` in [work_min, work_max] (the seed's) or `exponential`: the
+    same mean, at least work_min, with a long tail that runs into timeouts. Failure rate and
+    duration range come from the Config."""
 
     jobs: int = 100
     rate: float = 0.0
     durations: str = "uniform"
+    batch: int = 1
 
     def __post_init__(self) -> None:
-        if self.jobs < 0 or self.rate < 0:
-            raise BeaverError(f"workload needs jobs >= 0 and rate >= 0, got {self.jobs} and {self.rate}")
+        if self.jobs < 0 or self.rate < 0 or self.batch < 1:
+            raise BeaverError(
+                f"workload needs jobs >= 0, rate >= 0, batch >= 1, got {self.jobs}, {self.rate}, {self.batch}"
+            )
         if self.durations not in DURATIONS:
             raise BeaverError(f"durations must be one of {', '.join(DURATIONS)}, got {self.durations!r}")
 
@@ -77,9 +81,9 @@ class Workload:
         rng = random.Random(f"arrivals:{seed}")
         t = 0.0
         out = []
-        for job in jobs:
+        for i in range(0, len(jobs), self.batch):
             t += rng.expovariate(self.rate)
-            out.append((t, [job]))
+            out.append((t, jobs[i : i + self.batch]))
         return out
 
 
@@ -294,6 +298,7 @@ class Capture:
     sent: list[tuple[float, list[str]]]
     acks: list[tuple[float, list[str]]]
     events: int
+    open: dict[tuple[str, ...], None]
 
 
 class _Run:
@@ -348,10 +353,11 @@ class _Run:
         hook = None
         if self.watch is not None and index == 0:
             hook = fs.hook = self.watch(fs, cfg.wal_dir, plan, clock, sim.observe, run=self)
-        elif sim.observe or (plan is not None and plan.kind != "time"):
+        elif sim.observe or (plan is not None and plan.kind in ("lsn", "record", "point")):
             hook = fs.hook = CrashHook(fs, cfg.wal_dir, plan, clock, sim.observe)
         if plan is not None and plan.kind == "time":
             clock.call_at(plan.at, _crash_now, plan)
+        fs.fault = plan.fault() if plan is not None and plan.kind in IO_KINDS else None
         life.hook = hook
         self.storage = storage = None
         self.samples = 0
@@ -371,14 +377,14 @@ class _Run:
                 wal.ends = hook.ends  # type: ignore[attr-defined,union-attr]
                 hook.first_seq = wal.next_seq  # type: ignore[union-attr]
             state = storage.state
-            resubmit: Batch = []
+            resubmit: list[Batch] = []
             if index:
                 resubmit = self._recovered(life, storage)
             completed_at_start = {j for j, job in state.jobs.items() if job.status is JobStatus.COMPLETED}
             controller = m.controller_cls(cfg, clock, storage, self.workers)
             controller.start()
-            if resubmit:
-                clock.call_at(self.now, self._arrive, controller, resubmit, None)
+            for batch in resubmit:
+                clock.call_at(self.now, self._arrive, controller, batch, None)
             batches = self.batches
             for i in range(self.next_batch, len(batches)):
                 clock.call_at(batches[i][0], self._arrive, controller, batches[i][1], i)
@@ -386,7 +392,14 @@ class _Run:
                 clock.call_at(self.now, self._sample, controller, life)
             clock.run()
             controller.stop()
-        except SimulatedCrash:
+        except (SimulatedCrash, BeaverError, OSError) as e:
+            fault, fs.fault = fs.fault, None
+            if not isinstance(e, SimulatedCrash) and (fault is None or not fault.fired):
+                if isinstance(e, OSError):
+                    raise
+                return self._failed(life, clock, storage, e)
+            # a crash, or the planned I/O error: the process stopped (beaver run exits on a failed
+            # write or fsync); the machine restarts on what the crash model keeps
             fs.hook = None
             crash_time = clock.now() if hook is None or hook.crash_time is None else hook.crash_time
             lsn = hook.crash_lsn if hook is not None and hook.crash_lsn is not None else None
@@ -401,27 +414,30 @@ class _Run:
             clock.clear()
             self.fs = survivors(fs, sim.model, plan.torn)
             return True
-        except BeaverError as e:
-            fs.hook = None
-            life.end, life.events, life.fs = clock.now(), clock.events - self.samples, fs
-            if storage is None:
-                if not index:
-                    raise  # a fresh data directory that cannot open: the config is wrong
-                life.recovered_key = ("refused", str(e))
-                checker.refused(e)
-                out.ending = "refused"
-            else:
-                checker.failed(e)
-                out.ending = "error"
-            out.fs, out.end_lsn = fs, (storage.wal.lsn if storage is not None else 0)
-            return False
-        fs.hook = None
+        fs.hook = fs.fault = None
         life.end, life.events, life.fs = clock.now(), clock.events - self.samples, fs
         if index:
             checker.life(self._attempts(life), completed_at_start)
         kept = storage.snapshots.seqs()
         checker.finished(storage.state, fs, cfg.wal_dir, kept[0] if kept else 0, life.start_lsn)
         out.fs, out.end_lsn, out.state = fs, storage.wal.lsn, storage.state
+        return False
+
+    def _failed(self, life: Life, clock: VirtualClock, storage: Storage | None, e: BeaverError) -> bool:
+        """Recovery refused to start, or the controller raised: the run ends here."""
+        fs, checker, out = self.fs, self.checker, self.out
+        fs.hook = None
+        life.end, life.events, life.fs = clock.now(), clock.events - self.samples, fs
+        if storage is None:
+            if not life.index:
+                raise e  # a fresh data directory that cannot open: the config is wrong
+            life.recovered_key = ("refused", str(e))
+            checker.refused(e)
+            out.ending = "refused"
+        else:
+            checker.failed(e)
+            out.ending = "error"
+        out.fs, out.end_lsn = fs, (storage.wal.lsn if storage is not None else 0)
         return False
 
     def _crashed(
@@ -464,10 +480,10 @@ class _Run:
         """(job, attempt) of every attempt `life` handed to a worker so far."""
         return [(a.job, a.attempt) for a in self.workers.attempts[life.first_attempt :]]
 
-    def _recovered(self, life: Life, storage: Storage) -> Batch:
-        """Check what the real recovery rebuilt; then the clients retry what was never
-        acknowledged: a job already there is a duplicate (its client now knows it is in), anything
-        else is enqueued again. Returns that batch."""
+    def _recovered(self, life: Life, storage: Storage) -> list[Batch]:
+        """Check what the real recovery rebuilt; then each client resends its whole batch if it was
+        never acknowledged, blindly (retry-safe enqueue: what is already there is accepted as
+        already present). Returns those batches, in the order they were first sent."""
         checker, state, r = self.checker, storage.state, storage.report
         life.recovery = {
             "records_replayed": r.records_replayed,
@@ -482,20 +498,10 @@ class _Run:
         self.out.lives[life.index - 1].recovered_seq = state.last_seq
         life.recovered_key = recovered_key(storage)
         checker.recovered(state, storage.wal.lsn)
-        resubmit: Batch = []
-        known: list[str] = []
-        for job_id, payload in checker.submitted.items():
-            if job_id in checker.acked:
-                continue
-            if job_id in state.jobs:
-                known.append(job_id)
-            else:
-                resubmit.append((job_id, payload))
-        if known:
-            checker.acknowledge(known)
-            self.out.acks.append((self.now, known))
-        life.recovery |= {"resubmitted": len(resubmit), "found_in_log": len(known)}
-        return resubmit
+        batches = [[(job_id, checker.submitted[job_id]) for job_id in batch] for batch in checker.open]
+        ids = [job_id for batch in checker.open for job_id in batch]
+        life.recovery |= {"resubmitted": len(ids), "found_in_log": sum(1 for i in ids if i in state.jobs)}
+        return batches
 
     def _arrive(self, ctl: Controller, batch: Batch, i: int | None) -> None:
         """Clients send `batch` (the i-th of the workload, or a retry); it is acknowledged once durable."""
@@ -587,6 +593,7 @@ class _Run:
             list(out.sent),
             list(out.acks),
             self.clock.events - self.samples,
+            dict(checker.open),
         )
 
     @classmethod
@@ -598,6 +605,7 @@ class _Run:
         run.workers.rng.setstate(cap.rng)
         run.workers.attempts = base.workers.attempts[: cap.attempts]
         run.checker.submitted, run.checker.acked = dict(cap.submitted), dict(cap.acked)
+        run.checker.open = dict(cap.open)
         run.out.sent, run.out.acks = list(cap.sent), list(cap.acks)
         run.next_batch = cap.next_batch
         life = Life(0, 0.0, 0, fs=base.fs, trace=base.trace_until(cap.lsn))

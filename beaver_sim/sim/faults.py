@@ -3,16 +3,19 @@
 A plan names one spot in a run: a WAL byte (`lsn`: the write that would put byte X on disk keeps
 exactly the bytes before X, so the record holding X is torn), the end of a record (`record`: the log
 holds records 1..K and nothing after), the n-th time a named persistence point is reached (`point`,
-the SimFS marks), or a virtual time (`time`). `CrashHook` is the SimFS hook that finds the spot: it
-follows the WAL's LSNs through the writes it sees (a segment's base LSN is in its header), so crash
-points stay exact across segment rotations and restarts. The crash model (`process` or `power-loss`)
-then decides what survives: SimFS.after_crash.
+the SimFS marks), a virtual time (`time`), or an I/O error: the K-th write of the life fails with
+ENOSPC (`enospc`) or its K-th fsync with EIO (`eio`), over every file; the process then stops on the
+error, as `beaver run` does, and restarts on what the crash model keeps. `CrashHook` is the SimFS
+hook that finds the spot: it follows the WAL's LSNs through the writes it sees (a segment's base
+LSN is in its header), so crash points stay exact across segment rotations and restarts. The crash
+model (`process` or `power-loss`) then decides what survives: SimFS.after_crash.
 
 Recovery time has two faces here: the measured wall time of the real recovery code (never part of a
 deterministic output) and `recovery_model_seconds`, a cost model of the work recovery did."""
 
 from __future__ import annotations
 
+import errno
 import posixpath
 import re
 from dataclasses import dataclass
@@ -22,9 +25,16 @@ import orjson
 
 from beaver_sim.core.types import BeaverError
 from beaver_sim.sim.clock import VirtualClock
-from beaver_sim.sim.fs import CRASH_MODELS, SimFS
+from beaver_sim.sim.fs import CRASH_MODELS, IOFault, SimFS
 
-KINDS = ("lsn", "record", "point", "time")
+IO_KINDS = {  # kind -> (op, errno, bytes of the failing write kept)
+    "enospc": ("write", errno.ENOSPC, 0),
+    "short": ("write", errno.ENOSPC, -1),  # half the write lands, then the disk is full
+    "eio": ("sync", errno.EIO, 0),
+    "erename": ("rename", errno.EIO, 0),
+    "edirsync": ("dirsync", errno.EIO, 0),
+}
+KINDS = ("lsn", "record", "point", "time", *IO_KINDS)
 POINTS = (  # the SimFS marks, in the order a checkpoint reaches them
     "snapshot-tmp-written",
     "snapshot-tmp-synced",
@@ -80,6 +90,10 @@ class CrashPlan:
             raise BeaverError(f"unknown persistence point {self.at!r}; known: {', '.join(POINTS)}")
         if self.kind in ("lsn", "record") and (not isinstance(self.at, int) or self.at < 0):
             raise BeaverError(f"crash at {self.kind} needs an integer >= 0, got {self.at!r}")
+        if self.kind in IO_KINDS and (not isinstance(self.at, int) or self.at < 1):
+            raise BeaverError(
+                f"an {self.kind} fault needs the number of the call to fail (>= 1), got {self.at!r}"
+            )
         if self.kind == "time" and (not isinstance(self.at, int | float) or self.at < 0):
             raise BeaverError(f"crash at time needs a number of seconds >= 0, got {self.at!r}")
         if self.occurrence < 1 or self.torn < 0:
@@ -92,6 +106,11 @@ class CrashPlan:
         if self.kind == "time":
             return f"time {self.at:g}s"
         return f"{self.kind} {self.at}"
+
+    def fault(self) -> IOFault:
+        """The SimFS fault of an `enospc` or `eio` plan."""
+        op, code, keep = IO_KINDS[self.kind]
+        return IOFault(op, self.at, code, keep)
 
     def as_list(self) -> list[Any]:
         """Compact form for replay tokens."""

@@ -4,10 +4,14 @@ For every file it records the bytes *written* (what a process crash keeps: the p
 and the bytes *durable* (what its last sync made safe). For every directory entry it records whether
 the create or rename that made it has been made durable by syncing the directory. `after_crash`
 returns the files that survive under the `process` or `power-loss` model. A `hook` can stop the
-world before any call or in the middle of any write: that is how crash points are placed."""
+world before any call or in the middle of any write: that is how crash points are placed. A `fault`
+(IOFault) makes the n-th write, sync, rename or directory sync fail with an OSError, as a full or
+failing disk does."""
 
 from __future__ import annotations
 
+import errno
+import os
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +24,30 @@ SCHEME = "sim:"  # simulated paths are written sim:/run/wal/..., so they never p
 # hook(op, path, nbytes) -> None to go on, or the number of bytes of this write to keep before
 # the crash (0 for any other call): SimFS then raises SimulatedCrash.
 Hook = Callable[[str, str, int], "int | None"]
+
+
+@dataclass(slots=True)
+class IOFault:
+    """A planned I/O error: the `nth` call of `op` ("write", "sync", "rename" or "dirsync", on any
+    file, counted from when the fault is set) raises OSError(`code`). A failing write first puts
+    `keep` of its bytes in the file (a short write; -1 keeps half); a failing sync makes nothing
+    durable; a failing rename or directory sync changes nothing. Fires once."""
+
+    op: str
+    nth: int
+    code: int = errno.ENOSPC
+    keep: int = 0
+    seen: int = 0
+
+    @property
+    def fired(self) -> bool:
+        return self.seen >= self.nth
+
+    def check(self, op: str, path: str) -> None:
+        if op == self.op and not self.fired:
+            self.seen += 1
+            if self.fired:
+                raise OSError(self.code, os.strerror(self.code), path)
 
 
 class SimulatedCrash(BaseException):
@@ -64,6 +92,15 @@ class SimFile:
                 self.inode.data += data[:keep]
                 fs.bytes_written += keep
                 raise SimulatedCrash(f"crash while writing {self.path}")
+        if fs.fault is not None:
+            try:
+                fs.fault.check("write", self.path)
+            except OSError:
+                keep = len(data) // 2 if fs.fault.keep < 0 else min(fs.fault.keep, len(data))
+                self.inode.data += data[:keep]
+                fs.bytes_written += keep
+                raise
+        fs.write_calls += 1
         self.inode.data += data
         fs.bytes_written += len(data)
 
@@ -71,6 +108,8 @@ class SimFile:
         fs = self.fs
         if fs.hook is not None:
             fs._call("sync", self.path)
+        if fs.fault is not None:
+            fs.fault.check("sync", self.path)
         self.inode.sync()
         fs.syncs += 1
 
@@ -86,9 +125,12 @@ class SimFS:
         self.durable_names: dict[str, _Inode] = {}  # the namespace a power loss would leave
         self.dirs: set[str] = {"/"}
         self.hook: Hook | None = None
+        self.fault: IOFault | None = None
+        self.write_calls = 0
         self.bytes_written = 0
         self.syncs = 0
         self.dir_syncs = 0
+        self.renames = 0
 
     @staticmethod
     def _norm(path: str) -> str:
@@ -166,6 +208,9 @@ class SimFS:
     def replace(self, src: str, dst: str) -> None:
         s, d = self._norm(src), self._norm(dst)
         self._call("replace", d)
+        if self.fault is not None:
+            self.fault.check("rename", d)
+        self.renames += 1
         inode = self._inode(s)
         self._parent_exists(d)
         del self.files[s]
@@ -187,6 +232,8 @@ class SimFS:
     def sync_dir(self, path: str) -> None:
         p = self._norm(path)
         self._call("sync_dir", p)
+        if self.fault is not None:
+            self.fault.check("dirsync", p)
         durable = {k: v for k, v in self.durable_names.items() if posixpath.dirname(k) != p}
         durable.update((k, v) for k, v in self.files.items() if posixpath.dirname(k) == p)
         self.durable_names = dict(sorted(durable.items()))

@@ -139,6 +139,22 @@ class NoTimeoutLimitController(Controller):
             super()._retry_or_bury(job_id, attempt, retry, why)
 
 
+class FreeSlotAtTimeoutController(Controller):
+    """Not a durability mutant (no crash sweep sees it; `sim.poison` does): the slot rule before
+    the fix. A timed-out attempt frees its worker slot at once and nothing stops it, so a handler
+    that hangs keeps its thread forever. Once hung attempts hold every thread of the pool, each new
+    attempt waits for a thread, the wait counts toward its timeout, and healthy jobs die unrun."""
+
+    def _on_timeout(self, job_id: str, attempt: int) -> None:
+        lease = self.state.leases[job_id]
+        del self._timers[job_id]
+        self.free_workers.append(lease.worker)
+        self.counters.timeouts += 1
+        self.counters.abandoned += 1
+        self._retry_or_bury(job_id, attempt, R.timeout(job_id, attempt), "timeout")
+        self._dispatch()
+
+
 # -- checkpoint 5: idempotent replay -------------------------------------------------------------
 
 
@@ -296,6 +312,10 @@ MUTANTS: dict[str, Mutant] = {
         ),
     )
 }
+
+
+# controller variants that break liveness, not durability: `sim.poison.run_poison` shows them
+LIVENESS: dict[str, type[Controller]] = {"free-slot-at-timeout": FreeSlotAtTimeoutController}
 
 
 def get(name: str | None) -> Mutant | None:

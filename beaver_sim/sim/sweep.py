@@ -3,7 +3,8 @@ with the real code, check the invariants and run on to the end. One DataFrame ro
 
 Point sets: `bytes` (every WAL LSN: every byte of every segment, headers included), `marks` (every
 time a named persistence point is reached), `records` (every record boundary plus a torn point in the
-middle of every record: the default), `all` (bytes + marks), `sample:N` (N of `all`, seeded), any of
+middle of every record: the default), `all` (bytes + marks), `sample:N` (N of `all`, seeded), `io`
+(the run's every write failing with ENOSPC, then every fsync with EIO, one per point), any of
 them joined with `+`, or an explicit list of CrashPlans or `kind:where` strings. Points run on any
 `concurrent.futures.Executor` (a process pool by default, a Dask `distributed` client for more than
 one machine); rows come back sorted by point, so the DataFrame is the same whatever ran it. Every
@@ -41,7 +42,7 @@ from beaver_sim.core.types import BeaverError
 from beaver_sim.sim import mutants
 from beaver_sim.sim.checker import CODES, INVARIANTS, same_bytes
 from beaver_sim.sim.experiment import Capture, SimResult, Simulation, _Run, record_before, recovered_key
-from beaver_sim.sim.faults import CrashHook, CrashPlan, recovery_model_seconds, survivors
+from beaver_sim.sim.faults import IO_KINDS, CrashHook, CrashPlan, recovery_model_seconds, survivors
 from beaver_sim.sim.fs import POWER_LOSS, SimFS
 from beaver_sim.storage.recovery import Storage
 
@@ -120,7 +121,7 @@ class Base:
     def signature(self, plan: CrashPlan, model: str) -> tuple[Any, ...]:
         """Points with the same signature crash at the same moment, and their files differ at most
         in a torn tail (which recovery must cut): candidates to share the rest of the run."""
-        if plan.kind in ("point", "time"):
+        if plan.kind not in ("lsn", "record"):
             return (plan.kind, plan.at, plan.occurrence, plan.torn)
         x = self.lsn(plan)
         starts = self.starts
@@ -137,7 +138,7 @@ def base_run(sim: Simulation) -> Base:
     return Base(replace(sim, crash=None, observe=True, sample_every=0).run())
 
 
-SETS = ("all", "bytes", "records", "marks", "sample")
+SETS = ("all", "bytes", "records", "marks", "sample", "io")
 
 
 def enumerate_points(base: Base, points: str | Sequence[CrashPlan | str], seed: int = 0) -> list[CrashPlan]:
@@ -166,6 +167,20 @@ def enumerate_points(base: Base, points: str | Sequence[CrashPlan | str], seed: 
             for rec, start, end in base.trace:
                 found.append(((end, 1), CrashPlan("record", rec["seq"])))
                 found.append(((start + (end - start) // 2, 1), CrashPlan("lsn", start + (end - start) // 2)))
+        elif name == "io":  # each write, fsync, rename and directory fsync fails, one at a time
+            fs = base.result.fs
+            calls = {"write": 0, "sync": 0, "rename": 0, "dirsync": 0}
+            if fs is not None:
+                calls = {
+                    "write": fs.write_calls,
+                    "sync": fs.syncs,
+                    "rename": fs.renames,
+                    "dirsync": fs.dir_syncs,
+                }
+            order = 0
+            for kind, (op, _code, _keep) in IO_KINDS.items():
+                found += [((0, order + k), CrashPlan(kind, k)) for k in range(1, calls[op] + 1)]
+                order += calls[op]
         elif name == "sample":
             try:
                 n = int(arg)
@@ -327,7 +342,12 @@ def _recover(sim: Simulation, files: SimFS) -> tuple[tuple[Any, ...], dict[str, 
 
 def _run_shared(token: str, model: str, points: Points) -> dict[int, Any]:
     """Run some crash points of one sweep from one shared run (in a worker process, a Dask worker or
-    here); `points` are (index, plan, crash LSN or None, group)."""
+    here); `points` are (index, plan, crash LSN or None, group). I/O faults run on their own."""
+    alone = [p for p in points if p[1][0] in IO_KINDS]
+    if alone:
+        rows = _run_alone(token, model, alone)
+        rest = [p for p in points if p[1][0] not in IO_KINDS]
+        return rows | (_run_shared(token, model, rest) if rest else {})
     base = Simulation.from_token(token, sample_every=0)
     sim = replace(base, model=model)
     targets = [(CrashPlan.from_list(p), x) for _i, p, x, _g in points]

@@ -1,17 +1,27 @@
 """SimWorkers: the simulator's worker pool. Each attempt's duration and outcome come from one seeded
 `random.Random`, drawn in dispatch order, so a run is fixed by its seed. An attempt that runs past
-the task timeout reports late, exactly like a slow real worker: its result is stale."""
+the task timeout reports late, exactly like a slow real worker: its result is stale.
+
+By default every attempt starts at once and an abandoned one runs on without a slot (what the
+thread pool does with a handler it cannot interrupt). The real pools' limits can be modelled too:
+`threads` bounds the pool (an attempt waits for a free thread, and the wait counts toward its
+timeout), `hang` names payload types whose attempts never return on their own (a poison job),
+`stop_after` stops an abandoned attempt that long after its timeout (a killed process; it holds its
+slot until then) and `spare` bounds how many abandoned attempts may run on without a slot (beyond
+it, the slot is held until the attempt ends, as the real thread pool does)."""
 
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from beaver_sim.core.types import OnResult
+from beaver_sim.core.types import Abandoned, OnResult
 from beaver_sim.sim.clock import VirtualClock
 
 _new = tuple.__new__
+_RELEASED = Abandoned(False)
 
 
 class Attempt(NamedTuple):
@@ -25,6 +35,21 @@ class Attempt(NamedTuple):
     ok: bool
 
 
+@dataclass(slots=True)
+class _Running:
+    """A modelled attempt: its outcome, and the clock handle of its end (None: it hangs)."""
+
+    job: str
+    attempt: int
+    worker: int
+    duration: float
+    ok: bool
+    hangs: bool
+    done: OnResult
+    end: Any = None
+    detached: bool = False
+
+
 @dataclass
 class SimWorkers:
     """Durations uniform in [work_min, work_max] seconds; failure with probability failure_rate."""
@@ -36,16 +61,83 @@ class SimWorkers:
     work_max: float = 0.5
     record: bool = False  # keep every Attempt (for DataFrames); off for speed
     attempts: list[Attempt] = field(default_factory=list)
+    threads: int = 0  # 0: unbounded, every attempt starts at once
+    hang: tuple[str, ...] = ()  # payload types whose attempts never return on their own
+    stop_after: float | None = None  # None: an abandoned attempt cannot be stopped
+    spare: int | None = None  # abandoned attempts that may run on without a slot (None: any number)
     rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
+        limits = (self.stop_after, self.spare)
+        self.modelled = bool(self.threads or self.hang or limits != (None, None))
+        self.running: dict[tuple[str, int], _Running] = {}
+        self.waiting: deque[_Running] = deque()  # for a thread, in submit order
+        self.detached = 0  # abandoned attempts still running without a slot
 
     def submit(self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: OnResult) -> None:
         random_ = self.rng.random
         lo = self.work_min
         duration = lo + (self.work_max - lo) * random_()  # rng.uniform, inlined (the same draw): hot
         ok = random_() >= self.failure_rate
+        if self.modelled:
+            hangs = payload.get("type") in self.hang
+            run = _Running(job_id, attempt, worker, duration, ok, hangs, done)
+            if self.threads and len(self.running) >= self.threads:
+                self.waiting.append(run)
+            else:
+                self._start(run)
+            return
         if self.record:  # tuple.__new__: an Attempt without the Python-level NamedTuple constructor
             self.attempts.append(_new(Attempt, (job_id, attempt, worker, self.clock.now(), duration, ok)))
         self.clock.call_later(duration, done, job_id, attempt, ok, None if ok else "simulated failure")
+
+    def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned:
+        """Model what the real pools do at a timeout: stop the attempt if they can (`stop_after`),
+        else let it run on without its slot while `spare` allows, else keep its slot until it ends."""
+        run = self.running.get((job_id, attempt))
+        if run is None:
+            for waiting in self.waiting:  # never started: it is dropped and reports nothing
+                if (waiting.job, waiting.attempt) == (job_id, attempt):
+                    self.waiting.remove(waiting)
+                    break
+            return _RELEASED
+        if self.stop_after is not None:
+            if run.end is not None:
+                self.clock.cancel(run.end)
+            run.ok, run.hangs = False, False
+            run.end = self.clock.call_later(self.stop_after, self._end, run, "timeout: handler killed")
+            return Abandoned(True, "handler killed")
+        if self.spare is not None and self.detached >= self.spare:
+            return Abandoned(True, "handler still running")
+        run.detached = True
+        self.detached += 1
+        return _RELEASED
+
+    def crash(self, clock: VirtualClock) -> int:
+        """The process running the pool died (kill -9): its attempts die with it, as real handler
+        processes do with `beaver run`, and the pool goes on with the next life's `clock`. Returns
+        how many were running (each would be an orphan holding a thread had it survived)."""
+        gone = len(self.running)
+        self.running.clear()
+        self.waiting.clear()
+        self.detached = 0
+        self.clock = clock
+        return gone
+
+    def _start(self, run: _Running) -> None:
+        self.running[(run.job, run.attempt)] = run
+        if self.record:
+            now = self.clock.now()
+            self.attempts.append(Attempt(run.job, run.attempt, run.worker, now, run.duration, run.ok))
+        if not run.hangs:
+            error = None if run.ok else "simulated failure"
+            run.end = self.clock.call_later(run.duration, self._end, run, error)
+
+    def _end(self, run: _Running, error: str | None) -> None:
+        del self.running[(run.job, run.attempt)]
+        if run.detached:
+            self.detached -= 1
+        if self.waiting:
+            self._start(self.waiting.popleft())
+        run.done(run.job, run.attempt, error is None, error)

@@ -10,6 +10,10 @@ import os
 from typing import Protocol
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+# Jobs' payloads may be private: data files are owner-only, as PostgreSQL's data directory is. The
+# umask can only narrow these; to share a data directory, grant access to its parent with ACLs or groups.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 
 class FileHandle(Protocol):
@@ -45,7 +49,7 @@ class RealFile:
 
     def __init__(self, path: str, flags: int) -> None:
         self.path = path
-        self.fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+        self.fd = os.open(path, flags | os.O_CLOEXEC, FILE_MODE)
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -90,7 +94,7 @@ class RealFS:
         parent = os.path.dirname(os.path.abspath(path))
         if parent != os.path.abspath(path):
             self.makedirs(parent)
-        os.mkdir(path)
+        os.mkdir(path, DIR_MODE)
         self.sync_dir(parent)
 
     def size(self, path: str) -> int:

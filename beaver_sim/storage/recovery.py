@@ -8,16 +8,22 @@ the segments the oldest kept snapshot covers deleted."""
 from __future__ import annotations
 
 import posixpath
+import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
+from beaver_sim.core import records as R
 from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.records import Record, apply
-from beaver_sim.core.types import BeaverError, Config
+from beaver_sim.core.types import BeaverError, Config, CorruptLog
+from beaver_sim.storage import wal as W
 from beaver_sim.storage.fs import FS
-from beaver_sim.storage.snapshot import SnapshotStore
-from beaver_sim.storage.wal import WriteAheadLog
+from beaver_sim.storage.snapshot import SnapshotStore, decode
+from beaver_sim.storage.wal import Problem, Scan, WriteAheadLog
 
 Apply = Callable[[JobQueue, Record], None]
 
@@ -130,3 +136,184 @@ class Storage:
 
     def close(self) -> None:
         self.wal.close()
+
+
+# -- the operator's view: read-only inspection and a planned repair -----------------------------
+
+_SNAPSHOT = re.compile(r"snap-(\d{20})\.json")
+
+
+@dataclass(slots=True)
+class Inspection:
+    """A data directory read the way recovery reads it, without changing a file: the newest
+    snapshot that verifies, then the log after it. `problem` is None when recovery would start
+    as is; a torn tail (`problem.torn`) is the normal trace of a crash, which recovery truncates.
+    Any other problem makes recovery refuse."""
+
+    state: JobQueue
+    snapshot: str | None
+    snapshot_seq: int
+    snapshots: list[str]  # every snapshot file, oldest first
+    broken_snapshots: list[str]  # those that fail their checksum (recovery sets them aside)
+    scan: Scan
+    problem: Problem | None
+
+    @property
+    def ok(self) -> bool:
+        """Recovery would start (truncating a torn tail if there is one)."""
+        return self.problem is None or self.problem.torn
+
+
+def inspect(
+    fs: FS,
+    wal_dir: str,
+    snap_dir: str,
+    on_record: W.OnRecord | None = None,
+    *,
+    every_record: bool = False,
+    check_snapshots: bool = False,
+) -> Inspection:
+    """Read a data directory as `Storage.open` would, changing nothing. Records after the newest
+    good snapshot are replayed into `state`, or handed to `on_record` instead (every record in the
+    log with `every_record`). Records the snapshot covers may be missing from the front of the log:
+    their segments were deleted by a checkpoint, which is not damage. `check_snapshots` verifies
+    every snapshot file, not just the newest good one."""
+    names = [n for n in fs.listdir(snap_dir) if _SNAPSHOT.fullmatch(n)] if fs.is_dir(snap_dir) else []
+    paths = [posixpath.join(snap_dir, n) for n in names]
+    q, newest, broken = JobQueue(), None, []
+    for path in reversed(paths):
+        if newest is not None and not check_snapshots:
+            break
+        try:
+            loaded = decode(fs.read_bytes(path), path)
+        except CorruptLog:
+            broken.append(path)
+            continue
+        if newest is None:
+            q, newest = loaded, path
+    broken.reverse()
+    covered = q.last_seq
+
+    def replay(rec: Record, _lsn: int) -> None:
+        apply(q, rec)
+
+    if not fs.is_dir(wal_dir):
+        s = Scan(first_seq=covered + 1, next_seq=covered + 1)
+    else:
+        callback = replay if on_record is None else on_record
+        after = 0 if every_record and on_record is not None else covered
+        s = W.scan(fs, wal_dir, after, callback, covered_seq=covered)
+    problem = s.problem
+    if (problem is None or problem.torn) and covered:
+        if not s.segments:
+            problem = Problem(wal_dir, 0, 0, 0, f"no WAL segment, but snapshot {newest} covers seq {covered}")
+        elif s.next_seq - 1 < covered:
+            where = s.segments[-1].path
+            reason = f"the log ends at seq {s.next_seq - 1} but snapshot {newest} covers seq {covered}"
+            problem = Problem(where, s.end_offset, s.end_lsn, s.next_seq - 1, reason)
+    return Inspection(q, newest, covered, paths, broken, s, problem)
+
+
+@dataclass(slots=True)
+class RepairPlan:
+    """What `beaver wal repair` would do to a log recovery refuses, and what that costs: the records
+    after the newest snapshot that it drops, by type, and the jobs they take with them. A damaged
+    segment whose records the snapshot covers is only set aside (`covered`): nothing is lost.
+    `refused` says why no repair is safe."""
+
+    inspection: Inspection
+    cut: Problem
+    moved: list[str]  # later segments renamed `.broken`
+    bytes_dropped: int
+    records_dropped: dict[str, int]
+    jobs_lost: int  # jobs whose ENQUEUE is cut: acknowledged jobs that would be gone
+    completions_lost: int  # jobs whose ACK is cut but not their ENQUEUE: they would run again
+    dead_lost: int  # jobs whose DEAD is cut but not their ENQUEUE: they would be retried
+    unreadable: int  # lines that are not records at all (the damage itself)
+    covered: bool = False
+    refused: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        p = self.cut
+        return {
+            "cut": {"path": p.path, "offset": 0 if self.covered else p.offset, "lsn": p.lsn}
+            | {"after_seq": p.last_good_seq, "reason": p.reason},
+            "set_aside": p.path if self.covered else None,
+            "moved_aside": self.moved,
+            "bytes_dropped": self.bytes_dropped,
+            "records_dropped": self.records_dropped,
+            "jobs_lost": self.jobs_lost,
+            "completions_lost": self.completions_lost,
+            "dead_lost": self.dead_lost,
+            "unreadable_lines": self.unreadable,
+            "refused": self.refused,
+        }
+
+
+def plan_repair(fs: FS, wal_dir: str, snap_dir: str) -> RepairPlan | None:
+    """The repair that lets recovery start, and its cost; None when recovery starts as is (a torn
+    tail included: recovery itself truncates it and keeps a copy)."""
+    found = inspect(fs, wal_dir, snap_dir, on_record=lambda rec, lsn: None)
+    p = found.problem
+    if p is None or p.torn:
+        return None
+    if p is not found.scan.problem:  # the log is sound but ends before the snapshot
+        return RepairPlan(found, p, [], 0, {}, 0, 0, 0, 0, refused=f"{p.reason}; no cut brings them back")
+    later = W.later_segments(fs, wal_dir, p.path)
+    covered = found.snapshot_seq
+    if later and _first_seq(later[0]) <= covered + 1:  # only records the snapshot holds are damaged
+        return RepairPlan(found, p, [], 0, {}, 0, 0, 0, 0, covered=True)
+    if p.last_good_seq < covered:
+        why = f"the damage is in records {found.snapshot} covers (seq <= {covered}) and in later ones"
+        return RepairPlan(found, p, [], 0, {}, 0, 0, 0, 0, refused=why)
+    lines = fs.read_bytes(p.path)[p.offset :].split(b"\n")
+    for path in later:
+        lines += fs.read_bytes(path).split(b"\n")[1:]  # after the segment header
+    kinds: Counter[str] = Counter()
+    enqueued, acked, dead = set(), set(), set()
+    unreadable = 0
+    for line in lines:
+        if not line:
+            continue
+        try:
+            rec = orjson.loads(line.split(b" ", 2)[2])
+            kind, job, seq = rec["type"], rec["job"], rec["seq"]
+        except (ValueError, TypeError, KeyError, IndexError):
+            unreadable += 1
+            continue
+        if seq <= covered:
+            continue  # the snapshot holds it
+        kinds[kind] += 1
+        {R.ENQUEUE: enqueued, R.ACK: acked, R.DEAD: dead}.get(kind, set()).add(job)
+    dropped = fs.size(p.path) - p.offset + sum(fs.size(path) for path in later)
+    return RepairPlan(
+        found,
+        p,
+        later,
+        dropped,
+        dict(sorted(kinds.items())),
+        len(enqueued),
+        len(acked - enqueued),
+        len(dead - enqueued),
+        unreadable,
+    )
+
+
+def _first_seq(path: str) -> int:
+    return int(posixpath.basename(path)[4:24])
+
+
+def apply_repair(fs: FS, wal_dir: str, plan: RepairPlan) -> list[str]:
+    """Carry out `plan` (never a refused one); returns the backups it kept."""
+    if plan.refused:
+        raise BeaverError(f"{wal_dir}: no safe repair: {plan.refused}")
+    if plan.covered:
+        path = plan.cut.path
+        fs.replace(path, path + ".removed")
+        fs.sync_dir(wal_dir)
+        return [path + ".removed"]
+    _, backups = W.cut(fs, wal_dir, plan.cut)
+    covered = plan.inspection.snapshot_seq
+    if covered and not W.list_segments(fs, wal_dir):  # no segment left: restart the log after the snapshot
+        W.create_segment(fs, wal_dir, covered + 1, plan.cut.lsn, 0)
+    return backups

@@ -163,21 +163,31 @@ def list_segments(fs: FS, directory: str) -> list[str]:
     return [n for n in fs.listdir(directory) if _SEGMENT.fullmatch(n)]
 
 
-def scan(fs: FS, directory: str, after_seq: int = 0, on_record: OnRecord | None = None) -> Scan:
+def scan(
+    fs: FS,
+    directory: str,
+    after_seq: int = 0,
+    on_record: OnRecord | None = None,
+    *,
+    covered_seq: int | None = None,
+) -> Scan:
     """Read and check every segment, calling `on_record` for records with seq > `after_seq`.
-    Stops at the first problem and describes it; never changes a file."""
+    Records 1..`covered_seq` (default `after_seq`) may be missing from the front of the log: a
+    snapshot covers them and their segments were deleted. Stops at the first problem and
+    describes it; never changes a file."""
     # Replay allocates a few long-lived objects per record (jobs, payloads, leases) and no cycles:
     # the cyclic GC would walk the growing heap again and again for nothing (~25 % of replay time).
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _scan(fs, directory, after_seq, on_record)
+        covered = after_seq if covered_seq is None else covered_seq
+        return _scan(fs, directory, after_seq, covered, on_record)
     finally:
         if enabled:
             gc.enable()
 
 
-def _scan(fs: FS, directory: str, after_seq: int, on_record: OnRecord | None) -> Scan:
+def _scan(fs: FS, directory: str, after_seq: int, covered: int, on_record: OnRecord | None) -> Scan:
     s = Scan()
     names = list_segments(fs, directory)
     loads = orjson.loads
@@ -188,22 +198,27 @@ def _scan(fs: FS, directory: str, after_seq: int, on_record: OnRecord | None) ->
         last = index == len(names) - 1
         nl = data.find(b"\n")
         h = _header(data[:nl]) if nl >= 0 else None
+        good = s.next_seq - 1 if s.segments else covered  # the last seq known good before this segment
         if h is None:
-            s.problem = Problem(path, 0, s.end_lsn, s.next_seq - 1, "bad segment header")
+            s.problem = Problem(path, 0, s.end_lsn, good, "bad segment header")
             return s
         first, base = h["first_seq"], h["base_lsn"]
         if h.get("v") != VERSION:
-            s.problem = Problem(path, 0, base, s.next_seq - 1, f"unsupported WAL version {h.get('v')}")
+            s.problem = Problem(path, 0, base, good, f"unsupported WAL version {h.get('v')}")
             return s
         if int(_SEGMENT.fullmatch(name).group(1)) != first:  # type: ignore[union-attr]
-            s.problem = Problem(path, 0, base, s.next_seq - 1, f"header says first seq {first}")
+            s.problem = Problem(path, 0, base, good, f"header says first seq {first}")
             return s
         if not s.segments:
-            if first > after_seq + 1:
-                reason = f"records {after_seq + 1}..{first - 1} are missing (log starts at seq {first})"
-                s.problem = Problem(path, 0, base, after_seq, reason)
+            if first > covered + 1:
+                reason = f"records {covered + 1}..{first - 1} are missing (log starts at seq {first})"
+                s.problem = Problem(path, 0, base, covered, reason)
                 return s
             s.first_seq, s.next_seq, s.crc, s.end_lsn = first, first, h["prev_crc"], base
+        elif s.next_seq < first <= covered + 1:
+            # a gap the snapshot covers (a segment of covered records removed): the log needed
+            # after the snapshot starts here, as it would if compaction had deleted everything before
+            s.next_seq, s.crc, s.end_lsn = first, h["prev_crc"], base
         elif first != s.next_seq or base != s.end_lsn or h["prev_crc"] != s.crc:
             reason = (
                 f"segment does not continue the log (first seq {first}, expected "
@@ -293,7 +308,9 @@ class WriteAheadLog:
         self.segments = scan_.segments
         self.next_seq = scan_.next_seq
         self.lsn = scan_.end_lsn  # LSN of the next byte to be appended
-        self.durable_lsn = self.lsn
+        # the last segment's records may sit only in the page cache of a process killed with -9:
+        # the first sync covers them, so "already present" is never acknowledged before durable
+        self.durable_lsn = self.segments[-1].base_lsn
         self.written_lsn = self.lsn
         self.crc = scan_.crc
         self._buf: list[bytes] = []
@@ -337,7 +354,7 @@ class WriteAheadLog:
                 raise CorruptLog(
                     f"{directory}: no WAL segment, but a snapshot covers seq {after_seq}: the log was deleted"
                 )
-            _create_segment(fs, directory, 1, 0, 0)
+            create_segment(fs, directory, 1, 0, 0)
             s.segments.append(Segment(1, 0, posixpath.join(directory, segment_name(1))))
             s.first_seq, s.next_seq, s.end_lsn = 1, 1, len(header_line(1, 0, 0))
         if s.next_seq <= after_seq:
@@ -439,7 +456,7 @@ class WriteAheadLog:
         self.sync()
         if self.segments[-1].first_seq == self.next_seq:
             return  # the current segment holds no record yet
-        path = _create_segment(self.fs, self.directory, self.next_seq, self.lsn, self.crc)
+        path = create_segment(self.fs, self.directory, self.next_seq, self.lsn, self.crc)
         self._file.close()
         self._file = self.fs.open_append(path)
         self.segments.append(Segment(self.next_seq, self.lsn, path))
@@ -464,7 +481,7 @@ class WriteAheadLog:
         self._file.close()
 
 
-def _create_segment(fs: FS, directory: str, first_seq: int, base_lsn: int, prev_crc: int) -> str:
+def create_segment(fs: FS, directory: str, first_seq: int, base_lsn: int, prev_crc: int) -> str:
     """tmp file, header, fsync, rename, fsync the directory: a segment exists whole or not at all."""
     path = posixpath.join(directory, segment_name(first_seq))
     f = fs.create(path + ".tmp")
@@ -483,12 +500,19 @@ def verify(fs: FS, directory: str) -> Scan:
 
 
 def repair(fs: FS, directory: str) -> tuple[Scan, int, list[str]]:
-    """Point-in-time repair: cut the log at its first bad record. The damaged segment is copied to
-    `.broken` and later segments are renamed `.broken`. Returns the scan, bytes dropped, backups."""
+    """Point-in-time repair of the log alone: cut it at its first bad record (see `cut`). The
+    operator's `beaver wal repair` plans first, with the snapshots in view (storage.recovery)."""
     s = scan(fs, directory)
-    p = s.problem
-    if p is None:
+    if s.problem is None:
         return s, 0, []
+    dropped, backups = cut(fs, directory, s.problem)
+    return s, dropped, backups
+
+
+def cut(fs: FS, directory: str, p: Problem) -> tuple[int, list[str]]:
+    """Cut the log at `p`: the damaged segment is copied to `.broken` and truncated there (renamed
+    `.removed` when its header is bad), later segments are renamed `.broken`. Returns the bytes
+    dropped and the backups."""
     data = fs.read_bytes(p.path)
     backups = [p.path + ".broken"]
     f = fs.create(backups[0])
@@ -496,9 +520,7 @@ def repair(fs: FS, directory: str) -> tuple[Scan, int, list[str]]:
     f.sync()
     f.close()
     dropped = len(data) - p.offset
-    names = list_segments(fs, directory)
-    later = [posixpath.join(directory, n) for n in names if posixpath.join(directory, n) > p.path]
-    for path in later:
+    for path in later_segments(fs, directory, p.path):
         dropped += fs.size(path)
         fs.replace(path, path + ".broken")
         backups.append(path + ".broken")
@@ -508,4 +530,10 @@ def repair(fs: FS, directory: str) -> tuple[Scan, int, list[str]]:
     else:
         fs.truncate(p.path, p.offset)
     fs.sync_dir(directory)
-    return s, dropped, backups
+    return dropped, backups
+
+
+def later_segments(fs: FS, directory: str, path: str) -> list[str]:
+    """The segments after `path`, in order."""
+    paths = [posixpath.join(directory, n) for n in list_segments(fs, directory)]
+    return [p for p in paths if p > path]

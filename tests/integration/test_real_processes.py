@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from beaver_sim.cli import RECOVERED, RunProcess
-from beaver_sim.core.types import Config, JobStatus
+from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.runtime.service import read_state
 
 pytestmark = pytest.mark.integration
@@ -138,7 +138,10 @@ def test_enqueue_and_status_while_running_and_after(
     out = beaver("enqueue", "--file", str(tmp_path / "a.json"), "--data-dir", data_dir)
     assert out.returncode == 0 and "via the running controller" in out.stdout
     again = beaver("enqueue", "--file", str(tmp_path / "a.json"), "--data-dir", data_dir)
-    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "duplicate job id" in again.stderr
+    assert again.returncode == 0 and "0 new, 20 already present" in again.stdout  # a retry is free
+    (tmp_path / "a2.json").write_bytes(orjson.dumps([{"id": first[0], "payload": {"other": 1}}]))
+    clash = beaver("enqueue", "--file", str(tmp_path / "a2.json"), "--data-dir", data_dir)
+    assert clash.returncode == 2 and clash.stderr.count("\n") == 1 and "different payload" in clash.stderr
     second = write_jobs(tmp_path / "b.json", 20, "b")
     assert beaver("enqueue", "--file", str(tmp_path / "b.json"), "--data-dir", data_dir).returncode == 0
     wait_until(lambda: ended(status(data_dir)) == 40)
@@ -249,3 +252,116 @@ def test_beaver_demo_passes(tmp_path: Path) -> None:
     assert_each_ended_once(
         str(tmp_path / "demo"), [job["id"] for job in orjson.loads(SEED_JOBS.read_bytes())]
     )
+
+
+def test_operator_tools_on_a_compacted_directory_after_kill_9(
+    tmp_path: Path, data_dir: str, runs: list[RunProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshots taken and old segments deleted, then kill -9: `wal verify` passes, `wal dump`
+    prints the log that is left, `wal repair` has nothing to do and changes nothing."""
+    monkeypatch.setenv("BEAVER_SEGMENT_BYTES", "4096")
+    run = start(runs, data_dir)
+    ids: list[str] = []
+    for batch in range(3):
+        ids += write_jobs(tmp_path / f"b{batch}.json", 40, prefix=f"b{batch}")
+        out = beaver("enqueue", "--file", str(tmp_path / f"b{batch}.json"), "--data-dir", data_dir)
+        assert out.returncode == 0, out.stderr
+        n = len(ids)
+        wait_until(lambda n=n: ended(status(data_dir)) == n)
+    wal_dir = Path(data_dir) / "wal"
+    wait_until(lambda: not (wal_dir / "wal-00000000000000000001.log").exists())  # compacted
+    run.proc.send_signal(signal.SIGKILL)
+    run.proc.wait()
+    files = {p.name: p.read_bytes() for p in sorted(Path(data_dir).rglob("*")) if p.is_file()}
+    verify = beaver("wal", "verify", "--json", "--data-dir", data_dir)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    summary = orjson.loads(verify.stdout)
+    assert summary["ok"] and summary["snapshot_seq"] > 0 and summary["first_seq"] > 1
+    dump = beaver("wal", "dump", "--json", "--data-dir", data_dir)
+    assert dump.returncode == 0, dump.stderr
+    assert orjson.loads(dump.stdout.splitlines()[0])["seq"] == summary["first_seq"]
+    repair = beaver("wal", "repair", "--yes", "--data-dir", data_dir)
+    assert repair.returncode == 0 and "nothing to repair" in repair.stdout, repair.stdout + repair.stderr
+    assert {p.name: p.read_bytes() for p in sorted(Path(data_dir).rglob("*")) if p.is_file()} == files
+    assert_each_ended_once(data_dir, ids)
+
+
+def test_data_files_are_owner_only(tmp_path: Path, data_dir: str, runs: list[RunProcess]) -> None:
+    """Payloads may be private: every file beaver writes is 0600 and every directory 0700."""
+    old = os.umask(0o002)  # a permissive umask does not widen them
+    try:
+        write_jobs(tmp_path / "jobs.json", 20)
+        out = beaver("enqueue", "--file", str(tmp_path / "jobs.json"), "--data-dir", data_dir)
+        assert out.returncode == 0, out.stderr
+        run = start(runs, data_dir)
+        wait_until(lambda: ended(status(data_dir)) == 20)
+        stop(run)
+    finally:
+        os.umask(old)
+    paths = [Path(data_dir), *Path(data_dir).rglob("*")]
+    assert any(p.name.startswith("snap-") for p in paths)
+    for p in paths:
+        mode = p.stat().st_mode & 0o777
+        assert mode == (0o700 if p.is_dir() else 0o600), f"{p}: {oct(mode)}"
+
+
+def test_clients_retrying_through_a_kill_9_enqueue_every_job_exactly_once(
+    tmp_path: Path, data_dir: str, runs: list[RunProcess]
+) -> None:
+    """Retry-safe enqueue on real processes: 10 clients each send a file of 20 jobs and resend it
+    until `beaver enqueue` exits 0; `beaver run` is killed with -9 while they are in flight and
+    started again. Every job is then in the log exactly once (one ENQUEUE record), with its payload."""
+    files = {f"c{c}": write_jobs(tmp_path / f"c{c}.json", 20, f"c{c}") for c in range(10)}
+    keep_log = ("--snapshot-interval", "0")  # no compaction: the log keeps every ENQUEUE to count
+    run = start(runs, data_dir, *keep_log)
+    answers: dict[str, dict[str, Any]] = {}
+    tries: dict[str, int] = {}
+
+    def client(name: str) -> subprocess.Popen[str]:
+        tries[name] = tries.get(name, 0) + 1
+        argv = [
+            *BEAVER,
+            "enqueue",
+            "--json",
+            "--file",
+            str(tmp_path / f"{name}.json"),
+            "--data-dir",
+            data_dir,
+        ]
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    clients = {name: client(name) for name in files}
+    wait_until(lambda: read_state(Config(data_dir=data_dir)).state.stats()["jobs"] > 0, 30)
+    run.proc.send_signal(signal.SIGKILL)  # some enqueues are answered, some in flight, some not sent
+    run.proc.wait()
+    deadline = time.monotonic() + 50
+    restarted = False
+    while clients:
+        assert time.monotonic() < deadline, f"clients still retrying: {sorted(clients)}"
+        for name, proc in list(clients.items()):
+            if proc.poll() is None:
+                continue
+            out, err = proc.communicate()
+            if proc.returncode == 0:
+                assert out.strip(), f"{name}: exit 0 without an answer; stderr: {err}"
+                answers[name] = orjson.loads(out)
+                del clients[name]
+            else:  # the controller died under it, or is restarting: send the same file again
+                assert "different payload" not in err, err
+                clients[name] = client(name)
+        if not restarted:
+            try:
+                start(runs, data_dir, *keep_log)
+                restarted = True
+            except BeaverError:  # a client held the lock, writing directly: start it again
+                pass
+        time.sleep(0.05)
+    assert all(a["new"] + a["already_present"] == 20 and a["durable"] is True for a in answers.values())
+    assert sum(tries.values()) > len(files) or any(a["already_present"] for a in answers.values())
+    dump = beaver("wal", "dump", "--json", "--data-dir", data_dir)
+    enqueues = [r["job"] for r in map(orjson.loads, dump.stdout.splitlines()) if r["type"] == "enqueue"]
+    everything = sorted(i for ids in files.values() for i in ids)
+    assert sorted(enqueues) == everything  # each job logged exactly once
+    q = read_state(Config(data_dir=data_dir)).state
+    assert sorted(q.jobs) == everything
+    assert all(q.jobs[i].payload == {"type": "compute", "n": 20} for i in everything)

@@ -155,4 +155,18 @@ def test_each_violation_is_reported_once_per_job() -> None:
 
 def test_same_bytes_names_the_files_that_differ() -> None:
     assert same_bytes({"/a": b"1", "/b": b"2"}, {"/a": b"1", "/b": b"3", "/c": b""}) == ["/b", "/c"]
-    assert set(INVARIANTS) == set(range(1, 8))
+    assert set(INVARIANTS) == set(range(1, 9))
+
+
+def test_an_unacknowledged_batch_may_leave_only_a_prefix_with_exact_payloads() -> None:
+    c = checker("a", "b", "c", acked=False)
+    c.recovered(queue(R.enqueue("a", P), R.enqueue("b", P)), wal_end_lsn=0)  # a prefix: fine
+    assert c.ok
+    c.recovered(queue(R.enqueue("a", P), R.enqueue("c", P)), wal_end_lsn=0)  # b is missing before c
+    c.recovered(queue(R.enqueue("a", {"other": 1})), wal_end_lsn=0)
+    assert found(c) == {(8, "c"), (8, "a")}
+    fs = SimFS()
+    Storage.open(fs, "/d").close()
+    c2 = checker("x", acked=False)
+    c2.finished(JobQueue(), fs, "/d/wal")
+    assert (8, "x") in found(c2)  # never acknowledged, retries or not

@@ -64,8 +64,14 @@ BAD_FILES = [
     ([{"id": "", "payload": {}}], "job #1: id must be a non-empty string"),
     ([{"id": "x", "payload": [1]}], "job #1 (x): payload must be an object"),
     ([{"id": "x", "payload": {}, "prio": 1}], "job #1: unknown field 'prio'"),
-    ([{"id": "x", "payload": {}}, {"id": "x", "payload": {}}], "job #2: duplicate id 'x' in the file"),
-    ([{"id": "new", "payload": {}}, {"id": "b", "payload": {}}], "duplicate job id 'b'"),  # already known
+    (
+        [{"id": "x", "payload": {"n": 1}}, {"id": "x", "payload": {"n": True}}],
+        "job #2: id 'x' appears earlier in the file with a different payload",
+    ),
+    (
+        [{"id": "new", "payload": {}}, {"id": "b", "payload": {"other": 1}}],
+        "job id 'b' is already enqueued with a different payload",
+    ),
 ]
 
 
@@ -78,6 +84,25 @@ def test_a_bad_job_file_is_one_line_and_writes_nothing(
     assert main(["enqueue", "--file", path, "--data-dir", str(data_dir)]) == 2
     one_error(capsys, "beaver enqueue: error:", path, problem)
     assert tree(data_dir) == before
+
+
+def test_sending_the_same_file_again_is_accepted_as_already_present(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The retry after a lost answer or a half-written batch: the known jobs are already present,
+    the rest are new; an id repeated with its payload in one file is one job; nothing is logged twice."""
+    jobs = [{"id": "b", "payload": {}}, {"id": "a", "payload": {"type": "noop"}}, {"id": "c", "payload": {}}]
+    path = job_file(tmp_path, [*jobs, jobs[2]])
+    assert main(["enqueue", "--json", "--file", path, "--data-dir", str(data_dir)]) == 0
+    answer = orjson.loads(capsys.readouterr().out)
+    assert answer == {"file": path, "new": 1, "already_present": 2, "durable": True}
+    before = tree(data_dir)
+    assert main(["enqueue", "--file", path, "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "enqueued 3 jobs" in out and "0 new, 3 already present; durable" in out
+    assert tree(data_dir) == before  # nothing new was logged
+    assert main(["status", "--json", "--data-dir", str(data_dir)]) == 0
+    assert orjson.loads(capsys.readouterr().out)["jobs"] == 3
 
 
 def test_a_bad_job_file_does_not_create_the_data_dir(
@@ -202,10 +227,37 @@ def test_wal_verify_dump_and_repair(data_dir: Path, capsys: pytest.CaptureFixtur
     assert "corruption" in capsys.readouterr().out
     assert main(["status", *d]) == 2
     one_error(capsys, "beaver wal verify")
-    assert main(["wal", "repair", *d]) == 0
+    before = tree(data_dir)
+    assert main(["wal", "repair", *d]) == 1  # the plan only: what the cut loses, nothing changed
+    out = capsys.readouterr().out
+    assert "loses 1 acknowledged job(s)" in out and "--yes" in out
+    assert tree(data_dir) == before
+    assert main(["wal", "repair", "--yes", *d]) == 0
     assert "bytes dropped" in capsys.readouterr().out
+    assert main(["wal", "repair", *d]) == 0
+    assert "nothing to repair" in capsys.readouterr().out
     assert main(["wal", "verify", *d]) == 0
     assert "ok: 0 records" in capsys.readouterr().out
     assert (segment.parent / (segment.name + ".broken")).read_bytes()[first + 20 : first + 21] == b"X"
     assert main(["wal", "dump", *d]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_a_100000_job_file_is_one_durable_batch_and_odd_ids_print_safely(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    odd = ["tab\tid", "new\nline", "rtl\u202eevil", "emoji-🦫", "nul\x00byte", "quote\"'"]
+    ids = odd + [f"j{i}" for i in range(100_000 - len(odd))]
+    path = job_file(tmp_path, [{"id": i, "payload": {"n": n}} for n, i in enumerate(ids)])
+    d = ["--data-dir", str(tmp_path / "d")]
+    assert main(["enqueue", "--file", path, *d]) == 0
+    assert "enqueued 100000 jobs" in capsys.readouterr().out
+    assert main(["wal", "dump", *d]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) == 100_000  # one line per record: no id breaks a line
+    assert "\t" not in out and "\u202e" not in out and "\x00" not in out
+    assert repr("rtl\u202eevil") in lines[2] and "emoji-🦫" in lines[3]
+    assert main(["wal", "dump", "--json", *d]) == 0
+    dumped = [orjson.loads(line)["job"] for line in capsys.readouterr().out.splitlines()[: len(odd)]]
+    assert dumped == odd  # stored exactly

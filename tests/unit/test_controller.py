@@ -17,7 +17,7 @@ import pytest
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import DURATION_BUCKETS, Controller
 from beaver_sim.core.queue import JobQueue
-from beaver_sim.core.types import BeaverError, Config, DuplicateJob, JobStatus, OnResult
+from beaver_sim.core.types import Abandoned, BeaverError, Config, DuplicateJob, JobStatus, OnResult
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS
 from beaver_sim.sim.workers import SimWorkers
@@ -72,6 +72,9 @@ class CheckedWorkers:
         assert find_written(self.fs, segments, needle, durable=wal.fsync == "always"), (job_id, attempt)
         self.started.append((self.clock.now(), job_id, attempt))
         self.inner.submit(job_id, attempt, worker, payload, self._checked(done))
+
+    def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned:
+        return self.inner.abandon(job_id, attempt, worker)
 
     def _checked(self, done: OnResult) -> OnResult:
         state, wal = self.storage.state, self.storage.wal
@@ -339,6 +342,9 @@ class ScriptedWorkers:
         else:
             self.clock.call_later(0.1, done, job_id, attempt, outcome == "ok", "boom")
 
+    def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned:
+        return Abandoned(False)  # it runs on: its late success is stale
+
 
 def test_max_retry_counts_failures_and_timeouts_alike() -> None:
     script = {
@@ -437,7 +443,7 @@ def test_stop_syncs_and_snapshots() -> None:
 @pytest.mark.parametrize(
     ("batch", "error"),
     [
-        ([("new-1", {}), ("new-1", {})], DuplicateJob),  # twice in the batch
+        ([("new-1", {"n": 1}), ("new-1", {"n": True})], DuplicateJob),  # twice, two payloads
         ([("new-1", {}), ("job-00000", {})], DuplicateJob),  # completed
         ([("new-1", {}), ("job-00001", {})], DuplicateJob),  # in flight
         ([("new-1", {}), ("job-00002", {})], DuplicateJob),  # pending
@@ -464,6 +470,54 @@ def test_a_bad_batch_raises_and_writes_nothing(batch: list[tuple[str, Any]], err
     assert "new-1" not in w.storage.state.jobs
     assert w.ctl.counters.enqueued == 3
     check_invariants(w)
+
+
+def test_a_retried_batch_is_already_present_in_every_state_and_logs_nothing() -> None:
+    """Retry-safe enqueue: the same ids with the same payloads (keys in any order) are already
+    present, whether pending, in flight or completed; an identical repeat inside one batch is one
+    job; only the new ones are logged, and the whole batch is answered once durable."""
+    script = {"job-00000": ["ok"], "job-00001": ["ok"], "job-00002": ["ok"], "new": ["ok"]}
+    w = boot(replace(BASE, worker_count=1), workers=lambda clock: ScriptedWorkers(clock, script, late=5.0))
+    w.enqueue(sorted(script)[:3])
+    w.clock.run(until=0.15)  # job-00000 completed, job-00001 in flight, job-00002 pending
+    seq = w.storage.wal.next_seq
+    fired: list[bool] = []
+    reordered = dict(reversed(payload(1).items()))
+    batch = [
+        ("job-00000", payload(0)),
+        ("job-00001", reordered),
+        ("new", {"x": 1}),
+        ("job-00002", payload(2)),
+    ]
+    done = w.ctl.enqueue([*batch, ("new", {"x": 1})], on_durable=lambda: fired.append(True))
+    assert (done.new, done.already_present) == (1, 3)
+    assert w.storage.wal.next_seq == seq + 1  # one ENQUEUE (new), nothing for the others
+    assert fired == []  # answered only after the flush, like any enqueue
+    w.clock.run(until=w.clock.now())
+    assert fired == [True]
+    again = w.ctl.enqueue(batch, on_durable=lambda: fired.append(True))
+    assert (again.new, again.already_present) == (0, 4)
+    w.clock.run()
+    assert fired == [True, True] and w.ctl.counters.enqueued == 4
+    check_invariants(w)
+
+
+def test_already_present_after_a_crash_is_answered_only_once_synced() -> None:
+    """After a process crash, recovery reads records that may be only in the page cache: a retry
+    that finds them already present is answered after an fdatasync, never before."""
+    w = boot(replace(BASE, snapshot_interval=0))
+    ids = [f"job-{i:05d}" for i in range(5)]
+    w.ctl.enqueue([(j, payload(i)) for i, j in enumerate(ids)])
+    w.storage.wal.flush()  # written by the process; it dies before its reply
+    clock = VirtualClock()
+    storage = Storage.from_config(w.fs.after_crash(PROCESS), BASE)
+    ctl = Controller(BASE, clock, storage, SimWorkers(clock, seed=1))
+    syncs = storage.fs.syncs
+    acked: list[bool] = []
+    done = ctl.enqueue([(j, payload(i)) for i, j in enumerate(ids)], on_durable=lambda: acked.append(True))
+    assert (done.new, done.already_present) == (0, 5) and acked == []
+    clock.run(until=0.0)
+    assert acked == [True] and storage.fs.syncs == syncs + 1
 
 
 def test_on_durable_fires_only_once_the_records_survive_a_power_loss() -> None:

@@ -4,7 +4,6 @@ back when apply refuses); checkpoint = snapshot, rotate, prune, compact; and the
 from __future__ import annotations
 
 import itertools
-import os
 import posixpath
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from beaver_sim.storage.fs import FS, RealFS
 from beaver_sim.storage.recovery import RecoveryReport, Storage
 from beaver_sim.storage.snapshot import snapshot_name
 from beaver_sim.storage.wal import RecordTooLarge, list_segments, scan, segment_name
+from tests.denied import DeniedRealFS
 
 DATA = "/data"
 
@@ -245,17 +245,12 @@ def test_the_recovery_report_is_plain_data() -> None:
     }
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions, so chmod 000 cannot be tested")
 def test_an_unreadable_wal_segment_names_the_file(tmp_path: Path) -> None:
     data = tmp_path / "data"
     s = Storage.open(RealFS(), str(data))
     work(s, range(2))
     s.close()
     seg = data / "wal" / segment_name(1)
-    os.chmod(seg, 0)
-    try:
-        with pytest.raises(PermissionError) as excinfo:
-            Storage.open(RealFS(), str(data))
-        assert str(seg) in str(excinfo.value)
-    finally:
-        os.chmod(seg, 0o644)
+    with pytest.raises(PermissionError) as excinfo:
+        Storage.open(DeniedRealFS(str(seg)), str(data))
+    assert str(seg) in str(excinfo.value)

@@ -8,6 +8,8 @@ import asyncio
 import errno
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from beaver_sim.core.controller import Enqueued
 from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.runtime.clock import RealClock
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
@@ -207,15 +210,20 @@ def test_service_serves_enqueue_and_status_over_its_socket(tmp_path: Path) -> No
         await service.start()
         runner = asyncio.create_task(service.run())
         n, how = await asyncio.to_thread(enqueue, config, jobs(50))
-        assert (n, how) == (50, "via the running controller")
+        assert (n.new, n.already_present, how) == (50, 0, "via the running controller")
         answer = await asyncio.to_thread(
             request, config.data_dir, {"op": "enqueue", "jobs": [["job-0001", {}]]}
         )
-        assert answer["ok"] is False and "duplicate" in answer["error"]
-        while (await asyncio.to_thread(status_of, config))["completed"] < 50:
+        assert (
+            answer["ok"] is False
+            and "job id 'job-0001' is already enqueued with a different" in answer["error"]
+        )
+        again = await asyncio.to_thread(request, config.data_dir, {"op": "enqueue", "jobs": jobs(51)})
+        assert again == {"ok": True, "enqueued": 1, "already_present": 50}
+        while (await asyncio.to_thread(status_of, config))["completed"] < 51:
             await asyncio.sleep(0.01)
         st = await asyncio.to_thread(status_of, config)
-        assert st["running"] is True and st["pid"] == os.getpid() and st["jobs"] == 50
+        assert st["running"] is True and st["pid"] == os.getpid() and st["jobs"] == 51
         service.request_stop()
         await runner
         await service.close()
@@ -225,17 +233,19 @@ def test_service_serves_enqueue_and_status_over_its_socket(tmp_path: Path) -> No
     with pytest.raises(ControlUnavailable):
         request(config.data_dir, {"op": "status"})
     st = status_of(config)  # from the files now
-    assert (st["running"], st["completed"], st["pending"], st["in_flight"]) == (False, 50, 0, 0)
+    assert (st["running"], st["completed"], st["pending"], st["in_flight"]) == (False, 51, 0, 0)
     DataDirLock(config.data_dir).acquire()  # released
 
 
 def test_enqueue_without_a_controller_writes_durably_then_run_drains(tmp_path: Path) -> None:
     config = service_config(tmp_path)
-    assert enqueue(config, jobs(30)) == (30, "written directly: no controller running")
+    done, how = enqueue(config, jobs(30))
+    assert (done.new, how) == (30, "written directly: no controller running")
     found = read_state(config)
-    assert found.state.stats()["pending"] == 30 and found.records == 30
-    with pytest.raises(BeaverError, match="duplicate job id 'job-0000'"):
-        enqueue(config, jobs(5))
+    assert found.state.stats()["pending"] == 30 and found.scan.replayed == 30
+    assert enqueue(config, jobs(5))[0] == Enqueued(0, 5)  # a retry: already present
+    with pytest.raises(BeaverError, match="job id 'job-0000' is already enqueued with a different payload"):
+        enqueue(config, jobs(5, kind="email"))
 
     async def go() -> None:
         service = Service(config, serve_metrics=False)
@@ -299,3 +309,30 @@ def test_an_fsync_error_is_fatal_and_nothing_is_acknowledged(tmp_path: Path) -> 
     assert answer["ok"] is False and "Input/output error" in answer["error"]
     assert service.fatal is not None and "WALFailed" in service.fatal
     DataDirLock(config.data_dir).acquire()  # released even so
+
+
+def test_a_controller_that_dies_mid_request_is_a_lost_connection_not_a_silent_success(tmp_path: Path) -> None:
+    """A BrokenPipeError from the socket used to reach main's `beaver wal dump | head` handler,
+    which exits 0 quietly: an enqueue that was never acknowledged looked durable."""
+    from beaver_sim.runtime.server import ControlLost
+
+    data = tmp_path / "d"
+    data.mkdir()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(data / "beaver.sock"))
+    listener.listen()
+
+    def hang_up() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # reset, as a process killed with -9 leaves it
+
+    t = threading.Thread(target=hang_up, daemon=True)
+    t.start()
+    big = {"op": "enqueue", "jobs": [[f"j{i}", {"pad": "x" * 1000}] for i in range(5000)]}
+    for req in (big, {"op": "status"}):
+        with pytest.raises(ControlLost):
+            request(str(data), req, timeout=10)
+    t.join(5)
+    listener.close()

@@ -3,7 +3,6 @@ WAL compacted only as far as the oldest kept snapshot covers it."""
 
 from __future__ import annotations
 
-import os
 import posixpath
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from beaver_sim.storage.fs import FS, RealFS
 from beaver_sim.storage.recovery import Storage
 from beaver_sim.storage.snapshot import SnapshotStore, decode, encode, snapshot_name
 from beaver_sim.storage.wal import list_segments
+from tests.denied import DeniedRealFS
 
 S = "/data/snap"
 
@@ -243,36 +243,20 @@ def test_a_data_directory_that_is_a_file_is_refused(kind: str, tmp_path: Path) -
     assert fs.read_bytes(data_dir) == b"" and not fs.is_dir(data_dir)
 
 
-root = pytest.mark.skipif(
-    os.geteuid() == 0, reason="root ignores file permissions, so chmod 000 cannot be tested"
-)
-
-
-@root
 def test_an_unreadable_snapshot_names_the_file(tmp_path: Path) -> None:
     d = str(tmp_path / "snap")
-    st = SnapshotStore(RealFS(), d)
-    path = st.save(state(2, 4))
-    os.chmod(path, 0)
-    try:
-        with pytest.raises(PermissionError) as excinfo:
-            SnapshotStore(RealFS(), d).load()
-        assert path in str(excinfo.value)
-    finally:
-        os.chmod(path, 0o644)
+    path = SnapshotStore(RealFS(), d).save(state(2, 4))
+    with pytest.raises(PermissionError) as excinfo:
+        SnapshotStore(DeniedRealFS(path), d).load()
+    assert path in str(excinfo.value)
 
 
-@root
 def test_an_unreadable_data_directory_names_it(tmp_path: Path) -> None:
     data = tmp_path / "data"
     Storage.open(RealFS(), str(data)).close()
-    os.chmod(data / "snap", 0)
-    try:
-        with pytest.raises(PermissionError) as excinfo:
-            Storage.open(RealFS(), str(data))
-        assert str(data / "snap") in str(excinfo.value)
-    finally:
-        os.chmod(data / "snap", 0o755)
+    with pytest.raises(PermissionError) as excinfo:
+        Storage.open(DeniedRealFS(str(data / "snap")), str(data))
+    assert str(data / "snap") in str(excinfo.value)
 
 
 class DeniedFS(SimFS):

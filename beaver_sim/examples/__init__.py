@@ -1,0 +1,1 @@
+"""Example handlers for `handlers:` in the config (payload type -> module:function)."""

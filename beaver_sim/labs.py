@@ -1,0 +1,410 @@
+"""Graded labs: the learner writes one durable piece of the queue, and a crash sweep grades it.
+
+Each lab takes one small function (frame and sync a WAL record, write a snapshot atomically, replay
+a record idempotently, decide retry or dead letter) and plugs it into the real system through the
+hooks the durability mutants use (a WriteAheadLog / SnapshotStore / Controller subclass, or
+Storage.open's `apply_fn`): for the length of a check it is registered as mutant `lab-<name>`. Then
+a small seeded crash sweep runs the real controller, WAL, snapshots and recovery on the simulator
+and the invariant checker grades the outcome: a pass, or the first counterexample with its crash
+point, replay token and a figure. The registration lives in this process only, so sweeps run
+serially here, and a replay token names the lab: `replay(lab, fn, token)` runs it again.
+
+`python -m beaver_sim.labs SRC DST` writes the learner versions of the lab notebooks (`make
+student`): every `# BEGIN SOLUTION` ... `# END SOLUTION` block becomes `raise NotImplementedError`."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+
+from beaver_sim.core import records as R
+from beaver_sim.core.controller import Controller
+from beaver_sim.core.queue import JobQueue
+from beaver_sim.core.types import BeaverError, Config
+from beaver_sim.sim import mutants
+from beaver_sim.sim.checker import INVARIANTS
+from beaver_sim.sim.experiment import SimResult, Simulation, Workload
+from beaver_sim.sim.faults import CrashPlan
+from beaver_sim.sim.plots import attempts_histogram, outcome_map
+from beaver_sim.sim.sweep import crash_sweep, violations
+from beaver_sim.storage.fs import FS, FileHandle
+from beaver_sim.storage.snapshot import SnapshotStore, encode, snapshot_name
+from beaver_sim.storage.wal import WriteAheadLog
+
+# -- the pieces a learner's function is plugged into ------------------------------------------
+
+
+class LabError(Exception):
+    """The learner's function broke its contract in a way the sweep cannot grade (a bad return)."""
+
+
+class LabWAL(WriteAheadLog):
+    """The real WAL, except that each record goes to disk through the learner's
+    `append_record(f, body, prev_crc) -> crc`, one call per record (no group commit). The log
+    trusts it as it trusts fdatasync: once it returns, the record counts as durable."""
+
+    append_record: ClassVar[Callable[[FileHandle, bytes, int], int]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.disk_crc = self.crc  # the chain as the learner's writes left it
+
+    def flush(self) -> None:
+        self.sync()
+        if self.written_lsn - self.segments[-1].base_lsn >= self.segment_bytes:
+            self.rotate()
+
+    def sync(self) -> None:
+        if self._failed is not None:
+            super().sync()  # raises WALFailed
+        lines, self._buf = self._buf, []
+        for line in lines:
+            crc = type(self).append_record(self._file, line.split(b" ", 2)[2][:-1], self.disk_crc)
+            if not isinstance(crc, int):
+                raise LabError(f"append_record returned {crc!r}; it must return the record's CRC (an int)")
+            self.disk_crc = crc
+        self.written_lsn = self.durable_lsn = self.lsn
+
+
+class _MarkedFile:
+    """A file handle that reaches a named persistence point after each write and sync, so a sweep
+    can crash between any two steps of the learner's snapshot code."""
+
+    def __init__(self, fs: FS, f: FileHandle) -> None:
+        self.fs, self.f = fs, f
+
+    def write(self, data: bytes) -> None:
+        self.f.write(data)
+        self.fs.mark("snapshot-tmp-written")
+
+    def sync(self) -> None:
+        self.f.sync()
+        self.fs.mark("snapshot-tmp-synced")
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class _MarkedFS:
+    """The FS handed to `write_snapshot`: the real one, with a persistence point after every write,
+    sync, rename and directory sync (the points the real SnapshotStore marks)."""
+
+    def __init__(self, fs: FS) -> None:
+        self.fs = fs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fs, name)
+
+    def create(self, path: str) -> _MarkedFile:
+        return _MarkedFile(self.fs, self.fs.create(path))
+
+    def open_append(self, path: str) -> _MarkedFile:
+        return _MarkedFile(self.fs, self.fs.open_append(path))
+
+    def replace(self, src: str, dst: str) -> None:
+        self.fs.replace(src, dst)
+        self.fs.mark("snapshot-renamed")
+
+    def sync_dir(self, path: str) -> None:
+        self.fs.sync_dir(path)
+        self.fs.mark("snapshot-dir-synced")
+
+
+class LabSnapshots(SnapshotStore):
+    """The real SnapshotStore (load, prune, `.tmp` cleanup), except that the file is written by the
+    learner's `write_snapshot(fs, directory, name, data)`."""
+
+    write_snapshot: ClassVar[Callable[[FS, str, str, bytes], None]]
+
+    def save(self, q: JobQueue) -> str:
+        data, path = encode(q), self.path(q.last_seq)
+        type(self).write_snapshot(_MarkedFS(self.fs), self.directory, snapshot_name(q.last_seq), data)
+        if not self.fs.exists(path) or self.fs.read_bytes(path) != data:
+            raise LabError(f"write_snapshot returned, but {path} does not hold the snapshot it was given")
+        return path
+
+
+ACTIONS = ("retry", "dead")
+
+
+class LabController(Controller):
+    """The real Controller, except that after a failed or timed-out attempt the learner's
+    `next_action(attempt, max_retry, reason)` says whether the job is retried or dead."""
+
+    next_action: ClassVar[Callable[[int, int, str], str]]
+
+    def _retry_or_bury(self, job_id: str, attempt: int, retry: R.Record, why: str) -> None:
+        reason = "timeout" if retry["type"] == R.TIMEOUT else "failed"
+        action = type(self).next_action(attempt, self.config.max_retry, reason)
+        if action == "dead":
+            self._log(R.dead(job_id, attempt, why))
+            self.counters.dead += 1
+        elif action == "retry":
+            self._log(retry)
+            self.counters.retried += 1
+        else:
+            raise LabError(f"next_action returned {action!r}; it must return one of {', '.join(ACTIONS)}")
+
+
+# -- the labs --------------------------------------------------------------------------------
+
+
+_QUICK_SNAPSHOTS = {"snapshot_interval": 0.3, "snapshot_log_ratio": 0.5}
+
+
+@dataclass(frozen=True)
+class Lab:
+    """One lab: the function the learner writes, how it is plugged in (`mutant(fn)`), and the
+    seeded sweep that grades it (crash model, point set, config changes, jobs)."""
+
+    name: str
+    function: str
+    mutant: Callable[[Callable[..., Any]], mutants.Mutant]
+    model: str
+    points: str
+    config: dict[str, Any] = field(default_factory=dict)
+    jobs: int = 20
+    seed: int = 7
+
+    def simulation(self, jobs: int | None = None) -> Simulation:
+        config = Config(data_dir="/data", worker_count=4, **self.config)
+        return Simulation(
+            config, Workload(jobs or self.jobs), self.seed, model=self.model, mutant=f"lab-{self.name}"
+        )
+
+
+def _subclass(base: type, attr: str, fn: Callable[..., Any]) -> type:
+    return type(f"{base.__name__}_{getattr(fn, '__name__', 'fn')}", (base,), {attr: staticmethod(fn)})
+
+
+LABS: dict[str, Lab] = {
+    lab.name: lab
+    for lab in (
+        Lab(
+            "wal",
+            "append_record",
+            lambda fn: mutants.Mutant("lab-wal", 2, wal_cls=_subclass(LabWAL, "append_record", fn)),
+            model="power-loss",
+            points="records",
+        ),
+        Lab(
+            "snapshot",
+            "write_snapshot",
+            lambda fn: mutants.Mutant(
+                "lab-snapshot", 3, snapshot_cls=_subclass(LabSnapshots, "write_snapshot", fn)
+            ),
+            model="power-loss",
+            points="records+marks",
+            config=_QUICK_SNAPSHOTS,
+        ),
+        Lab(
+            "replay",
+            "replay_record",
+            lambda fn: mutants.Mutant("lab-replay", 5, wal_cls=mutants.ReplayWholeLogWAL, apply_fn=fn),
+            model="process",
+            points="records",
+            config={**_QUICK_SNAPSHOTS, "failure_rate": 0.3},
+        ),
+        Lab(
+            "retry",
+            "next_action",
+            lambda fn: mutants.Mutant(
+                "lab-retry", 4, controller_cls=_subclass(LabController, "next_action", fn)
+            ),
+            model="process",
+            points="records",
+            config={"task_timeout": 0.3},
+        ),
+    )
+}
+
+
+def _lab(name: str) -> Lab:
+    try:
+        return LABS[name]
+    except KeyError:
+        raise BeaverError(f"unknown lab {name!r}; known: {', '.join(LABS)}") from None
+
+
+@contextmanager
+def plugged(lab: str, fn: Callable[..., Any]) -> Iterator[Lab]:
+    """Register `fn` as mutant `lab-<lab>` while the block runs (this process only)."""
+    spec = _lab(lab)
+    m = spec.mutant(fn)
+    mutants.MUTANTS[m.name] = m
+    try:
+        yield spec
+    finally:
+        del mutants.MUTANTS[m.name]
+
+
+# -- grading ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """What a check found: `passed`, or the first counterexample (`first`: point, invariant, job,
+    detail, token, crash); `sweep` is the sweep's DataFrame (None when no sweep finished)."""
+
+    lab: str
+    function: str
+    passed: bool
+    not_implemented: bool = False
+    error: str | None = None  # the function broke its contract (a bad return, no file written)
+    first: dict[str, Any] | None = None
+    sweep: pd.DataFrame | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        verdict = "not implemented" if self.not_implemented else "passed" if self.passed else "failed"
+        return f"<lab {self.lab}: {self.function} {verdict}>"
+
+
+def sweep(lab: str, fn: Callable[..., Any], jobs: int | None = None) -> pd.DataFrame:
+    """The lab's crash sweep with `fn` plugged in (serial, no progress bar)."""
+    with plugged(lab, fn) as spec:
+        return crash_sweep(spec.simulation(jobs), spec.points, executor="serial", progress=False)
+
+
+def check(lab: str, fn: Callable[..., Any], *, jobs: int | None = None, plot: bool = True) -> Result:
+    """Plug `fn` into the real system, crash it at every point of the lab's sweep, and print a pass
+    or the first counterexample (what was lost, the crash point, a replay token) with a figure."""
+    spec = _lab(lab)
+    name = getattr(fn, "__name__", spec.function)
+    try:
+        df = sweep(lab, fn, jobs)
+    except NotImplementedError:
+        print(
+            f"{name}: not implemented yet. Replace `raise NotImplementedError` with your code "
+            "and run the check again."
+        )
+        return Result(lab, name, False, not_implemented=True)
+    except LabError as e:
+        print(f"FAIL: {e}")
+        return Result(lab, name, False, error=str(e))
+    found = violations(df)
+    n, model = len(df), spec.model
+    if not found:
+        print(
+            f"PASS: {name} kept every invariant at all {n} crash points "
+            f"({model}, {spec.points}, {spec.simulation(jobs).workload.jobs} jobs)."
+        )
+        return Result(lab, name, True, sweep=df)
+    first = dict(found[0])
+    bad = int((df["violations"] > 0).sum())
+    if first["point"] < 0:
+        first["crash"] = "no crash"
+        where = "with no crash needed: the uncrashed run already breaks it"
+    else:
+        row = df.iloc[first["point"]]
+        plan = CrashPlan(row["kind"], _at(row["kind"], row["at"]), int(row["occurrence"]))
+        first["crash"] = plan.describe()
+        where = f"crash point {first['point']} of {n}: {first['crash']} ({model}), at {row['time']:.3f} s"
+        where += " of virtual time"
+    print(f"FAIL: {name} broke an invariant at {bad} of {n} crash points ({model}, {spec.points}).")
+    print(f"First counterexample, {where}")
+    print(f"  invariant {first['invariant']}: {INVARIANTS[first['invariant']]}")
+    if first["job"]:
+        print(f"  job: {first['job']}")
+    print(f"  what happened: {first['detail']}")
+    print(f'  replay it: beaver_sim.labs.replay("{lab}", {name}, "{first["token"]}")')
+    if plot:
+        _picture(spec, name, fn, df, first)
+    return Result(lab, name, False, first=first, sweep=df)
+
+
+def _at(kind: str, at: str) -> Any:
+    return at if kind == "point" else float(at) if kind == "time" else int(at)
+
+
+def replay(lab: str, fn: Callable[..., Any], token: str) -> SimResult:
+    """Run the simulation a counterexample's token describes again, with `fn` plugged in."""
+    with plugged(lab, fn):
+        return Simulation.from_token(token).run()
+
+
+def _picture(spec: Lab, name: str, fn: Callable[..., Any], df: pd.DataFrame, first: dict[str, Any]) -> None:
+    """The outcome of every crash point along the log with the counterexample marked; for too many
+    attempts without any crash, the attempts per job of that run against max_retry."""
+    if first["point"] < 0 and first["invariant"] == 4:
+        result = replay(spec.name, fn, first["token"])
+        attempts_histogram(
+            result.jobs,
+            max_retry=result.sim.config.max_retry,
+            title=f"{name}: attempts per job in the run without a crash",
+        )
+        return
+    ax = outcome_map(df, x="offset", title=f"{name}: outcome of each crash point along the WAL")
+    ax.figure.set_size_inches(7, 1.8)
+    if first["point"] < 0:
+        return  # the uncrashed run fails: so does every point
+    x = df.iloc[first["point"]]["offset"]
+    ax.axvline(x, color="black", lw=1, ls="--")
+    left = x > (df["offset"].min() + df["offset"].max()) / 2  # keep the label clear of the legend
+    ax.annotate(
+        f"first counterexample: invariant {first['invariant']}",
+        (x, -0.45),
+        xytext=(-4 if left else 4, 0),
+        textcoords="offset points",
+        ha="right" if left else "left",
+        fontsize=8,
+    )
+
+
+# -- learner versions of the notebooks -------------------------------------------------------
+
+_SOLUTION = re.compile(r"^([ \t]*)# BEGIN SOLUTION\n.*?^[ \t]*# END SOLUTION[ \t]*\n?", re.M | re.S)
+
+
+def student_source(source: str) -> str:
+    """`source` with every solution block replaced by `raise NotImplementedError`, indented as
+    its `# BEGIN SOLUTION` line."""
+    return _SOLUTION.sub(lambda m: f"{m.group(1)}raise NotImplementedError\n", source)
+
+
+def student_notebook(nb: dict[str, Any]) -> dict[str, Any]:
+    """A lab notebook for the learner: solutions removed, every output and count cleared."""
+    out = json.loads(json.dumps(nb))
+    for cell in out["cells"]:
+        if cell["cell_type"] == "code":
+            cell["source"] = student_source("".join(cell["source"])).splitlines(keepends=True)
+            cell["outputs"], cell["execution_count"] = [], None
+            cell["metadata"].pop("execution", None)
+    return out
+
+
+def write_student(src: Path, dst: Path) -> list[Path]:
+    """Write the learner version of every `*.ipynb` in `src` to `dst`; returns the paths written."""
+    dst.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in sorted(src.glob("*.ipynb")):
+        target = dst / path.name
+        nb = student_notebook(json.loads(path.read_text()))
+        target.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+        written.append(target)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m beaver_sim.labs SRC_DIR DST_DIR", file=sys.stderr)
+        return 2
+    src, dst = Path(args[0]), Path(args[1])
+    if not src.is_dir():
+        print(f"{src}: not a directory", file=sys.stderr)
+        return 1
+    for path in write_student(src, dst):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
