@@ -33,6 +33,7 @@ BEAVER = [sys.executable, "-m", "beaver_sim.cli"]
 CALLS = "write,fdatasync,fsync,rename,renameat,renameat2,sendto"
 LINE = re.compile(r"^(\d+) +(?:<\.\.\. (\w+) resumed>|(\w+)\()(.*?)(?: <unfinished \.\.\.>)?$")
 FD = re.compile(r"^(\d+)<([^>]*)>")
+RESULT = re.compile(r"^(.*)\)\s+=\s+(-?\d+)", re.S)
 
 
 @dataclass
@@ -58,9 +59,10 @@ def parse(trace: str) -> list[Call]:
         if resumed:
             name, before = started.pop(pid, (resumed, ""))
             rest = before + rest
-        args, _, ret = rest.rpartition(") = ")
-        if not ret.split(" ")[0].lstrip("-").isdigit() or ret.startswith("-"):
-            continue  # failed or not a call line
+        done = RESULT.match(rest)  # strace pads short lines: `fsync(7</d>)      = 0`
+        if done is None or done.group(2).startswith("-"):
+            continue  # failed, or not a call line
+        args = done.group(1)
         if name.startswith("rename"):
             names = re.findall(r'"((?:[^"\\]|\\.)*)"', args)
             calls.append(Call("rename", names[0], args, names[1]))
