@@ -5,8 +5,8 @@
 Poisson arrivals (`--rate` jobs per virtual second, batches of 5), exponential durations that run
 into the 1 s timeout, 10 % failures (max_retry 3: some jobs die), a snapshot every second and 256 KiB
 segments (rotation, pruning and segment deletion all along). A crash comes every `--crash-every`
-events or so (a seeded draw: 0.5x to 1.5x that, at a virtual time), each under a random model
-(`process` or `power-loss`) keeping 0-512 random torn bytes, in the middle of a WAL write. Every recovery is checked by the
+events or so (a seeded draw: 0.5x to 1.5x that), in the middle of a WAL write, each under a random
+model (`process` or `power-loss`) keeping 0-512 random torn bytes. Every recovery is checked by the
 invariant checker, as in any simulated run; at the end the data directory must pass `wal verify`
 (storage.recovery.inspect finds no problem and plan_repair has nothing to do). Not part of the test
 run: it takes minutes. Prints the figures as JSON."""
