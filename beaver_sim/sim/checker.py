@@ -10,6 +10,7 @@ the correct design always recovers."""
 
 from __future__ import annotations
 
+import math
 import posixpath
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -78,16 +79,21 @@ class Checker:
     """Follows one run: `submitted` / `acknowledged` as the clients see them, `crashed` with what
     the log claimed durable, `recovered` with the rebuilt state, `finished` at quiescence."""
 
-    def __init__(self, max_retry: int, token: str) -> None:
+    def __init__(self, max_retry: int, token: str, window: float = 0.0) -> None:
         self.max_retry, self.token = max_retry, token
+        # `fsync: interval` acknowledges after the write and syncs within `window` seconds: a power
+        # loss may lose the jobs acknowledged in the last `window` before it (the documented trade)
+        self.window = window
+        self.loss_since = math.inf  # jobs acknowledged at or after this time may be lost (set by a crash)
         self.submitted: dict[str, dict[str, Any]] = {}  # job -> payload its client sent
-        self.acked: dict[str, None] = {}  # in the order the acknowledgements came
+        self.acked: dict[str, float] = {}  # job -> when acknowledged, in the order they came
         self.open: dict[tuple[str, ...], None] = {}  # batches sent, not yet acknowledged, in order
         self.completed: set[str] = set()  # durably completed: must stay completed
         self.durable_seq = 0  # the highest seq, and LSN, the log ever claimed durable
         self.durable_lsn = 0
         self.crash = NO_CRASH
         self.lost: set[str] = set()  # acknowledged jobs some recovery did not bring back
+        self.lost_in_window: set[str] = set()  # ... within the documented `interval` loss window
         self.violations: list[Violation] = []
         self._seen: set[tuple[int, str | None]] = set()
 
@@ -109,12 +115,17 @@ class Checker:
         if batch:
             self.open[tuple(job_id for job_id, _ in batch)] = None
 
-    def acknowledge(self, jobs: Iterable[str]) -> None:
+    def acknowledge(self, jobs: Iterable[str], at: float = 0.0) -> None:
         jobs = tuple(jobs)
-        self.acked.update(dict.fromkeys(jobs))
+        self.acked.update(dict.fromkeys(jobs, at))
         self.open.pop(jobs, None)
 
     # -- crashes and recoveries ----------------------------------------------------------------
+
+    def power_loss(self, at: float) -> None:
+        """The machine lost power at `at`: under `interval`, jobs acknowledged less than `window`
+        before may be gone (a power loss at the very instant a sync was due may come first)."""
+        self.loss_since = at - self.window if self.window else math.inf
 
     def crashed(self, label: str, trace: Trace, durable_lsn: int | None) -> None:
         """The machine stopped; `trace` is what this life appended, `durable_lsn` how far its WAL
@@ -142,6 +153,11 @@ class Checker:
     def recovered(self, q: JobQueue, wal_end_lsn: int) -> None:
         """Check the state the real recovery rebuilt from the surviving files."""
         jobs = q.jobs
+        since, self.loss_since = self.loss_since - 1e-9, math.inf  # (float sums of virtual times)
+        if since < math.inf:
+            for job_id in [j for j, at in self.acked.items() if at >= since and j not in jobs]:
+                self.lost_in_window.add(job_id)  # lost as documented: the client was told the risk
+                del self.acked[job_id]
         for job_id in self.acked:
             job = jobs.get(job_id)
             if job is None:

@@ -39,7 +39,7 @@ from beaver_sim.sim import mutants
 from beaver_sim.sim.checker import Checker, Trace, Violation
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.faults import IO_KINDS, CrashHook, CrashPlan, recovery_model_seconds, survivors
-from beaver_sim.sim.fs import CRASH_MODELS, SimFS, SimulatedCrash
+from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSS, SimFS, SimulatedCrash
 from beaver_sim.sim.workers import Attempt, SimWorkers
 from beaver_sim.storage.recovery import Storage
 from beaver_sim.storage.wal import WriteAheadLog, list_segments
@@ -193,6 +193,7 @@ class Life:
     recovered_key: tuple[Any, ...] | None = None  # what the recovery that began it rebuilt
     recovered_seq: int | None = None  # last seq the next life recovered (None: this life did not crash)
     hook: CrashHook | None = None  # with `observe`: the WAL writes and persistence points it saw
+    recovery_ops: int = 0  # FS calls its recovery made (its hook's count when the storage opened)
 
 
 @dataclass
@@ -313,7 +314,8 @@ class _Run:
             raise BeaverError(f"crash model must be one of {', '.join(CRASH_MODELS)}, got {sim.model!r}")
         self.sim, self.cfg = sim, cfg
         self.m = mutants.get(sim.mutant) or mutants.Mutant("none", 0)
-        self.checker = Checker(cfg.max_retry, sim.token())
+        window = cfg.fsync_interval if cfg.fsync == "interval" else 0.0
+        self.checker = Checker(cfg.max_retry, sim.token(), window)
         self.batches = sim.workload.batches(sim.seed) if batches is None else batches
         worker_cls = ExponentialWorkers if sim.workload.durations == "exponential" else SimWorkers
         self.workers = worker_cls(
@@ -353,7 +355,7 @@ class _Run:
         hook = None
         if self.watch is not None and index == 0:
             hook = fs.hook = self.watch(fs, cfg.wal_dir, plan, clock, sim.observe, run=self)
-        elif sim.observe or (plan is not None and plan.kind in ("lsn", "record", "point")):
+        elif sim.observe or (plan is not None and plan.kind in ("lsn", "record", "point", "op")):
             hook = fs.hook = CrashHook(fs, cfg.wal_dir, plan, clock, sim.observe)
         if plan is not None and plan.kind == "time":
             clock.call_at(plan.at, _crash_now, plan)
@@ -373,6 +375,7 @@ class _Run:
             )
             wal = storage.wal
             life.start_lsn = wal.lsn
+            life.recovery_ops = hook.ops if hook is not None else 0
             if plan is not None and plan.kind == "record":
                 wal.ends = hook.ends  # type: ignore[attr-defined,union-attr]
                 hook.first_seq = wal.next_seq  # type: ignore[union-attr]
@@ -412,7 +415,7 @@ class _Run:
                 life, plan, crash_time, lsn, durable, clock.events - self.samples, completed_at_start
             )
             clock.clear()
-            self.fs = survivors(fs, sim.model, plan.torn)
+            self.fs = survivors(fs, plan.model or sim.model, plan.torn)
             return True
         fs.hook = fs.fault = None
         life.end, life.events, life.fs = clock.now(), clock.events - self.samples, fs
@@ -459,7 +462,7 @@ class _Run:
             "point": plan.describe(),
             "kind": plan.kind,
             "at": plan.at,
-            "model": self.sim.model,
+            "model": plan.model or self.sim.model,
             "time": crash_time,
             "lsn": lsn,
             "record": record_before(trace, lsn),
@@ -472,6 +475,8 @@ class _Run:
             self.checker.claim(plan.describe(), [job for _end, job in acks], seq, durable)
         else:
             self.checker.crashed(plan.describe(), trace, durable)
+        if (plan.model or self.sim.model) == POWER_LOSS:
+            self.checker.power_loss(crash_time)
         if life.index:
             self.checker.life(self._attempts(life), completed_at_start)
         self.now = crash_time
@@ -514,7 +519,7 @@ class _Run:
 
         def acked() -> None:
             out.acks.append((clock.now(), ids))
-            self.checker.acknowledge(ids)
+            self.checker.acknowledge(ids, clock.now())
 
         ctl.enqueue(batch, on_durable=acked)
 

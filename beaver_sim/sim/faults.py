@@ -3,7 +3,9 @@
 A plan names one spot in a run: a WAL byte (`lsn`: the write that would put byte X on disk keeps
 exactly the bytes before X, so the record holding X is torn), the end of a record (`record`: the log
 holds records 1..K and nothing after), the n-th time a named persistence point is reached (`point`,
-the SimFS marks), a virtual time (`time`), or an I/O error: the K-th write of the life fails with
+the SimFS marks), a virtual time (`time`), the n-th file-system call of the life (`op`: open,
+create, write, sync, rename, remove, truncate, directory sync or mark; recovery's own calls too, so a
+crash can hit the truncation of a torn tail), or an I/O error: the K-th write of the life fails with
 ENOSPC (`enospc`) or its K-th fsync with EIO (`eio`), over every file; the process then stops on the
 error, as `beaver run` does, and restarts on what the crash model keeps. `CrashHook` is the SimFS
 hook that finds the spot: it follows the WAL's LSNs through the writes it sees (a segment's base
@@ -34,7 +36,7 @@ IO_KINDS = {  # kind -> (op, errno, bytes of the failing write kept)
     "erename": ("rename", errno.EIO, 0),
     "edirsync": ("dirsync", errno.EIO, 0),
 }
-KINDS = ("lsn", "record", "point", "time", *IO_KINDS)
+KINDS = ("lsn", "record", "point", "time", "op", *IO_KINDS)
 POINTS = (  # the SimFS marks, in the order a checkpoint reaches them
     "snapshot-tmp-written",
     "snapshot-tmp-synced",
@@ -74,14 +76,16 @@ def recovery_model_seconds(records_replayed: int, wal_bytes: int, snapshot_bytes
 
 @dataclass(frozen=True, slots=True)
 class CrashPlan:
-    """One crash: `kind` (lsn, record, point, time) and where (`at`); `occurrence` picks the n-th
-    time a point is reached in its life; `torn` is how many bytes of each file's unsynced tail
-    survive a power loss (0: none)."""
+    """One crash: `kind` (lsn, record, point, time, op, an I/O error) and where (`at`); `occurrence`
+    picks the n-th time a point is reached in its life; `torn` is how many bytes of each file's
+    unsynced tail survive a power loss (0: none); `model` is this crash's model (None: the run's),
+    so one run can mix process crashes and power losses."""
 
     kind: str
     at: Any
     occurrence: int = 1
     torn: int = 0
+    model: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -90,7 +94,7 @@ class CrashPlan:
             raise BeaverError(f"unknown persistence point {self.at!r}; known: {', '.join(POINTS)}")
         if self.kind in ("lsn", "record") and (not isinstance(self.at, int) or self.at < 0):
             raise BeaverError(f"crash at {self.kind} needs an integer >= 0, got {self.at!r}")
-        if self.kind in IO_KINDS and (not isinstance(self.at, int) or self.at < 1):
+        if self.kind in (*IO_KINDS, "op") and (not isinstance(self.at, int) or self.at < 1):
             raise BeaverError(
                 f"an {self.kind} fault needs the number of the call to fail (>= 1), got {self.at!r}"
             )
@@ -98,6 +102,8 @@ class CrashPlan:
             raise BeaverError(f"crash at time needs a number of seconds >= 0, got {self.at!r}")
         if self.occurrence < 1 or self.torn < 0:
             raise BeaverError("crash occurrence must be >= 1 and torn bytes >= 0")
+        if self.model is not None and self.model not in CRASH_MODELS:
+            raise BeaverError(f"crash model must be one of {', '.join(CRASH_MODELS)}, got {self.model!r}")
 
     def describe(self) -> str:
         """A short label: `lsn 1234`, `record 17`, `point snapshot-renamed#2`, `time 3.5s`."""
@@ -113,8 +119,9 @@ class CrashPlan:
         return IOFault(op, self.at, code, keep)
 
     def as_list(self) -> list[Any]:
-        """Compact form for replay tokens."""
-        return [self.kind, self.at, self.occurrence, self.torn]
+        """Compact form for replay tokens (a model only when the plan has its own)."""
+        out = [self.kind, self.at, self.occurrence, self.torn]
+        return out if self.model is None else [*out, self.model]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> CrashPlan:
@@ -158,7 +165,9 @@ class CrashHook:
         self._end: int | None = None  # LSN after the last WAL byte written, None: recompute
         self._marks: dict[str, int] = {}
         self._target = plan.at if plan is not None and plan.kind == "lsn" else None
+        self._op = plan.at if plan is not None and plan.kind == "op" else 0
         self.ops = 0
+        self.calls: list[tuple[str, str]] = []  # observe: (op, path) of every hooked FS call
         self.crash_lsn: int | None = None
         self.crash_time: float | None = None
         self.writes: list[tuple[int, int, int]] = []  # observe: (op index, start LSN, bytes)
@@ -166,6 +175,10 @@ class CrashHook:
 
     def __call__(self, op: str, path: str, nbytes: int) -> int | None:
         self.ops += 1
+        if self.observe:
+            self.calls.append((op, path))
+        if self.ops == self._op:  # an `op` plan: stop before this call (a write keeps nothing)
+            return self._crash(self.end_lsn())
         if op == "write":
             if posixpath.dirname(path) != self.wal_dir:
                 return None

@@ -43,17 +43,14 @@ class _NoSyncFile(SimFile):
 
 
 class NoFsyncFS(SimFS):
-    """Checkpoint 2 (what are the risks of not doing fsync?): fsync returns at once and makes
-    nothing durable, like a disk that lies about its cache or an fsync left out of the code. A
-    process crash loses nothing; a power loss loses every acknowledged enqueue since the files were
-    created, and the log's own headers with them."""
+    """Checkpoint 2 (what are the risks of not doing fsync?): the log's appends are never made
+    durable, as in the seed's WAL, which never called Sync (a disk that lies about its cache does
+    the same): fsync of a file opened for appending returns at once. New files (segment headers,
+    snapshots) are still synced, so recovery starts, on a log missing what was appended since its
+    segment was created. A process crash loses nothing; a power loss loses acknowledged enqueues."""
 
     def open_append(self, path: str) -> SimFile:
         f = super().open_append(path)
-        return _NoSyncFile(self, f.path, f.inode)
-
-    def create(self, path: str) -> SimFile:
-        f = super().create(path)
         return _NoSyncFile(self, f.path, f.inode)
 
 
@@ -137,6 +134,16 @@ class NoTimeoutLimitController(Controller):
             self.counters.retried += 1
         else:
             super()._retry_or_bury(job_id, attempt, retry, why)
+
+
+class NoIntervalSyncController(Controller):
+    """Checkpoint 2 (what are the risks of not doing fsync?), under `fsync: interval`: the timer
+    that syncs the log every `fsync_interval` is left out, so only rotations and snapshots sync it.
+    A power loss then loses jobs acknowledged long before it, outside the documented window of
+    `fsync_interval` seconds that `interval` may lose."""
+
+    def _sync(self) -> None:
+        self._sync_handle = None
 
 
 class FreeSlotAtTimeoutController(Controller):
@@ -272,6 +279,12 @@ MUTANTS: dict[str, Mutant] = {
     m.name: m
     for m in (
         Mutant("no-fsync", 2, fs_cls=NoFsyncFS, catch={"model": "power-loss", "points": "records"}),
+        Mutant(
+            "interval-without-sync",
+            2,
+            controller_cls=NoIntervalSyncController,
+            catch={"model": "power-loss", "points": "records", "config": {"fsync": "interval"}},
+        ),
         Mutant("no-dir-fsync", 3, fs_cls=NoDirFsyncFS, catch={"model": "power-loss", "points": "records"}),
         Mutant(
             "snapshot-in-place",

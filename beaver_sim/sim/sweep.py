@@ -26,6 +26,7 @@ import bisect
 import gc
 import json
 import os
+import posixpath
 import random
 import sys
 import time
@@ -38,11 +39,20 @@ from typing import Any
 
 import pandas as pd
 
-from beaver_sim.core.types import BeaverError
+from beaver_sim.core.types import BeaverError, Config
 from beaver_sim.sim import mutants
 from beaver_sim.sim.checker import CODES, INVARIANTS, same_bytes
-from beaver_sim.sim.experiment import Capture, SimResult, Simulation, _Run, record_before, recovered_key
-from beaver_sim.sim.faults import IO_KINDS, CrashHook, CrashPlan, recovery_model_seconds, survivors
+from beaver_sim.sim.experiment import (
+    _SEGMENT,
+    Capture,
+    SimResult,
+    Simulation,
+    Workload,
+    _Run,
+    record_before,
+    recovered_key,
+)
+from beaver_sim.sim.faults import IO_KINDS, POINTS, CrashHook, CrashPlan, recovery_model_seconds, survivors
 from beaver_sim.sim.fs import POWER_LOSS, SimFS
 from beaver_sim.storage.recovery import Storage
 
@@ -67,6 +77,29 @@ COLUMNS = [
     "problems",
     "token",
 ]
+
+
+def lifecycle(
+    jobs: int = 16, seed: int = 9, model: str = "process", fsync: str = "always", **config: Any
+) -> Simulation:
+    """A sweep workload that reaches the whole life cycle: Poisson arrivals in batches of 4,
+    exponential durations that run into timeouts, a 30 % failure rate (dead jobs), a snapshot
+    every 0.3 s and 4 KiB segments, so rotation, snapshot pruning and segment deletion each happen
+    several times (every persistence point of `faults.POINTS` is reached; 16 jobs: a 6.7 KB log)."""
+    settings: dict[str, Any] = {
+        "data_dir": "/sim",
+        "worker_count": 4,
+        "task_timeout": 0.5,
+        "failure_rate": 0.3,
+        "work_min": 0.05,
+        "work_max": 0.6,
+        "snapshot_interval": 0.3,
+        "snapshot_log_ratio": 0.25,
+        "segment_bytes": 4096,
+        "fsync": fsync,
+    }
+    workload = Workload(jobs, rate=20.0, batch=4, durations="exponential")
+    return Simulation(Config(**settings | config), workload, seed, model=model)
 
 
 @dataclass
@@ -130,7 +163,8 @@ class Base:
             return ("never",)  # past the end of the log: the run ends before reaching it
         if model == POWER_LOSS and plan.torn == 0:
             return ("write", i)  # the unsynced tail is lost whole, wherever in it the crash came
-        return ("write", i, bisect.bisect_right(self.ends, x), plan.torn)
+        # torn bytes aside: how many records a torn tail keeps is for the recovered key to tell
+        return ("write", i, bisect.bisect_right(self.ends, x))
 
 
 def base_run(sim: Simulation) -> Base:
@@ -193,6 +227,19 @@ def enumerate_points(base: Base, points: str | Sequence[CrashPlan | str], seed: 
             ]
     plans = [plan for _key, plan in sorted(found, key=lambda kp: kp[0])] + given
     return list(dict.fromkeys(plans))
+
+
+TORN_MAX = 512  # bytes: a torn write keeps at most a sector of the unsynced tail
+
+
+def with_torn(plans: list[CrashPlan], torn: int | str, seed: int) -> list[CrashPlan]:
+    """`plans` with `torn` bytes each (a number, or "random": seeded, 1..TORN_MAX per plan)."""
+    if torn == "random":
+        rng = random.Random(f"torn:{seed}")
+        return [replace(p, torn=rng.randint(1, TORN_MAX)) for p in plans]
+    if not isinstance(torn, int) or torn < 0:
+        raise BeaverError(f"torn must be a number of bytes >= 0 or 'random', got {torn!r}")
+    return [replace(p, torn=torn) for p in plans] if torn else plans
 
 
 Points = list[tuple[int, list[Any], int | None, int]]  # (index, plan, crash LSN or None, group)
@@ -286,7 +333,7 @@ class _Task:
         """Crash target `i` at the captured moment: the files survive under the crash model (a
         torn write keeps its bytes before the crash LSN), recovery runs, the run goes on."""
         plan = self.targets[i][0]
-        files = survivors(fs, self.sim.model, plan.torn)
+        files = survivors(fs, plan.model or self.sim.model, plan.torn)
         if cut is not None:
             path, size = cut
             inode = files.files.get(path)
@@ -343,10 +390,10 @@ def _recover(sim: Simulation, files: SimFS) -> tuple[tuple[Any, ...], dict[str, 
 def _run_shared(token: str, model: str, points: Points) -> dict[int, Any]:
     """Run some crash points of one sweep from one shared run (in a worker process, a Dask worker or
     here); `points` are (index, plan, crash LSN or None, group). I/O faults run on their own."""
-    alone = [p for p in points if p[1][0] in IO_KINDS]
+    alone = [p for p in points if p[1][0] in (*IO_KINDS, "op")]
     if alone:
         rows = _run_alone(token, model, alone)
-        rest = [p for p in points if p[1][0] not in IO_KINDS]
+        rest = [p for p in points if p[1][0] not in (*IO_KINDS, "op")]
         return rows | (_run_shared(token, model, rest) if rest else {})
     base = Simulation.from_token(token, sample_every=0)
     sim = replace(base, model=model)
@@ -441,12 +488,15 @@ def crash_sweep(
     progress: bool | None = None,
     chunk: int | None = None,
     share: bool = True,
+    torn: int | str = 0,
 ) -> pd.DataFrame:
     """Crash `sim`'s run at every point of `points` (under `sim.model`), recover, check, run on.
 
     `executor`: an Executor, or "process" (default: a pool of `workers`), "dask" (a LocalCluster,
     or the scheduler at `scheduler`), "serial" (here). `progress`: a tqdm bar (default: on a TTY).
     `share=False` runs every point from scratch (same rows, slower: the module docstring says why).
+    `torn`: bytes of each file's unsynced tail that a power loss keeps at every point, or "random":
+    a seeded draw in 1..TORN_MAX per point (a torn write ends anywhere in its first sector).
     Column `at` is the plan's position as text (an LSN, a record, a point's name, a time; `offset`
     and `time` are the numbers); `problems` holds each point's violations as JSON ([invariant,
     job, detail] each); `violations(df)` lists them all. `df.attrs` holds `wal_bytes`, `seconds`,
@@ -456,7 +506,7 @@ def crash_sweep(
     t0 = time.perf_counter()
     base = base_run(sim)
     again = replace(sim, crash=None, sample_every=0).run()
-    plans = enumerate_points(base, points, sim.seed)
+    plans = with_torn(enumerate_points(base, points, sim.seed), torn, sim.seed)
     token = replace(sim, crash=None).token()
     never = point_row(again)  # a point the run never reaches: the run without a crash
     results: dict[int, dict[str, Any]] = {}
@@ -622,3 +672,94 @@ def _earliest(df: pd.DataFrame) -> dict[str, Any]:
         "code": CODES[v[0]["invariant"]],
         "name": INVARIANTS[v[0]["invariant"]],
     }
+
+
+# -- crashes during recovery ---------------------------------------------------------------------
+
+RECOVERY_COLUMNS = ["first", "second", "phase", "outcome", "violations", "invariants", "detail"]
+RECOVERY_COLUMNS += ["lives", "truncated", "requeued", "token"]
+
+
+def recovery_points(sim: Simulation, first: CrashPlan) -> list[tuple[str, CrashPlan]]:
+    """Where a second crash can hit the life that recovers from `first`, labelled by phase:
+    `recovery` (each FS call of it: removing a stale .tmp, the torn tail's `.broken` copy, its
+    write, sync, and the truncation), `first-write` (each FS call up to the first WAL fdatasync
+    after recovery, and the end and middle of each record of that write: the REQUEUE and DISPATCH
+    records `start` appends), `checkpoint` (each persistence point of the first checkpoint)."""
+    r = replace(sim, crash=[first], observe=True, sample_every=0).run()
+    if len(r.lives) < 2 or r.lives[1].hook is None:
+        return []
+    life = r.lives[1]
+    hook = life.hook
+    assert hook is not None
+    calls, opened = hook.calls, life.recovery_ops
+
+    def is_wal_sync(op: str, path: str) -> bool:
+        return op == "sync" and _SEGMENT.fullmatch(posixpath.basename(path)) is not None
+
+    synced = next((k + 1 for k in range(opened, len(calls)) if is_wal_sync(*calls[k])), len(calls))
+    out = [("recovery" if k <= opened else "first-write", CrashPlan("op", k)) for k in range(1, synced + 1)]
+    first_write = next(((start, n) for op, start, n in hook.writes if op > opened), None)
+    if first_write is not None:
+        start, n = first_write
+        for _rec, a, b in r.records(1):
+            if start <= a < start + n:
+                out += [("first-write", CrashPlan("lsn", (a + b) // 2)), ("first-write", CrashPlan("lsn", b))]
+    seen = {(name, k) for name, k, _lsn, _t in hook.points}
+    out += [("checkpoint", CrashPlan("point", name, 1)) for name in POINTS if (name, 1) in seen]
+    return out
+
+
+def _recovery_rows(token: str, firsts: list[list[Any]]) -> list[dict[str, Any]]:
+    """The rows of some first crashes: each second crash of `recovery_points`, run from scratch."""
+    sim = Simulation.from_token(token, sample_every=0)
+    rows = []
+    for f in firsts:
+        first = CrashPlan.from_list(f)
+        for phase, second in recovery_points(sim, first):
+            run = replace(sim, crash=[first, second])
+            r = run.run()
+            vs = r.violations
+            crashed = len(r.crashes) == 2
+            rows.append(
+                {
+                    "first": first.describe(),
+                    "second": second.describe(),
+                    "phase": phase,
+                    "outcome": "refused" if r.ending == "refused" else "violation" if vs else "ok",
+                    "violations": len(vs),
+                    "invariants": ",".join(str(i) for i in sorted({v.invariant for v in vs})),
+                    "detail": _detail(vs[0].invariant, vs[0].job, vs[0].detail) if vs else "",
+                    "lives": len(r.lives) if crashed else -len(r.lives),
+                    "truncated": [rec["bytes_truncated"] for rec in r.recoveries],
+                    "requeued": r.lives[1].recovery is not None,
+                    "token": run.token(),
+                }
+            )
+    return rows
+
+
+def recovery_sweep(
+    sim: Simulation,
+    first: str | Sequence[CrashPlan | str],
+    *,
+    executor: Executor | str | None = "serial",
+    workers: int | None = None,
+) -> pd.DataFrame:
+    """Crash, then crash again while recovering from it (`recovery_points`), recover a second time
+    and run on to the end, checking every invariant: one row per pair. `first` names the first
+    crashes as crash_sweep does (a point set or plans). `lives` is 3 when both crashes happened
+    (negative: the second crash was never reached, the run had that many lives); `truncated`
+    lists each recovery's torn bytes cut; `requeued` is False when the second crash came before
+    the storage opened (inside recovery itself)."""
+    base = base_run(sim)
+    firsts = [p.as_list() for p in enumerate_points(base, first, sim.seed)]
+    token = replace(sim, crash=None).token()
+    rows: list[dict[str, Any]] = []
+    with _executor(executor, workers, None) as ex:
+        if ex is None:
+            rows = _recovery_rows(token, firsts)
+        else:
+            for part in ex.map(partial(_recovery_rows, token), [[f] for f in firsts]):
+                rows += part
+    return pd.DataFrame(rows, columns=RECOVERY_COLUMNS)

@@ -170,3 +170,23 @@ def test_an_unacknowledged_batch_may_leave_only_a_prefix_with_exact_payloads() -
     c2 = checker("x", acked=False)
     c2.finished(JobQueue(), fs, "/d/wal")
     assert (8, "x") in found(c2)  # never acknowledged, retries or not
+
+
+def test_an_interval_loss_inside_the_window_is_allowed_and_one_outside_it_is_not() -> None:
+    """`fsync: interval` may lose, on a power loss, the jobs acknowledged at most `window` seconds
+    before it; losing one acknowledged earlier breaks invariant 1."""
+    c = Checker(max_retry=3, token="TOKEN", window=0.05)
+    c.submit([("early", dict(P)), ("late", dict(P))])
+    c.acknowledge(["early"], at=0.2)
+    c.acknowledge(["late"], at=0.96)
+    c.power_loss(1.0)
+    c.recovered(queue(R.enqueue("early", P)), wal_end_lsn=0)
+    assert c.ok and c.lost_in_window == {"late"} and list(c.acked) == ["early"]
+    c.power_loss(1.0)
+    c.recovered(queue(), wal_end_lsn=0)  # `early` was acknowledged 0.8 s before the power loss
+    assert found(c) == {(1, "early")} and c.lost == {"early"}
+    process = Checker(max_retry=3, token="TOKEN", window=0.05)  # no power loss: no window
+    process.submit([("late", dict(P))])
+    process.acknowledge(["late"], at=0.96)
+    process.recovered(queue(), wal_end_lsn=0)
+    assert found(process) == {(1, "late")}
