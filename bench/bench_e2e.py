@@ -81,10 +81,23 @@ def _close(ctl: Controller) -> None:
     ctl.workers.close(timeout=5)  # type: ignore[attr-defined]
 
 
-def run_batched(data_dir: str, n: int, workers: int = WORKERS) -> dict[str, float]:
+def _finish(ctl: Controller, n: int, seconds: float) -> dict[str, Any]:
+    """A run's figures, read from the live controller (bench_peers.py shows `fsync` and `completed`)."""
+    out = {
+        "seconds": seconds,
+        "jobs_per_s": n / seconds,
+        "fsyncs_per_job": ctl.storage.wal.syncs / n,
+        "completed": ctl.counters.completed,
+        "fsync": ctl.storage.wal.fsync,
+    }
+    _close(ctl)
+    return out
+
+
+def run_batched(data_dir: str, n: int, workers: int = WORKERS) -> dict[str, Any]:
     """Enqueue calls of BATCH jobs, one per loop turn, while the pool drains; time to the last ACK."""
 
-    async def go() -> dict[str, float]:
+    async def go() -> dict[str, Any]:
         ctl = await _open(data_dir, workers)
         max_depth = 0
         t0 = time.perf_counter()
@@ -94,22 +107,15 @@ def run_batched(data_dir: str, n: int, workers: int = WORKERS) -> dict[str, floa
             await asyncio.sleep(0)
         await _until_done(ctl, n)
         seconds = time.perf_counter() - t0
-        syncs = ctl.storage.wal.syncs
-        _close(ctl)
-        return {
-            "seconds": seconds,
-            "jobs_per_s": n / seconds,
-            "max_depth": max_depth,
-            "fsyncs_per_job": syncs / n,
-        }
+        return {**_finish(ctl, n, seconds), "max_depth": max_depth}
 
     return asyncio.run(go())
 
 
-def run_one_by_one(data_dir: str, n: int, workers: int = WORKERS) -> dict[str, float]:
+def run_one_by_one(data_dir: str, n: int, workers: int = WORKERS) -> dict[str, Any]:
     """One producer: enqueue one job, wait until it is durable, next; time to the last ACK."""
 
-    async def go() -> dict[str, float]:
+    async def go() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         ctl = await _open(data_dir, workers)
         t0 = time.perf_counter()
@@ -119,9 +125,7 @@ def run_one_by_one(data_dir: str, n: int, workers: int = WORKERS) -> dict[str, f
             await durable
         await _until_done(ctl, n)
         seconds = time.perf_counter() - t0
-        syncs = ctl.storage.wal.syncs
-        _close(ctl)
-        return {"seconds": seconds, "jobs_per_s": n / seconds, "fsyncs_per_job": syncs / n}
+        return _finish(ctl, n, seconds)
 
     return asyncio.run(go())
 
