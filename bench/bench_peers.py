@@ -273,15 +273,17 @@ def run_one(name: str, n: int, d: str, workers: int) -> dict[str, Any]:
     os.makedirs(d)
     cmd = [sys.executable, os.path.abspath(__file__), "--one", name, "--jobs", str(n), "--dir", d]
     cmd += ["--workers", str(workers)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=DEADLINE + 120)
+        stdout, stderr = p.communicate(timeout=DEADLINE + 120)
     except subprocess.TimeoutExpired:
         return {"error": f"no answer after {DEADLINE + 120:.0f} s"}
     finally:
+        _stop(p)  # on a timeout or when we are stopped: its own finally stops its server and workers
         shutil.rmtree(d, ignore_errors=True)
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
-        return {"error": (p.stderr or p.stdout).strip().splitlines()[-1:] or f"exit {p.returncode}"}
+        return {"error": (stderr or stdout).strip().splitlines()[-1:] or f"exit {p.returncode}"}
     return json.loads(lines[-1])
 
 
@@ -382,4 +384,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM unwinds like SIGINT, so the finally blocks stop every process a run started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())
