@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_e2e.py [--jobs 1000,100000] [--pq-jobs 1000,10000] [--repeat 3]
                                         [--samples 2000] [--dir DIR] [--profile N] [--workers 8]
+                                        [--breakdown N]
 
 1. Durable throughput: enqueue -> dispatch -> `noop` handler -> ACK with fsync `always` on real files
    (RealFS in a temporary directory), the Controller on a RealClock (asyncio) and 8 worker threads
@@ -16,6 +17,8 @@
    to the handler starting in its worker thread (ENQUEUE + DISPATCH made durable by one fdatasync,
    then the hand-off to the pool); also enqueue to the durable acknowledgement. p50 / p99.
 3. `--profile N`: cProfile of one batched run of N jobs, top functions by own time.
+4. `--breakdown N`: where the loop thread's wall time goes, per job, in one one-by-one and one
+   batched run of N jobs: fdatasync, blocked in the selector, loop turns, and the rest (Python).
 
 Rounds interleave the contenders, so a busy neighbour slows them all alike; each figure is the best
 of `--repeat` rounds. Prints JSON, then a markdown table."""
@@ -30,12 +33,14 @@ import json
 import os
 import platform
 import pstats
+import selectors
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -62,10 +67,67 @@ def payload(i: int) -> dict[str, Any]:
     return {"type": "noop", "value": i}
 
 
-async def _open(data_dir: str, workers: int, handlers: dict[str, Any] | None = None) -> Controller:
+@dataclass
+class Breakdown:
+    """Where the loop thread's wall time goes in a run (cProfile cannot say: it counts no time
+    blocked in fdatasync or epoll). fdatasync through the WAL's own `on_sync` hook; loop turns and
+    the time blocked in the selector (waiting for a worker's result) through a counting selector."""
+
+    fsync_s: float = 0.0
+    fsyncs: int = 0
+    select_s: float = 0.0
+    turns: int = 0
+
+    def on_sync(self, seconds: float) -> None:
+        self.fsync_s += seconds
+        self.fsyncs += 1
+
+    def restart(self) -> None:
+        self.fsync_s = self.select_s = 0.0
+        self.fsyncs = self.turns = 0
+
+    def per_job(self, n: int, seconds: float) -> dict[str, float]:
+        rest = seconds - self.fsync_s - self.select_s
+        return {
+            "us_per_job": seconds / n * 1e6,
+            "fdatasync_us_per_job": self.fsync_s / n * 1e6,
+            "us_per_fdatasync": self.fsync_s / max(1, self.fsyncs) * 1e6,
+            "selector_wait_us_per_job": self.select_s / n * 1e6,
+            "loop_turns_per_job": self.turns / n,
+            "python_us_per_job": rest / n * 1e6,
+        }
+
+
+class _CountingSelector(selectors.DefaultSelector):
+    def __init__(self, breakdown: Breakdown) -> None:
+        super().__init__()
+        self.breakdown = breakdown
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        t0 = time.perf_counter()
+        try:
+            return super().select(timeout)
+        finally:
+            self.breakdown.select_s += time.perf_counter() - t0
+            self.breakdown.turns += 1
+
+
+def _run(go: Callable[[], Any], breakdown: Breakdown | None) -> Any:
+    """asyncio.run(go()), on a loop whose selector counts turns when `breakdown` is given."""
+    if breakdown is None:
+        return asyncio.run(go())
+    factory = partial(asyncio.SelectorEventLoop, _CountingSelector(breakdown))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(go())
+
+
+async def _open(
+    data_dir: str, workers: int, handlers: dict[str, Any] | None = None, breakdown: Breakdown | None = None
+) -> Controller:
     loop = asyncio.get_running_loop()
     config = config_for(data_dir, workers)
-    storage = Storage.from_config(RealFS(), config)
+    hooks = {} if breakdown is None else {"timer": time.perf_counter, "on_sync": breakdown.on_sync}
+    storage = Storage.from_config(RealFS(), config, **hooks)
     ctl = Controller(config, RealClock(loop), storage, PoolWorkers(loop, config, handlers))
     ctl.start()
     return ctl
@@ -81,12 +143,30 @@ def _close(ctl: Controller) -> None:
     ctl.workers.close(timeout=5)  # type: ignore[attr-defined]
 
 
-def run_batched(data_dir: str, n: int, workers: int = WORKERS) -> dict[str, float]:
+def _finish(ctl: Controller, n: int, seconds: float, breakdown: Breakdown | None) -> dict[str, Any]:
+    """A run's figures, read from the live controller (bench_peers.py shows `fsync` and `completed`)."""
+    out: dict[str, Any] = {} if breakdown is None else breakdown.per_job(n, seconds)
+    out |= {
+        "seconds": seconds,
+        "jobs_per_s": n / seconds,
+        "fsyncs_per_job": ctl.storage.wal.syncs / n,
+        "completed": ctl.counters.completed,
+        "fsync": ctl.storage.wal.fsync,
+    }
+    _close(ctl)
+    return out
+
+
+def run_batched(
+    data_dir: str, n: int, workers: int = WORKERS, breakdown: Breakdown | None = None
+) -> dict[str, Any]:
     """Enqueue calls of BATCH jobs, one per loop turn, while the pool drains; time to the last ACK."""
 
-    async def go() -> dict[str, float]:
-        ctl = await _open(data_dir, workers)
+    async def go() -> dict[str, Any]:
+        ctl = await _open(data_dir, workers, breakdown=breakdown)
         max_depth = 0
+        if breakdown:
+            breakdown.restart()
         t0 = time.perf_counter()
         for start in range(0, n, BATCH):
             ctl.enqueue((f"j{i}", payload(i)) for i in range(start, min(n, start + BATCH)))
@@ -94,24 +174,21 @@ def run_batched(data_dir: str, n: int, workers: int = WORKERS) -> dict[str, floa
             await asyncio.sleep(0)
         await _until_done(ctl, n)
         seconds = time.perf_counter() - t0
-        syncs = ctl.storage.wal.syncs
-        _close(ctl)
-        return {
-            "seconds": seconds,
-            "jobs_per_s": n / seconds,
-            "max_depth": max_depth,
-            "fsyncs_per_job": syncs / n,
-        }
+        return {**_finish(ctl, n, seconds, breakdown), "max_depth": max_depth}
 
-    return asyncio.run(go())
+    return _run(go, breakdown)
 
 
-def run_one_by_one(data_dir: str, n: int, workers: int = WORKERS) -> dict[str, float]:
+def run_one_by_one(
+    data_dir: str, n: int, workers: int = WORKERS, breakdown: Breakdown | None = None
+) -> dict[str, Any]:
     """One producer: enqueue one job, wait until it is durable, next; time to the last ACK."""
 
-    async def go() -> dict[str, float]:
+    async def go() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        ctl = await _open(data_dir, workers)
+        ctl = await _open(data_dir, workers, breakdown=breakdown)
+        if breakdown:
+            breakdown.restart()
         t0 = time.perf_counter()
         for i in range(n):
             durable = loop.create_future()
@@ -119,11 +196,9 @@ def run_one_by_one(data_dir: str, n: int, workers: int = WORKERS) -> dict[str, f
             await durable
         await _until_done(ctl, n)
         seconds = time.perf_counter() - t0
-        syncs = ctl.storage.wal.syncs
-        _close(ctl)
-        return {"seconds": seconds, "jobs_per_s": n / seconds, "fsyncs_per_job": syncs / n}
+        return _finish(ctl, n, seconds, breakdown)
 
-    return asyncio.run(go())
+    return _run(go, breakdown)
 
 
 def run_pqueue(directory: str, n: int) -> dict[str, float]:
@@ -183,6 +258,14 @@ def profile(root: str, n: int, workers: int) -> str:
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
     return out.getvalue()
+
+
+def breakdowns(root: str, n: int, workers: int) -> dict[str, dict[str, float]]:
+    """One one-by-one and one batched run of n jobs, each with its Breakdown."""
+    return {
+        "one_by_one": run_one_by_one(fresh(root, "bd-one"), n, workers, Breakdown()),
+        "batched": run_batched(fresh(root, "bd-batched"), n, workers, Breakdown()),
+    }
 
 
 def fresh(root: str, name: str) -> str:
@@ -245,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=2000, help="latency samples")
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
     ap.add_argument("--profile", type=int, default=0, help="also profile one batched run of N jobs")
+    ap.add_argument("--breakdown", type=int, default=0, help="also break down the loop's time, N jobs")
     ap.add_argument("--workers", type=int, default=WORKERS, help="worker_count (jobs per fsync at most)")
     args = ap.parse_args(argv)
     batched = partial(run_batched, workers=args.workers)
@@ -274,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(res, indent=2))
         print()
         print(table(res))
+        if args.breakdown:
+            print()
+            print(json.dumps(breakdowns(root, args.breakdown, args.workers), indent=2))
         if args.profile:
             print()
             print(profile(root, args.profile, args.workers))

@@ -10,6 +10,11 @@
    commit: k appends, then one flush = one write + one fdatasync), against one os.write + fdatasync
    per record. Target: >= 10x the per-record fsync rate at 64.
 
+3. Preallocated segments (a prototype, not the WAL): one write + fdatasync per record, appended to
+   a growing file, against the same writes made with pwrite into a file whose blocks exist already:
+   `fallocate`d (posix_fallocate: unwritten extents) or pre-zeroed (written with zeros and synced
+   first, as PostgreSQL makes its WAL files). Set-up is not timed; zeroing is reported in MB/s.
+
 Every figure is the best of `--repeat` rounds; a round runs each contender once, interleaved.
 Prints the figures as JSON, then a markdown table."""
 
@@ -20,6 +25,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -194,6 +200,75 @@ def bench_appends(root: str, repeat: int, fsyncs: int) -> dict[str, Any]:
     return out
 
 
+PREALLOC_MODES = ("appended", "fallocated", "pre-zeroed")
+
+
+def _prealloc_file(path: str, mode: str, size: int) -> tuple[int, float]:
+    """Open `path` for the prototype (untimed set-up); (fd, seconds spent zeroing)."""
+    if mode == "appended":
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), 0.0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    t0 = time.perf_counter()
+    if mode == "fallocated":
+        os.posix_fallocate(fd, 0, size)
+    else:
+        zeros = bytes(1 << 20)
+        for _ in range(size >> 20):
+            os.write(fd, zeros)
+    os.fsync(fd)  # the size and the allocation are durable before the first record
+    return fd, time.perf_counter() - t0
+
+
+def prealloc_syncs(path: str, mode: str, n: int) -> tuple[float, float]:
+    """n records, each one write + one fdatasync, the way `mode` lays them out; (timed seconds,
+    zeroing seconds). Appended: O_APPEND grows the file, so each fdatasync also commits the new
+    size. Otherwise: pwrite at the next offset of a file that is already `size` bytes."""
+    lines = []
+    for i in range(n):
+        body = orjson.dumps({**R.enqueue(f"job-{i}", payload(i)), "seq": i + 1})
+        lines.append(b"%08x %d %s\n" % (crc32c(body), len(body), body))
+    size = (sum(map(len, lines)) >> 20) + 1 << 20
+    fd, zeroing = _prealloc_file(path, mode, size)
+    try:
+        offset = 0
+        t0 = time.perf_counter()
+        if mode == "appended":
+            for line in lines:
+                os.write(fd, line)
+                _fdatasync(fd)
+        else:
+            for line in lines:
+                offset += os.pwrite(fd, line, offset)
+                _fdatasync(fd)
+        return time.perf_counter() - t0, zeroing
+    finally:
+        os.close(fd)
+
+
+def bench_prealloc(root: str, repeat: int, fsyncs: int) -> dict[str, Any]:
+    times: dict[str, list[float]] = {mode: [] for mode in PREALLOC_MODES}
+    zero_rates: list[float] = []
+    for r in range(repeat):
+        for mode in PREALLOC_MODES:
+            path = os.path.join(root, f"prealloc-{mode}-{r}.log")
+            secs, zeroing = prealloc_syncs(path, mode, fsyncs)
+            times[mode].append(secs)
+            if mode == "pre-zeroed":
+                zero_rates.append(os.path.getsize(path) / zeroing / 1e6)
+            os.remove(path)
+    out: dict[str, Any] = {"fsyncs_per_run": fsyncs, "zeroing_mb_per_s": round(statistics.median(zero_rates))}
+    base = fsyncs / min(times["appended"])
+    for mode in PREALLOC_MODES:
+        best_rate, median_rate = fsyncs / min(times[mode]), fsyncs / statistics.median(times[mode])
+        out[mode] = {
+            "syncs_per_s": round(best_rate),
+            "syncs_per_s_median": round(median_rate),
+            "ms_per_sync": round(1000 / best_rate, 3),
+            "x_appended": round(best_rate / base, 2),
+        }
+    return out
+
+
 def machine() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
@@ -222,6 +297,18 @@ def table(res: dict[str, Any]) -> str:
             f"| Durable append, fsync=always, {k} per flush "
             f"| {g['records_per_s']:,} | {g['x_per_record_fsync']}x | {target} | {met} |"
         )
+    p = res["prealloc"]
+    rows += [
+        "",
+        "| One write + fdatasync per record | syncs/s (best) | median | ms/sync | vs appended |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for mode in PREALLOC_MODES:
+        m = p[mode]
+        rows.append(
+            f"| {mode} | {m['syncs_per_s']:,} | {m['syncs_per_s_median']:,} | {m['ms_per_sync']} "
+            f"| {m['x_appended']}x |"
+        )
     return "\n".join(rows)
 
 
@@ -240,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine(),
             "replay": bench_replay(root, args.records, args.repeat),
             "appends": bench_appends(root, args.repeat, args.fsyncs),
+            "prealloc": bench_prealloc(root, args.repeat, args.fsyncs),
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
