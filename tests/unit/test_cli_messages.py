@@ -79,11 +79,11 @@ def test_a_process_crash_counts_the_enqueues_found_in_the_log(capsys: pytest.Cap
 
 def test_simulated_paths_say_sim(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(
-        capsys, "sim", "--jobs", "20", "--mutant", "no-fsync", "--crash-at-time", "1", "--crash-model",
-        "power-loss",
+        capsys, "sim", "--jobs", "20", "--mutant", "seq-reset-on-rotation", "--crash-at-time", "1",
+        "--snapshot-interval", "0.2", "--crash-model", "power-loss",
     )  # fmt: skip
-    assert code == 1 and "sim:/run/wal/wal-" in out and "./data" not in out
-    assert "as expected of the mutant no-fsync" in out
+    assert code == 1 and "sim:/run/wal/wal-" in out and "./data" not in out  # the refusal names the file
+    assert "as expected of the mutant seq-reset-on-rotation" in out
 
 
 @pytest.mark.parametrize(
