@@ -106,16 +106,21 @@ def timeline(
     start: str = "start",
     duration: str = "duration",
     outcome: str = "outcome",
+    label: str | None = None,
     ax: Axes | None = None,
     title: str | None = None,
 ) -> Axes:
     """One bar per attempt on its worker's row over virtual time, colored by outcome: shows dispatch,
-    retries and attempts that ran past their timeout."""
+    retries and attempts that ran past their timeout. `label` names a column written on each bar
+    (e.g. the job), so that one job's retries can be followed from worker to worker."""
     ax = _axes(ax, title)
     colors = outcome_colors(attempts[outcome].astype(str))
     for (w, o), rows in attempts.groupby([worker, outcome], sort=True):
         spans = list(zip(rows[start], rows[duration]))
         ax.broken_barh(spans, (w - 0.4, 0.8), color=colors[str(o)], edgecolor="white", linewidth=0.5)
+    if label is not None:
+        for s, d, w, text in zip(attempts[start], attempts[duration], attempts[worker], attempts[label]):
+            ax.text(s + d / 2, w, str(text), ha="center", va="center", fontsize=6, clip_on=True)
     ax.set_yticks(sorted(attempts[worker].unique()))
     ax.set_xlabel("virtual time (s)")
     ax.set_ylabel("worker (number)")
