@@ -19,7 +19,7 @@ def close_figures() -> Iterator[None]:
 
 def test_axis_labels_name_units() -> None:
     assert plots.axis_label("crash time") == "crash time (virtual s)"
-    assert plots.axis_label("offset") == "crash offset (WAL bytes, LSN)"
+    assert plots.axis_label("offset") == "WAL offset (bytes)"
     assert plots.axis_label("records_replayed") == "records replayed (count)"
     assert plots.axis_label("something_else") == "something else"
 
@@ -31,7 +31,7 @@ def test_each_helper_labels_its_axes_with_units() -> None:
     ax = plots.timeline(attempts)
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("virtual time (s)", "worker (number)")
     sweep = pd.DataFrame({"offset": [10, 20], "outcome": ["ok", "ok"], "model": ["process", "power-loss"]})
-    assert plots.outcome_map(sweep, by="model").get_xlabel() == "crash offset (WAL bytes, LSN)"
+    assert plots.outcome_map(sweep, by="model").get_xlabel() == "WAL offset (bytes)"
     rec = pd.DataFrame({"crash time": [0.5, 1.0], "records_replayed": [10, 20], "model ms": [0.1, 0.2]})
     ax = plots.recovery_time(rec, x="crash time", y="records_replayed")
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("crash time (virtual s)", "records replayed (count)")
