@@ -44,3 +44,15 @@ def test_each_helper_labels_its_axes_with_units() -> None:
     ax = plots.rates(by, ys=["retries per job", "dead fraction"])
     assert ax.get_xlabel() == "failure rate (fraction of attempts)"
     assert ax.get_ylabel() == "retries per job, dead fraction"
+
+
+def test_outcome_map_marks_and_timeline_labels_are_drawn() -> None:
+    sweep = pd.DataFrame({"offset": [10, 20, 30], "outcome": ["ok", "violation", "ok"]})
+    ax = plots.outcome_map(sweep, marks={"first acknowledgement": [15], "snapshot": [25, 28]})
+    assert sorted(line.get_xdata()[0] for line in ax.lines) == [15, 25, 28]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["first acknowledgement", "snapshot"]
+    attempts = pd.DataFrame(
+        {"worker": [0, 0], "start": [0.0, 0.3], "duration": [0.2, 0.3], "outcome": ["failed", "completed"]}
+    )
+    ax = plots.timeline(attempts.assign(job=["a", "a"]), label="job")
+    assert [t.get_text() for t in ax.texts] == ["a", "a"]
