@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 # One color per outcome, the same in every notebook; unknown outcomes get the next tab10 color.
@@ -58,8 +59,8 @@ def setup_notebook(seed: int = 0) -> None:
 
 
 AXIS_LABELS = {  # column -> axis label with its unit; other columns: the name, underscores as spaces
-    "offset": "crash offset (WAL bytes, LSN)",
-    "lsn": "crash offset (WAL bytes, LSN)",
+    "offset": "WAL offset (bytes)",
+    "lsn": "WAL offset (bytes)",
     "record": "crash after record (seq)",
     "time": "crash time (virtual s)",
     "crash time": "crash time (virtual s)",
@@ -106,16 +107,21 @@ def timeline(
     start: str = "start",
     duration: str = "duration",
     outcome: str = "outcome",
+    label: str | None = None,
     ax: Axes | None = None,
     title: str | None = None,
 ) -> Axes:
     """One bar per attempt on its worker's row over virtual time, colored by outcome: shows dispatch,
-    retries and attempts that ran past their timeout."""
+    retries and attempts that ran past their timeout. `label` names a column written on each bar
+    (e.g. the job), so that one job's retries can be followed from worker to worker."""
     ax = _axes(ax, title)
     colors = outcome_colors(attempts[outcome].astype(str))
     for (w, o), rows in attempts.groupby([worker, outcome], sort=True):
         spans = list(zip(rows[start], rows[duration]))
         ax.broken_barh(spans, (w - 0.4, 0.8), color=colors[str(o)], edgecolor="white", linewidth=0.5)
+    if label is not None:
+        for s, d, w, text in zip(attempts[start], attempts[duration], attempts[worker], attempts[label]):
+            ax.text(s + d / 2, w, str(text), ha="center", va="center", fontsize=6, clip_on=True)
     ax.set_yticks(sorted(attempts[worker].unique()))
     ax.set_xlabel("virtual time (s)")
     ax.set_ylabel("worker (number)")
@@ -163,11 +169,14 @@ def outcome_map(
     x: str = "offset",
     outcome: str = "outcome",
     by: str | None = None,
+    marks: dict[str, Sequence[float]] | None = None,
     ax: Axes | None = None,
     title: str | None = None,
 ) -> Axes:
     """Outcomes of a crash sweep along the crash position (a WAL offset, a record index), one strip per
-    value of `by` (e.g. the crash model): where along the log each design loses or keeps data."""
+    value of `by` (e.g. the crash model): where along the log each design loses or keeps data.
+    `marks` draws labelled vertical lines (the first acknowledgement, snapshots, segment rotations),
+    so the reader can see which event turns an outcome on or off."""
     ax = _axes(ax, title)
     groups = list(dict.fromkeys(df[by])) if by else [None]
     colors = outcome_colors(df[outcome].astype(str))
@@ -180,6 +189,16 @@ def outcome_map(
     ax.set_xlabel(axis_label(x))
     ax.grid(axis="y", visible=False)
     _legend(ax, colors, outcome)
+    if marks:
+        styles = iter(zip(mpl.colormaps["Dark2"].colors, ("--", ":", "-.", (0, (5, 1)))))  # type: ignore[attr-defined]
+        handles = []
+        for name, xs in marks.items():
+            color, style = next(styles)
+            for at in xs:
+                ax.axvline(at, color=color, linestyle=style, linewidth=1)
+            handles.append(Line2D([], [], color=color, linestyle=style, label=name))
+        ax.add_artist(ax.get_legend())
+        ax.legend(handles=handles, title="marks", loc="lower left", bbox_to_anchor=(1.0, 0.0))
     return ax
 
 

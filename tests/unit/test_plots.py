@@ -19,7 +19,7 @@ def close_figures() -> Iterator[None]:
 
 def test_axis_labels_name_units() -> None:
     assert plots.axis_label("crash time") == "crash time (virtual s)"
-    assert plots.axis_label("offset") == "crash offset (WAL bytes, LSN)"
+    assert plots.axis_label("offset") == "WAL offset (bytes)"
     assert plots.axis_label("records_replayed") == "records replayed (count)"
     assert plots.axis_label("something_else") == "something else"
 
@@ -31,7 +31,7 @@ def test_each_helper_labels_its_axes_with_units() -> None:
     ax = plots.timeline(attempts)
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("virtual time (s)", "worker (number)")
     sweep = pd.DataFrame({"offset": [10, 20], "outcome": ["ok", "ok"], "model": ["process", "power-loss"]})
-    assert plots.outcome_map(sweep, by="model").get_xlabel() == "crash offset (WAL bytes, LSN)"
+    assert plots.outcome_map(sweep, by="model").get_xlabel() == "WAL offset (bytes)"
     rec = pd.DataFrame({"crash time": [0.5, 1.0], "records_replayed": [10, 20], "model ms": [0.1, 0.2]})
     ax = plots.recovery_time(rec, x="crash time", y="records_replayed")
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("crash time (virtual s)", "records replayed (count)")
@@ -44,3 +44,15 @@ def test_each_helper_labels_its_axes_with_units() -> None:
     ax = plots.rates(by, ys=["retries per job", "dead fraction"])
     assert ax.get_xlabel() == "failure rate (fraction of attempts)"
     assert ax.get_ylabel() == "retries per job, dead fraction"
+
+
+def test_outcome_map_marks_and_timeline_labels_are_drawn() -> None:
+    sweep = pd.DataFrame({"offset": [10, 20, 30], "outcome": ["ok", "violation", "ok"]})
+    ax = plots.outcome_map(sweep, marks={"first acknowledgement": [15], "snapshot": [25, 28]})
+    assert sorted(line.get_xdata()[0] for line in ax.lines) == [15, 25, 28]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["first acknowledgement", "snapshot"]
+    attempts = pd.DataFrame(
+        {"worker": [0, 0], "start": [0.0, 0.3], "duration": [0.2, 0.3], "outcome": ["failed", "completed"]}
+    )
+    ax = plots.timeline(attempts.assign(job=["a", "a"]), label="job")
+    assert [t.get_text() for t in ax.texts] == ["a", "a"]
