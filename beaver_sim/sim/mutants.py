@@ -7,8 +7,8 @@ that answers the seed's learning checkpoints (1 concurrency control, 2 WAL check
 3 snapshot atomicity, 4 timeouts and infinite retries, 5 idempotent replay, 6 recovery guarantees)
 and proves the checker sees what it claims to. `Mutant.catch` is a sweep setting that shows each one.
 
-Checkpoint 1 needs no mutant: the controller runs every event on one thread (docs/architecture.md),
-so there is no lock to forget."""
+The controller runs every event on one thread (docs/architecture.md), so checkpoint 1's mutant
+plays the interleaving that a lock forgotten around the WAL append would allow."""
 
 from __future__ import annotations
 
@@ -29,6 +29,43 @@ from beaver_sim.storage.snapshot import SnapshotStore
 from beaver_sim.storage.wal import WriteAheadLog, frame, list_segments
 
 Apply = Callable[[JobQueue, R.Record], None]
+
+
+# -- checkpoint 1: concurrency control ----------------------------------------------------------
+
+
+class AppendOutsideLockController(Controller):
+    """Checkpoint 1 (which operations must take the lock?): each state change is made at once, as
+    under the seed's mutex, but its WAL append is left outside the critical section, as the seed's
+    dispatchLoop appended DISPATCH. Two callers of one turn then race to the log, and the second
+    wins: of each pair of records logged between two flushes, the later one is appended first.
+    The live state stays valid; replay applies the log in an order the process never lived, so it
+    rebuilds another FIFO order (silently) and refuses once a dispatch no longer finds its job
+    at the head of the queue."""
+
+    _held: R.Record | None = None  # applied; its caller has not reached the log yet
+
+    def _log(self, rec: R.Record) -> None:
+        R.APPLY[rec["type"]](self.state, rec)  # under the lock: seq is only known once appended
+        held, self._held = self._held, None
+        if held is None:
+            self._held = rec
+        else:
+            self._append(rec)
+            self._append(held)
+        if self._flush_handle is None:
+            self._flush_handle = self.clock.call_later(0, self._flush)
+        if self._snapshot_handle is None and self.config.snapshot_interval > 0:
+            self._snapshot_handle = self.clock.call_later(self.config.snapshot_interval, self._snapshot)
+
+    def _append(self, rec: R.Record) -> None:
+        self.state.last_seq = max(self.state.last_seq, self.storage.wal.append(rec))
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:  # a caller alone in its turn reaches the log before the flush
+            self._append(held)
+        super()._flush()
 
 
 # -- checkpoint 2: fsync and checksums -----------------------------------------------------------
@@ -278,6 +315,12 @@ _QUICK_SNAPSHOTS = {"snapshot_interval": 0.3, "snapshot_log_ratio": 0.5}
 MUTANTS: dict[str, Mutant] = {
     m.name: m
     for m in (
+        Mutant(
+            "append-outside-lock",
+            1,
+            controller_cls=AppendOutsideLockController,
+            catch={"model": "process", "points": "records"},
+        ),
         Mutant("no-fsync", 2, fs_cls=NoFsyncFS, catch={"model": "power-loss", "points": "records"}),
         Mutant(
             "interval-without-sync",

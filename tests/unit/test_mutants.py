@@ -15,6 +15,7 @@ from beaver_sim.sim.sweep import crash_sweep, failing, violations
 JOBS = 30
 SEEDS = (11, 12, 13)
 EXPECTED = {  # the invariant that catches each mutant on every seed, and how it says so
+    "append-outside-lock": (6, "recovery refused to start: .*not at the head of the queue"),
     "no-fsync": (1, "acknowledged, but missing after recovery"),
     "interval-without-sync": (1, "acknowledged, but missing after recovery"),
     "no-dir-fsync": (1, "missing after recovery"),
@@ -61,10 +62,10 @@ def test_no_fsync_loses_acknowledged_jobs_before_any_refusal() -> None:
 def test_each_mutant_says_which_checkpoint_it_illustrates() -> None:
     assert set(EXPECTED) == set(mutants.MUTANTS)
     for name, m in mutants.MUTANTS.items():
-        assert f"Checkpoint {m.checkpoint}" in m.doc and 2 <= m.checkpoint <= 6, name
-    assert {m.checkpoint for m in mutants.MUTANTS.values()} == {2, 3, 4, 5, 6}
+        assert f"Checkpoint {m.checkpoint}" in m.doc and 1 <= m.checkpoint <= 6, name
+    assert {m.checkpoint for m in mutants.MUTANTS.values()} == {1, 2, 3, 4, 5, 6}
     assert mutants.get(None) is None and mutants.get("none") is None
-    with pytest.raises(BeaverError, match="known: no-fsync"):
+    with pytest.raises(BeaverError, match="known: append-outside-lock, no-fsync"):
         mutants.get("no-such-mutant")
 
 
