@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 SECOND_SETS: dict[str, dict[str, Any]] = {
     "00-tour": {"SEED": 7, "JOBS": 7, "WORKERS": 2, "CRASH_TIME": 0.05},
     "01-queue": {"SEED": 3, "JOBS": 12, "WORKERS": 2},
-    "02-wal": {"SEED": 7, "JOBS": 12, "CRASH_TIMES": [0.02, 0.6]},
+    "02-wal": {"SEED": 7, "JOBS": 12, "CRASH_TIMES": [0.02, 0.6], "RATE": 1000.0, "TIMELINE_CRASH": 0.03},
     "03-snapshots": {"JOBS": 7, "CHECKPOINT_EVERY": 5},
     "04-controller": {"SEED": 7, "JOBS": 8, "WORKERS": 2, "TASK_TIMEOUT": 0.3, "CRASH_TIME": 0.9},
     "05-crash-injection": {
