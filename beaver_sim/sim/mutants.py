@@ -203,7 +203,11 @@ class FreeSlotAtTimeoutController(Controller):
 
 
 class ReplayWholeLogWAL(WriteAheadLog):
-    """The seed's Replay reads its whole file, records the snapshot already covers included."""
+    """Checkpoint 5 (how does replay avoid re-running completed jobs?): first, by replaying only
+    what the snapshot does not cover. The seed's Replay read its whole file, so here every segment
+    still on disk is replayed over the snapshot, covered records included. Our `apply` refuses a
+    record whose seq the state has passed, so recovery refuses to start once a snapshot has been
+    taken: safe, but down."""
 
     @classmethod
     def open(
@@ -216,11 +220,12 @@ class ReplayWholeLogWAL(WriteAheadLog):
 
 
 def replay_without_completed_check(q: JobQueue, r: R.Record) -> None:
-    """Checkpoint 5 (how does replay avoid re-running completed jobs?): recovery replays the whole
-    log over the snapshot, and a replayed FAIL / TIMEOUT / REQUEUE puts the job back in the pending
-    list without checking whether it has completed since, as the seed's replay handler did; records
-    that do not fit the job's state are skipped, as the seed's queue methods did. A job that failed
-    once and then completed runs again after every recovery."""
+    """Checkpoint 5 (how does replay avoid re-running completed jobs?): the whole-log replay of
+    `replay-whole-log`, with one change: the seed's replay handler instead of our `apply`. A
+    replayed FAIL / TIMEOUT / REQUEUE puts the job back in the pending list without checking
+    whether it has completed since, and records that do not fit the job's state are skipped, as the
+    seed's queue methods did. Recovery now starts, and a job that failed once and then completed
+    runs again after every recovery."""
     job = q.jobs.get(r["job"])
     if r["type"] in (R.FAIL, R.TIMEOUT, R.REQUEUE) and job is not None:
         if job.status is not JobStatus.PENDING:
@@ -305,10 +310,11 @@ class Mutant:
 
     @property
     def doc(self) -> str:
-        """The docstring of the piece that breaks the design (the one that names its checkpoint)."""
+        """The docstring of the piece that breaks the design (the one that names its checkpoint; of a
+        mutant built on another, the last piece, its own change)."""
         parts = (self.fs_cls, self.wal_cls, self.snapshot_cls, self.controller_cls, self.apply_fn)
         docs = [" ".join((p.__doc__ or "").split()) for p in parts]
-        return next((d for d in docs if d.startswith("Checkpoint")), "")
+        return next((d for d in reversed(docs) if d.startswith("Checkpoint")), "")
 
 
 _QUICK_SNAPSHOTS = {"snapshot_interval": 0.3, "snapshot_log_ratio": 0.5}
@@ -336,6 +342,12 @@ MUTANTS: dict[str, Mutant] = {
             catch={"model": "power-loss", "points": "marks", "config": _QUICK_SNAPSHOTS},
         ),
         Mutant("no-checksum", 2, wal_cls=NoChecksumWAL, catch={"model": "process", "points": "records"}),
+        Mutant(
+            "replay-whole-log",
+            5,
+            wal_cls=ReplayWholeLogWAL,
+            catch={"model": "process", "points": "records", "config": _QUICK_SNAPSHOTS},
+        ),
         Mutant(
             "replay-without-completed-check",
             5,

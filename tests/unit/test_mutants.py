@@ -21,6 +21,7 @@ EXPECTED = {  # the invariant that catches each mutant on every seed, and how it
     "no-dir-fsync": (1, "missing after recovery"),
     "snapshot-in-place": (6, "records 1..\\d+ are missing"),
     "no-checksum": (5, "checksum mismatch"),
+    "replay-whole-log": (6, "recovery refused to start: .*record seq \\d+ is not after the state's last seq"),
     "replay-without-completed-check": (3, "its ACK was durable, but after recovery it is pending"),
     "timeouts-without-retry-limit": (4, "max_retry is 3"),
     "seq-reset-on-rotation": (5, "seq 1 where \\d+ was expected"),
