@@ -60,15 +60,24 @@ class Service:
     # -- life cycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Lock, recover, open the metrics server and the control socket, start the controller.
-        The controller starts last, so a server that cannot start leaves the log as it was."""
+        """Open the metrics port, lock, recover, open the control socket, start the controller. A
+        port in use fails before the data directory is created; the controller starts last, so a
+        server that cannot start leaves the log as it was."""
         self.loop = loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._stop = asyncio.Event()
         loop.set_exception_handler(self._on_loop_error)
         self.workers = PoolWorkers(loop, self.config, self.handlers)  # a bad handler fails before the lock
         sock = socket_path(self.config.data_dir) if self.control_socket else ""
-        self.lock.acquire()
+        try:  # what can fail without touching the data directory fails first: the port, the lock
+            if self.serve_metrics:
+                self.metrics_server = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
+            self.lock.acquire()
+        except BaseException:
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+            self.workers.close(timeout=0)
+            raise
         storage = None
         try:
             storage = Storage.from_config(
@@ -76,8 +85,6 @@ class Service:
             )
             self.controller = Controller(self.config, RealClock(loop), storage, self.workers)
             self.metrics.attach(self.sample)
-            if self.serve_metrics:
-                self.metrics_server = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
             if sock:
                 self.control = ControlServer(sock, self._answer)
                 await self.control.start()
