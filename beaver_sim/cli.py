@@ -24,11 +24,11 @@ from typing import Any, NoReturn
 import orjson
 
 from beaver_sim.config import load_config
+from beaver_sim.core.recovery import Inspection, RepairPlan, apply_repair, inspect, plan_repair
 from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.runtime.lock import DataDirLock
 from beaver_sim.runtime.service import Job, Service, enqueue, read_state, status_of
 from beaver_sim.storage.fs import RealFS
-from beaver_sim.storage.recovery import Inspection, RepairPlan, apply_repair, inspect, plan_repair
 
 try:
     from beaver_sim.sim.cli import register as register_sim

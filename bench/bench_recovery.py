@@ -34,10 +34,10 @@ from collections.abc import Callable
 from typing import Any
 
 from beaver_sim.core import records as R
-from beaver_sim.core.queue import JobQueue
+from beaver_sim.core.queue import SCHEMA_VERSION, JobQueue
+from beaver_sim.core.recovery import Storage, state_body
 from beaver_sim.core.types import Job, JobStatus, Lease
 from beaver_sim.storage.fs import RealFS
-from beaver_sim.storage.recovery import Storage
 from beaver_sim.storage.snapshot import SnapshotStore
 from beaver_sim.storage.wal import header_line, segment_name
 
@@ -101,7 +101,7 @@ def build(
     """Snapshot of `big_queue(n_jobs)`, the WAL segment after it, then `n_records` live records."""
     fs = RealFS()
     q = big_queue(n_jobs, payload)
-    SnapshotStore(fs, posixpath.join(data_dir, "snap")).save(q)
+    SnapshotStore(fs, posixpath.join(data_dir, "snap")).save(q.last_seq, SCHEMA_VERSION, state_body(q))
     wal_dir = posixpath.join(data_dir, "wal")
     fs.makedirs(wal_dir)
     # the log up to the snapshot was compacted away: the live segment starts at the next seq

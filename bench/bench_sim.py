@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from beaver_sim.core.controller import Controller
+from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import Config
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.experiment import Simulation, Workload
@@ -43,7 +44,6 @@ from beaver_sim.sim.faults import RECOVERY_COST, CrashPlan
 from beaver_sim.sim.fs import SimFS
 from beaver_sim.sim.sweep import crash_sweep
 from beaver_sim.sim.workers import SimWorkers
-from beaver_sim.storage.recovery import Storage
 
 ANCHOR = "/work/shared/anchors/simpy_seed_model.py"
 SEED = Config(data_dir="/sim")  # the seed's keys are the defaults: 8 workers, 3 s, max_retry 3, 10 %

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
+from beaver_sim.errors import BeaverError as BeaverError
+from beaver_sim.errors import CorruptLog as CorruptLog
+
 
 class JobStatus(StrEnum):
     """The four states a job can be in; a job is in exactly one of them."""
@@ -39,10 +42,6 @@ class Lease:
     deadline: float
 
 
-class BeaverError(Exception):
-    """Base of every error beaver_sim reports to a user as one line."""
-
-
 class IllegalTransition(BeaverError):
     """A state change that the job's current state does not allow."""
 
@@ -56,10 +55,6 @@ class IllegalTransition(BeaverError):
 class DuplicateJob(BeaverError):
     """An enqueue of a job id that is already known with a different payload (a conflict: the
     same id with the same payload is already present, which is not an error)."""
-
-
-class CorruptLog(BeaverError):
-    """The WAL or a snapshot cannot be trusted; the message names file, offset and seq."""
 
 
 class Handle(Protocol):

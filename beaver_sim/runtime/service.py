@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from beaver_sim.core.controller import Controller, Enqueued
+from beaver_sim.core.recovery import Inspection, Storage, inspect
 from beaver_sim.core.types import Abandoned, BeaverError, Config, CorruptLog, OnResult
 from beaver_sim.metrics import MetricsServer, QueueMetrics, Sample, sample
 from beaver_sim.runtime.clock import RealClock
@@ -26,7 +27,6 @@ from beaver_sim.runtime.server import ControlLost, ControlServer, ControlUnavail
 from beaver_sim.runtime.workers import Handler, PoolWorkers
 from beaver_sim.storage import wal
 from beaver_sim.storage.fs import RealFS
-from beaver_sim.storage.recovery import Inspection, Storage, inspect
 
 Job = tuple[str, dict[str, Any]]
 IDLE_POLL = 0.02  # seconds between idle checks for --exit-when-idle and the shutdown drain
@@ -278,7 +278,7 @@ def enqueue(config: Config, jobs: list[Job], wait: float = 30.0) -> tuple[Enqueu
 
 
 def read_state(config: Config, attempts: int = 3) -> Inspection:
-    """Rebuild the state as recovery would (storage.recovery.inspect) without changing any file or
+    """Rebuild the state as recovery would (core.recovery.inspect) without changing any file or
     taking the lock. A torn tail (a writer mid-append) ends the replay; other damage is CorruptLog.
     A running writer may delete segments or snapshots under us during a checkpoint: try again then."""
     fs = RealFS()

@@ -34,6 +34,7 @@ import pandas as pd
 
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
+from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.sim import mutants
 from beaver_sim.sim.checker import Checker, Trace, Violation
@@ -41,7 +42,6 @@ from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.faults import IO_KINDS, CrashHook, CrashPlan, recovery_model_seconds, survivors
 from beaver_sim.sim.fs import CRASH_MODELS, SimFS, SimulatedCrash
 from beaver_sim.sim.workers import Attempt, SimWorkers
-from beaver_sim.storage.recovery import Storage
 from beaver_sim.storage.wal import WriteAheadLog, list_segments
 
 _SEGMENT = re.compile(r"wal-\d{20}\.log")

@@ -38,13 +38,13 @@ from typing import Any
 
 import pandas as pd
 
+from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import BeaverError
 from beaver_sim.sim import mutants
 from beaver_sim.sim.checker import INVARIANTS, same_bytes
 from beaver_sim.sim.experiment import Capture, SimResult, Simulation, _Run, record_before, recovered_key
 from beaver_sim.sim.faults import IO_KINDS, CrashHook, CrashPlan, recovery_model_seconds, survivors
 from beaver_sim.sim.fs import POWER_LOSS, SimFS
-from beaver_sim.storage.recovery import Storage
 
 COLUMNS = [
     "point",
