@@ -1,7 +1,13 @@
 """JobQueue: the whole state of the queue, pure and in memory.
 
 Rules: every job is in exactly one state; pending jobs leave in FIFO order; in-flight jobs hold a
-lease naming the current attempt; completed and dead are final. Every method is O(1). The WAL's
+lease naming the current attempt; completed and dead are final. Every method is O(1).
+
+Retention: with `retention` N > 0, only the N most recently ended (completed or dead) jobs stay in
+memory, and so in the next snapshot; an older one is dropped as the next ends (counted in `dropped`).
+The drop happens inside the transitions, so replay drops exactly what the live run dropped: the WAL
+and the snapshots stay the source of truth. A dropped id is unknown again: enqueued again, it is a
+new job (duplicate detection holds only inside the window). The WAL's
 `apply` (core/records.py) is the only caller at run time and in replay, so these rules hold for both.
 """
 
@@ -26,7 +32,7 @@ _id, _status = attrgetter("id"), attrgetter("status")
 class JobQueue:
     """Jobs by id, a FIFO of pending ids, leases of in-flight jobs, and the last applied seq."""
 
-    __slots__ = ("counts", "jobs", "last_seq", "leases", "pending")
+    __slots__ = ("counts", "dropped", "ended", "jobs", "last_seq", "leases", "pending", "retention")
 
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
@@ -34,6 +40,31 @@ class JobQueue:
         self.leases: dict[str, Lease] = {}
         self.counts: dict[JobStatus, int] = {s: 0 for s in JobStatus}
         self.last_seq = 0
+        self.retention = 0  # ended jobs kept in memory; 0 keeps them all
+        self.ended: deque[str] = deque()  # with retention: the ended jobs kept, oldest end first
+        self.dropped = 0  # ended jobs dropped from memory (retention)
+
+    def set_retention(self, n: int) -> None:
+        """Keep only the `n` most recently ended jobs (0: all). A state loaded without its end order
+        (written with retention off) takes the ended jobs in id-insertion order: deterministic."""
+        self.retention = n
+        if not n:
+            self.ended.clear()
+            return
+        if not self.ended:
+            self.ended.extend(k for k, j in self.jobs.items() if j.status is COMPLETED or j.status is DEAD)
+        while len(self.ended) > n:
+            self._drop()
+
+    def _drop(self) -> None:
+        job = self.jobs.pop(self.ended.popleft())
+        self.counts[job.status] -= 1
+        self.dropped += 1
+
+    def _ended(self, job_id: str) -> None:
+        self.ended.append(job_id)
+        if len(self.ended) > self.retention:
+            self._drop()
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -100,6 +131,8 @@ class JobQueue:
         """The current attempt succeeded: the job is completed for good."""
         job = self._end_attempt(job_id, attempt, "complete")
         self._move(job, COMPLETED)
+        if self.retention:
+            self._ended(job_id)
         return job
 
     def requeue(self, job_id: str, attempt: int) -> Job:
@@ -113,14 +146,17 @@ class JobQueue:
         """The current attempt was the last one allowed: the job is dead for good."""
         job = self._end_attempt(job_id, attempt, "mark dead")
         self._move(job, DEAD)
+        if self.retention:
+            self._ended(job_id)
         return job
 
     # -- inspection ----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Counts per state plus `last_seq` and `jobs`: the `status --json` contract."""
+        """Counts per state plus `last_seq` and `jobs`: the `status --json` contract (with
+        retention, `dropped`: ended jobs no longer in memory, not in the counts)."""
         c = self.counts
-        return {
+        out = {
             "pending": c[PENDING],
             "in_flight": c[IN_FLIGHT],
             "completed": c[COMPLETED],
@@ -128,6 +164,9 @@ class JobQueue:
             "jobs": len(self.jobs),
             "last_seq": self.last_seq,
         }
+        if self.retention or self.dropped:
+            out["dropped"] = self.dropped
+        return out
 
     def validate(self) -> None:
         """Check every structural rule; raise AssertionError naming the first broken one."""
@@ -160,18 +199,35 @@ class JobQueue:
         if self.counts[IN_FLIGHT] != len(leases):  # only on error: find the in-flight job with no lease
             job_id = next(k for k, j in jobs.items() if j.status is IN_FLIGHT and k not in leases)
             raise AssertionError(f"job {job_id!r}: state {IN_FLIGHT} but lease=False")
+        if self.retention or self.ended:  # the retention window: every ended job, each once, oldest first
+            ended = self.ended
+            if len(set(ended)) != len(ended):
+                raise AssertionError("a job id appears twice in the retention window")
+            if self.retention and len(ended) > self.retention:
+                raise AssertionError(f"{len(ended)} ended jobs kept, retention is {self.retention}")
+            for job_id in ended:
+                job = jobs.get(job_id)
+                if job is None or (job.status is not COMPLETED and job.status is not DEAD):
+                    raise AssertionError(f"job {job_id!r} is in the retention window but has not ended")
+            if len(ended) != self.counts[COMPLETED] + self.counts[DEAD]:
+                raise AssertionError("an ended job is missing from the retention window")
 
     # -- snapshot state ------------------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:
-        """Everything needed to rebuild this queue, as plain JSON-ready data."""
-        return {
+        """Everything needed to rebuild this queue, as plain JSON-ready data (with retention, the
+        end order and the dropped count too: replay after this snapshot drops what the live run did)."""
+        state = {
             "schema": SCHEMA_VERSION,
             "last_seq": self.last_seq,
             "jobs": [[j.id, j.status, j.attempt, j.payload] for j in self.jobs.values()],  # StrEnum: a str
             "pending": list(self.pending),
             "leases": [[k, v.attempt, v.worker, v.deadline] for k, v in self.leases.items()],
         }
+        if self.retention or self.dropped:
+            state["ended"] = list(self.ended)
+            state["dropped"] = self.dropped
+        return state
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> JobQueue:
@@ -188,5 +244,7 @@ class JobQueue:
         q.pending.extend(state["pending"])
         q.leases = {k: Lease(a, w, d) for k, a, w, d in state["leases"]}
         q.last_seq = state["last_seq"]
+        q.ended.extend(state.get("ended", ()))
+        q.dropped = state.get("dropped", 0)
         q._check_links()
         return q

@@ -118,17 +118,20 @@ class Storage:
         wal_cls: type[WriteAheadLog] = WriteAheadLog,
         snapshot_cls: type[SnapshotStore] = SnapshotStore,
         keep: int = 2,
+        retention: int = 0,
         **wal_options: Any,
     ) -> Storage:
         """Recover `data_dir` (created if missing). Raises CorruptLog / BeaverError with one line
-        naming the file when it cannot be trusted; the other arguments let the simulator swap in
-        its deliberately broken variants."""
+        naming the file when it cannot be trusted; `retention` keeps only that many ended jobs in
+        memory (JobQueue.set_retention); the other arguments let the simulator swap in its
+        deliberately broken variants."""
         t0 = timer() if timer else 0.0
         if fs.exists(data_dir) and not fs.is_dir(data_dir):  # else a bare FileExistsError from mkdir
             raise BeaverError(f"{data_dir}: data directory is a file")
         snapshots = snapshot_cls(fs, snap_dir or posixpath.join(data_dir, "snap"), keep)
         loaded = snapshots.load(read_state)
         q = loaded.state if loaded.state is not None else JobQueue()
+        q.set_retention(retention)  # before replay: replay drops what the live run dropped
 
         def replay(rec: Record, _lsn: int) -> None:
             apply_fn(q, rec)
@@ -157,6 +160,7 @@ class Storage:
             wal_dir=config.wal_dir,
             snap_dir=config.snapshot_dir,
             keep=config.snapshots_kept,
+            retention=config.completed_retention,
             fsync=config.fsync,
             segment_bytes=config.segment_bytes,
             max_record=config.max_record_bytes,

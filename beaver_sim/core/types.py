@@ -122,6 +122,7 @@ class Config:
     segment_bytes: int = 64 << 20
     max_record_bytes: int = 1 << 20
     snapshots_kept: int = 2
+    completed_retention: int = 0  # ended jobs kept in memory and snapshots (0: all); see JobQueue
     seed: int = 42
     failure_rate: float = 0.1
     work_min: float = 0.1
@@ -156,6 +157,10 @@ class Config:
             out.append(f"metrics_port must be in 0..65535, got {self.metrics_port}")
         if self.segment_bytes < 4096:
             out.append(f"segment_bytes must be >= 4096, got {self.segment_bytes}")
+        if self.completed_retention < 0:
+            out.append(
+                f"completed_retention must be >= 0 (0 keeps every job), got {self.completed_retention}"
+            )
         if self.snapshots_kept < 1:
             out.append(f"snapshots_kept must be >= 1, got {self.snapshots_kept}")
         if self.executor not in ("thread", "process"):
