@@ -40,7 +40,7 @@ Apply = Callable[[JobQueue, Record], None]
 
 def state_body(q: JobQueue) -> bytes:
     """The snapshot body (format SCHEMA_VERSION) for the state of `q`."""
-    return orjson.dumps(q.to_state())
+    return orjson.dumps(q.to_columns())
 
 
 def encode_snapshot(q: JobQueue) -> bytes:
@@ -51,17 +51,18 @@ def encode_snapshot(q: JobQueue) -> bytes:
 def read_state(snap: Snapshot, path: str) -> JobQueue:
     """The JobQueue a verified snapshot holds; CorruptLog if its body is not a valid state,
     BeaverError if it was written by a newer version."""
-    if snap.version != SCHEMA_VERSION:
+    build = _READERS.get(snap.version)
+    if build is None:
         raise BeaverError(
             f"{path}: snapshot schema version {snap.version} is not supported "
-            f"(this version reads {SCHEMA_VERSION})"
+            f"(this version reads {', '.join(map(str, sorted(_READERS)))})"
         )
     # A large state is millions of objects and no cycles: with the cyclic GC on, its passes would
     # walk the growing heap again and again (half of the decode time at a million jobs), as in scan.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        q = JobQueue.from_state(orjson.loads(snap.body))
+        q = build(orjson.loads(snap.body))
     except (ValueError, KeyError, TypeError, AssertionError) as e:
         raise CorruptLog(f"{path}: snapshot body is not a valid state ({e})") from e
     finally:
@@ -70,6 +71,9 @@ def read_state(snap: Snapshot, path: str) -> JobQueue:
     if q.last_seq != snap.seq:
         raise CorruptLog(f"{path}: body seq {q.last_seq} differs from header")
     return q
+
+
+_READERS = {1: JobQueue.from_state, 2: JobQueue.from_columns}  # v1: data directories written before v2
 
 
 def decode_snapshot(data: bytes, path: str) -> JobQueue:

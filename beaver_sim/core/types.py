@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
+import orjson
+
 from beaver_sim.errors import BeaverError as BeaverError
 from beaver_sim.errors import CorruptLog as CorruptLog
 
@@ -24,12 +26,21 @@ class JobStatus(StrEnum):
 
 @dataclass(slots=True)
 class Job:
-    """A job with its payload; `attempt` counts the dispatches started so far."""
+    """A job with its payload; `attempt` counts the dispatches started so far. A job loaded from a
+    snapshot keeps its payload as the JSON text the snapshot stored (`raw`) until something reads
+    `payload` (a dispatch): a million payload dicts would double a recovery's memory and time."""
 
     id: str
-    payload: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] | str = field(default_factory=dict)
     attempt: int = 0
     status: JobStatus = JobStatus.PENDING
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        raw = self.raw
+        if type(raw) is str:
+            self.raw = raw = orjson.loads(raw)
+        return raw  # type: ignore[return-value]
 
 
 @dataclass(slots=True)

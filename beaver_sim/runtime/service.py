@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import os
 import threading
 import time
@@ -74,6 +75,9 @@ class Service:
             storage = Storage.from_config(
                 RealFS(), self.config, timer=time.perf_counter, on_sync=self.metrics.wal_fsync.observe
             )
+            # the recovered state is long-lived and free of cycles: out of the collector's sight, no
+            # full collection walks its million objects again (0.2 s each at a million jobs)
+            gc.freeze()
             self.controller = Controller(self.config, RealClock(loop), storage, self.workers)
             self.metrics.attach(self.sample)
             if self.serve_metrics:

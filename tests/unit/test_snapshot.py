@@ -16,7 +16,7 @@ from beaver_sim.core.recovery import Storage, decode_snapshot, encode_snapshot, 
 from beaver_sim.core.types import BeaverError, CorruptLog, Lease
 from beaver_sim.sim.fs import POWER_LOSS, SimFS
 from beaver_sim.storage.fs import FS, RealFS
-from beaver_sim.storage.snapshot import SnapshotStore, snapshot_name
+from beaver_sim.storage.snapshot import SnapshotStore, encode, snapshot_name
 from beaver_sim.storage.wal import list_segments
 from tests.denied import DeniedRealFS
 
@@ -77,7 +77,64 @@ def test_the_file_is_a_checked_header_and_a_body() -> None:
     assert header["magic"] == "beaver-snap" and header["v"] == SCHEMA_VERSION
     assert header["last_included_seq"] == 9
     assert header["body_len"] == len(body) and header["body_crc32c"] == crc32c(body)
-    assert orjson.loads(body) == state(5, 9).to_state()  # payloads of jobs in every state
+    assert orjson.loads(body) == state(5, 9).to_columns()  # payloads of jobs in every state
+
+
+def test_payloads_stay_json_text_until_read() -> None:
+    """Schema 2 keeps each payload as the JSON text it stored: a recovery of a million jobs builds
+    no payload dict until a job is dispatched (or compared)."""
+    q = decode_snapshot(encode_snapshot(state(5, 9)), "/x")
+    job = q.jobs["j4"]
+    assert job.raw == '{"i":4,"text":"ünïcode\\n\\"quoted\\""}'
+    assert job.payload == {"i": 4, "text": 'ünïcode\n"quoted"'} and job.raw is job.payload
+    assert encode_snapshot(q) == encode_snapshot(state(5, 9))  # text or dict: the same bytes
+
+
+@both
+def test_a_v1_snapshot_still_loads_and_the_next_checkpoint_writes_v2(kind: str, tmp_path: Path) -> None:
+    """Data directories written before schema 2 open as they are (their snapshot body is
+    `to_state()`, one list per job); the next snapshot is schema 2."""
+    fs, d = fs_dir(kind, tmp_path)
+    data = posixpath.dirname(d)
+    s = Storage.open(fs, data)
+    for i in range(6):
+        s.append(R.enqueue(f"j{i}", {"i": i}))
+    s.append(R.dispatch("j0", 1, 0, 3.0))
+    s.append(R.ack("j0", 1))
+    s.checkpoint()
+    old = encode(8, 1, orjson.dumps(s.state.to_state()))  # the same state in the v1 body
+    s.append(R.enqueue("after", {}))
+    s.close()
+    live = s.state.to_state()
+    path = posixpath.join(d, snapshot_name(8))
+    f = fs.create(path)  # the snapshot as the previous version wrote it
+    f.write(old)
+    f.sync()
+    f.close()
+    s = Storage.open(fs, data)
+    assert s.report.snapshot == path and s.report.records_replayed == 1
+    assert s.state.to_state() == live
+    s.checkpoint()
+    newest = SnapshotStore(fs, d).load(read_state)
+    assert orjson.loads(fs.read_bytes(newest.path).split(b"\n")[0])["v"] == SCHEMA_VERSION == 2
+    assert newest.state.to_state() == live
+    s.close()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c | {"status": c["status"][:-1]},
+        lambda c: c | {"payloads": [{"i": 0}, *c["payloads"][1:]]},
+        lambda c: c | {"ids": [c["ids"][0], *c["ids"][:-1]]},
+        lambda c: c | {"status": "x" + c["status"][1:]},
+    ],
+    ids=["short-column", "payload-not-text", "duplicate-id", "unknown-state"],
+)
+def test_a_v2_body_that_is_not_a_state_is_corrupt(edit) -> None:
+    body = orjson.dumps(edit(state(5, 9).to_columns()))
+    with pytest.raises(CorruptLog, match="not a valid state"):
+        decode_snapshot(encode(9, 2, body), "/x/snap-9.json")
 
 
 def test_an_empty_store_loads_nothing() -> None:
