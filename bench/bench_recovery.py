@@ -28,7 +28,6 @@ import os
 import platform
 import posixpath
 import pstats
-import resource
 import shutil
 import subprocess
 import sys
@@ -181,8 +180,11 @@ def recover(data_dir: str) -> dict[str, Any]:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set: VmHWM, not ru_maxrss, which Linux carries over exec from
+    the parent that forked it (here the builder, with the whole queue in memory)."""
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kib / 1024
 
 
 def decode_json(path: str) -> dict[str, Any]:
