@@ -234,12 +234,14 @@ def inspect(
     *,
     every_record: bool = False,
     check_snapshots: bool = False,
+    retention: int = 0,
 ) -> Inspection:
     """Read a data directory as `Storage.open` would, changing nothing. Records after the newest
     good snapshot are replayed into `state`, or handed to `on_record` instead (every record in the
     log with `every_record`). Records the snapshot covers may be missing from the front of the log:
     their segments were deleted by a checkpoint, which is not damage. `check_snapshots` verifies
-    every snapshot file, not just the newest good one."""
+    every snapshot file, not just the newest good one. `retention`: the data directory's
+    `completed_retention`, so that replay drops what recovery would."""
     names = [n for n in fs.listdir(snap_dir) if _SNAPSHOT.fullmatch(n)] if fs.is_dir(snap_dir) else []
     paths = [posixpath.join(snap_dir, n) for n in names]
     q, newest, broken = JobQueue(), None, []
@@ -254,6 +256,7 @@ def inspect(
         if newest is None:
             q, newest = loaded, path
     broken.reverse()
+    q.set_retention(retention)
     covered = q.last_seq
 
     def replay(rec: Record, _lsn: int) -> None:

@@ -11,7 +11,7 @@ import pytest
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller, Enqueued
 from beaver_sim.core.queue import JobQueue
-from beaver_sim.core.recovery import Storage, decode_snapshot
+from beaver_sim.core.recovery import Storage, decode_snapshot, inspect
 from beaver_sim.core.types import Config, JobStatus, Lease
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.experiment import Simulation, Workload
@@ -86,10 +86,13 @@ def test_recovery_rebuilds_the_live_state_exactly(interval: float) -> None:
     ctl = run(fs, config, 60)
     live = ctl.state
     assert len(live.jobs) == 5 and live.dropped == 55 and (ctl.counters.snapshots > 0) == (interval > 0)
-    back = Storage.from_config(fs.after_crash(POWER_LOSS), config)
+    crashed = fs.after_crash(POWER_LOSS)
+    seen = inspect(crashed, "/data/wal", "/data/snap", retention=5).state  # read-only, as `status` does
+    back = Storage.from_config(crashed, config)
     assert back.report.snapshot_seq == ctl.last_snapshot_seq
-    assert back.state.to_state() == live.to_state()
+    assert back.state.to_state() == live.to_state() == seen.to_state()
     back.state.validate()
+    seen.validate()
 
 
 def test_snapshots_hold_only_the_window() -> None:
