@@ -7,7 +7,6 @@ traceback. Config precedence is flag > BEAVER_* environment > YAML > default (be
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import shutil
@@ -19,16 +18,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
 from beaver_sim.config import load_config
+from beaver_sim.core.recovery import Inspection, RepairPlan, apply_repair, inspect, plan_repair
 from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.runtime.lock import DataDirLock
-from beaver_sim.runtime.service import Job, Service, enqueue, read_state, status_of
 from beaver_sim.storage.fs import RealFS
-from beaver_sim.storage.recovery import Inspection, RepairPlan, apply_repair, inspect, plan_repair
+
+if TYPE_CHECKING:  # the runtime (asyncio, workers, server) is imported only by the commands that use it,
+    # so `beaver sim` and `beaver crash-sweep` do not pay for it
+    from beaver_sim.runtime.service import Job, Service
 
 try:
     from beaver_sim.sim.cli import register as register_sim
@@ -88,6 +90,10 @@ def config_from(args: argparse.Namespace, flags: dict[str, tuple[str, str]] | No
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from beaver_sim.runtime.service import Service
+
     config = config_from(args, RUN_FLAGS)
     service = Service(config)
     code = asyncio.run(serve(service, args.exit_when_idle))
@@ -98,6 +104,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def serve(service: Service, exit_when_idle: bool) -> int:
     """`beaver run`: start, report, serve until a signal (or idle), stop cleanly."""
+    import asyncio
+
     config = service.config
     await service.start()
     ctl = service.controller
@@ -179,6 +187,8 @@ def read_jobs(path: str) -> list[Job]:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
+    from beaver_sim.runtime.service import enqueue
+
     jobs = read_jobs(args.file)
     config = config_from(args)
     try:
@@ -204,6 +214,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from beaver_sim.runtime.service import status_of
+
     config = config_from(args)
     st = status_of(config)
     if args.json:
@@ -426,6 +438,8 @@ def _jobs_file(name: str | None) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from beaver_sim.runtime.service import read_state, status_of
+
     jobs_file = _jobs_file(args.jobs)
     jobs = read_jobs(jobs_file)
     if args.data_dir:
@@ -513,6 +527,8 @@ def _counts(st: dict[str, Any]) -> str:
 
 def check_demo(config: Config, ids: Sequence[str]) -> list[str]:
     """Every acknowledged job is known, in exactly one final state, and nothing else is."""
+    from beaver_sim.runtime.service import read_state
+
     q = read_state(config).state
     problems = []
     try:

@@ -27,7 +27,6 @@ import pandas as pd
 
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
-from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import BeaverError, Config
 from beaver_sim.sim import mutants
 from beaver_sim.sim.checker import INVARIANTS
@@ -124,9 +123,9 @@ class LabSnapshots(SnapshotStore):
 
     write_snapshot: ClassVar[Callable[[FS, str, str, bytes], None]]
 
-    def save(self, q: JobQueue) -> str:
-        data, path = encode(q), self.path(q.last_seq)
-        type(self).write_snapshot(_MarkedFS(self.fs), self.directory, snapshot_name(q.last_seq), data)
+    def save(self, seq: int, version: int, body: bytes) -> str:
+        data, path = encode(seq, version, body), self.path(seq)
+        type(self).write_snapshot(_MarkedFS(self.fs), self.directory, snapshot_name(seq), data)
         if not self.fs.exists(path) or self.fs.read_bytes(path) != data:
             raise LabError(f"write_snapshot returned, but {path} does not hold the snapshot it was given")
         return path

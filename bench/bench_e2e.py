@@ -45,11 +45,11 @@ from functools import partial
 from typing import Any
 
 from beaver_sim.core.controller import Controller
+from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import Config
 from beaver_sim.runtime.clock import RealClock
 from beaver_sim.runtime.workers import PoolWorkers
 from beaver_sim.storage.fs import RealFS
-from beaver_sim.storage.recovery import Storage
 
 BATCH = 1000
 POLL = 0.001  # seconds between checks for the last ACK (bounds the error of a run's end time)

@@ -30,12 +30,14 @@ import math
 import os
 import platform
 import pstats
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from beaver_sim.core.controller import Controller
+from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import Config
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.experiment import Simulation, Workload
@@ -43,7 +45,6 @@ from beaver_sim.sim.faults import RECOVERY_COST, CrashPlan
 from beaver_sim.sim.fs import SimFS
 from beaver_sim.sim.sweep import crash_sweep
 from beaver_sim.sim.workers import SimWorkers
-from beaver_sim.storage.recovery import Storage
 
 ANCHOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "anchors", "simpy_seed_model.py")
 SEED = Config(data_dir="/sim")  # the seed's keys are the defaults: 8 workers, 3 s, max_retry 3, 10 %
@@ -131,6 +132,37 @@ def bench_scale(n: int, repeat: int) -> dict[str, Any]:
     }
 
 
+def whole_process(n: int, repeat: int) -> dict[str, Any]:
+    """What a user waits for: `beaver sim --jobs n --json` as a process (interpreter start-up, imports,
+    config, run, checker, summary) against the SimPy model run as a process, interleaved, best of
+    `repeat`."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # configs/default.yaml: the seed
+    commands = {
+        "simpy": [sys.executable, ANCHOR, str(n)],
+        "beaver_sim": [sys.executable, "-m", "beaver_sim.cli", "sim", "--jobs", str(n), "--json"],
+    }
+    times: dict[str, list[float]] = {k: [] for k in commands}
+    outputs: dict[str, Any] = {}
+    for _ in range(repeat):
+        for name, cmd in commands.items():
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=root, check=True, capture_output=True, text=True)
+            times[name].append(time.perf_counter() - t0)
+            outputs[name] = json.loads(proc.stdout)
+    simpy_s, sim_s = min(times["simpy"]), min(times["beaver_sim"])
+    summary = outputs["beaver_sim"]
+    return {
+        "command": " ".join(commands["beaver_sim"][1:]),
+        "simpy_seconds": [round(t, 3) for t in times["simpy"]],
+        "beaver_sim_seconds": [round(t, 3) for t in times["beaver_sim"]],
+        "ratio": round(simpy_s / sim_s, 3),
+        "target_ratio": 1.2,
+        "met": simpy_s / sim_s >= 1.2,
+        "completed_dead": [summary.get("completed"), summary.get("dead")],
+        "simpy_completed_dead": [outputs["simpy"]["done"], outputs["simpy"]["dead"]],
+    }
+
+
 def profile(n: int) -> list[tuple[str, float]]:
     """cProfile of one Simulation run: tottime summed per module, largest first."""
     prof = cProfile.Profile()
@@ -213,12 +245,15 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--whole-process", action="store_true", help="time `beaver sim` and SimPy as processes")
     args = ap.parse_args()
 
     out: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
+    if args.jobs and args.whole_process:
+        out["whole_process"] = whole_process(args.jobs, args.repeat)
     if args.jobs:
         out["scale"] = bench_scale(args.jobs, args.repeat)
     if args.profile:
@@ -237,6 +272,13 @@ def main() -> None:
     out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(out, indent=1))
     print()
+    if "whole_process" in out:
+        w = out["whole_process"]
+        print(f"| whole process, {args.jobs:,} jobs | best seconds | SimPy / this |")
+        print("|---|---:|---:|")
+        print(f"| `python simpy_seed_model.py {args.jobs}` | {min(w['simpy_seconds'])} | 1.00 |")
+        print(f"| `{w['command']}` | {min(w['beaver_sim_seconds'])} | **{w['ratio']}** |")
+        print()
     if "scale" in out:
         s = out["scale"]
         print(f"| {s['jobs']:,} jobs, seed workload | seconds | SimPy / this |")

@@ -8,7 +8,7 @@ segments (rotation, pruning and segment deletion all along). A crash comes every
 events or so (a seeded draw: 0.5x to 1.5x that), in the middle of a WAL write, each under a random
 model (`process` or `power-loss`) keeping 0-512 random torn bytes. Every recovery is checked by the
 invariant checker, as in any simulated run; at the end the data directory must pass `wal verify`
-(storage.recovery.inspect finds no problem and plan_repair has nothing to do). Not part of the test
+(core.recovery.inspect finds no problem and plan_repair has nothing to do). Not part of the test
 run: it takes minutes. Prints the figures as JSON."""
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
+from beaver_sim.core.recovery import inspect, plan_repair
 from beaver_sim.core.types import Config, JobStatus
 from beaver_sim.sim.experiment import Simulation, Workload
 from beaver_sim.sim.faults import CrashPlan
 from beaver_sim.sim.fs import CRASH_MODELS
-from beaver_sim.storage.recovery import inspect, plan_repair
 
 TORN_MAX = 512
 

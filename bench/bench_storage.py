@@ -36,8 +36,8 @@ import orjson
 from crc32c import crc32c
 
 from beaver_sim.core import records as R
+from beaver_sim.core.recovery import Storage
 from beaver_sim.storage.fs import RealFS
-from beaver_sim.storage.recovery import Storage
 from beaver_sim.storage.wal import list_segments
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)

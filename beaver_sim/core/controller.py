@@ -28,8 +28,8 @@ from typing import Any
 import orjson
 
 from beaver_sim.core import records as R
+from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import BeaverError, Clock, Config, DuplicateJob, Workers
-from beaver_sim.storage.recovery import Storage
 from beaver_sim.storage.wal import RecordTooLarge
 
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0)  # the seed's histogram buckets, seconds

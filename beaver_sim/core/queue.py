@@ -1,7 +1,13 @@
 """JobQueue: the whole state of the queue, pure and in memory.
 
 Rules: every job is in exactly one state; pending jobs leave in FIFO order; in-flight jobs hold a
-lease naming the current attempt; completed and dead are final. Every method is O(1). The WAL's
+lease naming the current attempt; completed and dead are final. Every method is O(1).
+
+Retention: with `retention` N > 0, only the N most recently ended (completed or dead) jobs stay in
+memory, and so in the next snapshot; an older one is dropped as the next ends (counted in `dropped`).
+The drop happens inside the transitions, so replay drops exactly what the live run dropped: the WAL
+and the snapshots stay the source of truth. A dropped id is unknown again: enqueued again, it is a
+new job (duplicate detection holds only inside the window). The WAL's
 `apply` (core/records.py) is the only caller at run time and in replay, so these rules hold for both.
 """
 
@@ -11,6 +17,8 @@ from collections import Counter, deque
 from operator import attrgetter
 from typing import Any
 
+import orjson
+
 from beaver_sim.core.types import IllegalTransition, Job, JobStatus, Lease
 
 PENDING, IN_FLIGHT, COMPLETED, DEAD = (
@@ -19,14 +27,16 @@ PENDING, IN_FLIGHT, COMPLETED, DEAD = (
     JobStatus.COMPLETED,
     JobStatus.DEAD,
 )
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # of the snapshot body: 2 is `to_columns`; 1 (`to_state`) is still read
 _id, _status = attrgetter("id"), attrgetter("status")
+_CODE = {PENDING: "p", IN_FLIGHT: "i", COMPLETED: "c", DEAD: "d"}  # a job's state in `to_columns`
+_STATUS_OF = {c: s for s, c in _CODE.items()}.__getitem__
 
 
 class JobQueue:
     """Jobs by id, a FIFO of pending ids, leases of in-flight jobs, and the last applied seq."""
 
-    __slots__ = ("counts", "jobs", "last_seq", "leases", "pending")
+    __slots__ = ("counts", "dropped", "ended", "jobs", "last_seq", "leases", "pending", "retention")
 
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
@@ -34,6 +44,31 @@ class JobQueue:
         self.leases: dict[str, Lease] = {}
         self.counts: dict[JobStatus, int] = {s: 0 for s in JobStatus}
         self.last_seq = 0
+        self.retention = 0  # ended jobs kept in memory; 0 keeps them all
+        self.ended: deque[str] = deque()  # with retention: the ended jobs kept, oldest end first
+        self.dropped = 0  # ended jobs dropped from memory (retention)
+
+    def set_retention(self, n: int) -> None:
+        """Keep only the `n` most recently ended jobs (0: all). A state loaded without its end order
+        (written with retention off) takes the ended jobs in id-insertion order: deterministic."""
+        self.retention = n
+        if not n:
+            self.ended.clear()
+            return
+        if not self.ended:
+            self.ended.extend(k for k, j in self.jobs.items() if j.status is COMPLETED or j.status is DEAD)
+        while len(self.ended) > n:
+            self._drop()
+
+    def _drop(self) -> None:
+        job = self.jobs.pop(self.ended.popleft())
+        self.counts[job.status] -= 1
+        self.dropped += 1
+
+    def _ended(self, job_id: str) -> None:
+        self.ended.append(job_id)
+        if len(self.ended) > self.retention:
+            self._drop()
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -100,6 +135,8 @@ class JobQueue:
         """The current attempt succeeded: the job is completed for good."""
         job = self._end_attempt(job_id, attempt, "complete")
         self._move(job, COMPLETED)
+        if self.retention:
+            self._ended(job_id)
         return job
 
     def requeue(self, job_id: str, attempt: int) -> Job:
@@ -113,14 +150,17 @@ class JobQueue:
         """The current attempt was the last one allowed: the job is dead for good."""
         job = self._end_attempt(job_id, attempt, "mark dead")
         self._move(job, DEAD)
+        if self.retention:
+            self._ended(job_id)
         return job
 
     # -- inspection ----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Counts per state plus `last_seq` and `jobs`: the `status --json` contract."""
+        """Counts per state plus `last_seq` and `jobs`: the `status --json` contract (with
+        retention, `dropped`: ended jobs no longer in memory, not in the counts)."""
         c = self.counts
-        return {
+        out = {
             "pending": c[PENDING],
             "in_flight": c[IN_FLIGHT],
             "completed": c[COMPLETED],
@@ -128,6 +168,9 @@ class JobQueue:
             "jobs": len(self.jobs),
             "last_seq": self.last_seq,
         }
+        if self.retention or self.dropped:
+            out["dropped"] = self.dropped
+        return out
 
     def validate(self) -> None:
         """Check every structural rule; raise AssertionError naming the first broken one."""
@@ -160,18 +203,35 @@ class JobQueue:
         if self.counts[IN_FLIGHT] != len(leases):  # only on error: find the in-flight job with no lease
             job_id = next(k for k, j in jobs.items() if j.status is IN_FLIGHT and k not in leases)
             raise AssertionError(f"job {job_id!r}: state {IN_FLIGHT} but lease=False")
+        if self.retention or self.ended:  # the retention window: every ended job, each once, oldest first
+            ended = self.ended
+            if len(set(ended)) != len(ended):
+                raise AssertionError("a job id appears twice in the retention window")
+            if self.retention and len(ended) > self.retention:
+                raise AssertionError(f"{len(ended)} ended jobs kept, retention is {self.retention}")
+            for job_id in ended:
+                job = jobs.get(job_id)
+                if job is None or (job.status is not COMPLETED and job.status is not DEAD):
+                    raise AssertionError(f"job {job_id!r} is in the retention window but has not ended")
+            if len(ended) != self.counts[COMPLETED] + self.counts[DEAD]:
+                raise AssertionError("an ended job is missing from the retention window")
 
     # -- snapshot state ------------------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:
-        """Everything needed to rebuild this queue, as plain JSON-ready data."""
-        return {
-            "schema": SCHEMA_VERSION,
+        """Everything needed to rebuild this queue, as plain JSON-ready data (with retention, the
+        end order and the dropped count too: replay after this snapshot drops what the live run did)."""
+        state = {
+            "schema": 1,
             "last_seq": self.last_seq,
             "jobs": [[j.id, j.status, j.attempt, j.payload] for j in self.jobs.values()],  # StrEnum: a str
             "pending": list(self.pending),
             "leases": [[k, v.attempt, v.worker, v.deadline] for k, v in self.leases.items()],
         }
+        if self.retention or self.dropped:
+            state["ended"] = list(self.ended)
+            state["dropped"] = self.dropped
+        return state
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> JobQueue:
@@ -188,5 +248,50 @@ class JobQueue:
         q.pending.extend(state["pending"])
         q.leases = {k: Lease(a, w, d) for k, a, w, d in state["leases"]}
         q.last_seq = state["last_seq"]
+        q.ended.extend(state.get("ended", ()))
+        q.dropped = state.get("dropped", 0)
+        q._check_links()
+        return q
+
+    def to_columns(self) -> dict[str, Any]:
+        """The snapshot body of schema 2: a column per job field, each job's state one character,
+        each payload its JSON text. A million jobs decode as a few long lists of strings and
+        small ints, not a million lists and dicts, and payloads stay text until dispatched."""
+        jobs = self.jobs.values()
+        dumps, code = orjson.dumps, _CODE
+        cols: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
+            "last_seq": self.last_seq,
+            "ids": list(self.jobs),
+            "status": "".join([code[j.status] for j in jobs]),
+            "attempts": [j.attempt for j in jobs],
+            "payloads": [r if type(r := j.raw) is str else dumps(r).decode() for j in jobs],
+            "pending": list(self.pending),
+            "leases": [[k, v.attempt, v.worker, v.deadline] for k, v in self.leases.items()],
+        }
+        if self.retention or self.dropped:
+            cols["ended"] = list(self.ended)
+            cols["dropped"] = self.dropped
+        return cols
+
+    @classmethod
+    def from_columns(cls, cols: dict[str, Any]) -> JobQueue:
+        """Rebuild a queue from `to_columns()` output and check it, like `from_state`."""
+        q = cls()
+        ids, status, attempts, payloads = cols["ids"], cols["status"], cols["attempts"], cols["payloads"]
+        if not len(ids) == len(status) == len(attempts) == len(payloads):
+            raise AssertionError("the job columns differ in length")
+        if not set(map(type, ids)) <= {str} or not set(map(type, payloads)) <= {str}:
+            raise AssertionError("a job id or payload is not a string")
+        jobs = list(map(Job, ids, payloads, attempts, map(_STATUS_OF, status)))
+        q.jobs = dict(zip(ids, jobs))
+        if len(q.jobs) != len(jobs):
+            raise AssertionError("a job id appears twice in the snapshot")
+        q.counts.update({s: status.count(c) for s, c in _CODE.items()})
+        q.pending.extend(cols["pending"])
+        q.leases = {k: Lease(a, w, d) for k, a, w, d in cols["leases"]}
+        q.last_seq = cols["last_seq"]
+        q.ended.extend(cols.get("ended", ()))
+        q.dropped = cols.get("dropped", 0)
         q._check_links()
         return q

@@ -9,6 +9,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
+import orjson
+
+from beaver_sim.errors import BeaverError as BeaverError
+from beaver_sim.errors import CorruptLog as CorruptLog
+
 
 class JobStatus(StrEnum):
     """The four states a job can be in; a job is in exactly one of them."""
@@ -21,12 +26,21 @@ class JobStatus(StrEnum):
 
 @dataclass(slots=True)
 class Job:
-    """A job with its payload; `attempt` counts the dispatches started so far."""
+    """A job with its payload; `attempt` counts the dispatches started so far. A job loaded from a
+    snapshot keeps its payload as the JSON text the snapshot stored (`raw`) until something reads
+    `payload` (a dispatch): a million payload dicts would double a recovery's memory and time."""
 
     id: str
-    payload: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] | str = field(default_factory=dict)
     attempt: int = 0
     status: JobStatus = JobStatus.PENDING
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        raw = self.raw
+        if type(raw) is str:
+            self.raw = raw = orjson.loads(raw)
+        return raw  # type: ignore[return-value]
 
 
 @dataclass(slots=True)
@@ -37,10 +51,6 @@ class Lease:
     attempt: int
     worker: int
     deadline: float
-
-
-class BeaverError(Exception):
-    """Base of every error beaver_sim reports to a user as one line."""
 
 
 class IllegalTransition(BeaverError):
@@ -56,10 +66,6 @@ class IllegalTransition(BeaverError):
 class DuplicateJob(BeaverError):
     """An enqueue of a job id that is already known with a different payload (a conflict: the
     same id with the same payload is already present, which is not an error)."""
-
-
-class CorruptLog(BeaverError):
-    """The WAL or a snapshot cannot be trusted; the message names file, offset and seq."""
 
 
 class Handle(Protocol):
@@ -127,6 +133,7 @@ class Config:
     segment_bytes: int = 64 << 20
     max_record_bytes: int = 1 << 20
     snapshots_kept: int = 2
+    completed_retention: int = 0  # ended jobs kept in memory and snapshots (0: all); see JobQueue
     seed: int = 42
     failure_rate: float = 0.1
     work_min: float = 0.1
@@ -161,6 +168,10 @@ class Config:
             out.append(f"metrics_port must be in 0..65535, got {self.metrics_port}")
         if self.segment_bytes < 4096:
             out.append(f"segment_bytes must be >= 4096, got {self.segment_bytes}")
+        if self.completed_retention < 0:
+            out.append(
+                f"completed_retention must be >= 0 (0 keeps every job), got {self.completed_retention}"
+            )
         if self.snapshots_kept < 1:
             out.append(f"snapshots_kept must be >= 1, got {self.snapshots_kept}")
         if self.executor not in ("thread", "process"):

@@ -158,17 +158,21 @@ class Checker:
             for job_id in [j for j, at in self.acked.items() if at >= since and j not in jobs]:
                 self.lost_in_window.add(job_id)  # lost as documented: the client was told the risk
                 del self.acked[job_id]
-        for job_id in self.acked:
-            job = jobs.get(job_id)
-            if job is None:
+        missing = [job_id for job_id in self.acked if job_id not in jobs]
+        if len(missing) > q.dropped:  # with retention, ended jobs leave the state: not lost
+            for job_id in missing:
                 self.lost.add(job_id)
                 self.violation(1, job_id, "acknowledged, but missing after recovery")
-            elif job.payload != self.submitted[job_id]:
+        for job_id in self.acked:
+            job = jobs.get(job_id)
+            if job is not None and job.payload != self.submitted[job_id]:
                 self.violation(1, job_id, f"payload changed: {job.payload!r} != {self.submitted[job_id]!r}")
         self._structure(q)
         self._unacknowledged(q)
         for job_id in sorted(self.completed):
             job = jobs.get(job_id)
+            if job is None and q.dropped:
+                continue  # ended and left the retention window (counted above)
             if job is None or job.status is not JobStatus.COMPLETED:
                 state = "missing" if job is None else job.status.value
                 self.violation(3, job_id, f"its ACK was durable, but after recovery it is {state}")
@@ -212,8 +216,10 @@ class Checker:
         only the segments from the one holding `since` are read again)."""
         jobs, acked, submitted, max_retry = q.jobs, self.acked, self.submitted, self.max_retry
         self._structure(q)
-        for job_id in sorted(acked.keys() - jobs.keys()):
-            self.violation(1, job_id, "acknowledged, but missing at the end")
+        missing = sorted(acked.keys() - jobs.keys())
+        if len(missing) > q.dropped:  # with retention, ended jobs leave the state: not lost
+            for job_id in missing:
+                self.violation(1, job_id, "acknowledged, but missing at the end")
         for job_id, job in jobs.items():  # one pass: this is O(jobs) at the end of every run
             status = job.status
             if job_id in acked:
@@ -227,9 +233,10 @@ class Checker:
                 self.violation(4, job_id, f"dead after {job.attempt} attempts; max_retry is {max_retry}")
         for batch in self.open:
             self.violation(8, batch[0], f"its batch of {len(batch)} was never acknowledged, retries or not")
-        ended = q.counts[JobStatus.COMPLETED] + q.counts[JobStatus.DEAD]
+        ended = q.counts[JobStatus.COMPLETED] + q.counts[JobStatus.DEAD] + q.dropped
         if ended != len(acked):
-            self.violation(6, None, f"completed + dead = {ended}, acknowledged = {len(acked)}")
+            why = f" (+ {q.dropped} dropped by retention)" if q.dropped else ""
+            self.violation(6, None, f"completed + dead{why} = {ended}, acknowledged = {len(acked)}")
         view, first = _from(fs, wal_dir, since)
         s = scan(view, wal_dir, max(snapshot_seq, first - 1))
         if s.problem is not None:

@@ -2,7 +2,10 @@
 
 `call_at` pushes; `run` pops in order and jumps time to each event. Ties break by insertion
 sequence, so the same calls always run in the same order: determinism for free. A cancelled entry
-stays in the heap with its callback cleared (lazy deletion keeps `cancel` O(1))."""
+stays in the heap with its callback cleared (lazy deletion keeps `cancel` O(1)); once they are most
+of the heap, it is rebuilt without them, as asyncio does. The controller cancels almost every
+timeout it arms (the attempt ended first), so without that the heap is mostly dead entries, each
+pushed and popped for nothing."""
 
 from __future__ import annotations
 
@@ -11,17 +14,19 @@ from collections.abc import Callable
 from typing import Any
 
 Entry = list  # [when, seq, fn or None, args]
+_MIN_COMPACT = 64  # a heap with fewer cancelled entries is not worth rebuilding
 
 
 class VirtualClock:
     """The Clock interface on simulated time; `run` drives it."""
 
-    __slots__ = ("_heap", "_now", "_seq", "events")
+    __slots__ = ("_cancelled", "_heap", "_now", "_seq", "events")
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
         self._heap: list[Entry] = []
         self._seq = 0
+        self._cancelled = 0  # cancelled entries still in the heap
         self.events = 0  # callbacks run so far
 
     def now(self) -> float:
@@ -41,14 +46,23 @@ class VirtualClock:
         return entry
 
     def cancel(self, handle: Entry) -> None:
+        if handle[2] is None:
+            return  # already cancelled, or already run (run clears what it ran)
         handle[2] = None
         handle[3] = ()
+        self._cancelled = n = self._cancelled + 1
+        if n > _MIN_COMPACT and n * 2 > len(self._heap):
+            heap = self._heap  # in place: `run` holds a reference to this list
+            heap[:] = [e for e in heap if e[2] is not None]
+            heapq.heapify(heap)
+            self._cancelled = 0
 
     def peek(self) -> float:
         """Time of the next live event, or infinity when nothing is scheduled."""
         heap = self._heap
         while heap and heap[0][2] is None:
             heapq.heappop(heap)
+            self._cancelled -= 1
         return heap[0][0] if heap else float("inf")
 
     def run(self, until: float | None = None) -> int:
@@ -64,7 +78,9 @@ class VirtualClock:
             pop(heap)
             fn = entry[2]
             if fn is None:
+                self._cancelled -= 1
                 continue
+            entry[2] = None  # ran: a later cancel of this handle is a no-op
             self._now = entry[0]
             self.events += 1  # counted as it runs: right even if a callback raises (a simulated crash)
             fn(*entry[3])
@@ -74,4 +90,7 @@ class VirtualClock:
 
     def clear(self) -> None:
         """Drop every scheduled event (the simulated process died)."""
+        for entry in self._heap:
+            entry[2] = None  # a handle cancelled later is not counted again
         self._heap.clear()
+        self._cancelled = 0

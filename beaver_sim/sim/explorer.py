@@ -48,7 +48,7 @@ def crash_view(sim: Simulation, lsn: int, model: str = "process") -> tuple[Figur
     base = replace(sim, crash=None).run()
     crashed = replace(sim, crash=CrashPlan("lsn", lsn), model=model).run()
     wal = base.wal[base.wal["life"] == 0]
-    fig, ax = plt.subplots(figsize=(11, 2.4))
+    fig, ax = plt.subplots(figsize=(11, 2.4), layout="constrained")
     for row in wal.itertuples():
         color = TYPE_COLORS.get(row.type, "grey")
         ax.barh(0, row.bytes, left=row.lsn, height=0.6, color=color, edgecolor="white", linewidth=0.4)
@@ -69,7 +69,6 @@ def crash_view(sim: Simulation, lsn: int, model: str = "process") -> tuple[Figur
     handles = [Patch(color=TYPE_COLORS[t], label=t) for t in types]
     handles += ax.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    fig.tight_layout()
     return fig, crashed
 
 

@@ -136,13 +136,13 @@ class InPlaceSnapshots(SnapshotStore):
         except (ValueError, KeyError, TypeError):
             return [0]  # unreadable: load() marks it broken
 
-    def save(self, q: JobQueue) -> str:
+    def save(self, seq: int, version: int, body: bytes) -> str:
         fs, path = self.fs, self.path(0)
         existed = fs.exists(path)
         if existed:
             fs.truncate(path, 0)
         f = fs.open_append(path)
-        f.write(snap.encode(q))
+        f.write(snap.encode(seq, version, body))
         fs.mark("snapshot-tmp-written")
         f.sync()
         f.close()

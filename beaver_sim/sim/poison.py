@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from beaver_sim.core.controller import Controller
+from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import Config, JobStatus
 from beaver_sim.sim import mutants
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.faults import survivors
 from beaver_sim.sim.fs import SimFS
 from beaver_sim.sim.workers import SimWorkers
-from beaver_sim.storage.recovery import Storage
 
 RULES = ("slot-held", *mutants.LIVENESS)
 STOP_AFTER = 0.05  # virtual seconds from the timeout until a stopped attempt is gone (TERM, exit)

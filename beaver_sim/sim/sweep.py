@@ -39,6 +39,7 @@ from typing import Any
 
 import pandas as pd
 
+from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import BeaverError, Config
 from beaver_sim.sim import mutants
 from beaver_sim.sim.checker import CODES, INVARIANTS, same_bytes
@@ -54,7 +55,6 @@ from beaver_sim.sim.experiment import (
 )
 from beaver_sim.sim.faults import IO_KINDS, POINTS, CrashHook, CrashPlan, recovery_model_seconds, survivors
 from beaver_sim.sim.fs import POWER_LOSS, SimFS
-from beaver_sim.storage.recovery import Storage
 
 COLUMNS = [
     "point",

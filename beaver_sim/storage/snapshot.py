@@ -1,49 +1,60 @@
-"""SnapshotStore: the whole queue state at seq N, written so that a crash leaves the old or the new.
+"""SnapshotStore: an opaque state body at seq N, written so that a crash leaves the old or the new.
 
 File `snap-<N:020d>.json`: a header line `{"magic","v","last_included_seq","body_len","body_crc32c"}`
-and the body line (JobQueue.to_state()). Written as tmp, fsync, os.replace, fsync of the directory
-(the seed's WriteFile + Rename had neither fsync). The two newest are kept; a newest that fails its
-checksum is renamed `.broken` and the older one is used."""
+and the body. The store checks the header and the body's checksum; what the body means (and which
+versions `v` exist) is its reader's business (core/recovery.py). Written as tmp, fsync, os.replace,
+fsync of the directory (the seed's WriteFile + Rename had neither fsync). The two newest are kept; a
+newest that fails its checksum, or that its reader calls corrupt, is renamed `.broken` and the older
+one is used."""
 
 from __future__ import annotations
 
-import gc
 import posixpath
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import orjson
 from crc32c import crc32c
 
-from beaver_sim.core.queue import SCHEMA_VERSION, JobQueue
-from beaver_sim.core.types import BeaverError, CorruptLog
+from beaver_sim.errors import BeaverError, CorruptLog
 from beaver_sim.storage.fs import FS
 
 MAGIC = "beaver-snap"
 _SNAPSHOT = re.compile(r"snap-(\d{20})\.json")
+T = TypeVar("T")
 
 
 def snapshot_name(seq: int) -> str:
     return f"snap-{seq:020d}.json"
 
 
-def encode(q: JobQueue) -> bytes:
-    """Header line + body line for the state of `q` at `q.last_seq`."""
-    body = orjson.dumps(q.to_state())
+@dataclass(slots=True)
+class Snapshot:
+    """One verified snapshot file: its header's seq and version, and the body (a view, not a copy)."""
+
+    seq: int
+    version: int
+    body: memoryview
+
+
+def encode(seq: int, version: int, body: bytes) -> bytes:
+    """Header line + body + newline: the whole file for a state `body` of format `version` at `seq`."""
     header = orjson.dumps(
         {
             "magic": MAGIC,
-            "v": SCHEMA_VERSION,
-            "last_included_seq": q.last_seq,
+            "v": version,
+            "last_included_seq": seq,
             "body_len": len(body),
             "body_crc32c": crc32c(body),
         }
     )
-    return header + b"\n" + body + b"\n"
+    return b"".join((header, b"\n", body, b"\n"))
 
 
-def decode(data: bytes, path: str) -> JobQueue:
-    """Check and load one snapshot file; CorruptLog if damaged, BeaverError if from a newer version."""
+def decode(data: bytes, path: str) -> Snapshot:
+    """Check one snapshot file's header and body checksum; CorruptLog if damaged."""
     nl = data.find(b"\n")
     try:
         header = orjson.loads(data[:nl]) if nl > 0 else None
@@ -51,41 +62,25 @@ def decode(data: bytes, path: str) -> JobQueue:
         header = None
     if not isinstance(header, dict) or header.get("magic") != MAGIC:
         raise CorruptLog(f"{path}: not a beaver snapshot (bad header)")
-    if header.get("v") != SCHEMA_VERSION:
-        raise BeaverError(
-            f"{path}: snapshot schema version {header.get('v')} is not supported "
-            f"(this version reads {SCHEMA_VERSION})"
-        )
-    end = len(data)
-    while end > nl + 1 and data[end - 1] == 0x0A:  # rstrip(b"\n") without copying the body twice
-        end -= 1
-    body = memoryview(data)[nl + 1 : end]
-    # .get: a damaged header that still parses must read as corruption, not raise KeyError
-    if len(body) != header.get("body_len") or crc32c(body) != header.get("body_crc32c"):
+    seq, version, size = header.get("last_included_seq"), header.get("v"), header.get("body_len")
+    if type(seq) is not int or type(version) is not int:
+        raise CorruptLog(f"{path}: not a beaver snapshot (bad header)")
+    # the body is exactly body_len bytes, then one newline: anything else is damage
+    start = nl + 1
+    end = start + size if type(size) is int and size >= 0 else -1
+    body = memoryview(data)[start:end]
+    if end != len(data) - 1 or data[end] != 0x0A or crc32c(body) != header.get("body_crc32c"):
         raise CorruptLog(f"{path}: snapshot body fails its checksum")
-    # A large state is millions of objects and no cycles: with the cyclic GC on, its passes would
-    # walk the growing heap again and again (half of the decode time at a million jobs), as in scan.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        q = JobQueue.from_state(orjson.loads(body))
-    except (ValueError, KeyError, TypeError, AssertionError) as e:
-        raise CorruptLog(f"{path}: snapshot body is not a valid state ({e})") from e
-    finally:
-        if enabled:
-            gc.enable()
-    if q.last_seq != header.get("last_included_seq"):
-        raise CorruptLog(f"{path}: body seq {q.last_seq} differs from header")
-    return q
+    return Snapshot(seq, version, body)
 
 
 @dataclass(slots=True)
-class Loaded:
-    state: JobQueue
+class Loaded(Generic[T]):
+    state: T | None  # None when no snapshot verifies
     path: str | None
     seq: int
     size: int
-    broken: list[str]
+    broken: list[str] = field(default_factory=list)
 
 
 class SnapshotStore:
@@ -108,12 +103,12 @@ class SnapshotStore:
     def path(self, seq: int) -> str:
         return posixpath.join(self.directory, snapshot_name(seq))
 
-    def save(self, q: JobQueue) -> str:
-        """Write the state of `q` as snapshot `q.last_seq`: tmp, fsync, rename, fsync directory."""
+    def save(self, seq: int, version: int, body: bytes) -> str:
+        """Write `body` as snapshot `seq`: tmp, fsync, rename, fsync directory."""
         fs = self.fs
-        path = self.path(q.last_seq)
+        path = self.path(seq)
         f = fs.create(path + ".tmp")
-        f.write(encode(q))
+        f.write(encode(seq, version, body))
         fs.mark("snapshot-tmp-written")
         f.sync()
         f.close()
@@ -136,18 +131,20 @@ class SnapshotStore:
             self.fs.mark("snapshots-pruned")
         return kept[0] if len(kept) >= self.keep else 0
 
-    def load(self) -> Loaded:
-        """The newest snapshot that verifies; damaged ones are renamed `.broken` and skipped."""
+    def load(self, read: Callable[[Snapshot, str], T]) -> Loaded[T]:
+        """The newest snapshot that verifies, as `read(snapshot, path)` makes it. A file that fails
+        its checksum, or that `read` finds corrupt (CorruptLog), is renamed `.broken` and skipped;
+        any other error of `read` (a version it does not know) stops the load."""
         broken: list[str] = []
         for seq in reversed(self.seqs()):
             path = self.path(seq)
             data = self.fs.read_bytes(path)
             try:
-                q = decode(data, path)
+                state = read(decode(data, path), path)
             except CorruptLog:
                 self.fs.replace(path, path + ".broken")
                 self.fs.sync_dir(self.directory)
                 broken.append(path)
                 continue
-            return Loaded(q, path, seq, len(data), broken)
-        return Loaded(JobQueue(), None, 0, 0, broken)
+            return Loaded(state, path, seq, len(data), broken)
+        return Loaded(None, None, 0, 0, broken)

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from crc32c import crc32c
 
-from beaver_sim.core.types import BeaverError, CorruptLog
+from beaver_sim.errors import BeaverError, CorruptLog
 from beaver_sim.storage.fs import FS, FileHandle
 
 MAGIC = "beaver-wal"
@@ -501,7 +501,7 @@ def verify(fs: FS, directory: str) -> Scan:
 
 def repair(fs: FS, directory: str) -> tuple[Scan, int, list[str]]:
     """Point-in-time repair of the log alone: cut it at its first bad record (see `cut`). The
-    operator's `beaver wal repair` plans first, with the snapshots in view (storage.recovery)."""
+    operator's `beaver wal repair` plans first, with the snapshots in view (core.recovery)."""
     s = scan(fs, directory)
     if s.problem is None:
         return s, 0, []

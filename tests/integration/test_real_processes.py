@@ -365,3 +365,15 @@ def test_clients_retrying_through_a_kill_9_enqueue_every_job_exactly_once(
     q = read_state(Config(data_dir=data_dir)).state
     assert sorted(q.jobs) == everything
     assert all(q.jobs[i].payload == {"type": "compute", "n": 20} for i in everything)
+
+
+def test_a_metrics_port_in_use_fails_before_anything_is_created(tmp_path: Path, data_dir: str) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = beaver("run", "--data-dir", data_dir, "--metrics-port", str(port))
+    assert out.returncode == 2 and f"127.0.0.1:{port}" in out.stderr and out.stderr.count("\n") == 1
+    assert not os.path.exists(data_dir)  # no LOCK, no wal/, no snap/

@@ -14,9 +14,9 @@ import pytest
 
 from beaver_sim.core import records as R
 from beaver_sim.core.queue import JobQueue
+from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import Lease
 from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS, SimulatedCrash
-from beaver_sim.storage.recovery import Storage
 
 DATA = "/data"
 CHECKPOINT = "checkpoint"

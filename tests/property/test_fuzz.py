@@ -19,12 +19,19 @@ from hypothesis import strategies as st
 from beaver_sim.cli import read_jobs
 from beaver_sim.config import load_config
 from beaver_sim.core import records as R
+from beaver_sim.core.recovery import (
+    Storage,
+    decode_snapshot,
+    encode_snapshot,
+    inspect,
+    plan_repair,
+    read_state,
+)
 from beaver_sim.core.types import BeaverError
 from beaver_sim.runtime import server
 from beaver_sim.runtime.service import Service
 from beaver_sim.sim.fs import SimFS
-from beaver_sim.storage.recovery import Storage, inspect, plan_repair
-from beaver_sim.storage.snapshot import SnapshotStore, decode, encode
+from beaver_sim.storage.snapshot import SnapshotStore
 from beaver_sim.storage.wal import scan, segment_name
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -97,14 +104,14 @@ def test_the_wal_reader_reports_any_bytes_as_a_problem_and_writes_nothing(data: 
         one_line(e, SEGMENT, "/data/wal")
 
 
-VALID_SNAPSHOT = encode(Storage.open(SimFS(), "/d").state)
+VALID_SNAPSHOT = encode_snapshot(Storage.open(SimFS(), "/d").state)
 
 
 @FUZZ
 @given(mangled(VALID_SNAPSHOT))
 def test_the_snapshot_loader_reports_any_bytes_in_one_line(data: bytes) -> None:
     try:
-        decode(data, "/data/snap/x.json")
+        decode_snapshot(data, "/data/snap/x.json")
     except BeaverError as e:
         one_line(e, "/data/snap/x.json")
     fs = SimFS()
@@ -113,7 +120,7 @@ def test_the_snapshot_loader_reports_any_bytes_in_one_line(data: bytes) -> None:
     f.write(data)
     f.close()
     try:
-        store.load()  # a damaged snapshot is set aside, never a crash
+        store.load(read_state)  # a damaged snapshot is set aside, never a crash
     except BeaverError as e:
         one_line(e, "/data/snap")
 

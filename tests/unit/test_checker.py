@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from beaver_sim.core import records as R
 from beaver_sim.core.queue import JobQueue
+from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import JobStatus
 from beaver_sim.sim.checker import INVARIANTS, Checker, Violation, same_bytes
 from beaver_sim.sim.fs import SimFS
-from beaver_sim.storage.recovery import Storage
 
 P = {"type": "compute", "value": 1}
 

@@ -246,7 +246,16 @@ def test_wal_verify_dump_and_repair(data_dir: Path, capsys: pytest.CaptureFixtur
 def test_a_100000_job_file_is_one_durable_batch_and_odd_ids_print_safely(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    odd = ["tab\tid", "new\nline", "rtl\u202eevil", "emoji-🦫", "nul\x00byte", "quote\"'"]
+    odd = [
+        "tab\tid",
+        "new\nline",
+        "rtl\u202eevil",
+        "emoji-🦫",
+        "nul\x00byte",
+        "quote\"'",
+        "../../escape",
+        "/abs",
+    ]
     ids = odd + [f"j{i}" for i in range(100_000 - len(odd))]
     path = job_file(tmp_path, [{"id": i, "payload": {"n": n}} for n, i in enumerate(ids)])
     d = ["--data-dir", str(tmp_path / "d")]
@@ -257,7 +266,10 @@ def test_a_100000_job_file_is_one_durable_batch_and_odd_ids_print_safely(
     lines = out.splitlines()
     assert len(lines) == 100_000  # one line per record: no id breaks a line
     assert "\t" not in out and "\u202e" not in out and "\x00" not in out
-    assert repr("rtl\u202eevil") in lines[2] and "emoji-🦫" in lines[3]
+    assert repr("rtl\u202eevil") in lines[2] and "emoji-🦫" in lines[3] and "../../escape" in lines[6]
     assert main(["wal", "dump", "--json", *d]) == 0
     dumped = [orjson.loads(line)["job"] for line in capsys.readouterr().out.splitlines()[: len(odd)]]
     assert dumped == odd  # stored exactly
+    names = {p.name for p in (tmp_path / "d").rglob("*")}  # a job id never builds a path
+    assert names == {"LOCK", "wal", "snap", "wal-00000000000000000001.log"}, names
+    assert not (tmp_path.parent / "escape").exists()

@@ -142,3 +142,39 @@ def test_arguments_are_passed_to_the_callback() -> None:
     clock.call_later(1.0, lambda *a: got.append(a), "job", 3, True)
     clock.run()
     assert got == [("job", 3, True)]
+
+
+def test_cancelled_timeouts_do_not_pile_up_in_the_heap() -> None:
+    """The controller's pattern: every attempt arms a long timeout and cancels it when the attempt
+    ends first. The heap is rebuilt once cancelled entries are most of it, in the same order."""
+    clock = VirtualClock()
+    seen: list[int] = []
+    pending: list = []
+
+    def attempt(i: int) -> None:
+        seen.append(i)
+        if pending:
+            clock.cancel(pending.pop())
+        clock.cancel(clock.call_later(0.5, seen.append, -1))  # cancelled twice: counted once
+        if i < 10_000:
+            pending.append(clock.call_later(3.0, seen.append, -i))  # the timeout, cancelled next turn
+            clock.call_later(0.1, attempt, i + 1)
+        assert len(clock._heap) <= 2 * 64 + 4
+
+    clock.call_at(0.0, attempt, 0)
+    clock.run()
+    assert seen == list(range(10_001))  # no cancelled timeout ever ran
+    assert math.isclose(clock.now(), 1000.0)
+
+
+def test_cancel_after_run_or_clear_is_harmless() -> None:
+    clock = VirtualClock()
+    seen: list[str] = []
+    ran = clock.call_at(1.0, seen.append, "a")
+    clock.run()
+    clock.cancel(ran)
+    dropped = clock.call_at(5.0, seen.append, "never")
+    clock.clear()
+    clock.cancel(dropped)
+    clock.call_at(6.0, seen.append, "b")
+    assert clock.run() == 1 and seen == ["a", "b"]

@@ -14,6 +14,7 @@ from typing import Any
 
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
+from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import Abandoned, Config, JobStatus
 from beaver_sim.metrics import QueueMetrics, sample
 from beaver_sim.runtime.workers import REAP_GRACE, PoolWorkers
@@ -21,7 +22,6 @@ from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import SimFS
 from beaver_sim.sim.poison import run_poison
 from beaver_sim.sim.workers import SimWorkers
-from beaver_sim.storage.recovery import Storage
 from beaver_sim.storage.wal import scan
 
 CONFIG = Config(data_dir="/d", worker_count=1, task_timeout=0.3, max_retry=1, snapshot_interval=0)

@@ -9,12 +9,12 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from beaver_sim.core.controller import Controller
+from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import Config
 from beaver_sim.metrics import QueueMetrics, sample
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import SimFS
 from beaver_sim.sim.workers import SimWorkers
-from beaver_sim.storage.recovery import Storage
 
 SEED_NAMES = {
     "queue_jobs_dispatched_total",

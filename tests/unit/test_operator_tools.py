@@ -14,9 +14,9 @@ import pytest
 
 from beaver_sim.cli import main
 from beaver_sim.core import records as R
+from beaver_sim.core.recovery import Storage, apply_repair, inspect, plan_repair
 from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS
 from beaver_sim.storage.fs import RealFS
-from beaver_sim.storage.recovery import Storage, apply_repair, inspect, plan_repair
 from tests.property.test_checkpoint_crash import CHECKPOINT, execute, workload
 
 
@@ -187,7 +187,7 @@ def test_damage_before_a_snapshot_inside_a_segment_it_ends_in_is_refused(
     for i in range(4):
         s.append(R.enqueue(f"more-{i}", {}))
     s.wal.flush()
-    s.snapshots.save(s.state)  # a snapshot in the middle of the last segment (no rotation)
+    s.save_snapshot()  # a snapshot in the middle of the last segment (no rotation)
     s.append(R.enqueue("after", {}))
     s.close()
     last = sorted((d / "wal").glob("wal-*.log"))[-1]

@@ -224,18 +224,22 @@ def test_validate_names_the_broken_rule(damage, match: str) -> None:
 # -- snapshot state ---------------------------------------------------------------------------
 
 
-def test_to_state_from_state_round_trip() -> None:
+@pytest.mark.parametrize("schema", [1, 2])
+def test_snapshot_state_round_trip(schema: int) -> None:
+    """Both bodies a snapshot may hold: schema 1 (`to_state`, one list per job, still read) and
+    schema 2 (`to_columns`, what snapshots are written as)."""
+    to, back_from = {1: ("to_state", JobQueue.from_state), 2: ("to_columns", JobQueue.from_columns)}[schema]
     q = _busy()
     q.dispatch("j2", Lease(1, 7, 123.25))
     q.requeue("j2", 1)
     q.dispatch("j3", Lease(1, 2, 99.5))
     q.enqueue("j4", {"nested": {"list": [1, 2.5, "x", None, True]}, "unicode": "ünï"})
     q.last_seq = 17
-    state = q.to_state()
-    assert state["schema"] == SCHEMA_VERSION and state["last_seq"] == 17
+    state = getattr(q, to)()
+    assert state["schema"] == schema and state["last_seq"] == 17 and SCHEMA_VERSION == 2
     # through JSON bytes, as a snapshot stores it
-    back = JobQueue.from_state(orjson.loads(orjson.dumps(state)))
-    assert back.to_state() == state
+    back = back_from(orjson.loads(orjson.dumps(state)))
+    assert getattr(back, to)() == state and back.to_state() == q.to_state()
     assert back.stats() == q.stats()
     assert list(back.pending) == list(q.pending)
     assert back.leases == q.leases
@@ -250,6 +254,7 @@ def test_to_state_from_state_round_trip() -> None:
 
 def test_from_state_of_an_empty_queue() -> None:
     assert JobQueue.from_state(JobQueue().to_state()).to_state() == JobQueue().to_state()
+    assert JobQueue.from_columns(JobQueue().to_columns()).to_columns() == JobQueue().to_columns()
 
 
 def test_from_state_refuses_an_inconsistent_state() -> None:

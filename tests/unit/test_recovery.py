@@ -11,10 +11,10 @@ import pytest
 
 from beaver_sim.core import records as R
 from beaver_sim.core.queue import JobQueue
+from beaver_sim.core.recovery import RecoveryReport, Storage
 from beaver_sim.core.types import BeaverError, CorruptLog, IllegalTransition, JobStatus
 from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS
 from beaver_sim.storage.fs import FS, RealFS
-from beaver_sim.storage.recovery import RecoveryReport, Storage
 from beaver_sim.storage.snapshot import snapshot_name
 from beaver_sim.storage.wal import RecordTooLarge, list_segments, scan, segment_name
 from tests.denied import DeniedRealFS

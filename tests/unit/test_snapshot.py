@@ -12,11 +12,11 @@ from crc32c import crc32c
 
 from beaver_sim.core import records as R
 from beaver_sim.core.queue import SCHEMA_VERSION, JobQueue
+from beaver_sim.core.recovery import Storage, decode_snapshot, encode_snapshot, read_state, state_body
 from beaver_sim.core.types import BeaverError, CorruptLog, Lease
 from beaver_sim.sim.fs import POWER_LOSS, SimFS
 from beaver_sim.storage.fs import FS, RealFS
-from beaver_sim.storage.recovery import Storage
-from beaver_sim.storage.snapshot import SnapshotStore, decode, encode, snapshot_name
+from beaver_sim.storage.snapshot import SnapshotStore, encode, snapshot_name
 from beaver_sim.storage.wal import list_segments
 from tests.denied import DeniedRealFS
 
@@ -38,6 +38,11 @@ def state(n_jobs: int, last_seq: int) -> JobQueue:
     return q
 
 
+def body_of(q: JobQueue) -> tuple[int, int, bytes]:
+    """SnapshotStore.save's arguments for the state of `q`, as Storage.checkpoint passes them."""
+    return q.last_seq, SCHEMA_VERSION, state_body(q)
+
+
 def store(fs: FS | None = None, d: str = S) -> SnapshotStore:
     return SnapshotStore(fs or SimFS(), d)
 
@@ -54,10 +59,10 @@ def test_save_load_round_trip(kind: str, tmp_path: Path) -> None:
     fs, d = fs_dir(kind, tmp_path)
     st = SnapshotStore(fs, d)
     q = state(6, 17)
-    path = st.save(q)
+    path = st.save(*body_of(q))
     assert path == posixpath.join(d, snapshot_name(17)) == posixpath.join(d, "snap-00000000000000000017.json")
     assert fs.listdir(d) == [snapshot_name(17)]
-    loaded = SnapshotStore(fs, d).load()
+    loaded = SnapshotStore(fs, d).load(read_state)
     assert loaded.path == path and loaded.seq == 17 and loaded.broken == []
     assert loaded.size == fs.size(path)
     assert loaded.state.to_state() == q.to_state()
@@ -65,20 +70,76 @@ def test_save_load_round_trip(kind: str, tmp_path: Path) -> None:
 
 
 def test_the_file_is_a_checked_header_and_a_body() -> None:
-    data = encode(state(5, 9))
+    data = encode_snapshot(state(5, 9))
     header_line, body, end = data.split(b"\n")
     assert end == b""
     header = orjson.loads(header_line)
     assert header["magic"] == "beaver-snap" and header["v"] == SCHEMA_VERSION
     assert header["last_included_seq"] == 9
     assert header["body_len"] == len(body) and header["body_crc32c"] == crc32c(body)
-    assert orjson.loads(body) == state(5, 9).to_state()  # payloads of jobs in every state
+    assert orjson.loads(body) == state(5, 9).to_columns()  # payloads of jobs in every state
 
 
-def test_an_empty_store_loads_an_empty_queue() -> None:
-    loaded = store().load()
-    assert loaded.path is None and loaded.seq == 0 and loaded.broken == []
-    assert loaded.state.to_state() == JobQueue().to_state()
+def test_payloads_stay_json_text_until_read() -> None:
+    """Schema 2 keeps each payload as the JSON text it stored: a recovery of a million jobs builds
+    no payload dict until a job is dispatched (or compared)."""
+    q = decode_snapshot(encode_snapshot(state(5, 9)), "/x")
+    job = q.jobs["j4"]
+    assert job.raw == '{"i":4,"text":"ünïcode\\n\\"quoted\\""}'
+    assert job.payload == {"i": 4, "text": 'ünïcode\n"quoted"'} and job.raw is job.payload
+    assert encode_snapshot(q) == encode_snapshot(state(5, 9))  # text or dict: the same bytes
+
+
+@both
+def test_a_v1_snapshot_still_loads_and_the_next_checkpoint_writes_v2(kind: str, tmp_path: Path) -> None:
+    """Data directories written before schema 2 open as they are (their snapshot body is
+    `to_state()`, one list per job); the next snapshot is schema 2."""
+    fs, d = fs_dir(kind, tmp_path)
+    data = posixpath.dirname(d)
+    s = Storage.open(fs, data)
+    for i in range(6):
+        s.append(R.enqueue(f"j{i}", {"i": i}))
+    s.append(R.dispatch("j0", 1, 0, 3.0))
+    s.append(R.ack("j0", 1))
+    s.checkpoint()
+    old = encode(8, 1, orjson.dumps(s.state.to_state()))  # the same state in the v1 body
+    s.append(R.enqueue("after", {}))
+    s.close()
+    live = s.state.to_state()
+    path = posixpath.join(d, snapshot_name(8))
+    f = fs.create(path)  # the snapshot as the previous version wrote it
+    f.write(old)
+    f.sync()
+    f.close()
+    s = Storage.open(fs, data)
+    assert s.report.snapshot == path and s.report.records_replayed == 1
+    assert s.state.to_state() == live
+    s.checkpoint()
+    newest = SnapshotStore(fs, d).load(read_state)
+    assert orjson.loads(fs.read_bytes(newest.path).split(b"\n")[0])["v"] == SCHEMA_VERSION == 2
+    assert newest.state.to_state() == live
+    s.close()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c | {"status": c["status"][:-1]},
+        lambda c: c | {"payloads": [{"i": 0}, *c["payloads"][1:]]},
+        lambda c: c | {"ids": [c["ids"][0], *c["ids"][:-1]]},
+        lambda c: c | {"status": "x" + c["status"][1:]},
+    ],
+    ids=["short-column", "payload-not-text", "duplicate-id", "unknown-state"],
+)
+def test_a_v2_body_that_is_not_a_state_is_corrupt(edit) -> None:
+    body = orjson.dumps(edit(state(5, 9).to_columns()))
+    with pytest.raises(CorruptLog, match="not a valid state"):
+        decode_snapshot(encode(9, 2, body), "/x/snap-9.json")
+
+
+def test_an_empty_store_loads_nothing() -> None:
+    loaded = store().load(read_state)
+    assert loaded.path is None and loaded.seq == 0 and loaded.broken == [] and loaded.state is None
 
 
 def test_save_is_durable_with_tmp_fsync_rename_and_directory_fsync() -> None:
@@ -86,7 +147,7 @@ def test_save_is_durable_with_tmp_fsync_rename_and_directory_fsync() -> None:
     st = store(fs)
     ops: list[tuple[str, str]] = []
     fs.hook = lambda op, path, n: ops.append((op, path))
-    st.save(state(3, 5))
+    st.save(*body_of(state(3, 5)))
     path = posixpath.join(S, snapshot_name(5))
     assert ops == [
         ("create", path + ".tmp"),
@@ -99,29 +160,29 @@ def test_save_is_durable_with_tmp_fsync_rename_and_directory_fsync() -> None:
         ("sync_dir", S),
         ("mark", "snapshot-dir-synced"),
     ]
-    assert fs.after_crash(POWER_LOSS).read_bytes(path) == encode(state(3, 5))
+    assert fs.after_crash(POWER_LOSS).read_bytes(path) == encode_snapshot(state(3, 5))
 
 
 def test_keep_the_two_newest() -> None:
     fs = SimFS()
     st = store(fs)
-    st.save(state(1, 3))
+    st.save(*body_of(state(1, 3)))
     assert st.prune() == 0  # one snapshot: no fallback yet, so the WAL must stay whole
     for seq in (7, 12, 20):
-        st.save(state(2, seq))
+        st.save(*body_of(state(2, seq)))
     assert st.seqs() == [3, 7, 12, 20]
     assert st.prune() == 12  # the oldest kept snapshot: the WAL may go through seq 12
     assert st.seqs() == [12, 20]
     assert fs.listdir(S) == [snapshot_name(12), snapshot_name(20)]
     assert st.prune() == 12
-    assert st.load().seq == 20
+    assert st.load(read_state).seq == 20
 
 
 def test_keep_is_configurable() -> None:
     fs = SimFS()
     st = SnapshotStore(fs, S, keep=3)
     for seq in (1, 2, 3, 4):
-        st.save(state(1, seq))
+        st.save(*body_of(state(1, seq)))
     assert st.prune() == 2 and st.seqs() == [2, 3, 4]
 
 
@@ -139,12 +200,12 @@ def test_keep_is_configurable() -> None:
 def test_a_damaged_newest_is_set_aside_and_the_older_used(damage) -> None:
     fs = SimFS()
     st = store(fs)
-    st.save(state(4, 10))
-    newest = st.save(state(6, 20))
+    st.save(*body_of(state(4, 10)))
+    newest = st.save(*body_of(state(6, 20)))
     bad = damage(fs.read_bytes(newest))
     f = fs.create(newest)
     f.write(bad)
-    loaded = SnapshotStore(fs, S).load()
+    loaded = SnapshotStore(fs, S).load(read_state)
     assert loaded.seq == 10 and loaded.state.to_state() == state(4, 10).to_state()
     assert loaded.broken == [newest]
     assert fs.read_bytes(newest + ".broken") == bad  # kept for humans
@@ -155,10 +216,10 @@ def test_a_damaged_newest_is_set_aside_and_the_older_used(damage) -> None:
 def test_every_snapshot_damaged_gives_an_empty_state() -> None:
     fs = SimFS()
     st = store(fs)
-    paths = [st.save(state(2, seq)) for seq in (1, 2)]
+    paths = [st.save(*body_of(state(2, seq))) for seq in (1, 2)]
     for p in paths:
         fs.create(p).write(b"garbage")
-    loaded = st.load()
+    loaded = st.load(read_state)
     assert loaded.seq == 0 and loaded.path is None and loaded.broken == paths[::-1]
 
 
@@ -180,25 +241,25 @@ def test_every_snapshot_damaged_gives_an_empty_state() -> None:
     ids=["body-edited", "header-seq", "header-missing-len", "magic", "body-not-a-state"],
 )
 def test_decode_refuses_damage_with_corrupt_log(edit, match: str) -> None:
-    data = encode(state(4, 9))
+    data = encode_snapshot(state(4, 9))
     h_line, body, _ = data.split(b"\n")
     header, body = edit(orjson.loads(h_line), body)
     with pytest.raises(CorruptLog, match=rf"^/x/snap-9\.json: .*{match}"):
-        decode(orjson.dumps(header) + b"\n" + body + b"\n", "/x/snap-9.json")
+        decode_snapshot(orjson.dumps(header) + b"\n" + body + b"\n", "/x/snap-9.json")
 
 
 @both
 def test_a_wrong_schema_version_names_the_file_and_is_not_set_aside(kind: str, tmp_path: Path) -> None:
     fs, d = fs_dir(kind, tmp_path)
     st = SnapshotStore(fs, d)
-    path = st.save(state(2, 4))
+    path = st.save(*body_of(state(2, 4)))
     h_line, body, _ = fs.read_bytes(path).split(b"\n")
     header = {**orjson.loads(h_line), "v": SCHEMA_VERSION + 1}
     f = fs.create(path)
     f.write(orjson.dumps(header) + b"\n" + body + b"\n")
     f.close()
     with pytest.raises(BeaverError) as excinfo:
-        st.load()
+        st.load(read_state)
     assert not isinstance(excinfo.value, CorruptLog)  # a newer writer, not damage
     msg = str(excinfo.value)
     assert msg.startswith(f"{path}: snapshot schema version {SCHEMA_VERSION + 1} is not supported")
@@ -210,16 +271,16 @@ def test_leftover_tmp_files_are_removed() -> None:
     fs.makedirs(S)
     fs.create(posixpath.join(S, snapshot_name(5) + ".tmp")).write(b"half")
     st = store(fs)
-    assert fs.listdir(S) == [] and st.load().seq == 0
+    assert fs.listdir(S) == [] and st.load(read_state).seq == 0
 
 
 def test_other_files_are_ignored() -> None:
     fs = SimFS()
     st = store(fs)
-    st.save(state(1, 3))
+    st.save(*body_of(state(1, 3)))
     fs.create(posixpath.join(S, "README")).write(b"x")
     fs.create(posixpath.join(S, "snap-3.json")).write(b"x")  # not 20 digits
-    assert st.seqs() == [3] and st.load().seq == 3
+    assert st.seqs() == [3] and st.load(read_state).seq == 3
 
 
 @both
@@ -245,9 +306,9 @@ def test_a_data_directory_that_is_a_file_is_refused(kind: str, tmp_path: Path) -
 
 def test_an_unreadable_snapshot_names_the_file(tmp_path: Path) -> None:
     d = str(tmp_path / "snap")
-    path = SnapshotStore(RealFS(), d).save(state(2, 4))
+    path = SnapshotStore(RealFS(), d).save(*body_of(state(2, 4)))
     with pytest.raises(PermissionError) as excinfo:
-        SnapshotStore(DeniedRealFS(path), d).load()
+        SnapshotStore(DeniedRealFS(path), d).load(read_state)
     assert path in str(excinfo.value)
 
 
@@ -273,10 +334,10 @@ class DeniedFS(SimFS):
 def test_a_permission_error_names_the_file_and_changes_nothing() -> None:
     fs = DeniedFS()
     st = store(fs)
-    path = st.save(state(2, 4))
+    path = st.save(*body_of(state(2, 4)))
     fs.denied = path
     with pytest.raises(PermissionError, match=rf"Permission denied: '{path}'"):
-        SnapshotStore(fs, S).load()
+        SnapshotStore(fs, S).load(read_state)
     assert fs.listdir(S) == [snapshot_name(4)]  # not mistaken for damage and renamed
 
 

@@ -3,10 +3,15 @@
 Recovery = the newest valid snapshot + replay of every record with seq > its last_included_seq, through
 the same `apply` the controller uses. A checkpoint follows the order that keeps every crash safe:
 WAL synced through N, snapshot N made durable, new WAL segment, old snapshots pruned, and only then
-the segments the oldest kept snapshot covers deleted."""
+the segments the oldest kept snapshot covers deleted.
+
+storage/ knows bytes, records and files; here they become a JobQueue (the snapshot body's format
+lives here), and the operator's read-only inspection and planned repair read a data directory the
+way recovery does."""
 
 from __future__ import annotations
 
+import gc
 import posixpath
 import re
 from collections import Counter
@@ -17,15 +22,63 @@ from typing import Any
 import orjson
 
 from beaver_sim.core import records as R
-from beaver_sim.core.queue import JobQueue
+from beaver_sim.core.queue import SCHEMA_VERSION, JobQueue
 from beaver_sim.core.records import Record, apply
-from beaver_sim.core.types import BeaverError, Config, CorruptLog
+from beaver_sim.core.types import Config
+from beaver_sim.errors import BeaverError, CorruptLog
+from beaver_sim.storage import snapshot as S
 from beaver_sim.storage import wal as W
 from beaver_sim.storage.fs import FS
-from beaver_sim.storage.snapshot import SnapshotStore, decode
+from beaver_sim.storage.snapshot import Snapshot, SnapshotStore
 from beaver_sim.storage.wal import Problem, Scan, WriteAheadLog
 
 Apply = Callable[[JobQueue, Record], None]
+
+
+# -- the snapshot body: a JobQueue's state -----------------------------------------------------
+
+
+def state_body(q: JobQueue) -> bytes:
+    """The snapshot body (format SCHEMA_VERSION) for the state of `q`."""
+    return orjson.dumps(q.to_columns())
+
+
+def encode_snapshot(q: JobQueue) -> bytes:
+    """The whole snapshot file for the state of `q` at `q.last_seq`."""
+    return S.encode(q.last_seq, SCHEMA_VERSION, state_body(q))
+
+
+def read_state(snap: Snapshot, path: str) -> JobQueue:
+    """The JobQueue a verified snapshot holds; CorruptLog if its body is not a valid state,
+    BeaverError if it was written by a newer version."""
+    build = _READERS.get(snap.version)
+    if build is None:
+        raise BeaverError(
+            f"{path}: snapshot schema version {snap.version} is not supported "
+            f"(this version reads {', '.join(map(str, sorted(_READERS)))})"
+        )
+    # A large state is millions of objects and no cycles: with the cyclic GC on, its passes would
+    # walk the growing heap again and again (half of the decode time at a million jobs), as in scan.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        q = build(orjson.loads(snap.body))
+    except (ValueError, KeyError, TypeError, AssertionError) as e:
+        raise CorruptLog(f"{path}: snapshot body is not a valid state ({e})") from e
+    finally:
+        if enabled:
+            gc.enable()
+    if q.last_seq != snap.seq:
+        raise CorruptLog(f"{path}: body seq {q.last_seq} differs from header")
+    return q
+
+
+_READERS = {1: JobQueue.from_state, 2: JobQueue.from_columns}  # v1: data directories written before v2
+
+
+def decode_snapshot(data: bytes, path: str) -> JobQueue:
+    """Check and load one snapshot file; CorruptLog if damaged, BeaverError if from a newer version."""
+    return read_state(S.decode(data, path), path)
 
 
 @dataclass(slots=True)
@@ -69,17 +122,20 @@ class Storage:
         wal_cls: type[WriteAheadLog] = WriteAheadLog,
         snapshot_cls: type[SnapshotStore] = SnapshotStore,
         keep: int = 2,
+        retention: int = 0,
         **wal_options: Any,
     ) -> Storage:
         """Recover `data_dir` (created if missing). Raises CorruptLog / BeaverError with one line
-        naming the file when it cannot be trusted; the other arguments let the simulator swap in
-        its deliberately broken variants."""
+        naming the file when it cannot be trusted; `retention` keeps only that many ended jobs in
+        memory (JobQueue.set_retention); the other arguments let the simulator swap in its
+        deliberately broken variants."""
         t0 = timer() if timer else 0.0
         if fs.exists(data_dir) and not fs.is_dir(data_dir):  # else a bare FileExistsError from mkdir
             raise BeaverError(f"{data_dir}: data directory is a file")
         snapshots = snapshot_cls(fs, snap_dir or posixpath.join(data_dir, "snap"), keep)
-        loaded = snapshots.load()
-        q = loaded.state
+        loaded = snapshots.load(read_state)
+        q = loaded.state if loaded.state is not None else JobQueue()
+        q.set_retention(retention)  # before replay: replay drops what the live run dropped
 
         def replay(rec: Record, _lsn: int) -> None:
             apply_fn(q, rec)
@@ -108,6 +164,7 @@ class Storage:
             wal_dir=config.wal_dir,
             snap_dir=config.snapshot_dir,
             keep=config.snapshots_kept,
+            retention=config.completed_retention,
             fsync=config.fsync,
             segment_bytes=config.segment_bytes,
             max_record=config.max_record_bytes,
@@ -124,11 +181,16 @@ class Storage:
             raise
         return seq
 
+    def save_snapshot(self) -> str:
+        """Write the state as snapshot `state.last_seq`, compacting nothing; returns its path."""
+        q = self.state
+        return self.snapshots.save(q.last_seq, SCHEMA_VERSION, state_body(q))
+
     def checkpoint(self) -> int:
         """Snapshot the state at its last seq and compact; returns the snapshot's seq."""
         q = self.state
         self.wal.sync()  # never let a snapshot be ahead of the durable log
-        self.snapshots.save(q)
+        self.save_snapshot()
         self.wal.rotate()
         oldest = self.snapshots.prune()
         self.wal.delete_through(oldest)
@@ -172,12 +234,14 @@ def inspect(
     *,
     every_record: bool = False,
     check_snapshots: bool = False,
+    retention: int = 0,
 ) -> Inspection:
     """Read a data directory as `Storage.open` would, changing nothing. Records after the newest
     good snapshot are replayed into `state`, or handed to `on_record` instead (every record in the
     log with `every_record`). Records the snapshot covers may be missing from the front of the log:
     their segments were deleted by a checkpoint, which is not damage. `check_snapshots` verifies
-    every snapshot file, not just the newest good one."""
+    every snapshot file, not just the newest good one. `retention`: the data directory's
+    `completed_retention`, so that replay drops what recovery would."""
     names = [n for n in fs.listdir(snap_dir) if _SNAPSHOT.fullmatch(n)] if fs.is_dir(snap_dir) else []
     paths = [posixpath.join(snap_dir, n) for n in names]
     q, newest, broken = JobQueue(), None, []
@@ -185,13 +249,14 @@ def inspect(
         if newest is not None and not check_snapshots:
             break
         try:
-            loaded = decode(fs.read_bytes(path), path)
+            loaded = decode_snapshot(fs.read_bytes(path), path)
         except CorruptLog:
             broken.append(path)
             continue
         if newest is None:
             q, newest = loaded, path
     broken.reverse()
+    q.set_retention(retention)
     covered = q.last_seq
 
     def replay(rec: Record, _lsn: int) -> None:
