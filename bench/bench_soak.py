@@ -30,8 +30,9 @@ from beaver_sim.sim.fs import CRASH_MODELS
 TORN_MAX = 512
 
 
-def soak(jobs: int, rate: float, seed: int) -> Simulation:
-    """The soak's run, without its crashes."""
+def soak(jobs: int, rate: float, seed: int, retention: int = 0) -> Simulation:
+    """The soak's run, without its crashes; `retention` > 0 keeps only that many ended jobs in
+    memory and snapshots (completed_retention), so each recovery costs the window, not the history."""
     config = Config(
         data_dir="/soak",
         worker_count=8,
@@ -42,6 +43,7 @@ def soak(jobs: int, rate: float, seed: int) -> Simulation:
         snapshot_interval=1.0,
         snapshot_log_ratio=0.25,
         segment_bytes=256 << 10,
+        completed_retention=retention,
     )
     workload = Workload(jobs, rate=rate, batch=5, durations="exponential")
     return Simulation(config, workload, seed, sample_every=0)
@@ -71,8 +73,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=20.0)
     ap.add_argument("--crash-every", type=int, default=3000, help="events between crashes, on average")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--retention", type=int, default=0, help="completed_retention (0: keep every job)")
     args = ap.parse_args()
-    sim = soak(args.jobs, args.rate, args.seed)
+    sim = soak(args.jobs, args.rate, args.seed, args.retention)
     plans, per_second = crash_plans(sim, args.crash_every)
     t0 = time.perf_counter()
     r = replace(sim, crash=plans).run()
