@@ -29,7 +29,7 @@ lab: $(STAMP)  # JupyterLab on the notebooks (kernel "python3" is this .venv)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 notebooks: $(STAMP)  # after a code change: re-execute every notebook in place, then read `git diff notebooks`
-	for nb in notebooks/[0-9]*.ipynb; do echo "$$nb"; $(BIN)/jupyter execute --inplace "$$nb" || exit 1; done
+	for nb in notebooks/[0-9]*.ipynb notebooks/labs/*.ipynb; do echo "$$nb"; $(BIN)/jupyter execute --inplace "$$nb" || exit 1; done
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
