@@ -31,6 +31,10 @@ OUTCOME_COLORS = {
     "dead": "#30343f",
     "violation": "#d1495b",
     "lost": "#d1495b",
+    "new": "#4c9f70",  # what a reboot finds after a snapshot write (notebook 03)
+    "old": "#edae49",
+    "corrupt": "#d1495b",
+    "nothing": "#30343f",
 }
 _RC = {
     "figure.figsize": (7.0, 3.2),
@@ -253,9 +257,10 @@ def attempts_histogram(
         ax.bar(table.index, table[s], bottom=bottom, color=colors[str(s)], label=str(s), width=0.7)
         bottom += table[s].to_numpy()
     ax.set_ylim(0, bottom.max() * 1.08)
-    if max_retry is not None:
+    if max_retry is not None:  # the limit sits after the last allowed bar, with room for the next one
         ax.axvline(max_retry + 0.5, ls="--", color="black", lw=1)
-        ax.text(max_retry + 0.45, bottom.max() * 0.95, "max_retry", fontsize=8, ha="right")
+        ax.text(max_retry + 0.55, bottom.max(), f"max_retry = {max_retry}", fontsize=8, va="top")
+        ax.set_xlim(0.4, max(table.index.max(), max_retry + 1) + 0.6)
     ax.set_xticks(table.index)
     ax.set_xlabel("attempts per job")
     ax.set_ylabel("jobs (count)")
@@ -274,13 +279,21 @@ def rates(
     title: str | None = None,
 ) -> Axes:
     """Several counts (or fractions) against one swept parameter, e.g. retries and dead letters as the
-    failure rate grows; the `dashed` columns (a theory to compare with) get no markers. The y label
+    failure rate grows; the `dashed` columns (a theory to compare with) get no markers, and the colour
+    of the measured column their name starts with (`dead fraction (theory)` that of `dead fraction`),
+    so each theory reads with its measurement. Plot a rate and a fraction on separate axes. The y label
     defaults to the plotted columns' names, which say their unit (`retries per job`)."""
     ax = _axes(ax, title)
     rows = df.sort_values(x)
+    colors: dict[str, str] = {}
     for y in ys:
-        style = {"ls": "--", "lw": 1.5} if y in dashed else {"marker": "o", "ms": 3, "lw": 1}
-        ax.plot(rows[x], rows[y], label=y.replace("_", " "), **style)
+        if y in dashed:
+            measured = [m for m in colors if y.startswith(m)]
+            style = {"ls": "--", "lw": 1.5, "color": colors[measured[0]] if measured else None}
+        else:
+            style = {"marker": "o", "ms": 3, "lw": 1}
+        (line,) = ax.plot(rows[x], rows[y], label=y.replace("_", " "), **style)
+        colors.setdefault(y, line.get_color())
     ax.set_xlabel(axis_label(x))
     ax.set_ylabel(ylabel or ", ".join(axis_label(y) for y in ys if y not in dashed))
     ax.legend()

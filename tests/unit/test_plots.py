@@ -56,3 +56,17 @@ def test_outcome_map_marks_and_timeline_labels_are_drawn() -> None:
     )
     ax = plots.timeline(attempts.assign(job=["a", "a"]), label="job")
     assert [t.get_text() for t in ax.texts] == ["a", "a"]
+
+
+def test_theory_lines_take_their_measurements_colour_and_max_retry_is_in_view() -> None:
+    by = pd.DataFrame(
+        {"failure_rate": [0.1, 0.2], "dead fraction": [0.0, 0.01], "dead fraction (theory)": [0.001, 0.008]}
+    )
+    ax = plots.rates(by, ys=["dead fraction", "dead fraction (theory)"], dashed=["dead fraction (theory)"])
+    measured, theory = ax.lines
+    assert theory.get_color() == measured.get_color() and theory.get_linestyle() == "--"
+    jobs = pd.DataFrame({"attempts": [1, 2, 3], "status": ["completed", "completed", "dead"]})
+    ax = plots.attempts_histogram(jobs, max_retry=3)
+    (marker,) = ax.lines
+    assert marker.get_xdata()[0] == 3.5 and ax.get_xlim()[1] > 4
+    assert [t.get_text() for t in ax.texts] == ["max_retry = 3"]
