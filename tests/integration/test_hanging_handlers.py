@@ -25,7 +25,7 @@ from beaver_sim.runtime.service import read_state
 from beaver_sim.storage import wal
 from beaver_sim.storage.fs import RealFS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_env")]
 
 BEAVER = [sys.executable, "-m", "beaver_sim.cli"]
 READY = re.compile(r"^ready")
@@ -51,15 +51,6 @@ FLAGS = (
     *("--snapshot-interval", "0", "--metrics-port", "0", "--failure-rate", "0"),
 )
 MARKER = "HANGTEST_MARKER"
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No BEAVER_* variables; the working directory is tmp_path (built-in defaults + flags)."""
-    for name in list(os.environ):
-        if name.startswith("BEAVER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
 
 
 def beaver(*argv: str) -> subprocess.CompletedProcess[str]:

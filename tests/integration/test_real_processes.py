@@ -23,7 +23,7 @@ from beaver_sim.cli import RECOVERED, RunProcess
 from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.runtime.service import read_state
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_env")]
 
 REPO = Path(__file__).resolve().parents[2]
 SEED_JOBS = REPO / "data" / "jobs.json"
@@ -33,15 +33,6 @@ FAST = [
     *("--failure-rate", "0.2", "--max-retry", "3", "--snapshot-interval", "200ms", "--metrics-port", "0"),
 ]
 READY = re.compile(r"^ready")
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No BEAVER_* variables, and a working directory without configs/ (built-in defaults + flags)."""
-    for name in list(os.environ):
-        if name.startswith("BEAVER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture

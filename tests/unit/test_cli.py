@@ -14,13 +14,7 @@ import pytest
 from beaver_sim.cli import build_parser, main
 from beaver_sim.runtime.lock import DataDirLock
 
-
-@pytest.fixture(autouse=True)
-def clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("BEAVER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no configs/default.yaml here: built-in defaults
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def tree(root: Path) -> dict[str, bytes]:

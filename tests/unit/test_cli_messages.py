@@ -5,7 +5,6 @@ errors quote what was typed, a typo'd config key gets a suggestion, `demo --help
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -14,13 +13,7 @@ import pytest
 from beaver_sim.cli import build_parser, main
 from beaver_sim.sim.checker import CODES, INVARIANTS
 
-
-@pytest.fixture(autouse=True)
-def clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("BEAVER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no configs/default.yaml here: built-in defaults
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,16 +10,9 @@ import pytest
 from beaver_sim.config import load_config, parse_duration, parse_size
 from beaver_sim.core.types import BeaverError, Config
 
+pytestmark = pytest.mark.usefixtures("clean_env")
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No BEAVER_* variables from the caller, and a working directory without configs/."""
-    for name in list(os.environ):
-        if name.startswith("BEAVER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
 
 
 def write(tmp_path: Path, text: str, name: str = "c.yaml") -> str:

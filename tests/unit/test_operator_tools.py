@@ -6,7 +6,6 @@ directory a crash during checkpoints can leave (SimFS, both crash models)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import orjson
@@ -19,13 +18,7 @@ from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS
 from beaver_sim.storage.fs import RealFS
 from tests.property.test_checkpoint_crash import CHECKPOINT, execute, workload
 
-
-@pytest.fixture(autouse=True)
-def clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("BEAVER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def tree(root: Path) -> dict[str, bytes]:
