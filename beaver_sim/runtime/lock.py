@@ -12,7 +12,7 @@ import os
 from types import TracebackType
 
 from beaver_sim.core.types import BeaverError
-from beaver_sim.storage.fs import DIR_MODE, FILE_MODE
+from beaver_sim.storage.fs import FILE_MODE, RealFS
 
 LOCK_NAME = "LOCK"
 
@@ -38,7 +38,11 @@ class DataDirLock:
 
     def acquire(self) -> None:
         """Take the lock or raise DataDirLocked naming the holder's PID. Creates the directory."""
-        os.makedirs(self.data_dir, DIR_MODE, exist_ok=True)
+        # RealFS fsyncs each new directory's parent: else a power loss may lose the whole directory
+        try:
+            RealFS().makedirs(self.data_dir)
+        except FileExistsError:  # a concurrent process made part of the path first: go on after it
+            RealFS().makedirs(self.data_dir)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
