@@ -44,7 +44,7 @@ CALLS = (
 )
 _LINE = re.compile(r"^(\d+) +(?:<\.\.\. (\w+) resumed>|(\w+)\()(.*?)(?: <unfinished \.\.\.>)?$")
 _DONE = re.compile(r"^(.*)\)\s+=\s+(-?\d+)(?:<[^>]*>)?(?:\s.*)?$", re.S)
-_FD = re.compile(r"^(-?\d+|AT_FDCWD)<((?:\\x[0-9a-f]{2})*)>$")
+_FD = re.compile(r"^(-?\d+|AT_FDCWD)<((?:\\x[0-9a-f]{2})*)>(\(deleted\))?$")
 _SEGMENT = re.compile(r"wal-\d{20}\.log")
 
 
@@ -85,11 +85,13 @@ def _bytes(escaped: str) -> bytes:
 
 
 def _fd(token: str, where: str) -> tuple[str, str]:
-    """(fd, path) of an `-y` file-descriptor token such as `4<\\x2f...>`."""
+    """(fd, path) of an `-y` file-descriptor token such as `4<\\x2f...>`. A file unlinked while
+    open has no path any more: it is named `(deleted)/...`, under no root."""
     m = _FD.match(token)
     if m is None:
         raise TraceError(f"{where}: no path on descriptor {token[:40]!r} (strace -y)")
-    return m.group(1), _bytes(m.group(2)).decode("utf-8", "surrogateescape")
+    path = _bytes(m.group(2)).decode("utf-8", "surrogateescape")
+    return m.group(1), f"(deleted){path}" if m.group(3) else path
 
 
 def _abs(token: str, where: str) -> str:
@@ -151,13 +153,13 @@ def parse(text: str, root: str, ack: re.Pattern[bytes], name: str = "trace") -> 
             offsets.pop(_fd(args[0], where), None)
         elif call in ("write", "pwrite64", "sendto"):
             fd, path = _fd(args[0], where)
+            if not args[1].endswith('"'):
+                raise TraceError(f"{where}: write to {path} cut short in the trace (raise strace -s)")
             data = _bytes(args[1].strip('"'))[:result]
             if not under(path):
                 if call != "pwrite64" and ack.search(data):
                     ops.append(Op("ack", path, data, line=where))
                 continue
-            if not args[1].endswith('"'):
-                raise TraceError(f"{where}: write to {path} cut short in the trace (raise strace -s)")
             if call == "pwrite64":
                 add("write", path, data=data, offset=int(args[3]))
             elif (fd, path) in offsets:
@@ -253,7 +255,7 @@ class Disk:
             data.extend(bytes(op.size - len(data)))
         elif op.kind == "write":
             at = len(data) if op.offset < 0 else op.offset
-            data.extend(bytes(at - len(data)))
+            data.extend(bytes(max(0, at - len(data))))
             data[at : at + len(op.data)] = op.data
         else:  # fallocate: allocate (extends unless KEEP_SIZE), or zero a range
             end = op.offset + op.size
@@ -385,7 +387,7 @@ def check(
             elif op.kind == "sync" and _SEGMENT.fullmatch(posixpath.basename(op.path)):
                 claim.read(disk._file(op).durable)
         where = (
-            f"after op {k} ({ops[k - 1].line} {ops[k - 1].kind} {ops[k - 1].path})" if k else "before op 1"
+            f"after op {k} ({ops[k - 1].line}: {ops[k - 1].kind} {ops[k - 1].path})" if k else "at the start"
         )
         for out in outcomes:
             state = disk.crash(out.model)
