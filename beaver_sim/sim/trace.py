@@ -7,7 +7,7 @@ covers what RealFS, the lock and the runtime really do, in the order they did it
 the acknowledgements the process sent (stdout or the control socket). `Disk` applies a prefix of
 them and tracks, per file, the bytes written and the bytes its last fsync made durable, and per
 directory entry whether a directory fsync made it durable. `Disk.crash` gives the files a restart
-would find under three models:
+would find under four models:
 - `process`: every call took effect, nothing lost (kill -9: the page cache survives);
 - `power-loss`: only synced bytes under names made durable by a directory fsync;
 - `torn`: as `power-loss`, plus the first half of each file's unsynced appended bytes (a write
@@ -322,7 +322,8 @@ def _digest(state: dict[str, bytes | None]) -> bytes:
 
 @dataclass(slots=True)
 class Claim:
-    """What the synced WAL bytes held: the highest seq, the LSN after it, the jobs whose ACK."""
+    """What the synced WAL bytes held (what the checker holds recovery to): the highest seq, the
+    LSN after it, and the jobs whose ACK record was synced."""
 
     seq: int = 0
     lsn: int = 0
@@ -370,9 +371,9 @@ def check(
 ) -> list[Outcome]:
     """For every prefix of `ops` (the empty one too) and every model: `wal verify` on the crash
     state must find nothing or a torn tail, the real recovery must start, and the recovered state
-    must keep every acknowledged job (the n-th `ack` op acknowledges `batches[n]`, job -> payload),
-    with its payload, every synced
-    ACK, and the synced seqs (checker invariants 1, 2, 3, 5, 8). `options` go to `Storage.open`."""
+    must keep every acknowledged job with its payload (the n-th `ack` op acknowledges `batches[n]`,
+    job -> payload), every synced ACK and the synced seqs (checker invariants 1, 2, 3, 5, 8).
+    `options` go to `Storage.open`."""
     root = posixpath.normpath(root)
     wal_dir, snap_dir = posixpath.join(root, "wal"), posixpath.join(root, "snap")
     outcomes = [Outcome(model) for model in models]
