@@ -193,14 +193,17 @@ class Controller:
                 self.free_workers.append(worker)
                 self._dispatch()
             return
-        self.clock.cancel(self._timers.pop(job_id))
+        clock, counters = self.clock, self.counters
+        clock.cancel(self._timers.pop(job_id))
         self.free_workers.append(lease.worker)
-        self.counters.observe_duration(self.clock.now() - (lease.deadline - self.config.task_timeout))
+        seconds = clock.now() - (lease.deadline - self.config.task_timeout)
+        counters.duration_buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1  # observe_duration: hot
+        counters.duration_sum += seconds
         if ok:
             self._log(R.ack(job_id, attempt))
-            self.counters.completed += 1
+            counters.completed += 1
         else:
-            self.counters.failed += 1
+            counters.failed += 1
             self._retry_or_bury(
                 job_id, attempt, R.fail(job_id, attempt, error or "error"), f"failed: {error}"
             )
@@ -234,14 +237,16 @@ class Controller:
             return
         pending, jobs, free = self.state.pending, self.state.jobs, self.free_workers
         timeout, now = self.config.task_timeout, self.clock.now()
+        log, call_at, on_timeout = self._log, self.clock.call_at, self._on_timeout
+        timers, to_start, counters = self._timers, self._to_start, self.counters
         while free and pending:
             job_id = pending[0]
             attempt = jobs[job_id].attempt + 1
             worker = free.popleft()
-            self._log(R.dispatch(job_id, attempt, worker, now + timeout))
-            self._timers[job_id] = self.clock.call_at(now + timeout, self._on_timeout, job_id, attempt)
-            self._to_start.append((job_id, attempt, worker))
-            self.counters.dispatched += 1
+            log(R.dispatch(job_id, attempt, worker, now + timeout))
+            timers[job_id] = call_at(now + timeout, on_timeout, job_id, attempt)
+            to_start.append((job_id, attempt, worker))
+            counters.dispatched += 1
 
     # -- the log -------------------------------------------------------------------------------
 

@@ -79,28 +79,33 @@ class JobQueue:
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
 
-    def _job(self, job_id: str, action: str, expected: JobStatus) -> Job:
-        job = self.jobs.get(job_id)
-        if job is None:
-            raise IllegalTransition(job_id, None, action, "no such job")
-        if job.status is not expected:
-            raise IllegalTransition(job_id, job.status, action)
-        return job
-
     def _move(self, job: Job, to: JobStatus) -> None:
+        """Change a job's state and the counts (the mutants' replay handlers move jobs with it)."""
         counts = self.counts
         counts[job.status] -= 1
         counts[to] += 1
         job.status = to
 
+    def _refuse(self, job_id: str, action: str, expected: JobStatus, why: str = "") -> IllegalTransition:
+        """The error of a transition its job's state does not allow (the slow path: the transitions
+        below test the same conditions inline, and only call this to name what is wrong)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return IllegalTransition(job_id, None, action, "no such job")
+        if job.status is not expected:
+            return IllegalTransition(job_id, job.status, action)
+        return IllegalTransition(job_id, job.status, action, why)
+
     # -- transitions ---------------------------------------------------------------------------
+    # Each is one flat function (no helper calls on the good path): replay runs one per record, and
+    # every check stays, in the same order, so live operation and replay refuse the same records.
 
     def enqueue(self, job_id: str, payload: dict[str, Any]) -> Job:
         """Add a new job at the back of the pending FIFO."""
-        if job_id in self.jobs:
-            raise IllegalTransition(job_id, self.jobs[job_id].status, "enqueue", "duplicate id")
-        job = Job(job_id, payload)
-        self.jobs[job_id] = job
+        jobs = self.jobs
+        if job_id in jobs:
+            raise IllegalTransition(job_id, jobs[job_id].status, "enqueue", "duplicate id")
+        jobs[job_id] = job = Job(job_id, payload)
         self.pending.append(job_id)
         self.counts[PENDING] += 1
         return job
@@ -111,48 +116,73 @@ class JobQueue:
 
     def dispatch(self, job_id: str, lease: Lease) -> Job:
         """Move the head of the FIFO in flight under `lease`, which must be its next attempt."""
-        job = self._job(job_id, "dispatch", PENDING)
-        if self.pending[0] != job_id:
-            raise IllegalTransition(job_id, job.status, "dispatch", "not at the head of the queue")
+        job = self.jobs.get(job_id)
+        pending = self.pending
+        if job is None or job.status is not PENDING:
+            raise self._refuse(job_id, "dispatch", PENDING)
+        if pending[0] != job_id:
+            raise self._refuse(job_id, "dispatch", PENDING, "not at the head of the queue")
         if lease.attempt != job.attempt + 1:
-            why = f"attempt {lease.attempt} after {job.attempt}"
-            raise IllegalTransition(job_id, job.status, "dispatch", why)
-        self.pending.popleft()
+            raise self._refuse(job_id, "dispatch", PENDING, f"attempt {lease.attempt} after {job.attempt}")
+        pending.popleft()
         job.attempt = lease.attempt
         self.leases[job_id] = lease
-        self._move(job, IN_FLIGHT)
-        return job
-
-    def _end_attempt(self, job_id: str, attempt: int, action: str) -> Job:
-        job = self._job(job_id, action, IN_FLIGHT)
-        if self.leases[job_id].attempt != attempt:
-            why = f"attempt {attempt} is not the current attempt {self.leases[job_id].attempt}"
-            raise IllegalTransition(job_id, job.status, action, why)
-        del self.leases[job_id]
+        counts = self.counts
+        counts[PENDING] -= 1
+        counts[IN_FLIGHT] += 1
+        job.status = IN_FLIGHT
         return job
 
     def complete(self, job_id: str, attempt: int) -> Job:
         """The current attempt succeeded: the job is completed for good."""
-        job = self._end_attempt(job_id, attempt, "complete")
-        self._move(job, COMPLETED)
+        job = self.jobs.get(job_id)
+        leases = self.leases
+        if job is None or job.status is not IN_FLIGHT or leases[job_id].attempt != attempt:
+            raise self._stale(job_id, attempt, "complete")
+        del leases[job_id]
+        counts = self.counts
+        counts[IN_FLIGHT] -= 1
+        counts[COMPLETED] += 1
+        job.status = COMPLETED
         if self.retention:
             self._ended(job_id)
         return job
 
     def requeue(self, job_id: str, attempt: int) -> Job:
         """The current attempt failed, timed out or was interrupted: back of the FIFO."""
-        job = self._end_attempt(job_id, attempt, "requeue")
-        self._move(job, PENDING)
+        job = self.jobs.get(job_id)
+        leases = self.leases
+        if job is None or job.status is not IN_FLIGHT or leases[job_id].attempt != attempt:
+            raise self._stale(job_id, attempt, "requeue")
+        del leases[job_id]
+        counts = self.counts
+        counts[IN_FLIGHT] -= 1
+        counts[PENDING] += 1
+        job.status = PENDING
         self.pending.append(job_id)
         return job
 
     def kill(self, job_id: str, attempt: int) -> Job:
         """The current attempt was the last one allowed: the job is dead for good."""
-        job = self._end_attempt(job_id, attempt, "mark dead")
-        self._move(job, DEAD)
+        job = self.jobs.get(job_id)
+        leases = self.leases
+        if job is None or job.status is not IN_FLIGHT or leases[job_id].attempt != attempt:
+            raise self._stale(job_id, attempt, "mark dead")
+        del leases[job_id]
+        counts = self.counts
+        counts[IN_FLIGHT] -= 1
+        counts[DEAD] += 1
+        job.status = DEAD
         if self.retention:
             self._ended(job_id)
         return job
+
+    def _stale(self, job_id: str, attempt: int, action: str) -> IllegalTransition:
+        """Why an attempt cannot end: no such job, not in flight, or not its current attempt."""
+        lease = self.leases.get(job_id)
+        current = lease.attempt if lease is not None else None
+        why = f"attempt {attempt} is not the current attempt {current}"
+        return self._refuse(job_id, action, IN_FLIGHT, why)
 
     # -- inspection ----------------------------------------------------------------------------
 

@@ -93,8 +93,9 @@ class UnknownRecord(BeaverError):
     """A record whose type this version does not know (a newer writer, or corruption)."""
 
 
-def apply(q: JobQueue, r: Record) -> None:
-    """Apply one logged record to the state; the only way state changes, live or in replay."""
+def apply(q: JobQueue, r: Record, _lsn: int = 0) -> None:
+    """Apply one logged record to the state; the only way state changes, live or in replay.
+    (`_lsn` is what the WAL's scan passes along: recovery hands it `partial(apply, q)` as is.)"""
     fn = APPLY.get(r["type"])
     if fn is None:
         raise UnknownRecord(f"unknown record type {r['type']!r} at seq {r.get('seq')}")

@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -137,14 +138,11 @@ class Storage:
         q = loaded.state if loaded.state is not None else JobQueue()
         q.set_retention(retention)  # before replay: replay drops what the live run dropped
 
-        def replay(rec: Record, _lsn: int) -> None:
-            apply_fn(q, rec)
-
         wal, scan, dropped = wal_cls.open(
             fs,
             wal_dir or posixpath.join(data_dir, "wal"),
             after_seq=loaded.seq,
-            on_record=replay,
+            on_record=partial(apply, q) if apply_fn is apply else lambda rec, _lsn: apply_fn(q, rec),
             timer=timer,
             **wal_options,
         )

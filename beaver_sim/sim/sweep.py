@@ -611,8 +611,13 @@ def _collect(
 
 
 def _expected_record(base: Base, plan: CrashPlan) -> list[Any] | None:
+    """`record_before(base.trace, x)`, by bisection: a walk back from the end for every point of a
+    long run made the parent's share of a sweep grow as points x records."""
     x = base.lsn(plan)
-    return record_before(base.trace, x) if x is not None and plan.kind in ("lsn", "record") else None
+    if x is None or plan.kind not in ("lsn", "record"):
+        return None
+    i = bisect.bisect_right(base.ends, x)
+    return [base.trace[i - 1][0][k] for k in ("seq", "type", "job")] if i else None
 
 
 class _NoBar:
