@@ -174,8 +174,16 @@ def list_segments(fs: FS, directory: str) -> list[str]:
 
 
 def log_bytes(fs: FS, path: str) -> bytes:
-    """A segment's bytes without its zero-filled (preallocated) remainder."""
-    return fs.read_bytes(path).rstrip(b"\0")
+    """A segment's bytes without its zero-filled (preallocated) remainder. No record byte is 0, so
+    the first zero starts the remainder; only when other bytes follow the zeros (damage) does it
+    take the slow `rstrip` (~25 ms a MiB)."""
+    data = fs.read_bytes(path)
+    zero = data.find(b"\0")
+    if zero < 0:
+        return data
+    if data.endswith(bytes(len(data) - zero)):  # one memcmp: ~30 ms for 64 MiB
+        return data[:zero]
+    return data.rstrip(b"\0")
 
 
 def scan(
