@@ -403,7 +403,9 @@ class WriteAheadLog:
                 raise CorruptLog(
                     f"{directory}: no WAL segment, but a snapshot covers seq {after_seq}: the log was deleted"
                 )
-            create_segment(fs, directory, 1, 0, 0)
+            mode = options.get("preallocate", "none")
+            size = options.get("segment_bytes", SEGMENT_BYTES) if mode != "none" else 0
+            create_segment(fs, directory, 1, 0, 0, size, mode == "zeros")
             s.segments.append(Segment(1, 0, posixpath.join(directory, segment_name(1))))
             s.first_seq, s.next_seq = 1, 1
             s.end_lsn = s.end_offset = len(header_line(1, 0, 0))
