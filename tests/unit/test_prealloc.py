@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -291,3 +292,9 @@ def test_config_names_the_layout() -> None:
     assert Config(wal_preallocate="yes").problems() == [
         "wal_preallocate must be one of none, fallocate, zeros, got 'yes'"
     ]
+
+
+def test_the_no_fsync_mutant_is_still_caught_in_this_layout() -> None:
+    s = lifecycle(12, 9, "power-loss", wal_preallocate="fallocate")
+    df = crash_sweep(replace(s, mutant="no-fsync"), "records", executor="serial", progress=False)
+    assert any(v["invariant"] == 1 for v in violations(df))
