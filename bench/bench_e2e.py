@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_e2e.py [--jobs 1000,100000] [--pq-jobs 1000,10000] [--repeat 3]
                                         [--samples 2000] [--dir DIR] [--profile N] [--workers 8]
-                                        [--breakdown N]
+                                        [--breakdown N] [--preallocate none|fallocate|zeros]
 
 1. Durable throughput: enqueue -> dispatch -> `noop` handler -> ACK with fsync `always` on real files
    (RealFS in a temporary directory), the Controller on a RealClock (asyncio) and 8 worker threads
@@ -46,7 +46,7 @@ from typing import Any
 
 from beaver_sim.core.controller import Controller
 from beaver_sim.core.recovery import Storage
-from beaver_sim.core.types import Config
+from beaver_sim.core.types import PREALLOCATE, Config
 from beaver_sim.runtime.clock import RealClock
 from beaver_sim.runtime.workers import PoolWorkers
 from beaver_sim.storage.fs import RealFS
@@ -58,9 +58,9 @@ POLL = 0.001  # seconds between checks for the last ACK (bounds the error of a r
 WORKERS = 8  # the default worker_count
 
 
-def config_for(data_dir: str, workers: int) -> Config:
+def config_for(data_dir: str, workers: int, preallocate: str = "none") -> Config:
     """The defaults (fsync always, a snapshot considered every 2 s), as `beaver run` has them."""
-    return Config(data_dir=data_dir, fsync="always", worker_count=workers)
+    return Config(data_dir=data_dir, fsync="always", worker_count=workers, wal_preallocate=preallocate)
 
 
 def payload(i: int) -> dict[str, Any]:
@@ -122,10 +122,14 @@ def _run(go: Callable[[], Any], breakdown: Breakdown | None) -> Any:
 
 
 async def _open(
-    data_dir: str, workers: int, handlers: dict[str, Any] | None = None, breakdown: Breakdown | None = None
+    data_dir: str,
+    workers: int,
+    handlers: dict[str, Any] | None = None,
+    breakdown: Breakdown | None = None,
+    preallocate: str = "none",
 ) -> Controller:
     loop = asyncio.get_running_loop()
-    config = config_for(data_dir, workers)
+    config = config_for(data_dir, workers, preallocate)
     hooks = {} if breakdown is None else {"timer": time.perf_counter, "on_sync": breakdown.on_sync}
     storage = Storage.from_config(RealFS(), config, **hooks)
     ctl = Controller(config, RealClock(loop), storage, PoolWorkers(loop, config, handlers))
@@ -152,18 +156,23 @@ def _finish(ctl: Controller, n: int, seconds: float, breakdown: Breakdown | None
         "fsyncs_per_job": ctl.storage.wal.syncs / n,
         "completed": ctl.counters.completed,
         "fsync": ctl.storage.wal.fsync,
+        "preallocate": ctl.storage.wal.preallocate,
     }
     _close(ctl)
     return out
 
 
 def run_batched(
-    data_dir: str, n: int, workers: int = WORKERS, breakdown: Breakdown | None = None
+    data_dir: str,
+    n: int,
+    workers: int = WORKERS,
+    breakdown: Breakdown | None = None,
+    preallocate: str = "none",
 ) -> dict[str, Any]:
     """Enqueue calls of BATCH jobs, one per loop turn, while the pool drains; time to the last ACK."""
 
     async def go() -> dict[str, Any]:
-        ctl = await _open(data_dir, workers, breakdown=breakdown)
+        ctl = await _open(data_dir, workers, breakdown=breakdown, preallocate=preallocate)
         max_depth = 0
         if breakdown:
             breakdown.restart()
@@ -180,13 +189,17 @@ def run_batched(
 
 
 def run_one_by_one(
-    data_dir: str, n: int, workers: int = WORKERS, breakdown: Breakdown | None = None
+    data_dir: str,
+    n: int,
+    workers: int = WORKERS,
+    breakdown: Breakdown | None = None,
+    preallocate: str = "none",
 ) -> dict[str, Any]:
     """One producer: enqueue one job, wait until it is durable, next; time to the last ACK."""
 
     async def go() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        ctl = await _open(data_dir, workers, breakdown=breakdown)
+        ctl = await _open(data_dir, workers, breakdown=breakdown, preallocate=preallocate)
         if breakdown:
             breakdown.restart()
         t0 = time.perf_counter()
@@ -216,7 +229,9 @@ def run_pqueue(directory: str, n: int) -> dict[str, float]:
     return {"seconds": seconds, "jobs_per_s": n / seconds}
 
 
-def run_latency(data_dir: str, samples: int, workers: int = WORKERS) -> dict[str, float]:
+def run_latency(
+    data_dir: str, samples: int, workers: int = WORKERS, preallocate: str = "none"
+) -> dict[str, float]:
     """Idle controller, one job at a time: enqueue -> handler start, and enqueue -> durable ack."""
     starts: dict[str, float] = {}
 
@@ -225,7 +240,7 @@ def run_latency(data_dir: str, samples: int, workers: int = WORKERS) -> dict[str
 
     async def go() -> dict[str, float]:
         loop = asyncio.get_running_loop()
-        ctl = await _open(data_dir, workers, {"stamp": stamp})
+        ctl = await _open(data_dir, workers, {"stamp": stamp}, preallocate=preallocate)
         to_start, to_ack = [], []
         for i in range(samples):
             job = f"j{i}"
@@ -260,11 +275,11 @@ def profile(root: str, n: int, workers: int) -> str:
     return out.getvalue()
 
 
-def breakdowns(root: str, n: int, workers: int) -> dict[str, dict[str, float]]:
+def breakdowns(root: str, n: int, workers: int, preallocate: str = "none") -> dict[str, dict[str, float]]:
     """One one-by-one and one batched run of n jobs, each with its Breakdown."""
     return {
-        "one_by_one": run_one_by_one(fresh(root, "bd-one"), n, workers, Breakdown()),
-        "batched": run_batched(fresh(root, "bd-batched"), n, workers, Breakdown()),
+        "one_by_one": run_one_by_one(fresh(root, "bd-one"), n, workers, Breakdown(), preallocate),
+        "batched": run_batched(fresh(root, "bd-batched"), n, workers, Breakdown(), preallocate),
     }
 
 
@@ -330,9 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", type=int, default=0, help="also profile one batched run of N jobs")
     ap.add_argument("--breakdown", type=int, default=0, help="also break down the loop's time, N jobs")
     ap.add_argument("--workers", type=int, default=WORKERS, help="worker_count (jobs per fsync at most)")
+    ap.add_argument("--preallocate", choices=PREALLOCATE, default="none", help="wal_preallocate for beaver")
     args = ap.parse_args(argv)
-    batched = partial(run_batched, workers=args.workers)
-    one_by_one = partial(run_one_by_one, workers=args.workers)
+    batched = partial(run_batched, workers=args.workers, preallocate=args.preallocate)
+    one_by_one = partial(run_one_by_one, workers=args.workers, preallocate=args.preallocate)
     sizes = [int(x) for x in args.jobs.split(",")]
     one_sizes = [int(x) for x in args.one_by_one_jobs.split(",")]
     pq_sizes = [int(x) for x in args.pq_jobs.split(",")]
@@ -350,17 +366,17 @@ def main(argv: list[str] | None = None) -> int:
                 out = fn(fresh(root, f"{kind}-{n}"), n)
                 runs[kind].setdefault(n, []).append(out)
                 print(f"round {r + 1} {kind} {n}: {out['jobs_per_s']:,.0f} jobs/s", file=sys.stderr)
-            latency.append(run_latency(fresh(root, "latency"), args.samples, args.workers))
+            latency.append(run_latency(fresh(root, "latency"), args.samples, args.workers, args.preallocate))
         res: dict[str, Any] = {k: {str(n): best(v) for n, v in by_n.items()} for k, by_n in runs.items()}
         res["latency"] = min(latency, key=lambda r: r["dispatch_p99_ms"])
-        res["workers"] = args.workers
+        res["workers"], res["preallocate"] = args.workers, args.preallocate
         res["machine"] = machine()
         print(json.dumps(res, indent=2))
         print()
         print(table(res))
         if args.breakdown:
             print()
-            print(json.dumps(breakdowns(root, args.breakdown, args.workers), indent=2))
+            print(json.dumps(breakdowns(root, args.breakdown, args.workers, args.preallocate), indent=2))
         if args.profile:
             print()
             print(profile(root, args.profile, args.workers))

@@ -58,9 +58,13 @@ def run_beaver(kind: str, n: int, d: str, workers: int) -> dict[str, Any]:
     sys.path.insert(0, HERE)
     import bench_e2e  # the same runs as bench_e2e.py's own rows
 
-    fn = bench_e2e.run_batched if kind == "beaver_batched" else bench_e2e.run_one_by_one
-    out = fn(d, n, workers=workers)
-    return {**out, "durability": f"WAL fsync {out['fsync']} (fdatasync before each acknowledgement)"}
+    fn = bench_e2e.run_batched if kind.startswith("beaver_batched") else bench_e2e.run_one_by_one
+    out = fn(d, n, workers=workers, preallocate="fallocate" if kind.endswith("_prealloc") else "none")
+    durability = f"WAL fsync {out['fsync']} (fdatasync before each acknowledgement)"
+    return {
+        **out,
+        "durability": durability + (", preallocated segments" if out["preallocate"] != "none" else ""),
+    }
 
 
 # ------------------------------------------------------------------------------------------ huey
@@ -233,6 +237,8 @@ def run_pq(_kind: str, n: int, d: str, _workers: int) -> dict[str, Any]:
 CONTENDERS: dict[str, tuple[Runner, tuple[str, ...], str]] = {
     "beaver_batched": (run_beaver, (), "beaver, enqueue calls of 1000, 8 worker threads"),
     "beaver_one_by_one": (run_beaver, (), "beaver, one durable enqueue at a time, 8 worker threads"),
+    "beaver_batched_prealloc": (run_beaver, (), "beaver batched, wal_preallocate: fallocate"),
+    "beaver_one_by_one_prealloc": (run_beaver, (), "beaver one by one, wal_preallocate: fallocate"),
     "huey": (run_huey, ("huey",), "huey SqliteHuey, 8 worker threads, task returns None"),
     "huey_result": (run_huey, ("huey",), "huey SqliteHuey, 8 worker threads, task returns True (result row)"),
     "rq_always": (run_rq, ("rq", "redis", "redis-server"), "RQ + Redis, 8 SimpleWorker processes"),

@@ -10,10 +10,11 @@
    commit: k appends, then one flush = one write + one fdatasync), against one os.write + fdatasync
    per record. Target: >= 10x the per-record fsync rate at 64.
 
-3. Preallocated segments (a prototype, not the WAL): one write + fdatasync per record, appended to
-   a growing file, against the same writes made with pwrite into a file whose blocks exist already:
-   `fallocate`d (posix_fallocate: unwritten extents) or pre-zeroed (written with zeros and synced
-   first, as PostgreSQL makes its WAL files). Set-up is not timed; zeroing is reported in MB/s.
+3. Preallocated segments, through the real WAL: one append + flush (one write + one fdatasync) per
+   record under fsync=always, with `preallocate` none (appended: each fdatasync also commits the
+   new file size), fallocate (posix_fallocate: unwritten extents) and zeros (written and synced
+   first, as PostgreSQL makes its WAL files). Opening the log, which creates and preallocates the
+   segment, is not timed; the time to create one `segment_bytes` segment is reported per mode.
 
 Every figure is the best of `--repeat` rounds; a round runs each contender once, interleaved.
 Prints the figures as JSON, then a markdown table."""
@@ -38,7 +39,7 @@ from crc32c import crc32c
 from beaver_sim.core import records as R
 from beaver_sim.core.recovery import Storage
 from beaver_sim.storage.fs import RealFS
-from beaver_sim.storage.wal import list_segments
+from beaver_sim.storage.wal import PREALLOCATE, WriteAheadLog, create_segment, list_segments
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
@@ -200,71 +201,50 @@ def bench_appends(root: str, repeat: int, fsyncs: int) -> dict[str, Any]:
     return out
 
 
-PREALLOC_MODES = ("appended", "fallocated", "pre-zeroed")
-
-
-def _prealloc_file(path: str, mode: str, size: int) -> tuple[int, float]:
-    """Open `path` for the prototype (untimed set-up); (fd, seconds spent zeroing)."""
-    if mode == "appended":
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), 0.0
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+def wal_syncs(data_dir: str, mode: str, n: int, segment_bytes: int) -> float:
+    """Seconds for n records, each appended and flushed alone (one write + one fdatasync)."""
+    wal, _, _ = WriteAheadLog.open(RealFS(), data_dir, preallocate=mode, segment_bytes=segment_bytes)
+    recs = [R.enqueue(f"job-{i}", payload(i)) for i in range(n)]
     t0 = time.perf_counter()
-    if mode == "fallocated":
-        os.posix_fallocate(fd, 0, size)
-    else:
-        zeros = bytes(1 << 20)
-        for _ in range(size >> 20):
-            os.write(fd, zeros)
-    os.fsync(fd)  # the size and the allocation are durable before the first record
-    return fd, time.perf_counter() - t0
+    for r in recs:
+        wal.append(r)
+        wal.flush()
+    secs = time.perf_counter() - t0
+    assert wal.syncs == n and len(wal.segments) == 1, (wal.syncs, len(wal.segments))
+    wal.close()
+    return secs
 
 
-def prealloc_syncs(path: str, mode: str, n: int) -> tuple[float, float]:
-    """n records, each one write + one fdatasync, the way `mode` lays them out; (timed seconds,
-    zeroing seconds). Appended: O_APPEND grows the file, so each fdatasync also commits the new
-    size. Otherwise: pwrite at the next offset of a file that is already `size` bytes."""
-    lines = []
-    for i in range(n):
-        body = orjson.dumps({**R.enqueue(f"job-{i}", payload(i)), "seq": i + 1})
-        lines.append(b"%08x %d %s\n" % (crc32c(body), len(body), body))
-    size = (sum(map(len, lines)) >> 20) + 1 << 20
-    fd, zeroing = _prealloc_file(path, mode, size)
-    try:
-        offset = 0
-        t0 = time.perf_counter()
-        if mode == "appended":
-            for line in lines:
-                os.write(fd, line)
-                _fdatasync(fd)
-        else:
-            for line in lines:
-                offset += os.pwrite(fd, line, offset)
-                _fdatasync(fd)
-        return time.perf_counter() - t0, zeroing
-    finally:
-        os.close(fd)
+def segment_seconds(directory: str, mode: str, segment_bytes: int) -> float:
+    """Seconds to create one segment as rotation does: tmp, header, preallocation, fsync, rename."""
+    os.makedirs(directory)
+    t0 = time.perf_counter()
+    size = segment_bytes if mode != "none" else 0
+    create_segment(RealFS(), directory, 1, 0, 0, size, mode == "zeros")
+    return time.perf_counter() - t0
 
 
-def bench_prealloc(root: str, repeat: int, fsyncs: int) -> dict[str, Any]:
-    times: dict[str, list[float]] = {mode: [] for mode in PREALLOC_MODES}
-    zero_rates: list[float] = []
+def bench_prealloc(root: str, repeat: int, fsyncs: int, segment_bytes: int) -> dict[str, Any]:
+    times: dict[str, list[float]] = {mode: [] for mode in PREALLOCATE}
+    create: dict[str, list[float]] = {mode: [] for mode in PREALLOCATE}
     for r in range(repeat):
-        for mode in PREALLOC_MODES:
-            path = os.path.join(root, f"prealloc-{mode}-{r}.log")
-            secs, zeroing = prealloc_syncs(path, mode, fsyncs)
-            times[mode].append(secs)
-            if mode == "pre-zeroed":
-                zero_rates.append(os.path.getsize(path) / zeroing / 1e6)
-            os.remove(path)
-    out: dict[str, Any] = {"fsyncs_per_run": fsyncs, "zeroing_mb_per_s": round(statistics.median(zero_rates))}
-    base = fsyncs / min(times["appended"])
-    for mode in PREALLOC_MODES:
+        for mode in PREALLOCATE:
+            d = os.path.join(root, f"prealloc-{mode}-{r}")
+            times[mode].append(wal_syncs(d, mode, fsyncs, segment_bytes))
+            shutil.rmtree(d)
+            create[mode].append(segment_seconds(d, mode, segment_bytes))
+            shutil.rmtree(d)
+    out: dict[str, Any] = {"fsyncs_per_run": fsyncs, "segment_bytes": segment_bytes}
+    base = fsyncs / min(times["none"])
+    for mode in PREALLOCATE:
         best_rate, median_rate = fsyncs / min(times[mode]), fsyncs / statistics.median(times[mode])
         out[mode] = {
             "syncs_per_s": round(best_rate),
             "syncs_per_s_median": round(median_rate),
             "ms_per_sync": round(1000 / best_rate, 3),
             "x_appended": round(best_rate / base, 2),
+            "x_appended_median": round(median_rate / (fsyncs / statistics.median(times["none"])), 2),
+            "segment_create_ms_median": round(statistics.median(create[mode]) * 1000, 1),
         }
     return out
 
@@ -277,7 +257,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-def table(res: dict[str, Any]) -> str:
+def replay_rows(res: dict[str, Any]) -> list[str]:
     r, a = res["replay"], res["appends"]
     rows = [
         "| Benchmark | records/s | vs baseline | target | met |",
@@ -297,17 +277,25 @@ def table(res: dict[str, Any]) -> str:
             f"| Durable append, fsync=always, {k} per flush "
             f"| {g['records_per_s']:,} | {g['x_per_record_fsync']}x | {target} | {met} |"
         )
+    return rows
+
+
+def table(res: dict[str, Any]) -> str:
+    rows: list[str] = []
+    if "replay" in res:
+        rows += replay_rows(res)
     p = res["prealloc"]
     rows += [
-        "",
-        "| One write + fdatasync per record | syncs/s (best) | median | ms/sync | vs appended |",
-        "|---|---:|---:|---:|---:|",
+        "" if rows else f"{p['fsyncs_per_run']} records per run, segments of {p['segment_bytes']:,} bytes",
+        "| WAL, one append + flush per record, preallocate = | syncs/s (best) | median | ms/sync "
+        "| vs none (best / median) | create a segment, ms |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for mode in PREALLOC_MODES:
+    for mode in PREALLOCATE:
         m = p[mode]
         rows.append(
             f"| {mode} | {m['syncs_per_s']:,} | {m['syncs_per_s_median']:,} | {m['ms_per_sync']} "
-            f"| {m['x_appended']}x |"
+            f"| {m['x_appended']}x / {m['x_appended_median']}x | {m['segment_create_ms_median']} |"
         )
     return "\n".join(rows)
 
@@ -317,18 +305,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", type=int, default=300_000, help="WAL records for the replay benchmark")
     ap.add_argument("--fsyncs", type=int, default=1000, help="fsyncs per durable-append run")
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure; the best is reported")
+    ap.add_argument("--segment-bytes", type=int, default=64 << 20, help="preallocated segment size")
+    ap.add_argument("--only", choices=("all", "prealloc"), default="all", help="run only the third part")
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
     args = ap.parse_args(argv)
     root = tempfile.mkdtemp(prefix="beaver-bench-", dir=args.dir)
     command = " ".join(["python bench/bench_storage.py", *(argv if argv is not None else sys.argv[1:])])
     try:
-        res = {
-            "command": command,
-            "machine": machine(),
-            "replay": bench_replay(root, args.records, args.repeat),
-            "appends": bench_appends(root, args.repeat, args.fsyncs),
-            "prealloc": bench_prealloc(root, args.repeat, args.fsyncs),
-        }
+        res: dict[str, Any] = {"command": command, "machine": machine()}
+        if args.only == "all":
+            res["replay"] = bench_replay(root, args.records, args.repeat)
+            res["appends"] = bench_appends(root, args.repeat, args.fsyncs)
+        res["prealloc"] = bench_prealloc(root, args.repeat, args.fsyncs, args.segment_bytes)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(res, indent=2))

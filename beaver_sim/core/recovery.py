@@ -165,6 +165,7 @@ class Storage:
             retention=config.completed_retention,
             fsync=config.fsync,
             segment_bytes=config.segment_bytes,
+            preallocate=config.wal_preallocate,
             max_record=config.max_record_bytes,
             **kwargs,
         )
@@ -329,9 +330,11 @@ def plan_repair(fs: FS, wal_dir: str, snap_dir: str) -> RepairPlan | None:
     if p.last_good_seq < covered:
         why = f"the damage is in records {found.snapshot} covers (seq <= {covered}) and in later ones"
         return RepairPlan(found, p, [], 0, {}, 0, 0, 0, 0, refused=why)
-    lines = fs.read_bytes(p.path)[p.offset :].split(b"\n")
-    for path in later:
-        lines += fs.read_bytes(path).split(b"\n")[1:]  # after the segment header
+    data = W.log_bytes(fs, p.path)  # without a preallocated zero remainder
+    rest = [W.log_bytes(fs, path) for path in later]
+    lines = data[p.offset :].split(b"\n")
+    for more in rest:
+        lines += more.split(b"\n")[1:]  # after the segment header
     kinds: Counter[str] = Counter()
     enqueued, acked, dead = set(), set(), set()
     unreadable = 0
@@ -348,7 +351,7 @@ def plan_repair(fs: FS, wal_dir: str, snap_dir: str) -> RepairPlan | None:
             continue  # the snapshot holds it
         kinds[kind] += 1
         {R.ENQUEUE: enqueued, R.ACK: acked, R.DEAD: dead}.get(kind, set()).add(job)
-    dropped = fs.size(p.path) - p.offset + sum(fs.size(path) for path in later)
+    dropped = len(data) - p.offset + sum(map(len, rest))
     return RepairPlan(
         found,
         p,

@@ -111,6 +111,7 @@ class Workers(Protocol):
 
 
 FSYNC_POLICIES = ("always", "interval", "never")
+PREALLOCATE = ("none", "fallocate", "zeros")  # storage.wal.PREALLOCATE
 
 
 @dataclass(slots=True)
@@ -131,6 +132,7 @@ class Config:
     fsync: str = "always"
     fsync_interval: float = 0.05
     segment_bytes: int = 64 << 20
+    wal_preallocate: str = "none"  # none | fallocate | zeros: segments made segment_bytes long up front
     max_record_bytes: int = 1 << 20
     snapshots_kept: int = 2
     completed_retention: int = 0  # ended jobs kept in memory and snapshots (0: all); see JobQueue
@@ -168,6 +170,10 @@ class Config:
             out.append(f"metrics_port must be in 0..65535, got {self.metrics_port}")
         if self.segment_bytes < 4096:
             out.append(f"segment_bytes must be >= 4096, got {self.segment_bytes}")
+        if self.wal_preallocate not in PREALLOCATE:
+            out.append(
+                f"wal_preallocate must be one of {', '.join(PREALLOCATE)}, got {self.wal_preallocate!r}"
+            )
         if self.completed_retention < 0:
             out.append(
                 f"completed_retention must be >= 0 (0 keeps every job), got {self.completed_retention}"

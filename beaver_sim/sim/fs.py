@@ -6,7 +6,12 @@ the create or rename that made it has been made durable by syncing the directory
 returns the files that survive under the `process` or `power-loss` model. A `hook` can stop the
 world before any call or in the middle of any write: that is how crash points are placed. A `fault`
 (IOFault) makes the n-th write, sync, rename or directory sync fail with an OSError, as a full or
-failing disk does."""
+failing disk does.
+
+A preallocated file is its written bytes followed by zeros up to its allocated size, kept as a
+number (a 64 MiB segment costs nothing to copy at a crash). Writes land at the end of the written
+bytes, over the zeros, as the WAL writes; a power loss keeps the durable bytes, the torn part of the
+unsynced ones, and the zeros up to the size the last sync made durable."""
 
 from __future__ import annotations
 
@@ -57,11 +62,15 @@ class SimulatedCrash(BaseException):
 @dataclass(slots=True)
 class _Inode:
     """`data` is what was written. What is durable is `data[:synced]`, unless the file was cut
-    short since its last sync: then it is `old` (kept so that a sync copies nothing: O(1))."""
+    short since its last sync: then it is `old` (kept so that a sync copies nothing: O(1)).
+    `size`: the allocated length when the file is longer than `data` (zeros after it);
+    `synced_size`: the allocated length the last sync made durable."""
 
     data: bytearray = field(default_factory=bytearray)
     synced: int = 0
     old: bytes | None = None
+    size: int = 0
+    synced_size: int = 0
 
     def durable(self) -> bytes:
         return self.old if self.old is not None else bytes(self.data[: self.synced])
@@ -71,9 +80,10 @@ class _Inode:
             self.old = bytes(self.data[: self.synced])
         del self.data[size:]
         self.synced = min(self.synced, size)
+        self.size = min(self.size, size)
 
     def sync(self) -> None:
-        self.synced, self.old = len(self.data), None
+        self.synced, self.old, self.synced_size = len(self.data), None, self.size
 
 
 class SimFile:
@@ -103,6 +113,15 @@ class SimFile:
         fs.write_calls += 1
         self.inode.data += data
         fs.bytes_written += len(data)
+
+    def preallocate(self, size: int, zeros: bool = False) -> None:
+        """Zeros up to `size` (fallocate and written zeros read the same); a crash point before,
+        and a `write` fault fails it with nothing allocated. Durable at the next sync."""
+        fs = self.fs
+        fs._call("preallocate", self.path)
+        if fs.fault is not None:
+            fs.fault.check("write", self.path)
+        self.inode.size = max(self.inode.size, size)
 
     def sync(self) -> None:
         fs = self.fs
@@ -163,6 +182,23 @@ class SimFS:
             inode = self.files[p] = _Inode()
         return SimFile(self, p, inode)
 
+    def open_at(self, path: str, offset: int) -> SimFile:
+        """Write from `offset` on. Only zeros may follow it (they become part of the preallocated
+        remainder): SimFS models writes at the end of the written bytes, which is all the WAL does."""
+        p = self._norm(path)
+        self._call("open", p)
+        inode = self._inode(p)
+        data = inode.data
+        end = len(data)
+        if offset > max(end, inode.size) or data.count(0, offset) != max(0, end - offset):
+            raise ValueError(f"{path}: SimFS writes only at the end of the written bytes, not at {offset}")
+        if offset < end:
+            inode.cut(offset)
+            inode.size = max(inode.size, end)
+        elif offset > end:
+            data += bytes(offset - len(data))
+        return SimFile(self, p, inode)
+
     def create(self, path: str) -> SimFile:
         p = self._norm(path)
         self._call("create", p)
@@ -175,7 +211,8 @@ class SimFS:
         return SimFile(self, p, inode)
 
     def read_bytes(self, path: str) -> bytes:
-        return bytes(self._inode(path).data)
+        inode = self._inode(path)
+        return bytes(inode.data) + bytes(max(0, inode.size - len(inode.data)))
 
     def exists(self, path: str) -> bool:
         p = self._norm(path)
@@ -203,7 +240,8 @@ class SimFS:
         self.dirs.update(new)
 
     def size(self, path: str) -> int:
-        return len(self._inode(path).data)
+        inode = self._inode(path)
+        return max(len(inode.data), inode.size)
 
     def replace(self, src: str, dst: str) -> None:
         s, d = self._norm(src), self._norm(dst)
@@ -254,13 +292,13 @@ class SimFS:
         out.dirs = set(self.dirs)
         if model == PROCESS:
             for path, inode in self.files.items():
-                out.files[path] = _Inode(bytearray(inode.data))
+                out.files[path] = _Inode(bytearray(inode.data), size=inode.size)
         else:
             for path, inode in self.durable_names.items():
                 data = bytearray(inode.durable())
                 if torn_bytes and inode.old is None:
                     data += inode.data[inode.synced : inode.synced + torn_bytes]
-                out.files[path] = _Inode(data)
+                out.files[path] = _Inode(data, size=inode.synced_size)
         # whatever survived a crash is what is on the disk now
         for inode in out.files.values():
             inode.sync()
@@ -268,5 +306,6 @@ class SimFS:
         return out
 
     def snapshot_files(self) -> dict[str, bytes]:
-        """Path -> bytes written, sorted by path: for hashing and comparing runs."""
+        """Path -> bytes written, sorted by path: for hashing and comparing runs (a preallocated
+        file's zero remainder is left out: it is the same for the same run)."""
         return {p: bytes(self.files[p].data) for p in sorted(self.files)}

@@ -90,6 +90,10 @@ class NoFsyncFS(SimFS):
         f = super().open_append(path)
         return _NoSyncFile(self, f.path, f.inode)
 
+    def open_at(self, path: str, offset: int) -> SimFile:  # the log's file when segments are preallocated
+        f = super().open_at(path, offset)
+        return _NoSyncFile(self, f.path, f.inode)
+
 
 class NoDirFsyncFS(SimFS):
     """Checkpoint 3 (temp file + rename): renames and new files are made durable only by an fsync

@@ -2,10 +2,14 @@
 
 Durability needs three things the page cache does not give: the file's bytes synced (fdatasync),
 a rename made durable by syncing its directory, and writes that never stop short. RealFS does all
-three; `beaver_sim.sim.fs.SimFS` models them in memory so a crash can be cut at any byte or call."""
+three; `beaver_sim.sim.fs.SimFS` models them in memory so a crash can be cut at any byte or call.
+
+A preallocated file (`FileHandle.preallocate`) is extended with zeros ahead of need, so that later
+writes overwrite blocks that exist already and their fdatasync has no file size to commit."""
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Protocol
 
@@ -20,6 +24,7 @@ class FileHandle(Protocol):
     """An open file: every write is whole, `sync` makes the written bytes durable."""
 
     def write(self, data: bytes) -> None: ...
+    def preallocate(self, size: int, zeros: bool = False) -> None: ...
     def sync(self) -> None: ...
     def close(self) -> None: ...
 
@@ -28,6 +33,7 @@ class FS(Protocol):
     """What storage needs from a file system. Paths are strings; listings are sorted."""
 
     def open_append(self, path: str) -> FileHandle: ...
+    def open_at(self, path: str, offset: int) -> FileHandle: ...
     def create(self, path: str) -> FileHandle: ...
     def read_bytes(self, path: str) -> bytes: ...
     def exists(self, path: str) -> bool: ...
@@ -40,6 +46,9 @@ class FS(Protocol):
     def truncate(self, path: str, size: int) -> None: ...
     def sync_dir(self, path: str) -> None: ...
     def mark(self, point: str) -> None: ...
+
+
+_ZEROS = bytes(1 << 20)
 
 
 class RealFile:
@@ -57,6 +66,24 @@ class RealFile:
             n = os.write(self.fd, view)
             view = view[n:]
 
+    def preallocate(self, size: int, zeros: bool = False) -> None:
+        """Extend the file to `size` bytes of zeros (never shrink it; the write offset stays).
+        posix_fallocate only maps blocks (ext4/xfs: unwritten extents, fast); `zeros` writes
+        them instead, as PostgreSQL does, and is the fallback where fallocate is unsupported.
+        Not durable until `sync`."""
+        start = os.fstat(self.fd).st_size
+        if size <= start:
+            return
+        if not zeros:
+            try:
+                os.posix_fallocate(self.fd, start, size - start)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+        while start < size:
+            start += os.pwrite(self.fd, memoryview(_ZEROS)[: size - start], start)
+
     def sync(self) -> None:
         _fdatasync(self.fd)
 
@@ -71,6 +98,16 @@ class RealFS:
 
     def open_append(self, path: str) -> RealFile:
         return RealFile(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+    def open_at(self, path: str, offset: int) -> RealFile:
+        """Write from `offset` on (a preallocated file: over its zeros); the file must exist."""
+        f = RealFile(path, os.O_WRONLY)
+        try:
+            os.lseek(f.fd, offset, os.SEEK_SET)
+        except OSError:
+            f.close()
+            raise
+        return f
 
     def create(self, path: str) -> RealFile:
         return RealFile(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)

@@ -3,7 +3,9 @@ simulator proves the design on SimFS, this proves RealFS really makes the calls 
 - an enqueue is acknowledged (the reply on the control socket, or `beaver enqueue`'s stdout when it
   writes the log itself) only after the bytes of its records were written and fdatasync'ed;
 - a WAL segment or snapshot is renamed into place only after its tmp file was synced, and its
-  directory is fsynced after the rename."""
+  directory is fsynced after the rename;
+- with `wal_preallocate: fallocate`, a WAL segment is fallocated before the sync that precedes its
+  rename, so no record lands in space that a crash could take back."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ pytestmark = [
 ]
 
 BEAVER = [sys.executable, "-m", "beaver_sim.cli"]
-CALLS = "write,fdatasync,fsync,rename,renameat,renameat2,sendto"
+CALLS = "write,pwrite64,fallocate,fdatasync,fsync,rename,renameat,renameat2,sendto"
 LINE = re.compile(r"^(\d+) +(?:<\.\.\. (\w+) resumed>|(\w+)\()(.*?)(?: <unfinished \.\.\.>)?$")
 FD = re.compile(r"^(\d+)<([^>]*)>")
 RESULT = re.compile(r"^(.*)\)\s+=\s+(-?\d+)", re.S)
@@ -122,10 +124,12 @@ def job_file(path: Path, ids: list[str]) -> Path:
     return path
 
 
+@pytest.mark.parametrize("prealloc", ["none", "fallocate"])
 def test_a_running_controller_acknowledges_only_synced_records_and_renames_only_synced_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prealloc: str
 ) -> None:
     monkeypatch.setenv("BEAVER_SEGMENT_BYTES", "4096")  # several rotations
+    monkeypatch.setenv("BEAVER_WAL_PREALLOCATE", prealloc)
     data = str(tmp_path / "d")
     trace = tmp_path / "run.trace"
     run = RunProcess(
@@ -166,6 +170,11 @@ def test_a_running_controller_acknowledges_only_synced_records_and_renames_only_
     snapshots = [c for c in calls if c.name == "rename" and "/snap/" in c.target]
     segments = [c for c in calls if c.name == "rename" and "/wal/" in c.target]
     assert snapshots and len(segments) >= 2 and renamed == len(snapshots) + len(segments)
+    if prealloc != "none":
+        for c in segments:
+            i = calls.index(c)
+            grown = [j for j, x in enumerate(calls[:i]) if x.name == "fallocate" and x.path == c.path]
+            assert grown and synced_after(calls, c.path, grown[-1] + 1, i), f"{c.path}: not preallocated"
 
 
 def test_beaver_enqueue_writing_the_log_itself_prints_durable_only_after_fdatasync(tmp_path: Path) -> None:

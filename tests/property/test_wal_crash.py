@@ -4,7 +4,8 @@ byte of a write or before a random call, under each crash model; then recovery o
 What had to survive is worked out from the FS calls alone, not from the log's own bookkeeping:
 every byte written to a `.log` file is record lines (headers go to `.tmp` files first), so
 `complete(bytes)` counts the records those bytes hold. A process crash keeps exactly the complete
-records written; a power loss keeps at least every record synced, at most every record written."""
+records written; a power loss keeps at least every record synced, at most every record written.
+Both layouts: appended segments, and preallocated ones whose records overwrite zeros."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from beaver_sim.core import records as R
 from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSS, PROCESS, SimFS, SimulatedCrash
-from beaver_sim.storage.wal import FSYNC_POLICIES, WriteAheadLog, verify
+from beaver_sim.storage.wal import FSYNC_POLICIES, PREALLOCATE, WriteAheadLog, verify
 
 D = "/data/wal"
 
@@ -53,7 +54,12 @@ class Run:
 
 
 def execute(
-    ops: list[tuple[str, int]], policy: str, segment_bytes: int, crash_at: int | None, keep_seed: int
+    ops: list[tuple[str, int]],
+    policy: str,
+    segment_bytes: int,
+    crash_at: int | None,
+    keep_seed: int,
+    prealloc: str = "none",
 ) -> tuple[SimFS, Run]:
     """Run `ops` on a fresh SimFS; stop the world at FS event number `crash_at` (a write keeps
     `keep_seed % (n + 1)` of its n bytes), or after the last op if it is never reached."""
@@ -79,7 +85,7 @@ def execute(
     fs.hook = hook
     wal = None
     try:
-        wal, _, _ = WriteAheadLog.open(fs, D, fsync=policy, segment_bytes=segment_bytes)
+        wal, _, _ = WriteAheadLog.open(fs, D, fsync=policy, segment_bytes=segment_bytes, preallocate=prealloc)
         for i, (op, size) in enumerate(ops):
             if op == "append":
                 r = R.enqueue(f"job-{i}", {"pad": "x" * size, "i": i})
@@ -103,15 +109,17 @@ def execute(
     return fs, run
 
 
-def recover(fs: SimFS) -> tuple[WriteAheadLog, list[dict[str, Any]]]:
+def recover(fs: SimFS, prealloc: str = "none") -> tuple[WriteAheadLog, list[dict[str, Any]]]:
     got: list[dict[str, Any]] = []
-    wal, _, _ = WriteAheadLog.open(fs, D, on_record=lambda r, _lsn: got.append(r))
+    wal, _, _ = WriteAheadLog.open(
+        fs, D, on_record=lambda r, _lsn: got.append(r), preallocate=prealloc, segment_bytes=1 << 14
+    )
     return wal, got
 
 
-def check(fs: SimFS, run: Run, model: str, torn: int) -> None:
+def check(fs: SimFS, run: Run, model: str, torn: int, prealloc: str = "none") -> None:
     survivor = fs.after_crash(model, torn)
-    wal, got = recover(survivor)
+    wal, got = recover(survivor, prealloc)
     n = len(got)
     written = run.complete(run.log_bytes)
     synced = run.complete(run.synced_bytes)
@@ -132,7 +140,7 @@ def check(fs: SimFS, run: Run, model: str, torn: int) -> None:
     assert wal.append(R.enqueue("after-crash", {})) == n + 1
     wal.flush()
     wal.close()
-    _, again = recover(survivor)
+    _, again = recover(survivor, prealloc)
     assert [r["seq"] for r in again] == list(range(1, n + 2))
 
 
@@ -155,6 +163,7 @@ ops_strategy = st.lists(
     keep_seed=st.integers(0, 1 << 16),
     model=st.sampled_from(CRASH_MODELS),
     torn=st.sampled_from([0, 1, 17, 100, 10_000]),
+    prealloc=st.sampled_from(PREALLOCATE),
 )
 def test_recovery_keeps_what_had_to_survive(
     ops: list[tuple[str, int]],
@@ -164,14 +173,17 @@ def test_recovery_keeps_what_had_to_survive(
     keep_seed: int,
     model: str,
     torn: int,
+    prealloc: str,
 ) -> None:
+    if prealloc != "none":  # 16 KiB is never full here either; a MiB of zeros per read would be slow
+        segment_bytes = min(segment_bytes, 1 << 14)
     # runs are deterministic: count the FS events of the whole run, then crash at one of them
     # (or, at index == events, after the last call)
-    events = execute(ops, policy, segment_bytes, None, 0)[1].events
+    events = execute(ops, policy, segment_bytes, None, 0, prealloc)[1].events
     crash_at = data.draw(st.integers(0, events), label="crash_at")
-    fs, run = execute(ops, policy, segment_bytes, crash_at, keep_seed)
+    fs, run = execute(ops, policy, segment_bytes, crash_at, keep_seed, prealloc)
     event("crash " + (run.crash.split(" ")[2].rstrip(":") if run.crash.startswith("event") else "at the end"))
-    check(fs, run, model, torn if model == POWER_LOSS else 0)
+    check(fs, run, model, torn if model == POWER_LOSS else 0, prealloc)
 
 
 FIXED_OPS = [("append", 10), ("append", 40), ("flush", 0)] * 3 + [
@@ -187,15 +199,19 @@ FIXED_OPS = [("append", 10), ("append", 40), ("flush", 0)] * 3 + [
 ]
 
 
+@pytest.mark.parametrize("prealloc", ["none", "fallocate"])
 @pytest.mark.parametrize("policy", FSYNC_POLICIES)
-def test_a_crash_at_every_event_of_a_fixed_run(policy: str) -> None:
+def test_a_crash_at_every_event_of_a_fixed_run(policy: str, prealloc: str) -> None:
     """Exhaustive over one run: a crash before every FS call and in the middle, at the start and
-    at the end of every write, under both models."""
-    _, full = execute(FIXED_OPS, policy, 400, None, 0)
+    at the end of every write, under both models; with preallocation, also before each segment is
+    extended with zeros, and recovery reopens the log in the same layout and in the other one."""
+    _, full = execute(FIXED_OPS, policy, 400, None, 0, prealloc)
     events = full.events
     assert events > 20 and len(full.appended) == 11
     for crash_at in range(events):
         for keep_seed in (0, 7, 1 << 20):  # nothing, a few bytes, or (mostly) a whole write
-            fs, run = execute(FIXED_OPS, policy, 400, crash_at, keep_seed)
+            fs, run = execute(FIXED_OPS, policy, 400, crash_at, keep_seed, prealloc)
             for model, torn in ((PROCESS, 0), (POWER_LOSS, 0), (POWER_LOSS, 9), (POWER_LOSS, 1000)):
-                check(fs, run, model, torn)
+                check(fs, run, model, torn, prealloc)
+            if prealloc != "none":  # turning preallocation off cuts the zeros; nothing else changes
+                check(fs, run, POWER_LOSS, 9, "none")
