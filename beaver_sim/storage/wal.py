@@ -496,11 +496,11 @@ class WriteAheadLog:
         except OSError as e:
             self._fail(e)
 
-    def _fail(self, e: OSError) -> None:
-        """A write or sync failed: the log is closed for good (WALFailed)."""
+    def _fail(self, e: OSError, path: str | None = None) -> None:
+        """A write, sync or rotation failed: the log is closed for good (WALFailed)."""
         self._failed = e
         raise WALFailed(
-            f"{self.segments[-1].path}: {e}; the log is closed, restart to recover from it"
+            f"{path or self.segments[-1].path}: {e}; the log is closed, restart to recover from it"
         ) from e
 
     def rotate(self) -> None:
@@ -509,9 +509,12 @@ class WriteAheadLog:
         if self.segments[-1].first_seq == self.next_seq:
             return  # the current segment holds no record yet
         size = self.segment_bytes if self.preallocate != "none" else 0
-        path = create_segment(
-            self.fs, self.directory, self.next_seq, self.lsn, self.crc, size, self.preallocate == "zeros"
-        )
+        try:  # no space to preallocate, a failing rename: fatal like a failed write, and named
+            path = create_segment(
+                self.fs, self.directory, self.next_seq, self.lsn, self.crc, size, self.preallocate == "zeros"
+            )
+        except OSError as e:
+            self._fail(e, posixpath.join(self.directory, segment_name(self.next_seq)))
         self._file.close()
         header = len(header_line(self.next_seq, self.lsn, self.crc))
         self._file = self.fs.open_at(path, header) if size else self.fs.open_append(path)

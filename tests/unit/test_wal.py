@@ -360,6 +360,11 @@ class FailingFile:
             raise OSError(5, "Input/output error")
         self.f.sync()
 
+    def preallocate(self, size: int, zeros: bool = False) -> None:
+        if "preallocate" in self.fs.fail:
+            raise OSError(28, "No space left on device")
+        self.f.preallocate(size, zeros)
+
     def close(self) -> None:
         self.f.close()
 
@@ -381,6 +386,22 @@ def test_an_io_error_makes_the_log_fatal(op: str) -> None:
     # a restart recovers from what reached the file
     _, got, _ = reopen(fs.inner.after_crash(PROCESS))
     assert [r["seq"] for r, _ in got] == ([1, 2] if op == "write" else [1, 2, 3])
+
+
+def test_no_space_to_preallocate_the_next_segment_closes_the_log_naming_it() -> None:
+    fs = FailingFS()
+    wal, _, _ = reopen(fs, preallocate="fallocate", segment_bytes=4096)  # type: ignore[arg-type]
+    fill(wal, 0, 2)
+    fs.fail.add("preallocate")
+    wal.append(rec(2))
+    with pytest.raises(WALFailed, match=r"wal-00000000000000000004\.log: .*No space left.*restart"):
+        wal.rotate()
+    for call in (lambda: wal.append(rec(3)), wal.flush, wal.rotate):
+        with pytest.raises(WALFailed, match="the log failed earlier"):
+            call()
+    wal.close()
+    _, got, _ = reopen(fs.inner.after_crash(PROCESS), preallocate="fallocate", segment_bytes=4096)
+    assert [r["seq"] for r, _ in got] == [1, 2, 3]  # rotate synced the records before it failed
 
 
 def test_an_io_error_is_not_swallowed_by_interval_flush() -> None:
