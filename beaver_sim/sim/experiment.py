@@ -203,7 +203,9 @@ class Simulation:
     """One deterministic run; `run()` returns a SimResult. `crash` is one CrashPlan or a list (the
     i-th crash is armed in the i-th life); `model` is `process` or `power-loss`; `mutant` one of
     `sim.mutants.MUTANTS`. `sample_every` (virtual seconds, 0: never) paces the metric samples;
-    `observe` records every WAL write and persistence point (sweeps enumerate crash points so)."""
+    `observe` records every WAL write and persistence point (sweeps enumerate crash points so).
+    `history` keeps each crashed life's files and hook, for `records()` and the `wal` DataFrame;
+    False drops them once the crash is checked, so a long soak's memory does not grow per crash."""
 
     config: Config = field(default_factory=Config)
     workload: Workload = field(default_factory=Workload)
@@ -213,6 +215,7 @@ class Simulation:
     mutant: str | None = None
     sample_every: float = 1.0
     observe: bool = False
+    history: bool = True
 
     @property
     def plans(self) -> tuple[CrashPlan, ...]:
@@ -416,6 +419,8 @@ class _Run:
             self._crashed(
                 life, plan, crash_time, lsn, durable, clock.events - self.samples, completed_at_start
             )
+            if not sim.history:
+                life.fs = life.hook = None
             clock.clear()
             self.fs = survivors(fs, plan.model or sim.model, plan.torn)
             return True
