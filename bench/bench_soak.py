@@ -115,6 +115,7 @@ def main() -> None:
         "largest_snapshot_bytes": max((x["snapshot_bytes"] for x in r.recoveries), default=0),
         "completed": q.counts[JobStatus.COMPLETED] if q is not None else None,
         "dead": q.counts[JobStatus.DEAD] if q is not None else None,
+        "dropped": q.dropped if q is not None else None,  # ended, then left the retention window
         "attempts": dict(outcomes),
         "duplicates": r.summary["duplicates"],
         "jobs_lost": len(r.checker.lost),
