@@ -393,9 +393,9 @@ class _Run:
             controller.start()
             for batch in resubmit:
                 clock.call_at(self.now, self._arrive, controller, batch, None)
-            batches = self.batches
-            for i in range(self.next_batch, len(batches)):
-                clock.call_at(batches[i][0], self._arrive, controller, batches[i][1], i)
+            i = self.next_batch  # one arrival in the heap at a time, each schedules the next: a life
+            if i < len(self.batches):  # does not push every batch still to come (O(batches) per crash)
+                clock.call_at(self.batches[i][0], self._arrive, controller, self.batches[i][1], i)
             if sim.sample_every > 0:
                 clock.call_at(self.now, self._sample, controller, life)
             clock.run()
@@ -517,9 +517,11 @@ class _Run:
 
     def _arrive(self, ctl: Controller, batch: Batch, i: int | None) -> None:
         """Clients send `batch` (the i-th of the workload, or a retry); it is acknowledged once durable."""
+        out, clock = self.out, ctl.clock
         if i is not None:
             self.next_batch = i + 1
-        out, clock = self.out, ctl.clock
+            if i + 1 < len(self.batches):
+                clock.call_at(self.batches[i + 1][0], self._arrive, ctl, self.batches[i + 1][1], i + 1)
         ids = [job_id for job_id, _ in batch]
         out.sent.append((clock.now(), ids))
         self.checker.submit(batch)
