@@ -1,6 +1,6 @@
 """A soak in virtual time (issue 7): one long simulated run, crashed again and again, checked throughout.
 
-    .venv/bin/python bench/bench_soak.py [--jobs 1000000] [--rate 20] [--crash-every 3000] [--seed 7]
+    .venv/bin/python bench/bench_soak.py [--jobs 1000000] [--rate 20] [--crash-every 3000] [--retention 0]
 
 Poisson arrivals (`--rate` jobs per virtual second, in batches of 5), exponential durations that run
 into the 1 s timeout, 10 % failures (max_retry 3: some jobs die), a snapshot every second and 256 KiB
