@@ -203,7 +203,9 @@ class Simulation:
     """One deterministic run; `run()` returns a SimResult. `crash` is one CrashPlan or a list (the
     i-th crash is armed in the i-th life); `model` is `process` or `power-loss`; `mutant` one of
     `sim.mutants.MUTANTS`. `sample_every` (virtual seconds, 0: never) paces the metric samples;
-    `observe` records every WAL write and persistence point (sweeps enumerate crash points so)."""
+    `observe` records every WAL write and persistence point (sweeps enumerate crash points so).
+    `history` keeps each crashed life's files and hook, for `records()` and the `wal` DataFrame;
+    False drops them once the crash is checked, so a long soak's memory does not grow per crash."""
 
     config: Config = field(default_factory=Config)
     workload: Workload = field(default_factory=Workload)
@@ -213,6 +215,7 @@ class Simulation:
     mutant: str | None = None
     sample_every: float = 1.0
     observe: bool = False
+    history: bool = True
 
     @property
     def plans(self) -> tuple[CrashPlan, ...]:
@@ -390,9 +393,9 @@ class _Run:
             controller.start()
             for batch in resubmit:
                 clock.call_at(self.now, self._arrive, controller, batch, None)
-            batches = self.batches
-            for i in range(self.next_batch, len(batches)):
-                clock.call_at(batches[i][0], self._arrive, controller, batches[i][1], i)
+            i = self.next_batch  # one arrival in the heap at a time, each schedules the next: a life
+            if i < len(self.batches):  # does not push every batch still to come (O(batches) per crash)
+                clock.call_at(self.batches[i][0], self._arrive, controller, self.batches[i][1], i)
             if sim.sample_every > 0:
                 clock.call_at(self.now, self._sample, controller, life)
             clock.run()
@@ -416,6 +419,8 @@ class _Run:
             self._crashed(
                 life, plan, crash_time, lsn, durable, clock.events - self.samples, completed_at_start
             )
+            if not sim.history:
+                life.fs = life.hook = None
             clock.clear()
             self.fs = survivors(fs, plan.model or sim.model, plan.torn)
             return True
@@ -512,9 +517,11 @@ class _Run:
 
     def _arrive(self, ctl: Controller, batch: Batch, i: int | None) -> None:
         """Clients send `batch` (the i-th of the workload, or a retry); it is acknowledged once durable."""
+        out, clock = self.out, ctl.clock
         if i is not None:
             self.next_batch = i + 1
-        out, clock = self.out, ctl.clock
+            if i + 1 < len(self.batches):
+                clock.call_at(self.batches[i + 1][0], self._arrive, ctl, self.batches[i + 1][1], i + 1)
         ids = [job_id for job_id, _ in batch]
         out.sent.append((clock.now(), ids))
         self.checker.submit(batch)

@@ -49,6 +49,14 @@ def test_an_acknowledged_job_lost_or_altered_breaks_invariant_1() -> None:
     assert v.as_dict()["name"] == INVARIANTS[1] and "lsn 10" in str(v) and "job c" in str(v)
 
 
+def test_lost_and_altered_jobs_are_named_in_acknowledgement_order_whatever_the_state_order() -> None:
+    c = checker("a", "b", "c", "d", "e")  # the checks walk the state; the report keeps the clients' order
+    changed = {"type": "compute", "value": 2}
+    c.recovered(queue(R.enqueue("e", changed), R.enqueue("c", P), R.enqueue("b", changed)), wal_end_lsn=0)
+    assert [(v.invariant, v.job) for v in c.violations] == [(1, "a"), (1, "d"), (1, "b"), (1, "e")]
+    assert c.lost == {"a", "d"}
+
+
 def test_unacknowledged_jobs_may_be_lost() -> None:
     c = checker("a", acked=False)
     c.recovered(JobQueue(), wal_end_lsn=0)

@@ -142,6 +142,22 @@ def test_several_crashes_one_per_life() -> None:
     assert [life.index for life in r.lives] == [0, 1, 2, 3]
 
 
+def test_without_history_a_run_drops_crashed_lives_files_and_checks_the_same() -> None:
+    plans = [
+        CrashPlan("lsn", 3000, torn=40, model="power-loss"),
+        CrashPlan("lsn", 9000),
+        CrashPlan("time", 4),
+    ]
+    config = Config(data_dir="/sim", snapshot_interval=0.5, snapshot_log_ratio=0.3, segment_bytes=4096)
+    full = sim(config=config, crash=plans).run()
+    lean = sim(config=config, crash=plans, history=False).run()
+    assert len(full.crashes) == 3 and full.ok
+    assert deterministic(lean.summary) == deterministic(full.summary)
+    assert lean.violations == full.violations and lean.files == full.files
+    assert [life.fs is None for life in lean.lives] == [True, True, True, False]
+    assert all(life.hook is None for life in lean.lives[:3]) and len(lean.records(0)) == 0
+
+
 def test_a_crash_the_run_never_reaches_is_reported_as_such() -> None:
     s = sim(10, crash=CrashPlan("lsn", 10**9)).run().summary
     assert s["crash"] == {"point": "lsn 1000000000", "model": "process", "reached": False}
