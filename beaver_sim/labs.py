@@ -30,10 +30,12 @@ from beaver_sim.core.controller import Controller
 from beaver_sim.core.types import BeaverError, Config
 from beaver_sim.sim import mutants
 from beaver_sim.sim.checker import INVARIANTS
-from beaver_sim.sim.experiment import SimResult, Simulation, Workload
+from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import CrashPlan
 from beaver_sim.sim.plots import attempts_histogram, outcome_map
+from beaver_sim.sim.results import SimResult
 from beaver_sim.sim.sweep import crash_sweep, violations
+from beaver_sim.sim.workload import Workload
 from beaver_sim.storage.fs import FS, FileHandle
 from beaver_sim.storage.snapshot import SnapshotStore, encode, snapshot_name
 from beaver_sim.storage.wal import WriteAheadLog

@@ -42,11 +42,12 @@ from beaver_sim.core.controller import Controller
 from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import Config
 from beaver_sim.sim.clock import VirtualClock
-from beaver_sim.sim.experiment import Simulation, Workload
+from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import RECOVERY_COST, CrashPlan
 from beaver_sim.sim.fs import SimFS
 from beaver_sim.sim.sweep import crash_sweep
 from beaver_sim.sim.workers import SimWorkers
+from beaver_sim.sim.workload import Workload
 
 ANCHOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "anchors", "simpy_seed_model.py")
 SEED = Config(data_dir="/sim")  # the seed's keys are the defaults: 8 workers, 3 s, max_retry 3, 10 %

@@ -25,9 +25,10 @@ from typing import Any
 
 from beaver_sim.core.recovery import inspect, plan_repair
 from beaver_sim.core.types import Config, JobStatus
-from beaver_sim.sim.experiment import Simulation, Workload
+from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import CrashPlan
 from beaver_sim.sim.fs import CRASH_MODELS
+from beaver_sim.sim.workload import Workload
 
 TORN_MAX = 512
 BATCH = 5

@@ -135,7 +135,8 @@ _CRASH_HELP = {
 def _simulation(args: argparse.Namespace, crash: Any = None) -> Any:
     """The Simulation the flags describe (config: flag > BEAVER_* > YAML > default)."""
     from beaver_sim.config import load_config
-    from beaver_sim.sim.experiment import Simulation, Workload
+    from beaver_sim.sim.experiment import Simulation
+    from beaver_sim.sim.workload import Workload
 
     if args.jobs is not None and args.jobs < 0:
         raise BeaverError(f"--jobs {args.jobs}: must be 0 or more")

@@ -8,8 +8,9 @@ recovery code, the checker compares what came back with what clients were told, 
 what was never acknowledged, and a new controller on a new clock runs on from the crash time, until
 the run is quiescent (nothing left to happen) and the controller stops.
 
-Results are pandas DataFrames (jobs, attempts, WAL records, metric samples over virtual time) and
-`summary`, the `beaver sim --json` contract of docs/contracts.md."""
+Workload and ExponentialWorkers live in sim/workload.py, SimResult and Life in sim/results.py, the
+log readers and `Capture` that sweeps go on from in sim/capture.py; Workload, ExponentialWorkers and
+SimResult can still be imported from here (the notebooks import Simulation and Workload so)."""
 
 from __future__ import annotations
 
@@ -17,17 +18,12 @@ import base64
 import binascii
 import bisect
 import gc
-import hashlib
-import math
 import posixpath
-import random
-import re
 import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from functools import cache, cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -36,166 +32,28 @@ from beaver_sim.core.controller import Controller
 from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.sim import mutants
-from beaver_sim.sim.checker import Checker, Trace, Violation
+from beaver_sim.sim.capture import (
+    _SEGMENT,
+    Capture,
+    _archived,
+    _with_ends,
+    record_before,
+    recovered_key,
+    wal_records,
+)
+from beaver_sim.sim.checker import Checker, Trace
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.faults import IO_KINDS, CrashHook, CrashPlan, recovery_model_seconds, survivors
 from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSS, SimFS, SimulatedCrash
-from beaver_sim.sim.workers import Attempt, SimWorkers
-from beaver_sim.storage.wal import WriteAheadLog, list_segments
+from beaver_sim.sim.results import Life, SimResult
+from beaver_sim.sim.workers import SimWorkers
+from beaver_sim.sim.workload import Batch, ExponentialWorkers, Workload
 
-if TYPE_CHECKING:  # pandas costs 0.3 s to import: only the DataFrame properties below load it
-    import pandas as pd
-
-_SEGMENT = re.compile(r"wal-\d{20}\.log")
-
-DURATIONS = ("uniform", "exponential")
 TOKEN_VERSION = 1
-Batch = list[tuple[str, dict[str, Any]]]
-
-
-@dataclass(frozen=True, slots=True)
-class Workload:
-    """What the clients send: `jobs` jobs, all at t=0 in one batch (the seed's `enqueue --file`) or
-    as Poisson arrivals at `rate` per virtual second of `batch` jobs each (one `enqueue --file`).
-    Attempt durations are `uniform` in [work_min, work_max] (the seed's) or `exponential`: the
-    same mean, at least work_min, with a long tail that runs into timeouts. Failure rate and
-    duration range come from the Config."""
-
-    jobs: int = 100
-    rate: float = 0.0
-    durations: str = "uniform"
-    batch: int = 1
-
-    def __post_init__(self) -> None:
-        if self.jobs < 0 or self.rate < 0 or self.batch < 1:
-            raise BeaverError(
-                f"workload needs jobs >= 0, rate >= 0, batch >= 1, got {self.jobs}, {self.rate}, {self.batch}"
-            )
-        if self.durations not in DURATIONS:
-            raise BeaverError(f"durations must be one of {', '.join(DURATIONS)}, got {self.durations!r}")
-
-    def batches(self, seed: int) -> list[tuple[float, Batch]]:
-        """(arrival time, jobs) in order; job `task-NNN` carries the seed demo's payload."""
-        name = f"task-{{:0{max(3, len(str(self.jobs)))}d}}".format
-        jobs = [(name(i), {"type": "compute", "value": 37 * i}) for i in range(1, self.jobs + 1)]
-        if not self.rate:
-            return [(0.0, jobs)] if jobs else []
-        rng = random.Random(f"arrivals:{seed}")
-        t = 0.0
-        out = []
-        for i in range(0, len(jobs), self.batch):
-            t += rng.expovariate(self.rate)
-            out.append((t, jobs[i : i + self.batch]))
-        return out
-
-
-class ExponentialWorkers(SimWorkers):
-    """SimWorkers with exponential durations: work_min plus a mean of (work_max - work_min) / 2."""
-
-    def submit(self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: Any) -> None:
-        rng = self.rng
-        spread = (self.work_max - self.work_min) / 2
-        duration = self.work_min + (rng.expovariate(1 / spread) if spread > 0 else 0.0)
-        ok = rng.random() >= self.failure_rate
-        if self.record:
-            self.attempts.append(Attempt(job_id, attempt, worker, self.clock.now(), duration, ok))
-        self.clock.call_later(duration, done, job_id, attempt, ok, None if ok else "simulated failure")
-
-
-class _RecordEnds:
-    """Mixin for a WAL class: note the end LSN of every record as it is appended, so a crash
-    planned at the end of record K can cut the very write that carries it."""
-
-    ends: list[int]
-
-    def append(self, rec: R.Record) -> int:
-        seq = super().append(rec)  # type: ignore[misc]
-        self.ends.append(self.lsn)  # type: ignore[attr-defined]
-        return seq
-
-    def discard_last(self) -> None:
-        super().discard_last()  # type: ignore[misc]
-        self.ends.pop()
-
-
-class _Archive:
-    """Mixin for a SimFS class: keep the files the run deletes (compacted WAL segments, pruned
-    snapshots), so the whole log a life wrote can still be read once the run is over."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.archive: list[tuple[str, Any]] = []  # (path, inode) in the order they were removed
-
-    def remove(self, path: str) -> None:
-        p = SimFS._norm(path)
-        inode = self.files.get(p)  # type: ignore[attr-defined]
-        super().remove(path)  # type: ignore[misc]
-        self.archive.append((p, inode))
-
-
-@cache
-def _with_ends(cls: type[WriteAheadLog]) -> type[WriteAheadLog]:
-    return type(f"{cls.__name__}WithEnds", (_RecordEnds, cls), {})
-
-
-@cache
-def _archived(cls: type[SimFS]) -> type[SimFS]:
-    return type(f"Archived{cls.__name__}", (_Archive, cls), {})
-
-
-def wal_records(fs: SimFS, wal_dir: str, since: int = 0) -> Trace:
-    """Every complete record in the WAL segments of `fs` (deleted ones too, if it archives them)
-    that starts at LSN `since` or later, as (record, start LSN, end LSN), in LSN order. Read from
-    the bytes themselves: what the log wrote, not what the process meant to write."""
-    wal_dir = SimFS._norm(wal_dir)
-    files = [*fs.files.items(), *getattr(fs, "archive", [])]
-    out: Trace = []
-    for path, inode in files:
-        if posixpath.dirname(path) != wal_dir or not _SEGMENT.fullmatch(posixpath.basename(path)):
-            continue
-        data = bytes(inode.data)
-        nl = data.find(b"\n")
-        try:
-            base = orjson.loads(data[:nl].split(b" ", 2)[2])["base_lsn"]
-        except (ValueError, IndexError, KeyError, TypeError):
-            continue  # no readable header: nothing in this file can be placed in the log
-        offset = nl + 1
-        for line in data[offset:].split(b"\n")[:-1]:  # the last piece is cut short, or empty
-            start, offset = base + offset, offset + len(line) + 1
-            if start < since:
-                continue
-            try:
-                rec = orjson.loads(line.split(b" ", 2)[2])
-            except (ValueError, IndexError):
-                break
-            out.append((rec, start, base + offset))
-    out.sort(key=lambda t: t[1])
-    return out
 
 
 def _crash_now(plan: CrashPlan) -> None:
     raise SimulatedCrash(f"crash at {plan.describe()}")
-
-
-@dataclass
-class Life:
-    """One process lifetime of a run: from its start (0 or a crash) to its crash or the end."""
-
-    index: int
-    start: float
-    first_attempt: int
-    start_lsn: int = 0  # where this life began to write the log
-    fs: SimFS | None = None  # the files as this life left them (before a crash took its toll)
-    end: float = math.inf
-    events: int = 0
-    recovery: dict[str, Any] | None = None
-    crash: dict[str, Any] | None = None
-    end_lsn: int | None = None  # a crashed life: the LSN of its crash (nothing after it counts)
-    trace: Trace | None = None  # its records, when already read (else read from `fs` on demand)
-    recovered_key: tuple[Any, ...] | None = None  # what the recovery that began it rebuilt
-    recovered_seq: int | None = None  # last seq the next life recovered (None: this life did not crash)
-    hook: CrashHook | None = None  # with `observe`: the WAL writes and persistence points it saw
-    recovery_ops: int = 0  # FS calls its recovery made (its hook's count when the storage opened)
 
 
 @dataclass
@@ -284,27 +142,6 @@ class Simulation:
 
     def _run(self) -> SimResult:
         return _Run(self).loop()
-
-
-@dataclass
-class Capture:
-    """What a crash at one moment of a run leaves besides the files: the clients' view, the
-    workers' random state, the checker's claims. `_Run.resume` goes on from it (sweeps share the
-    run up to their crash points that way)."""
-
-    plan: CrashPlan
-    time: float
-    lsn: int | None
-    durable: int | None
-    next_batch: int
-    rng: Any
-    attempts: int
-    submitted: dict[str, dict[str, Any]]
-    acked: dict[str, None]
-    sent: list[tuple[float, list[str]]]
-    acks: list[tuple[float, list[str]]]
-    events: int
-    open: dict[tuple[str, ...], None]
 
 
 class _Run:
@@ -635,256 +472,7 @@ class _Run:
                 gc.enable()
 
 
-def recovered_key(storage: Storage) -> tuple[Any, ...]:
-    """What a recovery rebuilt, in a few numbers: the snapshot it used, the last seq applied, where
-    the log ends and its checksum chain there. Equal keys, equal states and equal logs."""
-    return (storage.report.snapshot_seq, storage.state.last_seq, storage.wal.lsn, storage.wal.crc)
-
-
 def _changed(obj: Any, default: Any) -> dict[str, Any]:
     """The fields of a dataclass that differ from the default instance (tokens stay short)."""
     names = [f.name for f in fields(obj)]
     return {n: getattr(obj, n) for n in names if getattr(obj, n) != getattr(default, n)}
-
-
-def record_before(trace: Trace, lsn: int | None) -> list[Any] | None:
-    """[seq, type, job] of the last whole record before LSN `lsn`: sweeps compare it with the
-    uncrashed run to check that both agreed up to the crash (invariant 7)."""
-    if lsn is None:
-        return None
-    for rec, _start, end in reversed(trace):  # the trace usually ends at `lsn`: one step
-        if end <= lsn:
-            return [rec["seq"], rec["type"], rec["job"]]
-    return None
-
-
-def digest(files: dict[str, bytes]) -> str:
-    """sha256 over paths and contents, in path order."""
-    h = hashlib.sha256()
-    for path in sorted(files):
-        data = files[path]
-        h.update(b"%s\0%d\0" % (path.encode(), len(data)))
-        h.update(data)
-    return h.hexdigest()
-
-
-@dataclass(eq=False)
-class SimResult:
-    """What a run produced: `summary` (docs/contracts.md), `violations`, the final files, and DataFrames
-    built on first use (jobs, attempts, wal, metrics)."""
-
-    sim: Simulation
-    checker: Checker
-    workers: SimWorkers
-    lives: list[Life] = field(default_factory=list)
-    samples: list[tuple[Any, ...]] = field(default_factory=list)
-    sent: list[tuple[float, list[str]]] = field(default_factory=list)  # (time, jobs) clients sent
-    acks: list[tuple[float, list[str]]] = field(default_factory=list)  # (time, jobs) acknowledged
-    fs: SimFS | None = None
-    state: Any = None  # the final JobQueue (None when the run ended refused or failed)
-    end_lsn: int = 0
-    ending: str = "quiescent"  # or "refused" (recovery would not start), "error" (the controller raised)
-
-    @property
-    def violations(self) -> list[Violation]:
-        return self.checker.violations
-
-    @property
-    def ok(self) -> bool:
-        return self.checker.ok
-
-    @property
-    def files(self) -> dict[str, bytes]:
-        """Path -> bytes of every file in the final data directory."""
-        return self.fs.snapshot_files() if self.fs is not None else {}
-
-    @property
-    def crashes(self) -> list[dict[str, Any]]:
-        return [life.crash for life in self.lives if life.crash is not None]
-
-    @property
-    def recoveries(self) -> list[dict[str, Any]]:
-        return [life.recovery for life in self.lives if life.recovery is not None]
-
-    def records(self, life: int = 0) -> Trace:
-        """(record, start LSN, end LSN) of every whole record life `life` wrote."""
-        return self.sim._records(self.lives[life])
-
-    @property
-    def virtual_seconds(self) -> float:
-        return self.lives[-1].end if self.lives else 0.0
-
-    @cached_property
-    def wal_files(self) -> dict[str, bytes]:
-        """The final WAL segments, path -> bytes."""
-        if self.fs is None:
-            return {}
-        wal_dir = self.sim.config.wal_dir
-        if not self.fs.is_dir(wal_dir):
-            return {}
-        paths = [posixpath.join(wal_dir, n) for n in list_segments(self.fs, wal_dir)]
-        return {SimFS._norm(p): self.fs.read_bytes(p) for p in paths}
-
-    def successes(self) -> dict[str, int]:
-        """Job -> how many of its attempts finished successfully (its work was done) before their
-        life ended: more than one is a duplicate execution (at-least-once)."""
-        out: dict[str, int] = {}
-        attempts = self.workers.attempts
-        for life, nxt in zip(self.lives, [*self.lives[1:], None]):
-            stop = len(attempts) if nxt is None else nxt.first_attempt
-            for a in attempts[life.first_attempt : stop]:
-                if a.ok and a.start + a.duration <= life.end:
-                    out[a.job] = out.get(a.job, 0) + 1
-        return out
-
-    @cached_property
-    def summary(self) -> dict[str, Any]:
-        """The `beaver sim --json` contract (docs/contracts.md), plus a few more keys. Every value is
-        deterministic except the measured `recovery.seconds`."""
-        sim, cfg = self.sim, self.sim.config
-        q = self.state
-        hist: dict[str, int] = {}
-        completed = dead = 0
-        if q is not None:
-            counts: dict[int, int] = {}
-            for job in q.jobs.values():
-                counts[job.attempt] = counts.get(job.attempt, 0) + 1
-            hist = {str(k): counts[k] for k in sorted(counts)}
-            completed, dead = q.counts[JobStatus.COMPLETED], q.counts[JobStatus.DEAD]
-        crashes, recoveries = self.crashes, self.recoveries
-        dup = sum(1 for n in self.successes().values() if n > 1)
-        crash = crashes[0] if crashes else None
-        if crash is None and sim.plans:  # planned, but the run ended before reaching it
-            crash = {"point": sim.plans[0].describe(), "model": sim.model, "reached": False}
-        return {
-            "seed": sim.seed,
-            "jobs": sim.workload.jobs,
-            "completed": completed,
-            "dead": dead,
-            "attempts": hist,
-            "events": sum(life.events for life in self.lives),
-            "virtual_seconds": self.virtual_seconds,
-            "wal_bytes": self.end_lsn,
-            "wal_sha256": digest(self.wal_files),
-            "files_sha256": digest(self.files),
-            "crash": crash,
-            "recovery": recoveries[0] if recoveries else None,
-            "crashes": crashes,
-            "recoveries": recoveries,
-            "ending": self.ending,
-            "duplicates": dup,
-            "jobs_lost": len(self.checker.lost),
-            "model": sim.model,
-            "mutant": sim.mutant,
-            "fsync": cfg.fsync,
-            "workers": cfg.worker_count,
-            "invariants": {"ok": self.ok, "violations": [v.as_dict() for v in self.violations]},
-            "token": self.checker.token,
-        }
-
-    # -- DataFrames ----------------------------------------------------------------------------
-
-    @cached_property
-    def jobs(self) -> pd.DataFrame:
-        """One row per job a client sent: final status ("missing" if the end state lacks it),
-        attempts, when it was submitted and acknowledged, and how often its work succeeded."""
-        jobs = self.state.jobs if self.state is not None else {}
-        wins = self.successes()
-        sent: dict[str, float] = {}
-        acked: dict[str, float] = {}
-        for when, target in ((sent, self.sent), (acked, self.acks)):
-            for t, ids in target:
-                for job_id in ids:
-                    when.setdefault(job_id, t)
-        rows = []
-        for job_id in self.checker.submitted:
-            job = jobs.get(job_id)
-            rows.append(
-                (
-                    job_id,
-                    job.status.value if job is not None else "missing",
-                    job.attempt if job is not None else 0,
-                    sent.get(job_id, math.nan),
-                    acked.get(job_id, math.nan),
-                    wins.get(job_id, 0),
-                )
-            )
-        import pandas as pd
-
-        return pd.DataFrame(
-            rows, columns=["job", "status", "attempts", "submitted", "acknowledged", "successes"]
-        )
-
-    @cached_property
-    def attempts(self) -> pd.DataFrame:
-        """One row per attempt a worker started. outcome: completed, failed, timeout (it ran past
-        task_timeout; its result was stale), or interrupted (a crash came first)."""
-        timeout = self.sim.config.task_timeout
-        rows = []
-        attempts = self.workers.attempts
-        for life, nxt in zip(self.lives, [*self.lives[1:], None]):
-            stop = len(attempts) if nxt is None else nxt.first_attempt
-            for a in attempts[life.first_attempt : stop]:
-                end = a.start + a.duration
-                if a.start + min(a.duration, timeout) > life.end:
-                    outcome = "interrupted"
-                elif a.duration > timeout:
-                    outcome = "timeout"
-                else:
-                    outcome = "completed" if a.ok else "failed"
-                rows.append((a.job, a.attempt, a.worker, life.index, a.start, a.duration, end, a.ok, outcome))
-        import pandas as pd
-
-        return pd.DataFrame(
-            rows, columns=["job", "attempt", "worker", "life", "start", "duration", "end", "ok", "outcome"]
-        )
-
-    @cached_property
-    def wal(self) -> pd.DataFrame:
-        """One row per record any life appended, with its LSN (byte offset in the log) and whether
-        it survived the crash that ended its life."""
-        rows = []
-        for life in self.lives:
-            kept = math.inf if life.recovered_seq is None else life.recovered_seq
-            for rec, start, end in self.sim._records(life):
-                rows.append(
-                    (
-                        life.index,
-                        rec["seq"],
-                        start,
-                        end - start,
-                        rec["type"],
-                        rec["job"],
-                        rec.get("attempt", 0),
-                        rec["seq"] <= kept,
-                    )
-                )
-        import pandas as pd
-
-        return pd.DataFrame(
-            rows, columns=["life", "seq", "lsn", "bytes", "type", "job", "attempt", "survived"]
-        )
-
-    @cached_property
-    def metrics(self) -> pd.DataFrame:
-        """Samples of the controller's state and counters every `sample_every` virtual seconds while
-        work remained (counters restart with each life)."""
-        import pandas as pd
-
-        return pd.DataFrame(
-            self.samples,
-            columns=[
-                "time",
-                "life",
-                "pending",
-                "in_flight",
-                "completed",
-                "dead",
-                "dispatched",
-                "retried",
-                "timeouts",
-                "stale",
-                "snapshots",
-                "wal_lsn",
-            ],
-        )

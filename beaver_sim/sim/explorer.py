@@ -15,8 +15,9 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from beaver_sim.sim.experiment import SimResult, Simulation
+from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import CrashPlan
+from beaver_sim.sim.results import SimResult
 
 TYPE_COLORS = {
     "enqueue": "#4c72b0",

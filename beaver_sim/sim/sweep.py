@@ -42,19 +42,13 @@ import pandas as pd
 from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import BeaverError, Config
 from beaver_sim.sim import mutants
+from beaver_sim.sim.capture import _SEGMENT, Capture, record_before, recovered_key
 from beaver_sim.sim.checker import CODES, INVARIANTS, same_bytes
-from beaver_sim.sim.experiment import (
-    _SEGMENT,
-    Capture,
-    SimResult,
-    Simulation,
-    Workload,
-    _Run,
-    record_before,
-    recovered_key,
-)
+from beaver_sim.sim.experiment import Simulation, _Run
 from beaver_sim.sim.faults import IO_KINDS, POINTS, CrashHook, CrashPlan, recovery_model_seconds, survivors
 from beaver_sim.sim.fs import POWER_LOSS, SimFS
+from beaver_sim.sim.results import SimResult
+from beaver_sim.sim.workload import Workload
 
 COLUMNS = [
     "point",

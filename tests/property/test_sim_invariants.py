@@ -9,8 +9,9 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from beaver_sim.core.types import Config
-from beaver_sim.sim.experiment import Simulation, Workload
+from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import POINTS, CrashPlan
+from beaver_sim.sim.workload import Workload
 
 configs = st.builds(
     Config,

@@ -14,8 +14,9 @@ import pytest
 
 from beaver_sim.core.types import BeaverError, Config
 from beaver_sim.sim.cli import register
-from beaver_sim.sim.experiment import Simulation, Workload
+from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import CrashPlan
+from beaver_sim.sim.workload import Workload
 
 SUMMARY_KEYS = {
     "seed",

@@ -7,8 +7,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from beaver_sim.sim.experiment import Simulation, Workload
+from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.explorer import crash_view, explorer, summary
+from beaver_sim.sim.workload import Workload
 
 SIM = Simulation(workload=Workload(jobs=12), seed=5)
 

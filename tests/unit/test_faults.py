@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 
 from beaver_sim.core.types import BeaverError, Config
-from beaver_sim.sim.experiment import Simulation, Workload, wal_records
+from beaver_sim.sim.capture import wal_records
+from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import POINTS, CrashPlan, recovery_model_seconds
+from beaver_sim.sim.workload import Workload
 
 QUICK = Config(data_dir="/sim", snapshot_interval=0.4, snapshot_log_ratio=0.3)
 

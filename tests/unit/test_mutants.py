@@ -9,8 +9,9 @@ import pytest
 
 from beaver_sim.core.types import BeaverError, Config
 from beaver_sim.sim import mutants
-from beaver_sim.sim.experiment import Simulation, Workload
+from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.sweep import crash_sweep, failing, violations
+from beaver_sim.sim.workload import Workload
 
 JOBS = 30
 SEEDS = (11, 12, 13)

@@ -14,10 +14,11 @@ from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.recovery import Storage, decode_snapshot, inspect
 from beaver_sim.core.types import Config, JobStatus, Lease
 from beaver_sim.sim.clock import VirtualClock
-from beaver_sim.sim.experiment import Simulation, Workload
+from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.fs import POWER_LOSS, SimFS
 from beaver_sim.sim.sweep import crash_sweep, violations
 from beaver_sim.sim.workers import SimWorkers
+from beaver_sim.sim.workload import Workload
 from beaver_sim.storage.snapshot import snapshot_name
 
 CONFIG = Config(

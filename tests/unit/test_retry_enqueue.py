@@ -13,10 +13,11 @@ import pytest
 
 from beaver_sim.core import controller as C
 from beaver_sim.core.types import Config, DuplicateJob
-from beaver_sim.sim.experiment import Simulation, Workload
+from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import CrashPlan
 from beaver_sim.sim.fs import IOFault, SimFS
 from beaver_sim.sim.sweep import crash_sweep, violations
+from beaver_sim.sim.workload import Workload
 
 CONFIG = Config(data_dir="/data", worker_count=4, task_timeout=1.0, snapshot_interval=0.5, segment_bytes=4096)
 SIM = Simulation(config=CONFIG, workload=Workload(jobs=24, rate=20.0, batch=6), seed=3)
