@@ -387,8 +387,8 @@ class WriteAheadLog:
             p = s.problem
             if not p.torn:
                 raise CorruptLog(
-                    f"{p}; run `beaver wal verify`, then `beaver wal repair` to "
-                    "truncate the log there (a backup is kept)"
+                    f"{p}; run `beaver wal verify`, then `beaver wal repair` to see what a cut "
+                    "there would lose (it changes nothing without --yes)"
                 )
             data = log_bytes(fs, p.path)
             dropped = len(data) - p.offset
