@@ -8,7 +8,6 @@ the run loop, which only arms them."""
 from __future__ import annotations
 
 import posixpath
-import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -20,9 +19,7 @@ from beaver_sim.core.recovery import Storage
 from beaver_sim.sim.checker import Trace
 from beaver_sim.sim.faults import CrashPlan
 from beaver_sim.sim.fs import SimFS
-from beaver_sim.storage.wal import WriteAheadLog
-
-_SEGMENT = re.compile(r"wal-\d{20}\.log")
+from beaver_sim.storage.wal import SEGMENT_NAME, WriteAheadLog
 
 
 class _RecordEnds:
@@ -74,7 +71,7 @@ def wal_records(fs: SimFS, wal_dir: str, since: int = 0) -> Trace:
     files = [*fs.files.items(), *getattr(fs, "archive", [])]
     out: Trace = []
     for path, inode in files:
-        if posixpath.dirname(path) != wal_dir or not _SEGMENT.fullmatch(posixpath.basename(path)):
+        if posixpath.dirname(path) != wal_dir or not SEGMENT_NAME.fullmatch(posixpath.basename(path)):
             continue
         data = bytes(inode.data)
         nl = data.find(b"\n")

@@ -33,7 +33,6 @@ from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.sim import mutants
 from beaver_sim.sim.capture import (
-    _SEGMENT,
     Capture,
     _archived,
     _with_ends,
@@ -48,6 +47,7 @@ from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSS, SimFS, SimulatedCrash
 from beaver_sim.sim.results import Life, SimResult
 from beaver_sim.sim.workers import SimWorkers
 from beaver_sim.sim.workload import Batch, ExponentialWorkers, Workload
+from beaver_sim.storage.wal import SEGMENT_NAME
 
 TOKEN_VERSION = 1
 
@@ -401,7 +401,7 @@ class _Run:
         segs = sorted(
             (p, inode)
             for p, inode in [*fs.files.items(), *getattr(fs, "archive", [])]
-            if posixpath.dirname(p) == wal_dir and _SEGMENT.fullmatch(posixpath.basename(p))
+            if posixpath.dirname(p) == wal_dir and SEGMENT_NAME.fullmatch(posixpath.basename(p))
         )
         for path, inode in segs:
             offset = self._read.get(path)

@@ -28,6 +28,7 @@ import orjson
 from beaver_sim.core.types import BeaverError
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import CRASH_MODELS, IOFault, SimFS
+from beaver_sim.storage.wal import SEGMENT_NAME
 
 IO_KINDS = {  # kind -> (op, errno, bytes of the failing write kept)
     "enospc": ("write", errno.ENOSPC, 0),
@@ -46,7 +47,6 @@ POINTS = (  # the SimFS marks, in the order a checkpoint reaches them
     "snapshots-pruned",
     "wal-segments-deleted",
 )
-_SEGMENT = re.compile(r"wal-\d{20}\.log")
 _TMP_SEGMENT = re.compile(r"wal-\d{20}\.log\.tmp")
 
 # The recovery cost model, seconds per unit of work: a fixed cost for opening the directories; every
@@ -195,7 +195,7 @@ class CrashHook:
 
     def _write(self, path: str, nbytes: int) -> int | None:
         name = posixpath.basename(path)
-        if _SEGMENT.fullmatch(name):
+        if SEGMENT_NAME.fullmatch(name):
             base = self._base.get(path)
             if base is None:
                 base = self._base[path] = self._header_base(path)
@@ -252,7 +252,7 @@ class CrashHook:
             names = sorted(
                 n
                 for n in (self.fs.listdir(self.wal_dir) if self.fs.is_dir(self.wal_dir) else [])
-                if _SEGMENT.fullmatch(n)
+                if SEGMENT_NAME.fullmatch(n)
             )
             if not names:
                 self._end = 0

@@ -42,13 +42,14 @@ import pandas as pd
 from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import BeaverError, Config
 from beaver_sim.sim import mutants
-from beaver_sim.sim.capture import _SEGMENT, Capture, record_before, recovered_key
+from beaver_sim.sim.capture import Capture, record_before, recovered_key
 from beaver_sim.sim.checker import CODES, INVARIANTS, same_bytes
 from beaver_sim.sim.experiment import Simulation, _Run
 from beaver_sim.sim.faults import IO_KINDS, POINTS, CrashHook, CrashPlan, recovery_model_seconds, survivors
 from beaver_sim.sim.fs import POWER_LOSS, SimFS
 from beaver_sim.sim.results import SimResult
 from beaver_sim.sim.workload import Workload
+from beaver_sim.storage.wal import SEGMENT_NAME
 
 COLUMNS = [
     "point",
@@ -694,7 +695,7 @@ def recovery_points(sim: Simulation, first: CrashPlan) -> list[tuple[str, CrashP
     calls, opened = hook.calls, life.recovery_ops
 
     def is_wal_sync(op: str, path: str) -> bool:
-        return op == "sync" and _SEGMENT.fullmatch(posixpath.basename(path)) is not None
+        return op == "sync" and SEGMENT_NAME.fullmatch(posixpath.basename(path)) is not None
 
     synced = next((k + 1 for k in range(opened, len(calls)) if is_wal_sync(*calls[k])), len(calls))
     out = [("recovery" if k <= opened else "first-write", CrashPlan("op", k)) for k in range(1, synced + 1)]

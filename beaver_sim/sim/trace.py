@@ -34,6 +34,7 @@ from beaver_sim.core.recovery import Storage, inspect
 from beaver_sim.errors import BeaverError
 from beaver_sim.sim.checker import Checker, Violation
 from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS
+from beaver_sim.storage.wal import SEGMENT_NAME
 
 METADATA_FIRST = "metadata-first"
 TORN = "torn"
@@ -45,7 +46,6 @@ CALLS = (
 _LINE = re.compile(r"^(\d+) +(?:<\.\.\. (\w+) resumed>|(\w+)\()(.*?)(?: <unfinished \.\.\.>)?$")
 _DONE = re.compile(r"^(.*)\)\s+=\s+(-?\d+)(?:<[^>]*>)?(?:\s.*)?$", re.S)
 _FD = re.compile(r"^(-?\d+|AT_FDCWD)<((?:\\x[0-9a-f]{2})*)>(\(deleted\))?$")
-_SEGMENT = re.compile(r"wal-\d{20}\.log")
 
 
 class TraceError(ValueError):
@@ -385,7 +385,7 @@ def check(
             disk.apply(op)
             if op.kind == "ack":
                 acked += 1
-            elif op.kind == "sync" and _SEGMENT.fullmatch(posixpath.basename(op.path)):
+            elif op.kind == "sync" and SEGMENT_NAME.fullmatch(posixpath.basename(op.path)):
                 claim.read(disk._file(op).durable)
         where = (
             f"after op {k} ({ops[k - 1].line}: {ops[k - 1].kind} {ops[k - 1].path})" if k else "at the start"

@@ -41,7 +41,7 @@ MAX_RECORD = 1 << 20
 SEGMENT_BYTES = 64 << 20
 FSYNC_POLICIES = ("always", "interval", "never")
 PREALLOCATE = ("none", "fallocate", "zeros")
-_SEGMENT = re.compile(r"wal-(\d{20})\.log")
+SEGMENT_NAME = re.compile(r"wal-(\d{20})\.log")  # a segment file; its first seq
 
 Record = dict[str, Any]
 OnRecord = Callable[[Record, int], None]  # (record, its LSN)
@@ -170,7 +170,7 @@ def _header(line: bytes) -> dict[str, Any] | None:
 
 
 def list_segments(fs: FS, directory: str) -> list[str]:
-    return [n for n in fs.listdir(directory) if _SEGMENT.fullmatch(n)]
+    return [n for n in fs.listdir(directory) if SEGMENT_NAME.fullmatch(n)]
 
 
 def log_bytes(fs: FS, path: str) -> bytes:
@@ -229,7 +229,7 @@ def _scan(fs: FS, directory: str, after_seq: int, covered: int, on_record: OnRec
         if h.get("v") != VERSION:
             s.problem = Problem(path, 0, base, good, f"unsupported WAL version {h.get('v')}")
             return s
-        if int(_SEGMENT.fullmatch(name).group(1)) != first:  # type: ignore[union-attr]
+        if int(SEGMENT_NAME.fullmatch(name).group(1)) != first:  # type: ignore[union-attr]
             s.problem = Problem(path, 0, base, good, f"header says first seq {first}")
             return s
         if not s.segments:
