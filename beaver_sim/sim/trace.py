@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,19 +107,11 @@ def _at(dirfd: str, path: str, where: str) -> str:
     return posixpath.normpath(posixpath.join(_fd(dirfd, where)[1], path))
 
 
-def parse(text: str, root: str, ack: re.Pattern[bytes], name: str = "trace") -> list[Op]:
-    """The operations on files under `root` in the order they completed (a call interrupted by
-    another thread counts at its end; failed calls are left out), and as `ack` ops the writes and
-    sends outside `root` whose bytes match `ack`. Writes without O_APPEND land at the descriptor's
-    offset, which is followed through open, write, lseek and close."""
-    root = posixpath.normpath(root)
+def completed_calls(text: str) -> Iterator[tuple[int, str, str, int]]:
+    """(line number, call, argument text, result) of each call of an `strace -f` log that
+    succeeded, in the order they completed: a call another thread interrupted (`<unfinished ...>`,
+    then `<... resumed>`) is joined and counts at its end; failed calls are left out."""
     started: dict[str, tuple[str, str]] = {}
-    offsets: dict[tuple[str, str], int] = {}  # (fd, path) -> position of a non-append descriptor
-    ops: list[Op] = []
-
-    def under(path: str) -> bool:
-        return path == root or path.startswith(root + "/")
-
     for number, raw in enumerate(text.splitlines(), 1):
         m = _LINE.match(raw)
         if m is None:
@@ -131,11 +123,26 @@ def parse(text: str, root: str, ack: re.Pattern[bytes], name: str = "trace") -> 
         if resumed:
             call, before = started.pop(pid, (resumed, ""))
             rest = before + rest
-        done = _DONE.match(rest)
-        if done is None or done.group(2).startswith("-"):
-            continue
+        done = _DONE.match(rest)  # strace pads short lines: `fsync(7</d>)      = 0`
+        if done is not None and not done.group(2).startswith("-"):
+            yield number, call, done.group(1), int(done.group(2))
+
+
+def parse(text: str, root: str, ack: re.Pattern[bytes], name: str = "trace") -> list[Op]:
+    """The operations on files under `root` in the order they completed (a call interrupted by
+    another thread counts at its end; failed calls are left out), and as `ack` ops the writes and
+    sends outside `root` whose bytes match `ack`. Writes without O_APPEND land at the descriptor's
+    offset, which is followed through open, write, lseek and close."""
+    root = posixpath.normpath(root)
+    offsets: dict[tuple[str, str], int] = {}  # (fd, path) -> position of a non-append descriptor
+    ops: list[Op] = []
+
+    def under(path: str) -> bool:
+        return path == root or path.startswith(root + "/")
+
+    for number, call, text_args, result in completed_calls(text):
         where = f"{name}:{number}"
-        args, result = done.group(1).split(", "), int(done.group(2))
+        args = text_args.split(", ")
 
         def add(kind: str, path: str, **kw: Any) -> None:
             if under(path):

@@ -11,20 +11,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass
 
 import orjson
 import pytest
 
-from beaver_sim.cli import RunProcess
 from beaver_sim.sim.checker import Violation
 from beaver_sim.sim.fs import POWER_LOSS
 from beaver_sim.sim.trace import METADATA_FIRST, MODELS, TORN, Op, check, parse, strace_argv
+from tests.traced import feed_traced_controller
 
 pytestmark = [
     pytest.mark.integration,
@@ -68,23 +66,7 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Recording:
             strace_argv(str(tmp / "0.trace"), argv), capture_output=True, text=True, timeout=60
         )
         assert out.returncode == 0 and "written directly" in out.stdout, out.stderr
-        argv = [*BEAVER, "run", "--data-dir", root, "--metrics-port", "0", "--snapshot-interval", "50ms"]
-        run = RunProcess(strace_argv(str(tmp / "1.trace"), argv))
-        pid = 0
-        try:
-            pid = int(run.wait_line(re.compile(r"pid (\d+)"), 60).group(1))
-            run.wait_line(re.compile("^ready"), 60)
-            for path in files[1:]:
-                argv = [*BEAVER, "enqueue", "--data-dir", root, "--file", str(path)]
-                out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-                assert out.returncode == 0 and "via the running controller" in out.stdout, out.stderr
-                time.sleep(0.1)  # let the jobs run and a snapshot interval pass
-        finally:
-            if pid:
-                os.kill(pid, signal.SIGTERM)  # the traced `beaver run`, not strace
-            else:
-                run.proc.kill()
-            assert run.proc.wait(timeout=60) == 0
+        feed_traced_controller(strace_argv(str(tmp / "1.trace"), []), root, files[1:], pause=0.1)
     ops = []
     for name in ("0.trace", "1.trace"):
         ops += parse((tmp / name).read_text(), root, ACK, name)

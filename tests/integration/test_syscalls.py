@@ -12,17 +12,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pytest
 
-from beaver_sim.cli import RunProcess
+from beaver_sim.sim.trace import completed_calls
+from tests.traced import feed_traced_controller
 
 pytestmark = [
     pytest.mark.integration,
@@ -33,9 +32,7 @@ pytestmark = [
 
 BEAVER = [sys.executable, "-m", "beaver_sim.cli"]
 CALLS = "write,pwrite64,fallocate,fdatasync,fsync,rename,renameat,renameat2,sendto"
-LINE = re.compile(r"^(\d+) +(?:<\.\.\. (\w+) resumed>|(\w+)\()(.*?)(?: <unfinished \.\.\.>)?$")
 FD = re.compile(r"^(\d+)<([^>]*)>")
-RESULT = re.compile(r"^(.*)\)\s+=\s+(-?\d+)", re.S)
 
 
 @dataclass
@@ -48,23 +45,8 @@ class Call:
 
 def parse(trace: str) -> list[Call]:
     """The completed calls in the order they completed (an interrupted call counts at its end)."""
-    started: dict[str, tuple[str, str]] = {}
     calls: list[Call] = []
-    for line in trace.splitlines():
-        m = LINE.match(line)
-        if m is None:
-            continue
-        pid, resumed, name, rest = m.groups()
-        if line.endswith("<unfinished ...>"):
-            started[pid] = (name, rest)
-            continue
-        if resumed:
-            name, before = started.pop(pid, (resumed, ""))
-            rest = before + rest
-        done = RESULT.match(rest)  # strace pads short lines: `fsync(7</d>)      = 0`
-        if done is None or done.group(2).startswith("-"):
-            continue  # failed, or not a call line
-        args = done.group(1)
+    for _number, name, args, _result in completed_calls(trace):
         if name.startswith("rename"):
             names = re.findall(r'"((?:[^"\\]|\\.)*)"', args)
             calls.append(Call("rename", names[0], args, names[1]))
@@ -132,38 +114,9 @@ def test_a_running_controller_acknowledges_only_synced_records_and_renames_only_
     monkeypatch.setenv("BEAVER_WAL_PREALLOCATE", prealloc)
     data = str(tmp_path / "d")
     trace = tmp_path / "run.trace"
-    run = RunProcess(
-        strace(
-            trace, [*BEAVER, "run", "--data-dir", data, "--metrics-port", "0", "--snapshot-interval", "50ms"]
-        )
-    )
-    pid = 0
-    try:
-        pid = int(run.wait_line(re.compile(r"pid (\d+)"), 60).group(1))
-        run.wait_line(re.compile("^ready"), 60)
-        batches = [[f"b{b}-{i}" for i in range(5 + 3 * b)] for b in range(8)]
-        for b, batch in enumerate(batches):
-            out = subprocess.run(
-                [
-                    *BEAVER,
-                    "enqueue",
-                    "--data-dir",
-                    data,
-                    "--file",
-                    str(job_file(tmp_path / f"{b}.json", batch)),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert out.returncode == 0 and "via the running controller" in out.stdout, out.stderr
-            time.sleep(0.06)  # let a snapshot interval pass between batches
-    finally:
-        if pid:
-            os.kill(pid, signal.SIGTERM)  # the traced `beaver run`, not strace
-        else:
-            run.proc.kill()
-        assert run.proc.wait(timeout=60) == 0
+    batches = [[f"b{b}-{i}" for i in range(5 + 3 * b)] for b in range(8)]
+    files = [job_file(tmp_path / f"{b}.json", batch) for b, batch in enumerate(batches)]
+    feed_traced_controller(strace(trace, []), data, files, pause=0.06)
     calls = parse(trace.read_text(errors="replace"))
     check_acknowledged_after_sync(calls, batches, re.compile(r'\{\\"ok\\":true,\\"enqueued\\"'))
     renamed = check_renames(calls)
