@@ -23,10 +23,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import orjson
 
 from beaver_sim.config import load_config
+from beaver_sim.core.limits import check_job, loads_exact
 from beaver_sim.core.recovery import Inspection, RepairPlan, apply_repair, inspect, plan_repair
 from beaver_sim.core.types import BeaverError, Config, JobStatus
+from beaver_sim.errors import brief
 from beaver_sim.runtime.lock import DataDirLock
 from beaver_sim.storage.fs import RealFS
+from beaver_sim.storage.wal import MAX_RECORD
 
 if TYPE_CHECKING:  # the runtime (asyncio, workers, server) is imported only by the commands that use it,
     # so `beaver sim` and `beaver crash-sweep` do not pay for it
@@ -147,18 +150,19 @@ async def serve(service: Service, exit_when_idle: bool) -> int:
 # -- enqueue -------------------------------------------------------------------------------------
 
 
-def read_jobs(path: str) -> list[Job]:
+def read_jobs(path: str, max_record_bytes: int = MAX_RECORD) -> list[Job]:
     """Validate a whole job file (a JSON list of {"id": str, "payload": object}) before anything
-    is written; BeaverError naming the file and the first problem. An id repeated with the same
-    payload is one job (the controller counts it once); with another payload it is a conflict,
-    refused here before the data directory is touched."""
+    is written, the data directory included; BeaverError naming the file and the first problem
+    (core.limits: every record of each job fits `max_record_bytes`, payloads stored exactly). An
+    id repeated with the same payload is one job (the controller counts it once); with another
+    payload it is a conflict."""
     try:
         data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as e:
         raise BeaverError(f"{path}: cannot read: {e.strerror or e}") from None
     try:
-        items = orjson.loads(data)
-    except orjson.JSONDecodeError as e:
+        items = loads_exact(data)
+    except ValueError as e:
         raise BeaverError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(items, list):
         raise BeaverError(f'{path}: expected a JSON list of {{"id": ..., "payload": {{...}}}} objects')
@@ -173,15 +177,15 @@ def read_jobs(path: str) -> list[Job]:
             raise BeaverError(f"{where}: missing {' and '.join(missing)}")
         extra = sorted(set(item) - {"id", "payload"})
         if extra:
-            raise BeaverError(f"{where}: unknown field {extra[0]!r} (a job has id and payload)")
+            raise BeaverError(f"{where}: unknown field {brief(extra[0])} (a job has id and payload)")
         job_id, payload = item["id"], item["payload"]
-        if not isinstance(job_id, str) or not job_id:
-            raise BeaverError(f"{where}: id must be a non-empty string, got {job_id!r}")
-        if not isinstance(payload, dict):
-            raise BeaverError(f"{where} ({job_id}): payload must be an object, got {type(payload).__name__}")
+        named = where if not isinstance(job_id, str) or not job_id else f"{where} ({brief(job_id)})"
+        check_job(job_id, payload, max_record_bytes, named)
         canonical = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
         if seen.setdefault(job_id, canonical) != canonical:
-            raise BeaverError(f"{where}: id {job_id!r} appears earlier in the file with a different payload")
+            raise BeaverError(
+                f"{where}: id {brief(job_id)} appears earlier in the file with a different payload"
+            )
         jobs.append((job_id, payload))
     return jobs
 
@@ -189,8 +193,8 @@ def read_jobs(path: str) -> list[Job]:
 def cmd_enqueue(args: argparse.Namespace) -> int:
     from beaver_sim.runtime.service import enqueue
 
-    jobs = read_jobs(args.file)
     config = config_from(args)
+    jobs = read_jobs(args.file, config.max_record_bytes)  # all checked before the data dir is touched
     try:
         done, how = enqueue(config, jobs)
     except BeaverError as e:

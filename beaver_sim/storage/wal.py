@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 from crc32c import crc32c
 
-from beaver_sim.errors import BeaverError, CorruptLog
+from beaver_sim.errors import BeaverError, CorruptLog, brief
 from beaver_sim.storage.fs import FS, FileHandle
 
 MAGIC = "beaver-wal"
@@ -428,7 +428,7 @@ class WriteAheadLog:
         if len(body) > self.max_record:
             rec["seq"] = 0
             raise RecordTooLarge(
-                f"record for job {rec.get('job')!r} is {len(body)} bytes; the limit is {self.max_record}"
+                f"record for job {brief(rec.get('job'))} is {len(body)} bytes; the limit is {self.max_record}"
             )
         self._undo = (self.crc, self.lsn)
         self.crc = crc = crc32c(body, self.crc)
