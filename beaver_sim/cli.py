@@ -252,10 +252,13 @@ def _covered(found: Inspection) -> str:
 
 
 def cmd_wal_verify(args: argparse.Namespace) -> int:
-    """Read the data directory as recovery does: the newest good snapshot, then the log after it."""
+    """Read the data directory as recovery does: the newest good snapshot, then the log after it,
+    replayed through the same `apply` with the same recorded configuration, so ok <=> run opens."""
     config = config_from(args)
     directory = _wal_dir(config)
-    found = inspect(RealFS(), directory, config.snapshot_dir, lambda rec, lsn: None, check_snapshots=True)
+    found = inspect(
+        RealFS(), directory, config.snapshot_dir, check_snapshots=True, retention=config.completed_retention
+    )
     s, p = found.scan, found.problem
     torn = p is not None and p.torn
     summary = {
@@ -324,7 +327,7 @@ def cmd_wal_repair(args: argparse.Namespace) -> int:
     config = config_from(args)
     directory = _wal_dir(config)
     fs = RealFS()
-    plan = plan_repair(fs, directory, config.snapshot_dir)
+    plan = plan_repair(fs, directory, config.snapshot_dir, config.completed_retention)
     if plan is None:
         if args.json:
             say(orjson.dumps({"ok": True, "plan": None, "repaired": False}).decode())
@@ -346,13 +349,13 @@ def cmd_wal_repair(args: argparse.Namespace) -> int:
             say("nothing changed; run again with --yes to cut the log as planned")
         return 1
     with DataDirLock(config.data_dir):  # never cut a log a running controller is writing
-        again = plan_repair(fs, directory, config.snapshot_dir)
+        again = plan_repair(fs, directory, config.snapshot_dir, config.completed_retention)
         if again is None or again.as_dict() != plan.as_dict():
             raise BeaverError(f"{directory}: the log changed since the plan; nothing cut, run repair again")
         backups = apply_repair(fs, directory, plan)
     if not args.json:
         say(f"done: {plan.bytes_dropped} bytes dropped; backups: {', '.join(backups)}")
-        if (after := plan_repair(fs, directory, config.snapshot_dir)) is not None:
+        if (after := plan_repair(fs, directory, config.snapshot_dir, config.completed_retention)) is not None:
             say(f"the log has another problem further on: {after.cut}; run `beaver wal repair` again")
     return 0
 

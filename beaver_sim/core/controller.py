@@ -93,6 +93,8 @@ class Controller:
         self.last_snapshot_seq = storage.report.snapshot_seq
         self.started = False
         self.stopped = False
+        if self.state.retention != config.completed_retention:  # replay must not read the config file
+            self._log(R.config(config.completed_retention))  # in effect from here on, live and replayed
 
     # -- life cycle ----------------------------------------------------------------------------
 
