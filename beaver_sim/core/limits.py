@@ -46,18 +46,28 @@ class Inexact:
 
 
 def loads_exact(data: bytes | str) -> Any:
-    """`orjson.loads(data)`, except that a number it would change (an integer beyond 64 bits, a
-    float literal that overflows or underflows to 0.0) is an `Inexact` in the result, for
+    """`orjson.loads(data)`, except that a number it would change or refuse (an integer beyond 64
+    bits, a float literal that overflows or underflows to 0.0) is an `Inexact` in the result, for
     `check_payload` to refuse naming its job. Only a document with a long digit run or a 3-digit
-    exponent somewhere is parsed a second time, by the standard library, to find them."""
-    doc = orjson.loads(data)
+    exponent somewhere is parsed a second time, by the standard library, to find them. ValueError
+    if it is not JSON."""
     raw = data.encode() if isinstance(data, str) else data
-    if _RISKY.search(raw) is None:
+    risky = _RISKY.search(raw) is not None
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        if not risky:  # else it may be a number orjson refuses (1e400): the second parse names the job
+            raise
+    if not risky:
         return doc
     try:
-        return json.loads(raw, parse_int=_exact_int, parse_float=_exact_float)
+        return json.loads(raw.decode(), parse_int=_exact_int, parse_float=_exact_float, parse_constant=_no)
     except RecursionError:
         raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+
+
+def _no(text: str) -> None:
+    raise ValueError(f"{text} is not JSON")
 
 
 def _exact_int(text: str) -> int | Inexact:
@@ -132,6 +142,7 @@ def _walk(who: str, payload: dict[str, Any]) -> None:
         else:
             problem = f"a {type(value).__name__} is not JSON"
         if problem:
+            where = where if len(where) <= 80 else f"{where[:40]}...{where[-30:]}"  # one short line
             raise PayloadRefused(f"{who}: {where}: {problem}")
 
 

@@ -600,13 +600,14 @@ def cut(fs: FS, directory: str, p: Problem) -> tuple[int, list[str]]:
 def records_from(fs: FS, p: Problem, crc: int, later: list[str]) -> tuple[list[Record], int]:
     """What a cut at `p` drops: the records from `p` on (and in the `later` segments) that verify,
     and how many lines do not. A record verifies when its CRC, chained from the one before it, holds
-    (`crc`: the chain value before `p`; after a segment header, the header's); after a line that does
-    not verify, the chain goes on from the CRC that line claims, as `_valid_follows` tries. A damaged
-    record is never read as if it were good: what it was cannot be known, only that it is gone."""
+    (`crc`: the chain value before `p`; after a segment header, the header's). After a line that does
+    not verify, the chain goes on from the CRC that line claims or the one its body should have had,
+    as `_valid_follows` tries. A damaged record is never read as if it were good: what it was cannot
+    be known, only that it is gone."""
     lines = log_bytes(fs, p.path)[p.offset :].split(b"\n")
     for path in later:
         lines += log_bytes(fs, path).split(b"\n")
-    chain: int | None = crc if p.offset else None
+    chains = [crc] if p.offset else []  # what the next record's CRC may be chained from
     good: list[Record] = []
     bad = 0
     for line in lines:
@@ -614,25 +615,30 @@ def records_from(fs: FS, p: Problem, crc: int, later: list[str]) -> tuple[list[R
             continue
         h = _header(line)
         if h is not None:  # a segment starts: the chain goes on from what its header says
-            chain = h["prev_crc"]
+            chains = [h["prev_crc"]]
             continue
-        got = _parse_line(line, chain) if chain is not None else "no chain"
         rec = None
-        if not isinstance(got, str):
-            chain, body = got
+        for chain in chains:
+            got = _parse_line(line, chain)
+            if not isinstance(got, str):
+                try:
+                    rec = orjson.loads(got[1])
+                except ValueError:
+                    pass
+                chains = [got[0]]
+                break
+        if isinstance(rec, dict):
+            good.append(rec)
+            continue
+        bad += 1
+        parts = line.split(b" ", 2)
+        claimed = []
+        if len(parts[0]) == 8:
             try:
-                rec = orjson.loads(body)
+                claimed.append(int(parts[0], 16))
             except ValueError:
                 pass
-        if not isinstance(rec, dict):
-            bad += 1
-            head = line.split(b" ", 1)[0]
-            try:
-                chain = int(head, 16) if len(head) == 8 else None
-            except ValueError:
-                chain = None
-            continue
-        good.append(rec)
+        chains = claimed + ([crc32c(parts[2], c) for c in chains] if len(parts) == 3 else [])
     return good, bad
 
 
