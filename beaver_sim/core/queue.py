@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from beaver_sim.core.types import IllegalTransition, Job, JobStatus, Lease
+from beaver_sim.errors import brief
 
 PENDING, IN_FLIGHT, COMPLETED, DEAD = (
     JobStatus.PENDING,
@@ -223,19 +224,19 @@ class JobQueue:
         for job_id in pending:
             job = jobs.get(job_id)
             if job is None or job.status is not PENDING:
-                raise AssertionError(f"job {job_id!r} is in the pending FIFO but not pending")
+                raise AssertionError(f"job {brief(job_id)} is in the pending FIFO but not pending")
         if self.counts[PENDING] != len(pending):
             raise AssertionError("a pending job is missing from the pending FIFO")
         for job_id, lease in leases.items():
             job = jobs.get(job_id)
             if job is None or job.status is not IN_FLIGHT:
                 state = job.status if job is not None else "unknown"
-                raise AssertionError(f"job {job_id!r}: state {state} but lease=True")
+                raise AssertionError(f"job {brief(job_id)}: state {state} but lease=True")
             if lease.attempt != job.attempt:
-                raise AssertionError(f"job {job_id!r}: lease attempt differs from job attempt")
+                raise AssertionError(f"job {brief(job_id)}: lease attempt differs from job attempt")
         if self.counts[IN_FLIGHT] != len(leases):  # only on error: find the in-flight job with no lease
             job_id = next(k for k, j in jobs.items() if j.status is IN_FLIGHT and k not in leases)
-            raise AssertionError(f"job {job_id!r}: state {IN_FLIGHT} but lease=False")
+            raise AssertionError(f"job {brief(job_id)}: state {IN_FLIGHT} but lease=False")
         if self.retention > 0 or self.ended:  # the retention window: every ended job, each once, oldest first
             ended = self.ended
             if len(set(ended)) != len(ended):
@@ -245,7 +246,7 @@ class JobQueue:
             for job_id in ended:
                 job = jobs.get(job_id)
                 if job is None or (job.status is not COMPLETED and job.status is not DEAD):
-                    raise AssertionError(f"job {job_id!r} is in the retention window but has not ended")
+                    raise AssertionError(f"job {brief(job_id)} is in the retention window but has not ended")
             if len(ended) != self.counts[COMPLETED] + self.counts[DEAD]:
                 raise AssertionError("an ended job is missing from the retention window")
 

@@ -183,7 +183,7 @@ def misbehaving(cls: type[SimWorkers], kinds: tuple[str, ...]) -> type[SimWorker
             payload.clear()
             payload["mutated"] = attempt
 
-    return type(f"Misbehaving{cls.__name__}", (cls,), {"submit": submit, "kinds": kinds})
+    return type(f"Misbehaving{cls.__name__}", (cls,), {"submit": submit})
 
 
 def _reporting(done: OnResult, report: object, job_id: str, attempt: int, ok: bool, error: object) -> None:
