@@ -5,12 +5,9 @@ refused before a data directory exists."""
 
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +16,11 @@ import pytest
 
 from beaver_sim.cli import RunProcess
 from beaver_sim.core import records as R
+from tests.integration.test_real_processes import beaver, runs, start  # noqa: F401 (runs: a fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_env")]
 
-BEAVER = [sys.executable, "-m", "beaver_sim.cli"]
-READY = re.compile(r"^ready")
-FLAGS = ("--workers", "2", "--max-retry", "2", "--snapshot-interval", "0", "--metrics-port", "0")
-FLAGS += ("--failure-rate", "0", "--work-min", "10ms", "--work-max", "20ms", "--timeout", "5s")
-
-
-def beaver(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*BEAVER, *argv], capture_output=True, text=True, timeout=120)
+HOSTILE_FLAGS = ("--failure-rate", "0", "--max-retry", "2", "--timeout", "5s")  # over FAST's
 
 
 def enqueue(data: str, jobs: list[dict[str, Any]], tmp: Path) -> subprocess.CompletedProcess[str]:
@@ -51,28 +42,14 @@ def wait_for(data: str, done: int, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture
-def runs() -> Iterator[list[RunProcess]]:
-    started: list[RunProcess] = []
-    yield started
-    for run in started:
-        run.stop()
-
-
-def start(runs: list[RunProcess], data: str, *extra: str) -> RunProcess:
-    run = RunProcess([*BEAVER, "run", "--data-dir", data, *FLAGS, *extra])
-    runs.append(run)
-    run.wait_line(READY, 60)
-    return run
-
-
 def test_a_handler_raising_a_2mb_error_is_a_bounded_fail_and_run_keeps_serving(
-    tmp_path: Path, runs: list[RunProcess]
+    tmp_path: Path,
+    runs: list[RunProcess],  # noqa: F811 (the imported fixture)
 ) -> None:
     (tmp_path / "hostmod.py").write_text('def huge(p):\n    raise ValueError("E" * 2_000_000)\n')
     (tmp_path / "h.yaml").write_text("handlers:\n  huge: hostmod:huge\n")
     data = str(tmp_path / "d")
-    run = start(runs, data, "--config", str(tmp_path / "h.yaml"))
+    run = start(runs, data, *HOSTILE_FLAGS, "--config", str(tmp_path / "h.yaml"))
     jobs = [{"id": "poison", "payload": {"type": "huge"}}]
     jobs += [{"id": f"ok{i}", "payload": {}} for i in range(6)]
     assert enqueue(data, jobs, tmp_path).returncode == 0
@@ -93,11 +70,13 @@ def test_a_handler_raising_a_2mb_error_is_a_bounded_fail_and_run_keeps_serving(
 
 
 def test_the_issues_retention_change_after_kill_9_opens(
-    tmp_path: Path, runs: list[RunProcess], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    runs: list[RunProcess],
+    monkeypatch: pytest.MonkeyPatch,  # noqa: F811
 ) -> None:
     data = str(tmp_path / "d")
     monkeypatch.setenv("BEAVER_COMPLETED_RETENTION", "2")
-    run = start(runs, data)
+    run = start(runs, data, *HOSTILE_FLAGS, "--snapshot-interval", "0")  # A's ENQUEUEs stay in the log
     for n, batch in ((1, ["A"]), (4, ["B", "C", "D"])):
         assert enqueue(data, [{"id": j, "payload": {"n": 1}} for j in batch], tmp_path).returncode == 0
         wait_for(data, n)
@@ -109,7 +88,7 @@ def test_the_issues_retention_change_after_kill_9_opens(
     monkeypatch.setenv("BEAVER_COMPLETED_RETENTION", "0")
     verify = beaver("wal", "verify", "--data-dir", data)
     assert verify.returncode == 0, verify.stdout
-    run = start(runs, data)  # opens: replay follows the recorded window, not the config file
+    run = start(runs, data, *HOSTILE_FLAGS)  # opens: replay follows the recorded window, not the config file
     run.proc.send_signal(signal.SIGTERM)
     assert run.proc.wait(timeout=60) == 0
     dump = beaver("wal", "dump", "--json", "--data-dir", data)
