@@ -47,7 +47,8 @@ from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSS, SimFS, SimulatedCrash
 from beaver_sim.sim.results import Life, SimResult
 from beaver_sim.sim.workers import SimWorkers, misbehaving
 from beaver_sim.sim.workload import Batch, ExponentialWorkers, Workload
-from beaver_sim.storage.wal import SEGMENT_NAME
+from beaver_sim.storage.snapshot import SnapshotStore
+from beaver_sim.storage.wal import SEGMENT_NAME, WriteAheadLog
 
 TOKEN_VERSION = 1
 
@@ -292,8 +293,11 @@ class _Run:
     def _verify_ok(self, fs: SimFS) -> bool:
         """Would `beaver wal verify` pass these files (its read: `inspect`, replayed)? Asked only
         once recovery refused them: before refusing, recovery changes nothing verify reads (it
-        removes `.tmp` files and renames a broken newest snapshot, which verify skips too)."""
-        cfg = self.cfg
+        removes `.tmp` files and renames a broken newest snapshot, which verify skips too). Not asked
+        of a mutant with its own reader: refusing what the real one opens is that mutant's point."""
+        cfg, m = self.cfg, self.m
+        if (m.wal_cls, m.snapshot_cls, m.apply_fn) != (WriteAheadLog, SnapshotStore, R.apply):
+            return False
         try:
             return inspect(fs, cfg.wal_dir, cfg.snapshot_dir, retention=cfg.completed_retention).ok
         except BeaverError:
