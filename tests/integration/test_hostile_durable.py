@@ -71,8 +71,8 @@ def test_a_handler_raising_a_2mb_error_is_a_bounded_fail_and_run_keeps_serving(
 
 def test_the_issues_retention_change_after_kill_9_opens(
     tmp_path: Path,
-    runs: list[RunProcess],
-    monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    runs: list[RunProcess],  # noqa: F811 (the imported fixture)
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = str(tmp_path / "d")
     monkeypatch.setenv("BEAVER_COMPLETED_RETENTION", "2")
