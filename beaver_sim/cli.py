@@ -374,7 +374,7 @@ def _say_plan(directory: str, plan: RepairPlan) -> None:
     kinds = ", ".join(f"{n} {kind}" for kind, n in plan.records_dropped.items()) or "no record"
     say(
         f"  drops {plan.bytes_dropped} bytes: {kinds} after the snapshot; "
-        f"{plan.unreadable} unreadable line(s)"
+        f"{plan.unreadable} line(s) that do not verify (the damage: not counted as any record)"
     )
     say(
         f"  loses {plan.jobs_lost} acknowledged job(s) whose enqueue is cut; {plan.completions_lost} "
