@@ -1,0 +1,219 @@
+"""`beaver jobs` and `beaver job ID` on real files, without a controller and through a running one:
+states, attempts, a dead job's reason while the log holds its DEAD record (null once checkpoints
+deleted it), each attempt's dispatch and end, an unknown id (exit 1), bad flags (one line, exit 2)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from beaver_sim.cli import main
+from beaver_sim.core import records as R
+from beaver_sim.core.recovery import Storage
+from beaver_sim.core.types import BeaverError, Config
+from beaver_sim.runtime import service as service_module
+from beaver_sim.runtime.jobs import answer
+from beaver_sim.runtime.server import request
+from beaver_sim.runtime.service import Service, enqueue, status_of
+from beaver_sim.storage.fs import RealFS
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+
+def out_of(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    got = capsys.readouterr()
+    return code, got.out, got.err
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """Jobs in every state, logged through the one transition function: `a` failed once then
+    completed, `b` dead after two attempts, `c` in flight, `d` pending, `odd id` pending."""
+    root = tmp_path / "d"
+    storage = Storage.open(RealFS(), str(root))
+    for rec in [
+        R.enqueue("a", {"n": 1}),
+        R.enqueue("b", {"n": 2}),
+        R.enqueue("c", {"n": 3}),
+        R.dispatch("a", 1, 0, 10.5),
+        R.fail("a", 1, "ValueError: no"),
+        R.dispatch("b", 1, 1, 11.0),
+        R.timeout("b", 1),
+        R.dispatch("c", 1, 2, 12.0),
+        R.dispatch("a", 2, 0, 13.0),
+        R.ack("a", 2),
+        R.dispatch("b", 2, 1, 14.0),
+        R.dead("b", 2, "failed: OSError: disk"),
+        R.enqueue("d", {"n": 4}),
+        R.enqueue("odd id", {}),
+    ]:
+        storage.append(rec)
+    storage.close()
+    return root
+
+
+def test_jobs_lists_every_job_with_its_state_attempts_and_a_dead_jobs_reason(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = ["--data-dir", str(data_dir)]
+    code, out, _ = out_of(capsys, "jobs", "--json", *d)
+    assert code == 0
+    assert orjson.loads(out) == [
+        {"id": "a", "state": "completed", "attempts": 2},
+        {"id": "b", "state": "dead", "attempts": 2, "reason": "failed: OSError: disk"},
+        {"id": "c", "state": "in_flight", "attempts": 1},
+        {"id": "d", "state": "pending", "attempts": 0},
+        {"id": "odd id", "state": "pending", "attempts": 0},
+    ]
+    assert out_of(capsys, "jobs", "--state", "pending", "--limit", "1", "--json", *d)[1] == (
+        '[{"id":"d","state":"pending","attempts":0}]\n'
+    )
+    code, out, _ = out_of(capsys, "jobs", *d)
+    assert out.splitlines() == [
+        "a completed attempts=2",
+        'b dead attempts=2 reason="failed: OSError: disk"',
+        "c in_flight attempts=1",
+        "d pending attempts=0",
+        "'odd id' pending attempts=0",
+    ]
+    assert out_of(capsys, "jobs", "--limit", "0", "--json", *d)[1] == "[]\n"
+
+
+def test_job_shows_one_job_and_its_attempts_from_the_log(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = ["--data-dir", str(data_dir)]
+    code, out, _ = out_of(capsys, "job", "b", "--json", *d)
+    assert code == 0
+    assert orjson.loads(out) == {
+        "id": "b",
+        "state": "dead",
+        "attempts": 2,
+        "payload": {"n": 2},
+        "lease": None,
+        "reason": "failed: OSError: disk",
+        "history": [
+            {"attempt": 1, "worker": 1, "deadline": 11.0, "dispatch_seq": 6}
+            | {"outcome": "timed_out", "end_seq": 7, "error": None},
+            {"attempt": 2, "worker": 1, "deadline": 14.0, "dispatch_seq": 11}
+            | {"outcome": "dead", "end_seq": 12, "error": "failed: OSError: disk"},
+        ],
+        "history_complete": True,
+        "running": False,
+    }
+    job_c = orjson.loads(out_of(capsys, "job", "c", "--json", *d)[1])
+    assert job_c["lease"] == {"attempt": 1, "worker": 2, "deadline": 12.0}
+    assert job_c["history"][0]["outcome"] is None and job_c["reason"] is None
+    code, out, _ = out_of(capsys, "job", "a", *d)
+    assert code == 0 and "state     completed" in out
+    assert (
+        "attempt 1: dispatched at seq 4 to worker 0, deadline 10.500; failed at seq 5: ValueError: no" in out
+    )
+    assert "attempt 2: dispatched at seq 9 to worker 0, deadline 13.000; completed at seq 10" in out
+    assert out_of(capsys, "job", "odd id", *d)[1].startswith("id        'odd id'\n")
+
+
+def test_a_dead_jobs_reason_is_null_once_checkpoints_deleted_its_records(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = Storage.open(RealFS(), str(data_dir))
+    for n in range(3):  # two snapshots are kept: the third deletes the first segment
+        storage.append(R.enqueue(f"later-{n}", {}))
+        storage.checkpoint()
+    storage.close()
+    assert not (data_dir / "wal" / "wal-00000000000000000001.log").exists()
+    d = ["--data-dir", str(data_dir)]
+    rows = orjson.loads(out_of(capsys, "jobs", "--state", "dead", "--json", *d)[1])
+    assert rows == [{"id": "b", "state": "dead", "attempts": 2, "reason": None}]
+    job = orjson.loads(out_of(capsys, "job", "b", "--json", *d)[1])
+    assert (job["state"], job["attempts"], job["reason"]) == ("dead", 2, None)
+    assert (job["history"], job["history_complete"]) == ([], False)
+    assert "reason    (no longer in the log)" in out_of(capsys, "job", "b", *d)[1]
+
+
+def test_an_unknown_id_is_one_line_and_exit_1(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = out_of(capsys, "job", "zzz", "--data-dir", str(data_dir))
+    assert (code, out) == (1, "")
+    assert err == f"beaver job: no job zzz in {data_dir}\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["jobs", "--state", "delayed"], "beaver jobs: error: argument --state: invalid choice: 'delayed'"),
+        (["jobs", "--limit", "-1"], "beaver jobs: error: argument --limit: expected a whole number"),
+        (["job"], "beaver job: error: the following arguments are required: id"),
+        (["jobs", "--data-dir", "nowhere"], "beaver jobs: error: nowhere: no such data directory"),
+        (["job", "x", "--data-dir", "nowhere"], "beaver job: error: nowhere: no such data directory"),
+    ],
+)
+def test_bad_flags_and_missing_directories_are_one_line(
+    argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = main(argv)
+    except SystemExit as e:  # a usage error: argparse exits
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and fragment in err, err
+    assert not Path("nowhere").exists()
+
+
+def test_bad_job_requests_on_the_socket_are_refused(data_dir: Path) -> None:
+    storage = Storage.open(RealFS(), str(data_dir))
+    q = storage.state
+    storage.close()
+    assert answer(q, {"op": "job", "id": 7}) == {"ok": False, "error": "bad request: id must be a string"}
+    assert "state must be one of" in answer(q, {"op": "jobs", "state": "delayed"})["error"]
+    for limit in (-1, 1.5, True, "3"):
+        assert answer(q, {"op": "jobs", "limit": limit})["ok"] is False
+    assert answer(q, {"op": "job", "id": "nope"}) == {"ok": True, "job": None}
+
+
+def test_jobs_and_job_ask_a_running_controller(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a controller running, the state comes over its socket: the files' reader is not used."""
+    config = Config(
+        data_dir=str(tmp_path / "d"),
+        worker_count=2,
+        work_min=0.0,
+        work_max=0.001,
+        failure_rate=1.0,
+        max_retry=2,
+        metrics_port=0,
+    )
+    d = ["--data-dir", config.data_dir]
+
+    def no_files(*_: Any, **__: Any) -> None:
+        raise BeaverError("read the files although a controller runs")
+
+    async def go() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        service = Service(config, serve_metrics=False)
+        await service.start()
+        runner = asyncio.create_task(service.run())
+        await asyncio.to_thread(enqueue, config, [(f"j{i}", {"i": i}) for i in range(4)])
+        while (await asyncio.to_thread(status_of, config))["dead"] < 4:
+            await asyncio.sleep(0.01)
+        monkeypatch.setattr(service_module, "read_state", no_files)
+        assert await asyncio.to_thread(main, ["jobs", "--json", *d]) == 0
+        rows = orjson.loads(capsys.readouterr().out)
+        assert await asyncio.to_thread(main, ["job", "j2", "--json", *d]) == 0
+        job = orjson.loads(capsys.readouterr().out)
+        bad = await asyncio.to_thread(request, config.data_dir, {"op": "jobs", "limit": -2})
+        assert bad["ok"] is False
+        service.request_stop()
+        await runner
+        await service.close()
+        return rows, job
+
+    rows, job = asyncio.run(go())
+    assert [(r["id"], r["state"], r["attempts"]) for r in rows] == [(f"j{i}", "dead", 2) for i in range(4)]
+    assert all(r["reason"].startswith("failed: SimulatedFailure") for r in rows)
+    assert job["running"] is True and job["payload"] == {"i": 2} and job["history_complete"] is True
+    assert [a["outcome"] for a in job["history"]] == ["failed", "dead"]
