@@ -186,11 +186,21 @@ def read_jobs(path: str) -> list[Job]:
     return jobs
 
 
+def refuse_new_data_dir(data_dir: str, create: bool) -> None:
+    """A typo'd --data-dir must not silently start a second queue: only `run` and `enqueue
+    --create` make a data directory."""
+    if not create and not os.path.exists(data_dir):
+        raise BeaverError(
+            f"{data_dir}: no such data directory (check --data-dir; `beaver run` or --create makes it)"
+        )
+
+
 def cmd_enqueue(args: argparse.Namespace) -> int:
     from beaver_sim.runtime.service import enqueue
 
     jobs = read_jobs(args.file)
     config = config_from(args)
+    refuse_new_data_dir(config.data_dir, args.create)
     try:
         done, how = enqueue(config, jobs)
     except BeaverError as e:
@@ -650,6 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enq.add_argument(
         "--json", action="store_true", help="one JSON object: file, new, already_present, durable"
+    )
+    enq.add_argument(
+        "--create", action="store_true", help="make the data directory if it does not exist (default: refuse)"
     )
     enq.set_defaults(func=cmd_enqueue)
 

@@ -1,6 +1,9 @@
-"""`beaver jobs` and `beaver job ID` on real files, without a controller and through a running one:
-states, attempts, a dead job's reason while the log holds its DEAD record (null once checkpoints
-deleted it), each attempt's dispatch and end, an unknown id (exit 1), bad flags (one line, exit 2)."""
+"""Operating the queue, in-process. `beaver jobs` and `beaver job ID` on real files, without a
+controller and through a running one: states, attempts, a dead job's reason while the log holds its
+DEAD record (null once checkpoints deleted it), each attempt's dispatch and end, an unknown id
+(exit 1), bad flags (one line, exit 2). `beaver enqueue` refuses a data directory that does not
+exist unless --create. A crash sweep interrupted by Ctrl-C prints the points that finished (the real
+SIGINT to a process pool is in tests/integration/test_operate.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ from beaver_sim.runtime import service as service_module
 from beaver_sim.runtime.jobs import answer
 from beaver_sim.runtime.server import request
 from beaver_sim.runtime.service import Service, enqueue, status_of
+from beaver_sim.sim import sweep
+from beaver_sim.sim.checker import CODES
 from beaver_sim.storage.fs import RealFS
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -217,3 +222,62 @@ def test_jobs_and_job_ask_a_running_controller(
     assert all(r["reason"].startswith("failed: SimulatedFailure") for r in rows)
     assert job["running"] is True and job["payload"] == {"i": 2} and job["history_complete"] is True
     assert [a["outcome"] for a in job["history"]] == ["failed", "dead"]
+
+
+def test_enqueue_refuses_a_data_dir_that_does_not_exist_unless_create(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "jobs.json"
+    path.write_bytes(orjson.dumps([{"id": "a", "payload": {}}]))
+    typo = tmp_path / "typo" / "d"
+    code, out, err = out_of(capsys, "enqueue", "--file", str(path), "--data-dir", str(typo))
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and err.startswith(f"beaver enqueue: error: {typo}: no such data directory")
+    assert not (tmp_path / "typo").exists()
+    code, out, _ = out_of(capsys, "enqueue", "--create", "--file", str(path), "--data-dir", str(typo))
+    assert code == 0 and "1 new" in out
+    code, out, _ = out_of(capsys, "enqueue", "--file", str(path), "--data-dir", str(typo))
+    assert code == 0 and "0 new, 1 already present" in out
+
+
+@pytest.mark.parametrize("fsync", ["always", "never"])
+def test_an_interrupted_sweep_prints_the_points_that_finished_and_exits_130(
+    fsync: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C (a KeyboardInterrupt) after the second batch of points: those are reported, with the
+    violations found at them, and nothing else ran."""
+    real, batches = sweep._collect, []
+
+    def collect_then_interrupt(*args: Any) -> None:
+        real(*args)
+        batches.append(len(args[1]))
+        if len(batches) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "_collect", collect_then_interrupt)
+    argv = [
+        "crash-sweep",
+        "--jobs",
+        "6",
+        "--executor",
+        "serial",
+        "--fsync",
+        fsync,
+        "--crash-model",
+        "power-loss",
+    ]
+    code, out, err = out_of(capsys, *argv, "--json")
+    assert (code, err) == (130, "")
+    got = orjson.loads(out)
+    assert got["interrupted"] is True and 0 < got["done"] < got["points"] and len(batches) == 2
+    assert (fsync == "never") == bool(got["violations"])
+    assert all(v["code"] == CODES[v["invariant"]] for v in got["violations"])
+    batches.clear()
+    code, out, _ = out_of(capsys, *argv)
+    first = out.splitlines()[0]
+    assert code == 130 and first.startswith("interrupted after ")
+    assert f"of {got['points']} crash points done" in first
+    if fsync == "never":
+        assert f"{len(got['violations'])} violation(s) among them:" in first
+    else:
+        assert first.endswith("invariants ok at every one of them")
