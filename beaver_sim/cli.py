@@ -68,10 +68,21 @@ RECOVERED = re.compile(r"recovered in ([0-9.]+) s: (\d+) records replayed.* (\d+
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors, like every other error of the CLI."""
+    """argparse with one-line usage errors, like every other error of the CLI, each named by the
+    command it belongs to (`beaver enqueue: error: ...`)."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_known_args(
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """No parser here lets another take what it did not know: a (sub)command refuses it
+        itself, under its own name, instead of the top level saying `beaver: error`."""
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns, extras
 
 
 def say(*parts: Any) -> None:

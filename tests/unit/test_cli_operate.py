@@ -2,19 +2,22 @@
 controller and through a running one: states, attempts, a dead job's reason while the log holds its
 DEAD record (null once checkpoints deleted it), each attempt's dispatch and end, an unknown id
 (exit 1), bad flags (one line, exit 2). `beaver enqueue` refuses a data directory that does not
-exist unless --create. A crash sweep interrupted by Ctrl-C prints the points that finished (the real
-SIGINT to a process pool is in tests/integration/test_operate.py)."""
+exist unless --create. An unknown flag is refused under the name of the command it was given to.
+A crash sweep interrupted by Ctrl-C prints the points that finished (the real SIGINT to a process
+pool is in tests/integration/test_operate.py)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from beaver_sim.cli import main
+from beaver_sim.cli import build_parser, main
 from beaver_sim.core import records as R
 from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import BeaverError, Config
@@ -281,3 +284,52 @@ def test_an_interrupted_sweep_prints_the_points_that_finished_and_exits_130(
         assert f"{len(got['violations'])} violation(s) among them:" in first
     else:
         assert first.endswith("invariants ok at every one of them")
+
+
+def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every leaf (sub)command of the CLI, as the words that name it."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path
+    for action in subs:
+        for name, sub in action.choices.items():
+            yield from commands(sub, (*path, name))
+
+
+def required_args(parser: argparse.ArgumentParser) -> list[str]:
+    """A value for each required argument, so that only the unknown flag is wrong."""
+    out: list[str] = []
+    for a in parser._actions:
+        if a.required and not isinstance(a, argparse._SubParsersAction):
+            value = str(next(iter(a.choices))) if a.choices else "x"
+            out += [a.option_strings[0], value] if a.option_strings else [value]
+    return out
+
+
+def parser_of(path: tuple[str, ...]) -> argparse.ArgumentParser:
+    parser = build_parser()
+    for word in path:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[word]
+    return parser
+
+
+ALL_COMMANDS = list(commands(build_parser()))
+
+
+def test_every_command_is_listed() -> None:
+    assert {("enqueue",), ("jobs",), ("job",), ("wal", "verify"), ("crash-sweep",)} <= set(ALL_COMMANDS)
+
+
+@pytest.mark.parametrize("path", ALL_COMMANDS, ids=" ".join)
+def test_an_unknown_flag_is_refused_under_the_commands_own_name(
+    path: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`beaver enqueue ... --fsync sometimes` says `beaver enqueue: error: unrecognized arguments`,
+    the form docs/contracts.md promises, for every command (not `beaver: error`)."""
+    argv = [*path, *required_args(parser_of(path)), "--no-such-flag", "v"]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err == f"beaver {' '.join(path)}: error: unrecognized arguments: --no-such-flag v (see --help)\n"
