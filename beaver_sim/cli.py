@@ -303,8 +303,11 @@ def cmd_job(args: argparse.Namespace) -> int:
     start = "from its enqueue" if job["history_complete"] else "from where the log now starts"
     say(f"history   {len(job['history'])} attempt(s) in the log ({start})")
     for a in job["history"]:
-        began = f"dispatched at seq {a['dispatch_seq']} to worker {a['worker']}, deadline {a['deadline']:.3f}"
-        began = began if a["dispatch_seq"] is not None else "dispatched before the log starts"
+        began = "dispatched before the log starts"
+        if a["dispatch_seq"] is not None:
+            began = (
+                f"dispatched at seq {a['dispatch_seq']} to worker {a['worker']}, deadline {a['deadline']:.3f}"
+            )
         end = "running" if a["outcome"] is None else f"{a['outcome']} at seq {a['end_seq']}"
         error = f": {a['error']}" if a["error"] else ""
         say(f"  attempt {a['attempt']}: {began}; {end}{error}")
@@ -731,7 +734,7 @@ def add_job_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     j = sub.add_parser(
         "job", parents=[common], help="one job: state, attempts, payload, reason, its attempts"
     )
-    j.add_argument("id", help="the job id")
+    j.add_argument("id", help="the job id (one that starts with - goes after --: job -- -x)")
     j.add_argument("--json", action="store_true", help="one JSON object (docs/contracts.md)")
     j.set_defaults(func=cmd_job)
 

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from beaver_sim.cli import build_parser, main
 from beaver_sim.core import records as R
@@ -36,6 +41,14 @@ def out_of(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, st
     code = main(list(argv))
     got = capsys.readouterr()
     return code, got.out, got.err
+
+
+@contextlib.contextmanager
+def _captured() -> Iterator[io.StringIO]:
+    """stdout of an in-process command, under hypothesis (which cannot share capsys)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        yield out
 
 
 @pytest.fixture
@@ -333,3 +346,52 @@ def test_an_unknown_flag_is_refused_under_the_commands_own_name(
     err = capsys.readouterr().err
     assert exit_.value.code == 2
     assert err == f"beaver {' '.join(path)}: error: unrecognized arguments: --no-such-flag v (see --help)\n"
+
+
+def test_an_attempt_whose_dispatch_a_checkpoint_deleted_still_shows_how_it_ended(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "d"
+    storage = Storage.open(RealFS(), str(root))
+    storage.append(R.enqueue("x", {}))
+    storage.append(R.dispatch("x", 1, 0, 5.0))
+    for n in range(3):  # the segment with x's ENQUEUE and DISPATCH is deleted
+        storage.append(R.enqueue(f"other-{n}", {}))
+        storage.checkpoint()
+    storage.append(R.fail("x", 1, "boom"))
+    storage.close()
+    d = ["--data-dir", str(root)]
+    job = orjson.loads(out_of(capsys, "job", "x", "--json", *d)[1])
+    assert (job["state"], job["attempts"], job["history_complete"]) == ("pending", 1, False)
+    assert job["history"] == [
+        {"attempt": 1, "worker": None, "deadline": None, "dispatch_seq": None}
+        | {"outcome": "failed", "end_seq": 6, "error": "boom"}
+    ]
+    code, out, _ = out_of(capsys, "job", "x", *d)
+    assert code == 0 and "attempt 1: dispatched before the log starts; failed at seq 6: boom" in out
+
+
+@settings(max_examples=25)
+@example(ids=["-x", "--json", "a b", "tab\tid", "nul\x00", "quote\"'", "🦫"])
+@given(ids=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=6, unique=True))
+def test_any_job_id_is_listed_and_found_exactly(ids: list[str]) -> None:
+    """Ids are any non-empty string (control characters, quotes, spaces, surrogate-free Unicode):
+    `jobs --json` gives each back exactly, `job ID --json` finds each (after `--`: an id may start
+    with a dash), one line per job in text."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "d"
+        storage = Storage.open(RealFS(), str(root))
+        for n, job_id in enumerate(ids):
+            storage.append(R.enqueue(job_id, {"n": n}))
+        storage.close()
+        d = ["--data-dir", str(root)]
+        with _captured() as out:
+            assert main(["jobs", "--json", *d]) == 0
+        assert [r["id"] for r in orjson.loads(out.getvalue())] == ids
+        for n, job_id in enumerate(ids):
+            with _captured() as out:
+                assert main(["job", "--json", *d, "--", job_id]) == 0
+            assert orjson.loads(out.getvalue())["payload"] == {"n": n}
+        with _captured() as out:
+            assert main(["jobs", *d]) == 0
+        assert len(out.getvalue().splitlines()) == len(ids)
