@@ -80,3 +80,14 @@ def test_notebooks_without_jupyterlab_says_how_to_open_them(tmp_path: Path) -> N
     assert "JupyterLab is not installed here: pip install 'beaver_sim[notebooks]'" in out.stdout
     assert (tmp_path / "course" / "notebooks" / "00-tour.ipynb").is_file()
     assert (tmp_path / "course" / "data" / "jobs.json").is_file()
+
+
+def test_the_demo_runs_from_any_directory_on_the_jobs_the_package_carries(tmp_path: Path) -> None:
+    (tmp_path / "fast.yaml").write_text(
+        "worker_count: 8\ntask_timeout: 300ms\nwork_min: 10ms\nwork_max: 50ms\n"
+    )
+    out = beaver("demo", "--config", "fast.yaml")
+    assert out.returncode == 0, out.stdout + out.stderr
+    jobs = Path(beaver_sim.__file__).parent / "share" / "data" / "jobs.json"
+    assert f"2. enqueued 100 jobs from {jobs} into " in out.stdout
+    assert "demo passed" in out.stdout

@@ -7,6 +7,7 @@ import json
 import re
 import tomllib
 from dataclasses import replace
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,7 @@ def test_the_course_holds_every_notebook_lab_and_file_they_read() -> None:
 def test_the_version_is_written_once() -> None:
     assert "version" not in PYPROJECT["project"] and PYPROJECT["project"]["dynamic"] == ["version"]
     assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "beaver_sim.__version__"}
+    assert metadata.version("beaver_sim") == beaver_sim.__version__
 
 
 def test_beaver_version(capsys: pytest.CaptureFixture[str]) -> None:
