@@ -5,8 +5,10 @@ is built, installed into a fresh venv and exercised by `make package-check` (scr
 from __future__ import annotations
 
 import pkgutil
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,13 @@ import beaver_sim
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_env")]
 
-# every top-level module an extra brings (pyproject.toml's optional-dependencies)
-EXTRAS = ("dask", "distributed", "pyarrow", "jupyterlab", "nbclient", "nbval", "papermill", "ipywidgets")
+REPO = Path(__file__).resolve().parents[2]
+
+# the modules of the dask, parquet and notebooks extras (pyproject.toml; a test keeps them equal)
+EXTRAS = (
+    *("dask", "distributed", "pyarrow"),
+    *("ipykernel", "nbval", "nbclient", "jupyterlab", "papermill", "ipywidgets"),
+)
 BLOCKER = f"""
 import sys
 sys.modules.update(dict.fromkeys({EXTRAS!r}))  # None: import raises ModuleNotFoundError, find_spec is None
@@ -31,6 +38,17 @@ def without_extras(*code: str) -> subprocess.CompletedProcess[str]:
 
 def beaver(*argv: str) -> subprocess.CompletedProcess[str]:
     return without_extras("from beaver_sim.cli import main", f"sys.exit(main({list(argv)!r}))")
+
+
+def test_the_blocked_modules_are_the_extras_the_package_uses() -> None:
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = [
+        name.lower().replace("-", "_")
+        for extra in ("dask", "parquet", "notebooks")
+        for requirement in extras[extra]
+        for name in re.findall(r"[\w.-]+", requirement.split(">")[0].split("=")[0])
+    ]
+    assert sorted(names) == sorted(EXTRAS)
 
 
 def test_the_blocker_blocks() -> None:
