@@ -1,5 +1,5 @@
-"""`beaver`, the command line: run, enqueue, status, wal verify|dump|repair, demo (and sim,
-crash-sweep from beaver_sim.sim.cli). A thin layer over runtime.service and the storage modules.
+"""`beaver`, the command line: run, enqueue, status, wal verify|dump|repair, demo, notebooks (and
+sim, crash-sweep from beaver_sim.sim.cli). A thin layer over runtime.service and the storage modules.
 
 Every error a user can cause (BeaverError, OSError) is one line on stderr and exit code 2; no
 traceback. Config precedence is flag > BEAVER_* environment > YAML > default (beaver_sim.config)."""
@@ -22,20 +22,17 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
+from beaver_sim import __version__
 from beaver_sim.config import load_config
 from beaver_sim.core.recovery import Inspection, RepairPlan, apply_repair, inspect, plan_repair
 from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.runtime.lock import DataDirLock
+from beaver_sim.sim.cli import register as register_sim
 from beaver_sim.storage.fs import RealFS
 
 if TYPE_CHECKING:  # the runtime (asyncio, workers, server) is imported only by the commands that use it,
     # so `beaver sim` and `beaver crash-sweep` do not pay for it
     from beaver_sim.runtime.service import Job, Service
-
-try:
-    from beaver_sim.sim.cli import register as register_sim
-except ImportError:  # the simulator's commands are optional: cli.py works without them
-    register_sim = None
 
 # flag dest -> (Config key, flag as typed); values stay strings so load_config names the flag in errors
 RUN_FLAGS = {
@@ -515,17 +512,21 @@ def _wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.1)
 
 
-def _jobs_file(name: str | None) -> str:
-    if name:
-        return name
-    here = Path("data/jobs.json")
-    return str(here if here.is_file() else Path(__file__).resolve().parent.parent / "data" / "jobs.json")
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The demo on --jobs, or on the seed's 100 jobs shipped in the package (any working directory)."""
+    if args.jobs:
+        return run_demo(args, args.jobs)
+    from importlib.resources import as_file
+
+    from beaver_sim.course import shared
+
+    with as_file(shared("data/jobs.json")) as path:
+        return run_demo(args, str(path))
+
+
+def run_demo(args: argparse.Namespace, jobs_file: str) -> int:
     from beaver_sim.runtime.service import read_state, status_of
 
-    jobs_file = _jobs_file(args.jobs)
     jobs = read_jobs(jobs_file)
     if args.data_dir:
         if os.path.exists(args.data_dir) and os.listdir(args.data_dir):
@@ -637,6 +638,27 @@ def check_demo(config: Config, ids: Sequence[str]) -> list[str]:
     return problems
 
 
+# -- notebooks -----------------------------------------------------------------------------------
+
+
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    from importlib.util import find_spec
+
+    from beaver_sim.course import LABS, write_course
+
+    dest = Path(args.dir)
+    written = write_course(dest, solutions=args.solutions, force=args.force)
+    labs = sum(1 for p in written if p.parent == dest / LABS)
+    kind = (
+        "with their solutions" if args.solutions else "to solve: each solution is `raise NotImplementedError`"
+    )
+    say(f"wrote {len(written)} files to {dest}: the notebooks, {labs} labs ({kind}) and the files they read")
+    if find_spec("jupyterlab") is None:
+        say("JupyterLab is not installed here: pip install 'beaver_sim[notebooks]'")
+    say(f"open them: jupyter lab {dest}")
+    return 0
+
+
 # -- the parser ----------------------------------------------------------------------------------
 
 
@@ -646,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", help="YAML config file (default: configs/default.yaml if present)")
 
     parser = Parser(prog="beaver", description="A durable job queue: WAL + snapshots, real and simulated.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     run = sub.add_parser("run", parents=[common], help="serve a data directory: recover, dispatch, metrics")
@@ -714,11 +737,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--config", help="YAML config file (default: the demo's own settings, printed when it starts)"
     )
-    demo.add_argument("--jobs", help="job file (default: data/jobs.json)")
+    demo.add_argument("--jobs", help="job file (default: the seed's 100 jobs, data/jobs.json in the package)")
     demo.set_defaults(func=cmd_demo)
 
-    if register_sim is not None:
-        register_sim(sub)
+    register_sim(sub)
+
+    nb = sub.add_parser(
+        "notebooks",
+        help="write the course (notebooks, labs, the files they read) to DIR for `jupyter lab DIR`",
+    )
+    nb.add_argument("dir", metavar="DIR", help="a new or empty directory")
+    nb.add_argument(
+        "--solutions", action="store_true", help="the labs with their solutions (default: to solve)"
+    )
+    nb.add_argument(
+        "--force", action="store_true", help="write into a non-empty DIR, overwriting the course's files"
+    )
+    nb.set_defaults(func=cmd_notebooks)
     return parser
 
 

@@ -14,6 +14,7 @@ from itertools import islice
 from typing import Any
 
 from beaver_sim.core.types import BeaverError
+from beaver_sim.extras import require
 
 SIM_DATA_DIR = "sim:/run"  # SimFS treats sim:/x as /x (beaver_sim/sim/fs.py)
 CONFIG_FLAGS = {  # dest -> (Config field, flag as the user typed it)
@@ -278,6 +279,10 @@ def cmd_crash_sweep(args: argparse.Namespace) -> int:
 
     if args.out and not args.out.endswith((".csv", ".parquet")):
         raise BeaverError(f"--out {args.out}: expected a .csv or .parquet file name")
+    if args.executor == "dask":
+        require("dask.distributed", "dask")
+    if args.out and args.out.endswith(".parquet"):
+        require("pyarrow", "parquet")
     sim = _simulation(args)
     points = args.points
     options = {
