@@ -87,7 +87,8 @@ def _ask(config: Config, req: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _state(config: Config) -> JobQueue:
-    from beaver_sim.runtime.service import read_state
+    """The state from the files (no controller runs)."""
+    from beaver_sim.runtime.service import read_state  # service imports this module for `answer`
 
     return read_state(config).state
 
