@@ -26,7 +26,7 @@ HOSTILE_FLAGS = ("--failure-rate", "0", "--max-retry", "2", "--timeout", "5s")  
 def enqueue(data: str, jobs: list[dict[str, Any]], tmp: Path) -> subprocess.CompletedProcess[str]:
     path = tmp / f"jobs-{time.monotonic_ns()}.json"
     path.write_bytes(orjson.dumps(jobs))
-    return beaver("enqueue", "--data-dir", data, "--file", str(path))
+    return beaver("enqueue", "--create", "--data-dir", data, "--file", str(path))
 
 
 def status(data: str) -> dict[str, Any]:

@@ -114,13 +114,16 @@ def test_the_issues_oversized_id_is_refused_at_the_door_and_the_queue_keeps_runn
     assert ctl.state.jobs["ok"].status is JobStatus.COMPLETED
 
 
-def test_bytes_not_characters_and_a_refused_batch_leaves_no_prefix(tmp_path: Path) -> None:
+def test_bytes_not_characters_and_a_refused_batch_leaves_no_prefix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The issue's batch: `a`, then an id of 600,000 'é' (1.2 MB in UTF-8, 600,000 characters)."""
     path = tmp_path / "jobs.json"
     path.write_bytes(orjson.dumps([{"id": "a", "payload": {}}, {"id": "é" * 600_000, "payload": {}}]))
     data = tmp_path / "d"
-    assert main(["enqueue", "--file", str(path), "--data-dir", str(data)]) == 2
+    assert main(["enqueue", "--create", "--file", str(path), "--data-dir", str(data)]) == 2
     assert not data.exists()  # refused before the data directory was made: no LOCK, snap/ or WAL
+    assert "max_record_bytes" in capsys.readouterr().err
     fs = SimFS()
     ctl, _ = controller(fs)
     with pytest.raises(RecordTooLarge):
@@ -134,7 +137,7 @@ def test_a_5mb_payload_at_a_new_data_dir_creates_nothing(
 ) -> None:
     path = tmp_path / "big.json"
     path.write_bytes(orjson.dumps([{"id": "big", "payload": {"blob": "b" * (5 << 20)}}]))
-    assert main(["enqueue", "--file", str(path), "--data-dir", str(tmp_path / "new")]) == 2
+    assert main(["enqueue", "--create", "--file", str(path), "--data-dir", str(tmp_path / "new")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "max_record_bytes" in err and "'big'" in err
     assert not (tmp_path / "new").exists()
@@ -273,7 +276,7 @@ def test_a_job_file_with_an_inexact_or_deep_payload_is_one_line(
 ) -> None:
     path = tmp_path / "jobs.json"
     path.write_bytes(content)
-    assert main(["enqueue", "--file", str(path), "--data-dir", str(tmp_path / "d")]) == 2
+    assert main(["enqueue", "--create", "--file", str(path), "--data-dir", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and problem in err and str(path) in err, err
     assert not (tmp_path / "d").exists()
