@@ -95,6 +95,17 @@ class Controller:
         self.stopped = False
         if self.state.retention != config.completed_retention:  # replay must not read the config file
             self._log(R.config(config.completed_retention))  # in effect from here on, live and replayed
+        self._fit_accepted()
+
+    def _fit_accepted(self) -> None:
+        """Jobs accepted under a larger max_record_bytes (lowered since) still run: the log takes
+        their later records whatever the new limit, which the door applies to new jobs only. The
+        common case costs one pass over the live ids' lengths."""
+        live = [*self.state.pending, *self.state.leases]
+        wal = self.storage.wal
+        if not live or R.record_bound(6 * max(map(len, live)) + 2, 0) <= wal.max_record:  # 6: \u001f
+            return
+        wal.max_record = max(wal.max_record, *(R.record_bound(len(orjson.dumps(j)), 0) for j in live))
 
     # -- life cycle ----------------------------------------------------------------------------
 

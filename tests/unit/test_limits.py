@@ -5,6 +5,7 @@ own copy of the payload."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -280,3 +281,22 @@ def test_a_job_file_with_an_inexact_or_deep_payload_is_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and problem in err and str(path) in err, err
     assert not (tmp_path / "d").exists()
+
+
+def test_a_job_accepted_before_the_limit_was_lowered_still_runs() -> None:
+    """max_record_bytes lowered at a restart applies to new jobs; an accepted one (its id near the
+    old limit) still gets its DISPATCH, FAIL (with the longest reason) and DEAD records."""
+    fs = SimFS()
+    wide = replace(CONFIG, max_record_bytes=16384)
+    ctl, _ = controller(fs, config=wide)
+    long_id = "é" * 6000  # 12 KB of UTF-8: fits 16 KiB, not 4 KiB
+    ctl.enqueue([(long_id, {})])
+    ctl.stop(snapshot=False)
+    crashed = fs.after_crash(PROCESS)
+    narrow = replace(CONFIG, max_record_bytes=4096)
+    clock = VirtualClock()
+    ctl, clock = controller(crashed, Outcomes(clock, "E" * 100_000), narrow)
+    with pytest.raises(RecordTooLarge):  # new jobs meet the new limit
+        ctl.enqueue([(long_id + "2", {})])
+    clock.run()
+    assert ctl.state.jobs[long_id].status is JobStatus.DEAD
