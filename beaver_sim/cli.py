@@ -24,11 +24,14 @@ import orjson
 
 from beaver_sim import __version__
 from beaver_sim.config import load_config
+from beaver_sim.core.limits import check_job, loads_exact
 from beaver_sim.core.recovery import Inspection, RepairPlan, apply_repair, inspect, plan_repair
 from beaver_sim.core.types import BeaverError, Config, JobStatus
+from beaver_sim.errors import brief
 from beaver_sim.runtime.lock import DataDirLock
 from beaver_sim.sim.cli import register as register_sim
 from beaver_sim.storage.fs import RealFS
+from beaver_sim.storage.wal import MAX_RECORD
 
 if TYPE_CHECKING:  # the runtime (asyncio, workers, server) is imported only by the commands that use it,
     # so `beaver sim` and `beaver crash-sweep` do not pay for it
@@ -155,18 +158,19 @@ async def serve(service: Service, exit_when_idle: bool) -> int:
 # -- enqueue -------------------------------------------------------------------------------------
 
 
-def read_jobs(path: str) -> list[Job]:
+def read_jobs(path: str, max_record_bytes: int = MAX_RECORD) -> list[Job]:
     """Validate a whole job file (a JSON list of {"id": str, "payload": object}) before anything
-    is written; BeaverError naming the file and the first problem. An id repeated with the same
-    payload is one job (the controller counts it once); with another payload it is a conflict,
-    refused here before the data directory is touched."""
+    is written, the data directory included; BeaverError naming the file and the first problem
+    (core.limits: every record of each job fits `max_record_bytes`, payloads stored exactly). An
+    id repeated with the same payload is one job (the controller counts it once); with another
+    payload it is a conflict."""
     try:
         data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as e:
         raise BeaverError(f"{path}: cannot read: {e.strerror or e}") from None
     try:
-        items = orjson.loads(data)
-    except orjson.JSONDecodeError as e:
+        items = loads_exact(data)
+    except ValueError as e:
         raise BeaverError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(items, list):
         raise BeaverError(f'{path}: expected a JSON list of {{"id": ..., "payload": {{...}}}} objects')
@@ -181,15 +185,15 @@ def read_jobs(path: str) -> list[Job]:
             raise BeaverError(f"{where}: missing {' and '.join(missing)}")
         extra = sorted(set(item) - {"id", "payload"})
         if extra:
-            raise BeaverError(f"{where}: unknown field {extra[0]!r} (a job has id and payload)")
+            raise BeaverError(f"{where}: unknown field {brief(extra[0])} (a job has id and payload)")
         job_id, payload = item["id"], item["payload"]
-        if not isinstance(job_id, str) or not job_id:
-            raise BeaverError(f"{where}: id must be a non-empty string, got {job_id!r}")
-        if not isinstance(payload, dict):
-            raise BeaverError(f"{where} ({job_id}): payload must be an object, got {type(payload).__name__}")
+        named = where if not isinstance(job_id, str) or not job_id else f"{where} ({brief(job_id)})"
+        check_job(job_id, payload, max_record_bytes, named)
         canonical = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
         if seen.setdefault(job_id, canonical) != canonical:
-            raise BeaverError(f"{where}: id {job_id!r} appears earlier in the file with a different payload")
+            raise BeaverError(
+                f"{where}: id {brief(job_id)} appears earlier in the file with a different payload"
+            )
         jobs.append((job_id, payload))
     return jobs
 
@@ -206,8 +210,8 @@ def refuse_new_data_dir(data_dir: str, create: bool) -> None:
 def cmd_enqueue(args: argparse.Namespace) -> int:
     from beaver_sim.runtime.service import enqueue
 
-    jobs = read_jobs(args.file)
     config = config_from(args)
+    jobs = read_jobs(args.file, config.max_record_bytes)  # all checked before the data dir is touched
     refuse_new_data_dir(config.data_dir, args.create)
     try:
         done, how = enqueue(config, jobs)
@@ -331,10 +335,13 @@ def _covered(found: Inspection) -> str:
 
 
 def cmd_wal_verify(args: argparse.Namespace) -> int:
-    """Read the data directory as recovery does: the newest good snapshot, then the log after it."""
+    """Read the data directory as recovery does: the newest good snapshot, then the log after it,
+    replayed through the same `apply` with the same recorded configuration, so ok <=> run opens."""
     config = config_from(args)
     directory = _wal_dir(config)
-    found = inspect(RealFS(), directory, config.snapshot_dir, lambda rec, lsn: None, check_snapshots=True)
+    found = inspect(
+        RealFS(), directory, config.snapshot_dir, check_snapshots=True, retention=config.completed_retention
+    )
     s, p = found.scan, found.problem
     torn = p is not None and p.torn
     summary = {
@@ -402,7 +409,7 @@ def cmd_wal_repair(args: argparse.Namespace) -> int:
     config = config_from(args)
     directory = _wal_dir(config)
     fs = RealFS()
-    plan = plan_repair(fs, directory, config.snapshot_dir)
+    plan = plan_repair(fs, directory, config.snapshot_dir, config.completed_retention)
     if plan is None:
         if args.json:
             say(orjson.dumps({"ok": True, "plan": None, "repaired": False}).decode())
@@ -424,13 +431,13 @@ def cmd_wal_repair(args: argparse.Namespace) -> int:
             say("nothing changed; run again with --yes to cut the log as planned")
         return 1
     with DataDirLock(config.data_dir):  # never cut a log a running controller is writing
-        again = plan_repair(fs, directory, config.snapshot_dir)
+        again = plan_repair(fs, directory, config.snapshot_dir, config.completed_retention)
         if again is None or again.as_dict() != plan.as_dict():
             raise BeaverError(f"{directory}: the log changed since the plan; nothing cut, run repair again")
         backups = apply_repair(fs, directory, plan)
     if not args.json:
         say(f"done: {plan.bytes_dropped} bytes dropped; backups: {', '.join(backups)}")
-        if (after := plan_repair(fs, directory, config.snapshot_dir)) is not None:
+        if (after := plan_repair(fs, directory, config.snapshot_dir, config.completed_retention)) is not None:
             say(f"the log has another problem further on: {after.cut}; run `beaver wal repair` again")
     return 0
 
@@ -449,7 +456,7 @@ def _say_plan(directory: str, plan: RepairPlan) -> None:
     kinds = ", ".join(f"{n} {kind}" for kind, n in plan.records_dropped.items()) or "no record"
     say(
         f"  drops {plan.bytes_dropped} bytes: {kinds} after the snapshot; "
-        f"{plan.unreadable} unreadable line(s)"
+        f"{plan.unreadable} line(s) that do not verify (the damage: not counted as any record)"
     )
     say(
         f"  loses {plan.jobs_lost} acknowledged job(s) whose enqueue is cut; {plan.completions_lost} "

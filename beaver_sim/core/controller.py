@@ -28,9 +28,10 @@ from typing import Any
 import orjson
 
 from beaver_sim.core import records as R
+from beaver_sim.core.limits import check_job
 from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import BeaverError, Clock, Config, DuplicateJob, Workers
-from beaver_sim.storage.wal import RecordTooLarge
+from beaver_sim.errors import brief
 
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0)  # the seed's histogram buckets, seconds
 
@@ -92,6 +93,19 @@ class Controller:
         self.last_snapshot_seq = storage.report.snapshot_seq
         self.started = False
         self.stopped = False
+        if self.state.retention != config.completed_retention:  # replay must not read the config file
+            self._log(R.config(config.completed_retention))  # in effect from here on, live and replayed
+        self._fit_accepted()
+
+    def _fit_accepted(self) -> None:
+        """Jobs accepted under a larger max_record_bytes (lowered since) still run: the log takes
+        their later records whatever the new limit, which the door applies to new jobs only. The
+        common case costs one pass over the live ids' lengths."""
+        live = [*self.state.pending, *self.state.leases]
+        wal = self.storage.wal
+        if not live or R.record_bound(6 * max(map(len, live)) + 2, 0) <= wal.max_record:  # 6: \u001f
+            return
+        wal.max_record = max(wal.max_record, *(R.record_bound(len(orjson.dumps(j)), 0) for j in live))
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -142,7 +156,8 @@ class Controller:
         fsync policy. Retry-safe: a job whose id is already known with the identical payload is
         already present (not logged again), so resending a batch whose answer was lost, or that
         failed half-written, is always right; the same id with another payload is a conflict.
-        The whole batch is checked first (conflicts, payload type, record size): all or nothing."""
+        The whole batch is checked first (conflicts, and `limits.check_job`: ids, payloads stored
+        exactly, every later record within max_record_bytes): all or nothing."""
         new, present = self._check_batch(jobs)
         for job_id, payload in new:
             self._log(R.enqueue(job_id, payload))
@@ -162,29 +177,22 @@ class Controller:
         new: dict[str, dict[str, Any]] = {}
         present: set[str] = set()
         known = self.state.jobs
-        limit = self.config.max_record_bytes - 64  # room for seq and framing
+        limit = self.config.max_record_bytes
         for job_id, payload in jobs:
-            if not isinstance(job_id, str) or not job_id:
-                raise BeaverError(f"job id must be a non-empty string, got {job_id!r}")
-            if not isinstance(payload, dict):
-                raise BeaverError(f"job {job_id!r}: payload must be an object, got {type(payload).__name__}")
-            body = orjson.dumps(payload)
-            if len(body) + len(job_id) > limit:
-                raise RecordTooLarge(
-                    f"job {job_id!r}: payload is over the {self.config.max_record_bytes}-byte limit"
-                )
+            check_job(job_id, payload, limit)  # every record it may ever have fits: it can run
             earlier = known[job_id].payload if job_id in known else new.get(job_id)
             if earlier is None:
                 new[job_id] = payload
             elif _canonical(earlier) != _canonical(payload):
                 where = "already enqueued" if job_id in known else "earlier in the same batch"
-                raise DuplicateJob(f"job id {job_id!r} is {where} with a different payload")
+                raise DuplicateJob(f"job id {brief(job_id)} is {where} with a different payload")
             elif job_id in known:
                 present.add(job_id)
         return list(new.items()), len(present)
 
-    def on_result(self, job_id: str, attempt: int, ok: bool, error: str | None) -> None:
-        """A worker finished attempt `attempt` of `job_id`."""
+    def on_result(self, job_id: str, attempt: int, ok: bool, error: object) -> None:
+        """A worker finished attempt `attempt` of `job_id`; `error` (when not ok) may be any object,
+        of any size: the record stores it as bounded text (`records.reason`)."""
         lease = self.state.leases.get(job_id)
         if lease is None or lease.attempt != attempt or self.stopped:
             self.counters.stale += 1  # its attempt timed out, or the job moved on
@@ -204,9 +212,8 @@ class Controller:
             counters.completed += 1
         else:
             counters.failed += 1
-            self._retry_or_bury(
-                job_id, attempt, R.fail(job_id, attempt, error or "error"), f"failed: {error}"
-            )
+            text = "error" if error is None else R.reason(error) or "error"  # cut: a FAIL always fits
+            self._retry_or_bury(job_id, attempt, R.fail(job_id, attempt, text), "failed: " + text)
         self._dispatch()
 
     def _on_timeout(self, job_id: str, attempt: int) -> None:
@@ -270,7 +277,7 @@ class Controller:
         if not self.stopped:
             jobs, submit, done = self.state.jobs, self.workers.submit, self.on_result
             for job_id, attempt, worker in to_start:
-                submit(job_id, attempt, worker, jobs[job_id].payload, done)
+                submit(job_id, attempt, worker, jobs[job_id].copy_payload(), done)  # each its own
         for ack in acks:
             ack()
 

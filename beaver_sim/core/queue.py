@@ -6,7 +6,9 @@ lease naming the current attempt; completed and dead are final. Every method is 
 Retention: with `retention` N > 0, only the N most recently ended (completed or dead) jobs stay in
 memory, and so in the next snapshot; an older one is dropped as the next ends (counted in `dropped`).
 The drop happens inside the transitions, so replay drops exactly what the live run dropped: the WAL
-and the snapshots stay the source of truth. A dropped id is unknown again: enqueued again, it is a
+and the snapshots stay the source of truth. The window itself is part of the state: a snapshot
+carries it and a CONFIG record changes it (core/records.py), so replay never depends on the config
+file of the process that replays. A dropped id is unknown again: enqueued again, it is a
 new job (duplicate detection holds only inside the window). The WAL's
 `apply` (core/records.py) is the only caller at run time and in replay, so these rules hold for both.
 """
@@ -20,6 +22,7 @@ from typing import Any
 import orjson
 
 from beaver_sim.core.types import IllegalTransition, Job, JobStatus, Lease
+from beaver_sim.errors import brief
 
 PENDING, IN_FLIGHT, COMPLETED, DEAD = (
     JobStatus.PENDING,
@@ -28,6 +31,7 @@ PENDING, IN_FLIGHT, COMPLETED, DEAD = (
     JobStatus.DEAD,
 )
 SCHEMA_VERSION = 2  # of the snapshot body: 2 is `to_columns`; 1 (`to_state`) is still read
+RETENTION_UNKNOWN = -1  # a snapshot written before the window was recorded: recovery sets it
 _id, _status = attrgetter("id"), attrgetter("status")
 _CODE = {PENDING: "p", IN_FLIGHT: "i", COMPLETED: "c", DEAD: "d"}  # a job's state in `to_columns`
 _STATUS_OF = {c: s for s, c in _CODE.items()}.__getitem__
@@ -220,29 +224,29 @@ class JobQueue:
         for job_id in pending:
             job = jobs.get(job_id)
             if job is None or job.status is not PENDING:
-                raise AssertionError(f"job {job_id!r} is in the pending FIFO but not pending")
+                raise AssertionError(f"job {brief(job_id)} is in the pending FIFO but not pending")
         if self.counts[PENDING] != len(pending):
             raise AssertionError("a pending job is missing from the pending FIFO")
         for job_id, lease in leases.items():
             job = jobs.get(job_id)
             if job is None or job.status is not IN_FLIGHT:
                 state = job.status if job is not None else "unknown"
-                raise AssertionError(f"job {job_id!r}: state {state} but lease=True")
+                raise AssertionError(f"job {brief(job_id)}: state {state} but lease=True")
             if lease.attempt != job.attempt:
-                raise AssertionError(f"job {job_id!r}: lease attempt differs from job attempt")
+                raise AssertionError(f"job {brief(job_id)}: lease attempt differs from job attempt")
         if self.counts[IN_FLIGHT] != len(leases):  # only on error: find the in-flight job with no lease
             job_id = next(k for k, j in jobs.items() if j.status is IN_FLIGHT and k not in leases)
-            raise AssertionError(f"job {job_id!r}: state {IN_FLIGHT} but lease=False")
-        if self.retention or self.ended:  # the retention window: every ended job, each once, oldest first
+            raise AssertionError(f"job {brief(job_id)}: state {IN_FLIGHT} but lease=False")
+        if self.retention > 0 or self.ended:  # the retention window: every ended job, each once, oldest first
             ended = self.ended
             if len(set(ended)) != len(ended):
                 raise AssertionError("a job id appears twice in the retention window")
-            if self.retention and len(ended) > self.retention:
+            if self.retention > 0 and len(ended) > self.retention:
                 raise AssertionError(f"{len(ended)} ended jobs kept, retention is {self.retention}")
             for job_id in ended:
                 job = jobs.get(job_id)
                 if job is None or (job.status is not COMPLETED and job.status is not DEAD):
-                    raise AssertionError(f"job {job_id!r} is in the retention window but has not ended")
+                    raise AssertionError(f"job {brief(job_id)} is in the retention window but has not ended")
             if len(ended) != self.counts[COMPLETED] + self.counts[DEAD]:
                 raise AssertionError("an ended job is missing from the retention window")
 
@@ -261,6 +265,7 @@ class JobQueue:
         if self.retention or self.dropped:
             state["ended"] = list(self.ended)
             state["dropped"] = self.dropped
+            state["retention"] = self.retention
         return state
 
     @classmethod
@@ -278,9 +283,7 @@ class JobQueue:
         q.pending.extend(state["pending"])
         q.leases = {k: Lease(a, w, d) for k, a, w, d in state["leases"]}
         q.last_seq = state["last_seq"]
-        q.ended.extend(state.get("ended", ()))
-        q.dropped = state.get("dropped", 0)
-        q._check_links()
+        q._window(state)
         return q
 
     def to_columns(self) -> dict[str, Any]:
@@ -302,6 +305,7 @@ class JobQueue:
         if self.retention or self.dropped:
             cols["ended"] = list(self.ended)
             cols["dropped"] = self.dropped
+            cols["retention"] = self.retention
         return cols
 
     @classmethod
@@ -321,7 +325,16 @@ class JobQueue:
         q.pending.extend(cols["pending"])
         q.leases = {k: Lease(a, w, d) for k, a, w, d in cols["leases"]}
         q.last_seq = cols["last_seq"]
-        q.ended.extend(cols.get("ended", ()))
-        q.dropped = cols.get("dropped", 0)
-        q._check_links()
+        q._window(cols)
         return q
+
+    def _window(self, body: dict[str, Any]) -> None:
+        """The retention window of a snapshot body, then the links checked. A body with an end
+        order but no `retention` predates recording it: RETENTION_UNKNOWN, for recovery to set."""
+        self.ended.extend(body.get("ended", ()))
+        self.dropped = body.get("dropped", 0)
+        retention = body.get("retention", RETENTION_UNKNOWN if "ended" in body else 0)
+        if type(retention) is not int or retention < RETENTION_UNKNOWN:
+            raise AssertionError(f"retention {retention!r} is not a count")
+        self.retention = retention
+        self._check_links()

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from beaver_sim.core import records as R
-from beaver_sim.core.queue import SCHEMA_VERSION, JobQueue
+from beaver_sim.core.queue import RETENTION_UNKNOWN, SCHEMA_VERSION, JobQueue
 from beaver_sim.core.records import Record, apply
 from beaver_sim.core.types import Config
 from beaver_sim.errors import BeaverError, CorruptLog
@@ -127,16 +127,17 @@ class Storage:
         **wal_options: Any,
     ) -> Storage:
         """Recover `data_dir` (created if missing). Raises CorruptLog / BeaverError with one line
-        naming the file when it cannot be trusted; `retention` keeps only that many ended jobs in
-        memory (JobQueue.set_retention); the other arguments let the simulator swap in its
-        deliberately broken variants."""
+        naming the file when it cannot be trusted. Replay keeps the retention window the snapshot and
+        the CONFIG records say, whatever `retention` is: that (the config's value) is used only for
+        a snapshot written before the window was recorded; the controller logs a change. The other
+        arguments let the simulator swap in its deliberately broken variants."""
         t0 = timer() if timer else 0.0
         if fs.exists(data_dir) and not fs.is_dir(data_dir):  # else a bare FileExistsError from mkdir
             raise BeaverError(f"{data_dir}: data directory is a file")
         snapshots = snapshot_cls(fs, snap_dir or posixpath.join(data_dir, "snap"), keep)
         loaded = snapshots.load(read_state)
         q = loaded.state if loaded.state is not None else JobQueue()
-        q.set_retention(retention)  # before replay: replay drops what the live run dropped
+        _legacy_window(q, retention)
 
         wal, scan, dropped = wal_cls.open(
             fs,
@@ -199,6 +200,13 @@ class Storage:
         self.wal.close()
 
 
+def _legacy_window(q: JobQueue, retention: int) -> None:
+    """A snapshot written before the retention window was recorded in the state: take the config's,
+    as the versions that wrote it did (set before replay, so replay drops what they dropped)."""
+    if q.retention == RETENTION_UNKNOWN:
+        q.set_retention(retention)
+
+
 # -- the operator's view: read-only inspection and a planned repair -----------------------------
 
 _SNAPSHOT = re.compile(r"snap-(\d{20})\.json")
@@ -239,8 +247,8 @@ def inspect(
     good snapshot are replayed into `state`, or handed to `on_record` instead (every record in the
     log with `every_record`). Records the snapshot covers may be missing from the front of the log:
     their segments were deleted by a checkpoint, which is not damage. `check_snapshots` verifies
-    every snapshot file, not just the newest good one. `retention`: the data directory's
-    `completed_retention`, so that replay drops what recovery would."""
+    every snapshot file, not just the newest good one. `retention`: the config's
+    `completed_retention`, used as recovery uses it (`_legacy_window`)."""
     names = [n for n in fs.listdir(snap_dir) if _SNAPSHOT.fullmatch(n)] if fs.is_dir(snap_dir) else []
     paths = [posixpath.join(snap_dir, n) for n in names]
     q, newest, broken = JobQueue(), None, []
@@ -255,7 +263,7 @@ def inspect(
         if newest is None:
             q, newest = loaded, path
     broken.reverse()
-    q.set_retention(retention)
+    _legacy_window(q, retention)
     covered = q.last_seq
 
     def replay(rec: Record, _lsn: int) -> None:
@@ -293,7 +301,7 @@ class RepairPlan:
     jobs_lost: int  # jobs whose ENQUEUE is cut: acknowledged jobs that would be gone
     completions_lost: int  # jobs whose ACK is cut but not their ENQUEUE: they would run again
     dead_lost: int  # jobs whose DEAD is cut but not their ENQUEUE: they would be retried
-    unreadable: int  # lines that are not records at all (the damage itself)
+    unreadable: int  # lines that do not verify (the damage itself: what they held cannot be known)
     covered: bool = False
     refused: str | None = None
 
@@ -314,10 +322,12 @@ class RepairPlan:
         }
 
 
-def plan_repair(fs: FS, wal_dir: str, snap_dir: str) -> RepairPlan | None:
+def plan_repair(fs: FS, wal_dir: str, snap_dir: str, retention: int = 0) -> RepairPlan | None:
     """The repair that lets recovery start, and its cost; None when recovery starts as is (a torn
-    tail included: recovery itself truncates it and keeps a copy)."""
-    found = inspect(fs, wal_dir, snap_dir, on_record=lambda rec, lsn: None)
+    tail included: recovery itself truncates it and keeps a copy). The log is replayed as recovery
+    replays it (`retention`: the config's, for `inspect`), so a record that checksums but that
+    `apply` refuses is where the cut goes too; the counts come only from records that verify."""
+    found = inspect(fs, wal_dir, snap_dir, retention=retention)  # replayed: a record apply refuses too
     p = found.problem
     if p is None or p.torn:
         return None
@@ -330,28 +340,19 @@ def plan_repair(fs: FS, wal_dir: str, snap_dir: str) -> RepairPlan | None:
     if p.last_good_seq < covered:
         why = f"the damage is in records {found.snapshot} covers (seq <= {covered}) and in later ones"
         return RepairPlan(found, p, [], 0, {}, 0, 0, 0, 0, refused=why)
-    data = W.log_bytes(fs, p.path)  # without a preallocated zero remainder
-    rest = [W.log_bytes(fs, path) for path in later]
-    lines = data[p.offset :].split(b"\n")
-    for more in rest:
-        lines += more.split(b"\n")[1:]  # after the segment header
     kinds: Counter[str] = Counter()
     enqueued, acked, dead = set(), set(), set()
-    unreadable = 0
-    for line in lines:
-        if not line:
-            continue
-        try:
-            rec = orjson.loads(line.split(b" ", 2)[2])
-            kind, job, seq = rec["type"], rec["job"], rec["seq"]
-        except (ValueError, TypeError, KeyError, IndexError):
+    good, unreadable = W.records_from(fs, p, found.scan.crc, later)  # only what verifies is counted
+    for rec in good:
+        kind, job, seq = rec.get("type"), rec.get("job"), rec.get("seq")
+        if not isinstance(kind, str) or not isinstance(seq, int):
             unreadable += 1
             continue
         if seq <= covered:
             continue  # the snapshot holds it
         kinds[kind] += 1
         {R.ENQUEUE: enqueued, R.ACK: acked, R.DEAD: dead}.get(kind, set()).add(job)
-    dropped = len(data) - p.offset + sum(map(len, rest))
+    dropped = len(W.log_bytes(fs, p.path)) - p.offset + sum(len(W.log_bytes(fs, path)) for path in later)
     return RepairPlan(
         found,
         p,

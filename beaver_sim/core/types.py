@@ -13,6 +13,7 @@ import orjson
 
 from beaver_sim.errors import BeaverError as BeaverError
 from beaver_sim.errors import CorruptLog as CorruptLog
+from beaver_sim.errors import brief
 
 
 class JobStatus(StrEnum):
@@ -42,6 +43,13 @@ class Job:
             self.raw = raw = orjson.loads(raw)
         return raw  # type: ignore[return-value]
 
+    def copy_payload(self) -> dict[str, Any]:
+        """A fresh copy of the payload for one attempt: a handler that changes its dict changes
+        neither the stored job (its snapshot, its retries) nor the duplicate check. Decoded from the
+        snapshot's text, or copied through JSON (a payload is plain JSON: checked at enqueue)."""
+        raw = self.raw
+        return orjson.loads(raw if type(raw) is str else orjson.dumps(raw))
+
 
 @dataclass(slots=True)
 class Lease:
@@ -58,7 +66,7 @@ class IllegalTransition(BeaverError):
 
     def __init__(self, job_id: str, status: JobStatus | None, action: str, why: str = "") -> None:
         state = status.value if status is not None else "unknown"
-        msg = f"job {job_id!r}: cannot {action} when state={state}"
+        msg = f"job {brief(job_id)}: cannot {action} when state={state}"
         super().__init__(msg + (f" ({why})" if why else ""))
         self.job_id, self.status, self.action = job_id, status, action
 
@@ -81,8 +89,9 @@ class Clock(Protocol):
     def cancel(self, handle: Any) -> None: ...
 
 
-# on_result(job_id, attempt, ok, error): a worker's outcome, delivered on the clock's thread.
-OnResult = Callable[[str, int, bool, "str | None"], None]
+# on_result(job_id, attempt, ok, error): a worker's outcome, delivered on the clock's thread; error is
+# None or anything (a string, an exception): records.reason turns it into bounded text.
+OnResult = Callable[[str, int, bool, object], None]
 
 
 class Abandoned(NamedTuple):
@@ -112,6 +121,7 @@ class Workers(Protocol):
 
 FSYNC_POLICIES = ("always", "interval", "never")
 PREALLOCATE = ("none", "fallocate", "zeros")  # storage.wal.PREALLOCATE
+MIN_RECORD_BYTES = 4096  # records.MAX_REASON_BYTES plus a record's fields, with room for an id
 
 
 @dataclass(slots=True)
@@ -170,6 +180,8 @@ class Config:
             out.append(f"metrics_port must be in 0..65535, got {self.metrics_port}")
         if self.segment_bytes < 4096:
             out.append(f"segment_bytes must be >= 4096, got {self.segment_bytes}")
+        if self.max_record_bytes < MIN_RECORD_BYTES:  # room for a FAIL with the longest reason
+            out.append(f"max_record_bytes must be >= {MIN_RECORD_BYTES}, got {self.max_record_bytes}")
         if self.wal_preallocate not in PREALLOCATE:
             out.append(
                 f"wal_preallocate must be one of {', '.join(PREALLOCATE)}, got {self.wal_preallocate!r}"

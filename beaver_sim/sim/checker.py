@@ -1,5 +1,6 @@
-"""The invariant checker: the seven invariants (docs/contracts.md) and retry-safe enqueue (8),
-checked on one simulated run as it crashes, recovers and runs on to the end.
+"""The invariant checker: the seven invariants (docs/contracts.md), retry-safe enqueue (8) and
+`wal verify` agreeing with recovery (9), checked on one simulated run as it crashes, recovers and
+runs on to the end.
 
 The checker knows what the clients were told (which enqueues were acknowledged, with which payload)
 and what the log claimed durable at each crash (records whose end LSN the WAL had synced), and
@@ -33,6 +34,7 @@ INVARIANTS = {
     6: "after recovery, running to quiescence ends with completed + dead == acknowledged jobs",
     7: "same inputs, same bytes (determinism)",
     8: "an unacknowledged batch leaves a prefix of its jobs, payloads exact; its retries end acknowledged",
+    9: "a data directory `wal verify` passes is one recovery opens",
 }
 CODES = {  # stable kebab-case names, printed next to the numbers and in JSON as "code"
     1: "acknowledged-job-lost",
@@ -43,6 +45,7 @@ CODES = {  # stable kebab-case names, printed next to the numbers and in JSON as
     6: "jobs-not-finished",
     7: "nondeterministic-run",
     8: "unacknowledged-batch-broken",
+    9: "verify-ok-recovery-refused",
 }
 NO_CRASH = "no crash"
 Trace = list[tuple[R.Record, int, int]]  # (record, start LSN, end LSN) as the WAL appended them
@@ -197,9 +200,13 @@ class Checker:
             )
         self.completed = {j for j, job in jobs.items() if job.status is JobStatus.COMPLETED}
 
-    def refused(self, error: BaseException) -> None:
-        """Recovery raised instead of starting: after a crash, that never happens by design."""
-        self.violation(6, None, f"recovery refused to start: {' '.join(str(error).split())}")
+    def refused(self, error: BaseException, verify_ok: bool = False) -> None:
+        """Recovery raised instead of starting: after a crash, that never happens by design; and
+        when `wal verify` passed the same files (`verify_ok`), verify and recovery disagree (9)."""
+        why = " ".join(str(error).split())
+        self.violation(6, None, f"recovery refused to start: {why}")
+        if verify_ok:
+            self.violation(9, None, f"wal verify passed the files, but recovery refused: {why}")
 
     def failed(self, error: BaseException) -> None:
         """The controller raised while running (a state it could not apply)."""

@@ -84,6 +84,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--durations", choices=("uniform", "exponential"), help="attempt durations (default uniform)"
     )
+    p.add_argument(
+        "--misbehave",
+        help="hostile handlers, comma separated: huge-reason, unprintable-reason, mutate-payload",
+    )
     p.add_argument("--crash-model", choices=("process", "power-loss"), default=None, help="default process")
     p.add_argument("--mutant", help="a deliberately broken variant (see `beaver sim --list-mutants`)")
     p.add_argument("--json", action="store_true", help="one JSON object (docs/contracts.md)")
@@ -152,6 +156,7 @@ def _simulation(args: argparse.Namespace, crash: Any = None) -> Any:
         jobs=100 if args.jobs is None else args.jobs,
         rate=args.rate or 0.0,
         durations=args.durations or "uniform",
+        misbehave=args.misbehave or "",
     )
     return Simulation(
         config, workload, config.seed, crash=crash, model=args.crash_model or "process", mutant=args.mutant

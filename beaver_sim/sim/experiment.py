@@ -29,7 +29,7 @@ import orjson
 
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
-from beaver_sim.core.recovery import Storage
+from beaver_sim.core.recovery import Storage, inspect
 from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.sim import mutants
 from beaver_sim.sim.capture import (
@@ -45,9 +45,10 @@ from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.faults import IO_KINDS, CrashHook, CrashPlan, recovery_model_seconds, survivors
 from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSS, SimFS, SimulatedCrash
 from beaver_sim.sim.results import Life, SimResult
-from beaver_sim.sim.workers import SimWorkers
+from beaver_sim.sim.workers import SimWorkers, misbehaving
 from beaver_sim.sim.workload import Batch, ExponentialWorkers, Workload
-from beaver_sim.storage.wal import SEGMENT_NAME
+from beaver_sim.storage.snapshot import SnapshotStore
+from beaver_sim.storage.wal import SEGMENT_NAME, WriteAheadLog
 
 TOKEN_VERSION = 1
 
@@ -160,6 +161,8 @@ class _Run:
         self.checker = Checker(cfg.max_retry, sim.token(), window)
         self.batches = sim.workload.batches(sim.seed) if batches is None else batches
         worker_cls = ExponentialWorkers if sim.workload.durations == "exponential" else SimWorkers
+        if sim.workload.misbehave:
+            worker_cls = misbehaving(worker_cls, sim.workload.misbehaviours)
         self.workers = worker_cls(
             VirtualClock(), sim.seed, cfg.failure_rate, cfg.work_min, cfg.work_max, record=True
         )
@@ -279,13 +282,26 @@ class _Run:
             if not life.index:
                 raise e  # a fresh data directory that cannot open: the config is wrong
             life.recovered_key = ("refused", str(e))
-            checker.refused(e)
+            checker.refused(e, self._verify_ok(fs))
             out.ending = "refused"
         else:
             checker.failed(e)
             out.ending = "error"
         out.fs, out.end_lsn = fs, (storage.wal.lsn if storage is not None else 0)
         return False
+
+    def _verify_ok(self, fs: SimFS) -> bool:
+        """Would `beaver wal verify` pass these files (its read: `inspect`, replayed)? Asked only
+        once recovery refused them: before refusing, recovery changes nothing verify reads (it
+        removes `.tmp` files and renames a broken newest snapshot, which verify skips too). Not asked
+        of a mutant with its own reader: refusing what the real one opens is that mutant's point."""
+        cfg, m = self.cfg, self.m
+        if (m.wal_cls, m.snapshot_cls, m.apply_fn) != (WriteAheadLog, SnapshotStore, R.apply):
+            return False
+        try:
+            return inspect(fs, cfg.wal_dir, cfg.snapshot_dir, retention=cfg.completed_retention).ok
+        except BeaverError:
+            return False
 
     def _crashed(
         self,

@@ -8,16 +8,18 @@ thread pool does with a handler it cannot interrupt). The real pools' limits can
 timeout), `hang` names payload types whose attempts never return on their own (a poison job),
 `stop_after` stops an abandoned attempt that long after its timeout (a killed process; it holds its
 slot until then) and `spare` bounds how many abandoned attempts may run on without a slot (beyond
-it, the slot is held until the attempt ends, as the real thread pool does)."""
+it, the slot is held until the attempt ends, as the real thread pool does). `misbehaving` gives a
+pool hostile handlers (huge or unprintable failure reasons, payload mutation), for the sweeps."""
 
 from __future__ import annotations
 
 import random
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cache, partial
 from typing import Any, NamedTuple
 
-from beaver_sim.core.types import Abandoned, OnResult
+from beaver_sim.core.types import Abandoned, BeaverError, OnResult
 from beaver_sim.sim.clock import VirtualClock
 
 _new = tuple.__new__
@@ -141,3 +143,49 @@ class SimWorkers:
         if self.waiting:
             self._start(self.waiting.popleft())
         run.done(run.job, run.attempt, error is None, error)
+
+
+# -- hostile handlers (issue 17): what a careless or hostile handler does, for sweeps to cover ---
+
+MISBEHAVIOURS = ("huge-reason", "unprintable-reason", "mutate-payload")
+HUGE_REASON = "E" * (2 << 20)  # a failure message of 2 MiB: twice the default max_record_bytes
+
+
+class Unprintable(Exception):
+    """A handler's exception whose str() and repr() both raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception raises")
+
+    __repr__ = __str__
+
+
+@cache
+def misbehaving(cls: type[SimWorkers], kinds: tuple[str, ...]) -> type[SimWorkers]:
+    """`cls` with handlers that misbehave: `huge-reason` fails with a 2 MiB message,
+    `unprintable-reason` with an exception that cannot be printed, `mutate-payload` empties the
+    payload dict it was handed and writes into it. The outcomes and their draws are the pool's own:
+    only what a handler does to its payload and what a failure reports change."""
+    bad = [k for k in kinds if k not in MISBEHAVIOURS]
+    if bad:
+        raise BeaverError(f"misbehaviour {bad[0]!r} is not one of {', '.join(MISBEHAVIOURS)}")
+    reports: list[object] = [HUGE_REASON] if "huge-reason" in kinds else []
+    reports += [Unprintable()] if "unprintable-reason" in kinds else []  # both: by turns
+    mutate = "mutate-payload" in kinds
+
+    def submit(
+        self: SimWorkers, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: OnResult
+    ) -> None:
+        if reports:
+            done = partial(_reporting, done, reports[attempt % len(reports)])
+        cls.submit(self, job_id, attempt, worker, payload, done)
+        if mutate:  # the handler runs once it is handed its payload
+            payload.clear()
+            payload["mutated"] = attempt
+
+    return type(f"Misbehaving{cls.__name__}", (cls,), {"submit": submit})
+
+
+def _reporting(done: OnResult, report: object, job_id: str, attempt: int, ok: bool, error: object) -> None:
+    """`done`, with a failure's error replaced by what the hostile handler raised."""
+    done(job_id, attempt, ok, error if ok else report)

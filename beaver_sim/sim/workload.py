@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from beaver_sim.core.types import BeaverError
-from beaver_sim.sim.workers import Attempt, SimWorkers
+from beaver_sim.sim.workers import MISBEHAVIOURS, Attempt, SimWorkers
 
 DURATIONS = ("uniform", "exponential")
 Batch = list[tuple[str, dict[str, Any]]]
@@ -21,12 +21,18 @@ class Workload:
     as Poisson arrivals at `rate` per virtual second of `batch` jobs each (one `enqueue --file`).
     Attempt durations are `uniform` in [work_min, work_max] (the seed's) or `exponential`: the
     same mean, at least work_min, with a long tail that runs into timeouts. Failure rate and
-    duration range come from the Config."""
+    duration range come from the Config. `misbehave` names hostile handler behaviours, comma
+    separated (`sim.workers.MISBEHAVIOURS`: huge-reason, unprintable-reason, mutate-payload)."""
 
     jobs: int = 100
     rate: float = 0.0
     durations: str = "uniform"
     batch: int = 1
+    misbehave: str = ""
+
+    @property
+    def misbehaviours(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.misbehave.split(",") if k.strip())
 
     def __post_init__(self) -> None:
         if self.jobs < 0 or self.rate < 0 or self.batch < 1:
@@ -35,6 +41,9 @@ class Workload:
             )
         if self.durations not in DURATIONS:
             raise BeaverError(f"durations must be one of {', '.join(DURATIONS)}, got {self.durations!r}")
+        bad = [k for k in self.misbehaviours if k not in MISBEHAVIOURS]
+        if bad:
+            raise BeaverError(f"misbehaviour {bad[0]!r} is not one of {', '.join(MISBEHAVIOURS)}")
 
     def batches(self, seed: int) -> list[tuple[float, Batch]]:
         """(arrival time, jobs) in order; job `task-NNN` carries the seed demo's payload."""

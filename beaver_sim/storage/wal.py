@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 from crc32c import crc32c
 
-from beaver_sim.errors import BeaverError, CorruptLog
+from beaver_sim.errors import BeaverError, CorruptLog, brief
 from beaver_sim.storage.fs import FS, FileHandle
 
 MAGIC = "beaver-wal"
@@ -428,7 +428,7 @@ class WriteAheadLog:
         if len(body) > self.max_record:
             rec["seq"] = 0
             raise RecordTooLarge(
-                f"record for job {rec.get('job')!r} is {len(body)} bytes; the limit is {self.max_record}"
+                f"record for job {brief(rec.get('job'))} is {len(body)} bytes; the limit is {self.max_record}"
             )
         self._undo = (self.crc, self.lsn)
         self.crc = crc = crc32c(body, self.crc)
@@ -595,6 +595,51 @@ def cut(fs: FS, directory: str, p: Problem) -> tuple[int, list[str]]:
         fs.truncate(p.path, p.offset)
     fs.sync_dir(directory)
     return dropped, backups
+
+
+def records_from(fs: FS, p: Problem, crc: int, later: list[str]) -> tuple[list[Record], int]:
+    """What a cut at `p` drops: the records from `p` on (and in the `later` segments) that verify,
+    and how many lines do not. A record verifies when its CRC, chained from the one before it, holds
+    (`crc`: the chain value before `p`; after a segment header, the header's). After a line that does
+    not verify, the chain goes on from the CRC that line claims or the one its body should have had,
+    as `_valid_follows` tries. A damaged record is never read as if it were good: what it was cannot
+    be known, only that it is gone."""
+    lines = log_bytes(fs, p.path)[p.offset :].split(b"\n")
+    for path in later:
+        lines += log_bytes(fs, path).split(b"\n")
+    chains = [crc] if p.offset else []  # what the next record's CRC may be chained from
+    good: list[Record] = []
+    bad = 0
+    for line in lines:
+        if not line:
+            continue
+        h = _header(line)
+        if h is not None:  # a segment starts: the chain goes on from what its header says
+            chains = [h["prev_crc"]]
+            continue
+        rec = None
+        for chain in chains:
+            got = _parse_line(line, chain)
+            if not isinstance(got, str):
+                try:
+                    rec = orjson.loads(got[1])
+                except ValueError:
+                    pass
+                chains = [got[0]]
+                break
+        if isinstance(rec, dict):
+            good.append(rec)
+            continue
+        bad += 1
+        parts = line.split(b" ", 2)
+        claimed = []
+        if len(parts[0]) == 8:
+            try:
+                claimed.append(int(parts[0], 16))
+            except ValueError:
+                pass
+        chains = claimed + ([crc32c(parts[2], c) for c in chains] if len(parts) == 3 else [])
+    return good, bad
 
 
 def later_segments(fs: FS, directory: str, path: str) -> list[str]:

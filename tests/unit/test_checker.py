@@ -1,15 +1,22 @@
-"""The checker sees each of the seven invariants break: acknowledged jobs lost or altered, jobs in
+"""The checker sees each of the invariants break: acknowledged jobs lost or altered, jobs in
 two states or unknown, durable completions undone or re-dispatched, too many attempts, seq numbers
-reused or a log that does not verify, runs that do not end, and runs that differ."""
+reused or a log that does not verify, runs that do not end, runs that differ, and a recovery that
+refuses files `wal verify` passes."""
 
 from __future__ import annotations
+
+import pytest
 
 from beaver_sim.core import records as R
 from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.recovery import Storage
-from beaver_sim.core.types import JobStatus
-from beaver_sim.sim.checker import INVARIANTS, Checker, Violation, same_bytes
+from beaver_sim.core.types import BeaverError, Config, JobStatus
+from beaver_sim.sim import experiment
+from beaver_sim.sim.checker import CODES, INVARIANTS, Checker, Violation, same_bytes
+from beaver_sim.sim.experiment import Simulation
+from beaver_sim.sim.faults import CrashPlan
 from beaver_sim.sim.fs import SimFS
+from beaver_sim.sim.workload import Workload
 
 P = {"type": "compute", "value": 1}
 
@@ -163,7 +170,7 @@ def test_each_violation_is_reported_once_per_job() -> None:
 
 def test_same_bytes_names_the_files_that_differ() -> None:
     assert same_bytes({"/a": b"1", "/b": b"2"}, {"/a": b"1", "/b": b"3", "/c": b""}) == ["/b", "/c"]
-    assert set(INVARIANTS) == set(range(1, 9))
+    assert set(INVARIANTS) == set(CODES) == set(range(1, 10))
 
 
 def test_an_unacknowledged_batch_may_leave_only_a_prefix_with_exact_payloads() -> None:
@@ -198,3 +205,26 @@ def test_an_interval_loss_inside_the_window_is_allowed_and_one_outside_it_is_not
     process.acknowledge(["late"], at=0.96)
     process.recovered(queue(), wal_end_lsn=0)
     assert found(process) == {(1, "late")}
+
+
+def test_a_recovery_refusing_what_verify_passes_is_invariant_9(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simulator asks `wal verify`'s read of the files whenever recovery refuses them: a
+    recovery that refuses a log verify passes (here: one told to refuse every restart) is caught."""
+    c = checker("a")
+    c.refused(BeaverError("no"), verify_ok=False)
+    assert [v.invariant for v in c.violations] == [6]
+    c.refused(BeaverError("no"), verify_ok=True)
+    assert [v.invariant for v in c.violations] == [6, 9] and CODES[9] == "verify-ok-recovery-refused"
+
+    class Refusing(Storage):
+        @classmethod
+        def open(cls, fs: SimFS, data_dir: str, **options: object) -> Storage:  # type: ignore[override]
+            if fs.exists(data_dir):
+                raise BeaverError("refused on purpose")
+            return Storage.open(fs, data_dir, **options)  # type: ignore[arg-type]
+
+    sim = Simulation(Config(data_dir="/sim"), Workload(20), 3, crash=CrashPlan("record", 30))
+    assert sim.run().ok
+    monkeypatch.setattr(experiment, "Storage", Refusing)
+    codes = {CODES[v.invariant] for v in sim.run().violations}
+    assert codes == {"jobs-not-finished", "verify-ok-recovery-refused"}

@@ -56,7 +56,7 @@ BAD_FILES = [
     ([{"id": "x"}], "job #1: missing payload"),
     ([{"id": 7, "payload": {}}], "job #1: id must be a non-empty string"),
     ([{"id": "", "payload": {}}], "job #1: id must be a non-empty string"),
-    ([{"id": "x", "payload": [1]}], "job #1 (x): payload must be an object"),
+    ([{"id": "x", "payload": [1]}], "job #1 ('x'): payload must be an object"),
     ([{"id": "x", "payload": {}, "prio": 1}], "job #1: unknown field 'prio'"),
     (
         [{"id": "x", "payload": {"n": 1}}, {"id": "x", "payload": {"n": True}}],

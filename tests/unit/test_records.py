@@ -46,7 +46,7 @@ def test_builders_make_plain_json_records_with_seq_zero() -> None:
         "deadline": 3.5,
     }
     assert built[3]["error"] == "boom" and built[6]["reason"] == "max retries"
-    assert set(R.APPLY) == {R.ENQUEUE, R.DISPATCH, R.ACK, R.FAIL, R.TIMEOUT, R.REQUEUE, R.DEAD}
+    assert set(R.APPLY) == {R.ENQUEUE, R.DISPATCH, R.ACK, R.FAIL, R.TIMEOUT, R.REQUEUE, R.DEAD, R.CONFIG}
 
 
 def test_apply_enqueue_keeps_the_payload() -> None:

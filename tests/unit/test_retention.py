@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import orjson
 import pytest
 
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller, Enqueued
-from beaver_sim.core.queue import JobQueue
+from beaver_sim.core.queue import RETENTION_UNKNOWN, JobQueue
 from beaver_sim.core.recovery import Storage, decode_snapshot, inspect
 from beaver_sim.core.types import Config, JobStatus, Lease
 from beaver_sim.sim.clock import VirtualClock
@@ -19,6 +20,7 @@ from beaver_sim.sim.fs import POWER_LOSS, SimFS
 from beaver_sim.sim.sweep import crash_sweep, violations
 from beaver_sim.sim.workers import SimWorkers
 from beaver_sim.sim.workload import Workload
+from beaver_sim.storage import snapshot as S
 from beaver_sim.storage.snapshot import snapshot_name
 
 CONFIG = Config(
@@ -116,13 +118,63 @@ def test_duplicate_detection_holds_inside_the_window_only() -> None:
     assert ctl.state.jobs[gone].attempt == 1  # dispatched afresh: a new job
 
 
-def test_a_v1_snapshot_written_without_retention_opens_with_it() -> None:
+def test_turning_the_window_on_later_is_logged_and_replayed_from_its_record() -> None:
     fs = SimFS()
     ctl = run(fs, replace(CONFIG, completed_retention=0), 30)
     assert len(ctl.state.jobs) == 30
-    back = Storage.from_config(fs.after_crash(POWER_LOSS), CONFIG).state
-    assert len(back.jobs) == 5 and back.dropped == 25
+    crashed = fs.after_crash(POWER_LOSS)
+    storage = Storage.from_config(crashed, CONFIG)
+    assert len(storage.state.jobs) == 30  # replay follows the log, not the config file
+    clock = VirtualClock()
+    back = Controller(CONFIG, clock, storage, SimWorkers(clock))
+    assert len(back.state.jobs) == 5 and back.state.dropped == 25  # the CONFIG record applied it
+    back.state.validate()
+    back.stop(snapshot=False)
+    again = Storage.from_config(crashed, replace(CONFIG, completed_retention=0)).state
+    assert again.to_state() == back.state.to_state() and again.retention == 5
+
+
+def test_a_snapshot_from_before_the_window_was_recorded_takes_the_config() -> None:
+    """Snapshots written before `retention` was part of them have an end order and no window:
+    recovery takes the config's, as the versions that wrote them did."""
+    fs = SimFS()
+    ctl = run(fs, CONFIG, 40)
+    path = "/data/snap/" + snapshot_name(ctl.last_snapshot_seq)
+    snap = S.decode(fs.read_bytes(path), path)
+    body = orjson.loads(snap.body)
+    assert body.pop("retention") == 5
+    f = fs.create(path)  # rewritten in place, durably
+    f.write(S.encode(snap.seq, snap.version, orjson.dumps(body)))
+    f.sync()
+    assert JobQueue.from_columns(body).retention == RETENTION_UNKNOWN
+    back = Storage.from_config(fs.after_crash(POWER_LOSS), replace(CONFIG, completed_retention=3)).state
+    assert back.retention == 3 and len(back.ended) == 3
     back.validate()
+
+
+@pytest.mark.parametrize("model", ["process", "power-loss"])
+def test_the_issues_retention_change_at_restart_opens(model: str) -> None:
+    """Issue 17 #9: retention 2, A, 3 more, A again (a new job: it left the window), a crash, a
+    restart with retention 0. Replay follows the recorded window, so recovery opens, and verify
+    agrees; the new setting is logged and replayed from its record on."""
+    fs = SimFS()
+    config = replace(CONFIG, completed_retention=2, snapshot_interval=0.0)
+    clock = VirtualClock()
+    ctl = Controller(config, clock, Storage.from_config(fs, config), SimWorkers(clock, 1, failure_rate=0.0))
+    ctl.start()
+    for batch in (["A"], ["B", "C", "D"], ["A"]):
+        ctl.enqueue((j, {"n": 1}) for j in batch)
+        clock.run()
+    assert ctl.state.jobs["A"].status is JobStatus.COMPLETED and ctl.state.dropped == 3
+    crashed = fs.after_crash(model)
+    zero = replace(config, completed_retention=0)
+    found = inspect(crashed, "/data/wal", "/data/snap", retention=0)
+    assert found.ok
+    storage = Storage.from_config(crashed, zero)
+    assert storage.state.to_state() == ctl.state.to_state()
+    clock = VirtualClock()
+    Controller(zero, clock, storage, SimWorkers(clock)).stop(snapshot=False)
+    assert Storage.from_config(crashed, config).state.retention == 0  # the change, replayed
 
 
 @pytest.mark.parametrize("model", ["process", "power-loss"])

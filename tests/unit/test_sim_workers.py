@@ -5,10 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
+from beaver_sim.core import records as R
+from beaver_sim.core.types import BeaverError, Config
 from beaver_sim.sim.clock import VirtualClock
+from beaver_sim.sim.experiment import Simulation
+from beaver_sim.sim.faults import CrashPlan
+from beaver_sim.sim.results import SimResult
 from beaver_sim.sim.workers import SimWorkers
+from beaver_sim.sim.workload import Workload
 
 Result = tuple[float, str, int, bool, "str | None"]
 
@@ -68,3 +75,40 @@ def test_recording_is_off_by_default() -> None:
 def test_a_fixed_duration() -> None:
     results, _ = drive(5, 10, work_min=2.0, work_max=2.0, failure_rate=0.0)
     assert {r[0] for r in results} == {2.0}
+
+
+# -- hostile handlers (issue 17) -----------------------------------------------------------------
+
+
+def hostile_run(misbehave: str, crash: CrashPlan | None = None) -> SimResult:
+    config = Config(data_dir="/sim", failure_rate=0.4, snapshot_interval=0.5, max_retry=3)
+    return Simulation(config, Workload(30, rate=20.0, batch=3, misbehave=misbehave), 5, crash=crash).run()
+
+
+def test_a_misbehaving_pool_draws_the_same_outcomes_as_the_plain_one() -> None:
+    plain, hostile = hostile_run(""), hostile_run("huge-reason,unprintable-reason,mutate-payload")
+    assert plain.workers.attempts == hostile.workers.attempts
+    assert hostile.ok and hostile.summary["dead"] == plain.summary["dead"] > 0
+    with pytest.raises(BeaverError, match="misbehaviour 'explode' is not one of"):
+        Workload(misbehave="huge-reason,explode")
+
+
+@pytest.mark.parametrize("misbehave", ["huge-reason", "unprintable-reason"])
+def test_huge_and_unprintable_reasons_become_bounded_fails(misbehave: str) -> None:
+    r = hostile_run(misbehave, CrashPlan("record", 70))
+    assert r.ok and len(r.lives) == 2
+    fails = [rec for rec, _, _ in r.records(1) if rec["type"] in (R.FAIL, R.DEAD)]
+    texts = [rec.get("error", rec.get("reason")) for rec in fails]
+    assert fails and all(len(orjson.dumps(t)) <= R.MAX_REASON_BYTES for t in texts)
+    mark = "...[cut: 2097152 bytes in all]" if misbehave == "huge-reason" else "<unprintable Unprintable>"
+    errors = [rec["error"] for rec in fails if rec["type"] == R.FAIL]
+    assert errors and all(mark in t for t in errors)
+
+
+def test_a_handler_mutating_its_payload_leaves_the_stored_one_unchanged() -> None:
+    r = hostile_run("mutate-payload", CrashPlan("time", 1.0))
+    assert r.ok and len(r.lives) == 2 and r.workers.attempts
+    sent = dict(Workload(30).batches(5)[0][1])
+    assert {j: job.payload for j, job in r.state.jobs.items()} == {j: sent[j] for j in r.state.jobs}
+    enqueued = [rec["payload"] for rec, _, _ in r.records(0) + r.records(1) if rec["type"] == R.ENQUEUE]
+    assert enqueued and all("mutated" not in p for p in enqueued)
