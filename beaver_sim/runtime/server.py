@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ MAX_PATH = 107  # sun_path holds 108 bytes on Linux, including the terminating N
 READ_TIMEOUT = 10.0
 MAX_REQUEST = 64 << 20
 MAX_CONNECTIONS = 128
+BACKLOG = 1024  # connections the kernel queues before connect() fails with EAGAIN (clients wait)
 BUFFER_BUDGET = 2 * MAX_REQUEST
 # orjson writes at most 254 levels; a WAL record is one object around the payload, and a request
 # holds a payload 3 levels down ({"jobs": [[id, payload]]}). Deeper is refused when decoded.
@@ -75,12 +77,7 @@ def request(data_dir: str, req: dict[str, Any], timeout: float = 120.0) -> dict[
             f"the request is {len(body)} bytes, over the {MAX_REQUEST >> 20} MiB a running controller "
             "reads at once; split the jobs into smaller files"
         )
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        try:
-            s.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as e:
-            raise ControlUnavailable(f"{path}: no controller is listening ({e.strerror})") from None
+    with _connect(path, timeout) as s:
         chunks: list[bytes] = []
         broke: OSError | None = None
         try:
@@ -107,6 +104,29 @@ def request(data_dir: str, req: dict[str, Any], timeout: float = 120.0) -> dict[
     if not isinstance(answer, dict):
         raise BeaverError(f"{path}: unexpected answer {answer!r}")
     return answer
+
+
+def _connect(path: str, timeout: float) -> socket.socket:
+    """A socket connected to `path`. A full listen backlog (a flood of connections: EAGAIN) is
+    waited out, up to `timeout`: the server accepts on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+            return s
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            s.close()
+            raise ControlUnavailable(f"{path}: no controller is listening ({e.strerror})") from None
+        except BlockingIOError:
+            s.close()
+            if time.monotonic() > deadline:
+                raise BeaverError(f"{path}: busy: no connection accepted within {timeout:g} s") from None
+            time.sleep(0.01)
+        except BaseException:
+            s.close()
+            raise
 
 
 class Refused(Exception):
@@ -149,7 +169,7 @@ class ControlServer:
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.path)  # left by a process killed with -9; we hold the data-dir lock
-        self.server = await asyncio.start_unix_server(self._client, path=self.path)
+        self.server = await asyncio.start_unix_server(self._client, path=self.path, backlog=BACKLOG)
         self.listening = [sock.fileno() for sock in self.server.sockets]
         for fd in self.listening:
             forks.keep_from_children(fd)
