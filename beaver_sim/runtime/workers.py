@@ -100,7 +100,7 @@ def describe_exception(exc: BaseException) -> str:
     """`Type: message` for a failed attempt, whatever the exception is. Never raises, so no worker
     dies describing one; at most MAX_ERROR_CHARS characters plus a marker (a 2 MB message must not
     become a 2 MB record), and valid UTF-8 (a lone surrogate would fail the WAL's JSON encoder)."""
-    name = type(exc).__qualname__  # always a str: Python refuses any other
+    name = type(exc).__name__  # always a str: Python refuses any other
     message = _text(lambda: str(exc))
     if message is None:
         message = _text(lambda: repr(exc))
