@@ -10,6 +10,8 @@ import errno
 import os
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -278,3 +280,48 @@ def test_run_waits_for_an_offline_enqueue_and_refuses_another_run(tmp_path: Path
     with pytest.raises(DataDirLocked, match=f"PID {os.getpid()}\\); stop it"):
         asyncio.run(go("run"))
     assert sys.modules["beaver_sim.runtime.service"].LOCK_WAIT == 60.0
+
+
+def test_a_client_waits_out_a_full_listen_backlog(tmp_path: Path) -> None:
+    path = str(tmp_path / "beaver.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)
+    fillers = []
+    for _ in range(10):  # a flood: connect until the kernel's queue is full (EAGAIN)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(path)
+        except BlockingIOError:
+            s.close()
+            break
+        fillers.append(s)
+    else:
+        pytest.fail("the backlog never filled")
+
+    def serve() -> None:
+        time.sleep(0.3)
+        listener.settimeout(5)
+        while True:
+            conn, _ = listener.accept()
+            conn.settimeout(0.2)
+            try:
+                while conn.recv(1 << 16):
+                    pass
+            except TimeoutError:
+                conn.close()  # a filler: never sends
+                continue
+            conn.sendall(b'{"ok": true}')
+            conn.close()
+            return
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        assert request(str(tmp_path), {"op": "status"}, timeout=10) == {"ok": True}
+    finally:
+        t.join(10)
+        for s in fillers:
+            s.close()
+        listener.close()
