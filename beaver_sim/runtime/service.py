@@ -81,7 +81,8 @@ class Service:
         self._loop_thread = threading.get_ident()
         self._stop = asyncio.Event()
         loop.set_exception_handler(self._on_loop_error)
-        self.workers = PoolWorkers(loop, self.config, self.handlers)  # a bad handler fails before the lock
+        # a bad handler fails before the lock
+        self.workers = PoolWorkers(loop, self.config, self.handlers, on_spare_full=self._spare_full)
         sock = socket_path(self.config.data_dir) if self.control_socket else ""
         try:  # what can fail without touching the data directory fails first: the port, the lock
             if self.serve_metrics:
@@ -137,6 +138,14 @@ class Service:
                         f"held by {who} ({what})"
                     )
             await asyncio.sleep(LOCK_POLL)
+
+    def _spare_full(self) -> None:
+        self.warn(
+            "spare",
+            f"warning: all {self.workers.spare_threads} spare threads hold timed-out attempts whose "
+            "handlers have not returned (blocked in C?); a timed-out attempt now keeps its worker slot "
+            "until its handler returns (status --json: abandoned_attempts; executor: process kills them)",
+        )
 
     def warn(self, kind: str, line: str) -> None:
         """Log `line`, at most once every WARN_EVERY seconds per `kind`, counting the ones held back:

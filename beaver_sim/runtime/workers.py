@@ -172,8 +172,8 @@ class _Thread:
 class _ThreadPool:
     """Threads for attempts; see the module docstring for what a timeout does to one."""
 
-    def __init__(self, spare: int) -> None:
-        self.spare = spare
+    def __init__(self, spare: int, on_spare_full: Callable[[], None]) -> None:
+        self.spare, self.on_spare_full = spare, on_spare_full
         self.lock = threading.Lock()
         self.idle: list[_Thread] = []
         self.running: dict[Key, _Thread] = {}
@@ -202,7 +202,8 @@ class _ThreadPool:
                 t.detached = True
                 self.detached += 1
                 return Abandoned(False, "handler interrupted")
-            return Abandoned(True, "handler interrupted")
+        self.on_spare_full()
+        return Abandoned(True, "handler interrupted")
 
     def ended(self, t: _Thread, key: Key) -> bool:
         """The thread's attempt is over; False if the thread should exit (the pool is closed)."""
@@ -411,8 +412,14 @@ class PoolWorkers:
     """The Workers interface on a thread or process pool, reporting through `loop`."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, config: Config, handlers: dict[str, Handler] | None = None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        config: Config,
+        handlers: dict[str, Handler] | None = None,
+        on_spare_full: Callable[[], None] = lambda: None,
     ) -> None:
+        """`on_spare_full` is called (on the loop thread) when a timed-out thread attempt keeps its
+        slot because every spare thread is taken."""
         self.loop, self.config = loop, config
         self.rng = random.Random(config.seed)
         self.specs = dict(config.handlers)
@@ -424,7 +431,7 @@ class PoolWorkers:
         self.pool = (
             _ProcessPool(loop, config.worker_count)
             if self.process
-            else _ThreadPool(spare=max(SPARE_THREADS, config.worker_count))
+            else _ThreadPool(max(SPARE_THREADS, config.worker_count), on_spare_full)
         )
         # outcomes waiting for the loop; one wake-up of the loop delivers all that arrived meanwhile
         self._results: deque[tuple[OnResult, str, int, bool, str | None]] = deque()

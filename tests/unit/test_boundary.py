@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from beaver_sim.core.types import Config
 from beaver_sim.runtime import server
+from beaver_sim.runtime import workers as workers_module
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
 from beaver_sim.runtime.server import RequestTooLarge, request, too_deep
 from beaver_sim.runtime.service import Service
@@ -325,3 +326,27 @@ def test_a_client_waits_out_a_full_listen_backlog(tmp_path: Path) -> None:
         for s in fillers:
             s.close()
         listener.close()
+
+
+def test_a_full_spare_pool_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workers_module, "SPARE_THREADS", 1)
+    gate = threading.Event()
+    full: list[str] = []
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        handlers = {"blocked": lambda p: gate.wait()}
+        workers = PoolWorkers(
+            loop, Config(worker_count=1), handlers, on_spare_full=lambda: full.append("full")
+        )
+        try:
+            for job in ("a", "b"):
+                workers.submit(job, 1, 0, {"type": "blocked"}, lambda *a: None)
+            await asyncio.sleep(0.05)
+            assert workers.abandon("a", 1, 0).held is False and full == []
+            assert workers.abandon("b", 1, 0).held is True and full == ["full"]
+        finally:
+            gate.set()
+            workers.close(timeout=5)
+
+    asyncio.run(go())
