@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from beaver_sim.runtime.service import Service
 
     config = config_from(args, RUN_FLAGS)
-    service = Service(config)
+    service = Service(config, log=say)
     code = asyncio.run(serve(service, args.exit_when_idle))
     if service.abandoned:  # daemon threads: they do not keep the process alive (processes are stopped)
         say(f"{service.abandoned} abandoned attempt(s) still running; exiting without waiting for them")

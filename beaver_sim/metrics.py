@@ -34,6 +34,8 @@ class Sample:
     recovery_seconds: float
     records_replayed: int
     stuck_workers: int = 0
+    running_without_slot: int = 0  # timed-out thread attempts running on in spare threads
+    spare_threads: int = 0  # how many may (thread executor)
 
 
 def sample(controller: Controller, recovery_seconds: float | None = None) -> Sample:
@@ -108,6 +110,16 @@ class QueueCollector(Collector):
             "queue_workers_stuck",
             "Worker slots held by a timed-out attempt that is not gone yet",
             value=s.stuck_workers,
+        )
+        yield GaugeMetricFamily(
+            "queue_attempts_running_without_slot",
+            "Timed-out attempts still running in spare threads (a thread stuck in C cannot be stopped)",
+            value=s.running_without_slot,
+        )
+        yield GaugeMetricFamily(
+            "queue_spare_threads",
+            "How many timed-out attempts may run on in spare threads before they keep their slots",
+            value=s.spare_threads,
         )
         yield GaugeMetricFamily(
             "queue_depth", "Jobs pending (waiting for a worker)", value=s.status["pending"]

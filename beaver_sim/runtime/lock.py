@@ -3,7 +3,9 @@
 flock, not lockf/fcntl: a POSIX record lock is dropped when the process closes *any* descriptor of
 the file and is not exclusive between threads of one process; an flock belongs to the open file
 description and is released only when that is closed, or when the process dies (kill -9 included).
-The holder writes its PID into the file so a refused second writer can say who holds it."""
+The holder writes its PID and role (`run`, `enqueue`) into the file so a refused second writer can
+say who holds it, and `beaver run` can wait for a short-lived holder instead of failing. The
+descriptor is kept from forked children (runtime.forks): a handler's child must not hold the lock."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import os
 from types import TracebackType
 
 from beaver_sim.core.types import BeaverError
+from beaver_sim.runtime import forks
 from beaver_sim.storage.fs import FILE_MODE, RealFS
 
 LOCK_NAME = "LOCK"
@@ -20,19 +23,22 @@ LOCK_NAME = "LOCK"
 class DataDirLocked(BeaverError):
     """Another process holds the data directory's lock."""
 
-    def __init__(self, data_dir: str, pid: int | None) -> None:
+    def __init__(self, data_dir: str, pid: int | None, role: str | None = None) -> None:
         who = f"PID {pid}" if pid is not None else "a process that has not written its PID yet"
+        if role is not None and role != "run":
+            who += f", beaver {role}"
         super().__init__(
             f"{data_dir} is locked by another beaver process ({who}); stop it or use another --data-dir"
         )
-        self.pid = pid
+        self.pid, self.role = pid, role
 
 
 class DataDirLock:
-    """An exclusive, non-blocking lock on a data directory; a context manager."""
+    """An exclusive, non-blocking lock on a data directory; a context manager. `role` is what the
+    holder is doing (written next to its PID), None for a short operator command."""
 
-    def __init__(self, data_dir: str) -> None:
-        self.data_dir = data_dir
+    def __init__(self, data_dir: str, role: str | None = None) -> None:
+        self.data_dir, self.role = data_dir, role
         self.path = os.path.join(data_dir, LOCK_NAME)
         self.fd = -1
 
@@ -47,14 +53,16 @@ class DataDirLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid = read_pid(fd)
+            pid, role = read_holder(fd)
             os.close(fd)
-            raise DataDirLocked(self.data_dir, pid) from None
+            raise DataDirLocked(self.data_dir, pid, role) from None
         except BaseException:
             os.close(fd)
             raise
+        forks.keep_from_children(fd)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        holder = f"{os.getpid()} {self.role}" if self.role else str(os.getpid())
+        os.pwrite(fd, f"{holder}\n".encode(), 0)
         self.fd = fd
 
     def release(self) -> None:
@@ -65,6 +73,7 @@ class DataDirLock:
         try:
             os.ftruncate(fd, 0)
         finally:
+            forks.release(fd)
             os.close(fd)  # closing the only descriptor releases the flock
 
     @property
@@ -81,9 +90,10 @@ class DataDirLock:
         self.release()
 
 
-def read_pid(fd: int) -> int | None:
-    """The PID a holder wrote into the lock file, or None."""
+def read_holder(fd: int) -> tuple[int | None, str | None]:
+    """The PID and role a holder wrote into the lock file (None for what it has not written)."""
     try:
-        return int(os.pread(fd, 32, 0).decode().strip())
+        pid, _, role = os.pread(fd, 64, 0).decode().strip().partition(" ")
+        return int(pid), role or None
     except (OSError, ValueError):
-        return None
+        return None, None

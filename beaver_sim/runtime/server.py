@@ -14,25 +14,42 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
 from beaver_sim.core.types import BeaverError
+from beaver_sim.runtime import forks
+from beaver_sim.runtime.workers import describe_exception
 
 SOCKET_NAME = "beaver.sock"
 MAX_PATH = 107  # sun_path holds 108 bytes on Linux, including the terminating NUL
-# A client that never finishes its request (or sends without end) is answered with an error and
-# dropped, so it holds no more than one idle task for this long and this much memory.
+# Nothing a client sends may stop or swamp the controller. A client that never finishes its request
+# is answered with an error and dropped after READ_TIMEOUT; a request over MAX_REQUEST is refused as
+# soon as its size passes it, unread beyond that; at most MAX_CONNECTIONS requests are open at once
+# and BUFFER_BUDGET bytes buffered across them (beyond either: "busy", retry), so memory and file
+# descriptors stay bounded whatever floods the socket.
 READ_TIMEOUT = 10.0
-MAX_REQUEST = 256 << 20
+MAX_REQUEST = 64 << 20
+MAX_CONNECTIONS = 128
+BACKLOG = 1024  # connections the kernel queues before connect() fails with EAGAIN (clients wait)
+BUFFER_BUDGET = 2 * MAX_REQUEST
+# orjson writes at most 254 levels; a WAL record is one object around the payload, and a request
+# holds a payload 3 levels down ({"jobs": [[id, payload]]}). Deeper is refused when decoded.
+MAX_PAYLOAD_DEPTH = 253
+MAX_REQUEST_DEPTH = MAX_PAYLOAD_DEPTH + 3
 
 Answer = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class ControlUnavailable(BeaverError):
     """No process is serving the data directory's control socket."""
+
+
+class RequestTooLarge(BeaverError):
+    """A request over MAX_REQUEST bytes: refused by size, never worth retrying as it is."""
 
 
 class ControlLost(BeaverError):
@@ -52,90 +69,199 @@ def socket_path(data_dir: str) -> str:
 
 def request(data_dir: str, req: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
     """Send one request to the controller serving `data_dir` and return its answer.
-    ControlUnavailable if nothing listens there (no socket, or a stale one left by kill -9)."""
+    ControlUnavailable if nothing listens there (no socket, or a stale one left by kill -9);
+    RequestTooLarge, before connecting, if the request is over MAX_REQUEST bytes."""
     path = socket_path(data_dir)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
+    body = orjson.dumps(req)
+    if len(body) > MAX_REQUEST:
+        raise RequestTooLarge(
+            f"the request is {len(body)} bytes, over the {MAX_REQUEST >> 20} MiB a running controller "
+            "reads at once; split the jobs into smaller files"
+        )
+    with _connect(path, timeout) as s:
+        chunks: list[bytes] = []
+        broke: OSError | None = None
         try:
-            s.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as e:
-            raise ControlUnavailable(f"{path}: no controller is listening ({e.strerror})") from None
-        chunks = []
-        try:
-            s.sendall(orjson.dumps(req))
-            s.shutdown(socket.SHUT_WR)
+            try:
+                s.sendall(body)
+                s.shutdown(socket.SHUT_WR)
+            except (BrokenPipeError, ConnectionResetError) as e:
+                broke = e  # refused before it was read whole ("busy"): its answer may be waiting
             while chunk := s.recv(1 << 16):
                 chunks.append(chunk)
         except (BrokenPipeError, ConnectionResetError) as e:
-            raise ControlLost(f"{path}: the connection broke before an answer ({e.strerror})") from None
+            broke = broke or e
         except TimeoutError:
             raise BeaverError(f"{path}: no answer within {timeout:g} s") from None
     data = b"".join(chunks)
     if not data:
+        if broke is not None:
+            raise ControlLost(f"{path}: the connection broke before an answer ({broke.strerror})") from None
         raise ControlLost(f"{path}: the controller closed the connection without answering (did it stop?)")
-    answer = orjson.loads(data)
+    try:
+        answer = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ControlLost(f"{path}: the answer was cut short ({len(data)} bytes)") from None
     if not isinstance(answer, dict):
         raise BeaverError(f"{path}: unexpected answer {answer!r}")
     return answer
 
 
-async def _read_request(reader: asyncio.StreamReader) -> bytes:
-    """The request bytes up to the client's EOF; ValueError past MAX_REQUEST."""
-    chunks, size = [], 0
-    while chunk := await reader.read(1 << 16):
-        size += len(chunk)
-        if size > MAX_REQUEST:
-            raise ValueError(f"over {MAX_REQUEST} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _connect(path: str, timeout: float) -> socket.socket:
+    """A socket connected to `path`. A full listen backlog (a flood of connections: EAGAIN) is
+    waited out, up to `timeout`: the server accepts on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+            return s
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            s.close()
+            raise ControlUnavailable(f"{path}: no controller is listening ({e.strerror})") from None
+        except BlockingIOError:
+            s.close()
+            if time.monotonic() > deadline:
+                raise BeaverError(f"{path}: busy: no connection accepted within {timeout:g} s") from None
+            time.sleep(0.01)
+        except BaseException:
+            s.close()
+            raise
+
+
+class Refused(Exception):
+    """A request refused before it was read whole; `answer` says why."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        super().__init__(answer["error"])
+        self.answer = answer
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether `value` nests lists and objects more than `limit` levels (`[]` is one). Level by
+    level, not recursive: a deep value must not exhaust the stack that checks it."""
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        level = [
+            child
+            for v in level
+            for child in (v.values() if isinstance(v, dict) else v)
+            if isinstance(child, dict | list)
+        ]
+    return False
 
 
 class ControlServer:
-    """Serves `answer(request)` on the control socket, on the running asyncio loop."""
+    """Serves `answer(request)` on the control socket, on the running asyncio loop. `log` gets one
+    line for what goes wrong on a client's side of the socket (it never stops the server)."""
 
-    def __init__(self, path: str, answer: Answer) -> None:
-        self.path, self.answer = path, answer
+    def __init__(self, path: str, answer: Answer, log: Callable[[str], None] = lambda line: None) -> None:
+        self.path, self.answer, self.log = path, answer, log
         self.server: asyncio.AbstractServer | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.buffered = 0  # request bytes held across open connections
+        self.listening: list[int] = []
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.path)  # left by a process killed with -9; we hold the data-dir lock
-        self.server = await asyncio.start_unix_server(self._client, path=self.path)
+        self.server = await asyncio.start_unix_server(self._client, path=self.path, backlog=BACKLOG)
+        self.listening = [sock.fileno() for sock in self.server.sockets]
+        for fd in self.listening:
+            forks.keep_from_children(fd)
         os.chmod(self.path, 0o600)
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            for fd in self.listening:
+                forks.release(fd)
+            self.listening = []
+            self.server.close()
+
+    async def _read(self, reader: asyncio.StreamReader) -> bytes:
+        """The request bytes up to the client's EOF, counted against MAX_REQUEST and the budget."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while chunk := await reader.read(1 << 16):
+                size += len(chunk)
+                self.buffered += len(chunk)
+                if size > MAX_REQUEST:
+                    raise Refused({"ok": False, "error": f"refused: the request is over {MAX_REQUEST} bytes"})
+                if self.buffered > BUFFER_BUDGET:
+                    raise Refused(
+                        {"ok": False, "retry": True, "error": "busy: too many large requests at once"}
+                    )
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            self.buffered -= size
+
+    async def _request(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        """Read and decode one request; Refused (with the answer to send) if it cannot be served."""
+        if len(self.tasks) > MAX_CONNECTIONS:
+            raise Refused(
+                {"ok": False, "retry": True, "error": f"busy: {MAX_CONNECTIONS} requests open at once"}
+            )
+        try:
+            data = await asyncio.wait_for(self._read(reader), READ_TIMEOUT)
+        except TimeoutError:
+            raise Refused(
+                {
+                    "ok": False,
+                    "error": f"bad request: incomplete after {READ_TIMEOUT:g} s (send one JSON object, "
+                    "then shut down the writing side)",
+                }
+            ) from None
+        try:
+            req = orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            raise Refused({"ok": False, "error": f"bad request: {e}"}) from None
+        if not isinstance(req, dict):
+            raise Refused({"ok": False, "error": "bad request: a request is a JSON object"})
+        if too_deep(req, MAX_REQUEST_DEPTH):
+            raise Refused(
+                {
+                    "ok": False,
+                    "error": f"bad request: nested deeper than {MAX_REQUEST_DEPTH} levels (a payload may "
+                    f"nest {MAX_PAYLOAD_DEPTH})",
+                }
+            )
+        return req
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self.tasks.add(task)
+        fd = writer.get_extra_info("socket").fileno()
+        forks.keep_from_children(fd)  # a handler's forked child must not hold the client's EOF back
         try:
             try:
-                data = await asyncio.wait_for(_read_request(reader), READ_TIMEOUT)
-                req = orjson.loads(data)
-                if not isinstance(req, dict):
-                    raise ValueError("a request is a JSON object")
-            except TimeoutError:
-                answer: dict[str, Any] = {
-                    "ok": False,
-                    "error": f"bad request: incomplete after {READ_TIMEOUT:g} s (send one JSON object, "
-                    "then shut down the writing side)",
-                }
-            except ValueError as e:
-                answer = {"ok": False, "error": f"bad request: {e}"}
-            else:
-                answer = await self.answer(req)
+                answer = await self.answer(await self._request(reader))
+            except Refused as e:
+                answer = e.answer
+            except ConnectionError:
+                raise
+            except Exception as e:  # a request no check foresaw: refused, never a reason to stop
+                self.log(f"warning: a control request failed: {describe_exception(e)}")
+                answer = {"ok": False, "error": f"bad request: {describe_exception(e)}"}
             writer.write(orjson.dumps(answer))
             await writer.drain()
         except ConnectionError:
             pass  # the client went away; nothing to answer
         finally:
             self.tasks.discard(task)
+            forks.release(fd)
             writer.close()
 
     async def close(self, timeout: float = 2.0) -> None:
         """Stop accepting, give open requests `timeout` seconds to finish, remove the socket."""
-        if self.server is not None:
-            self.server.close()
+        self.stop_accepting()
         if self.tasks:
             _, pending = await asyncio.wait(list(self.tasks), timeout=timeout)
             for task in pending:

@@ -14,14 +14,19 @@ import concurrent.futures
 import contextlib
 import gc
 import os
+import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from beaver_sim.core.controller import Controller, Enqueued
 from beaver_sim.core.recovery import Inspection, Storage, inspect
 from beaver_sim.core.types import Abandoned, BeaverError, Config, CorruptLog, OnResult
 from beaver_sim.metrics import MetricsServer, QueueMetrics, Sample, sample
+from beaver_sim.runtime import forks
 from beaver_sim.runtime.clock import RealClock
 from beaver_sim.runtime.jobs import answer as answer_jobs
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
@@ -32,6 +37,11 @@ from beaver_sim.storage.fs import RealFS
 
 Job = tuple[str, dict[str, Any]]
 IDLE_POLL = 0.02  # seconds between idle checks for --exit-when-idle and the shutdown drain
+# `beaver run` waits this long for a lock held by anything but another `beaver run` (an offline
+# `beaver enqueue` holds it for one recovery and one fsync), polling every LOCK_POLL seconds
+LOCK_WAIT = 60.0
+LOCK_POLL = 0.01
+WARN_EVERY = 10.0  # seconds: a warning of one kind is printed at most this often (with a count)
 
 
 class Service:
@@ -44,11 +54,14 @@ class Service:
         serve_metrics: bool = True,
         control_socket: bool = True,
         handlers: dict[str, Handler] | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.serve_metrics, self.control_socket = serve_metrics, control_socket
         self.handlers = handlers
-        self.lock = DataDirLock(config.data_dir)
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._warned: dict[str, tuple[float, int]] = {}  # kind -> (when last printed, suppressed since)
+        self.lock = DataDirLock(config.data_dir, role="run")
         self.metrics = QueueMetrics()
         self.metrics_server: MetricsServer | None = None
         self.control: ControlServer | None = None
@@ -69,15 +82,16 @@ class Service:
         self._loop_thread = threading.get_ident()
         self._stop = asyncio.Event()
         loop.set_exception_handler(self._on_loop_error)
-        self.workers = PoolWorkers(loop, self.config, self.handlers)  # a bad handler fails before the lock
+        # a bad handler fails before the lock
+        self.workers = PoolWorkers(loop, self.config, self.handlers, on_spare_full=self._spare_full)
         sock = socket_path(self.config.data_dir) if self.control_socket else ""
         try:  # what can fail without touching the data directory fails first: the port, the lock
             if self.serve_metrics:
                 self.metrics_server = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
-            self.lock.acquire()
+                forks.keep_from_children(self.metrics_server.httpd.socket.fileno())
+            await self._acquire_lock()
         except BaseException:
-            if self.metrics_server is not None:
-                self.metrics_server.close()
+            self._close_metrics()
             self.workers.close(timeout=0)
             raise
         storage = None
@@ -91,7 +105,7 @@ class Service:
             self.controller = Controller(self.config, RealClock(loop), storage, self.workers)
             self.metrics.attach(self.sample)
             if sock:
-                self.control = ControlServer(sock, self._answer)
+                self.control = ControlServer(sock, self._answer, partial(self.warn, "control"))
                 await self.control.start()
             await self.workers.ready()  # worker processes started: no first attempt pays for that
             t0 = time.perf_counter()
@@ -103,6 +117,47 @@ class Service:
                     storage.close()
             await self._teardown()
             raise
+
+    async def _acquire_lock(self) -> None:
+        """Take the data directory's lock, waiting up to LOCK_WAIT seconds (and saying so once) while
+        a process other than a `beaver run` holds it; another run's lock is refused at once."""
+        deadline = self.loop.time() + LOCK_WAIT
+        waiting = False
+        while True:
+            try:
+                self.lock.acquire()
+                return
+            except DataDirLocked as locked:
+                if locked.role == "run" or self.loop.time() > deadline:
+                    raise
+                if not waiting:
+                    waiting = True
+                    who = f"PID {locked.pid}" if locked.pid is not None else "a process starting up"
+                    what = f"beaver {locked.role}" if locked.role else "a beaver command"
+                    self.log(
+                        f"waiting up to {LOCK_WAIT:g} s for the lock of {self.config.data_dir}, "
+                        f"held by {who} ({what})"
+                    )
+            await asyncio.sleep(LOCK_POLL)
+
+    def _spare_full(self) -> None:
+        self.warn(
+            "spare",
+            f"warning: all {self.workers.spare_threads} spare threads hold timed-out attempts whose "
+            "handlers have not returned (blocked in C?); a timed-out attempt now keeps its worker slot "
+            "until its handler returns (status --json: abandoned_attempts; executor: process kills them)",
+        )
+
+    def warn(self, kind: str, line: str) -> None:
+        """Log `line`, at most once every WARN_EVERY seconds per `kind`, counting the ones held back:
+        a flood of bad clients must not become a flood of log lines."""
+        now = time.monotonic()
+        last, held = self._warned.get(kind, (-WARN_EVERY, 0))
+        if now - last < WARN_EVERY:
+            self._warned[kind] = (last, held + 1)
+            return
+        self._warned[kind] = (now, 0)
+        self.log(line + (f" ({held} more like it since the last)" if held else ""))
 
     async def run(self, exit_when_idle: bool = False) -> None:
         """Serve until `request_stop` (a signal) or a fatal error; with `exit_when_idle`, also
@@ -122,8 +177,8 @@ class Service:
     async def close(self) -> None:
         """Stop cleanly: stop accepting requests, let running attempts end (by result or timeout,
         at most task_timeout), stop the controller (WAL synced, snapshot), release the lock."""
-        if self.control is not None and self.control.server is not None:
-            self.control.server.close()
+        if self.control is not None:
+            self.control.stop_accepting()
         if self.fatal is None:
             self.controller.drain()
             deadline = self.loop.time() + self.config.task_timeout + 1.0
@@ -146,10 +201,14 @@ class Service:
         self._fail_acks()
         if self.control is not None:
             await self.control.close()
-        if self.metrics_server is not None:
-            self.metrics_server.close()
+        self._close_metrics()
         self.abandoned = self.workers.close(timeout=0)
         self.lock.release()
+
+    def _close_metrics(self) -> None:
+        if self.metrics_server is not None:
+            forks.release(self.metrics_server.httpd.socket.fileno())
+            self.metrics_server.close()
 
     def _check_idle(self) -> None:
         if self.controller.idle:
@@ -159,8 +218,15 @@ class Service:
 
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """An exception escaped a controller callback (a WAL write or fsync failed, a snapshot
-        could not be written): stop acknowledging and shut down; the next start recovers."""
+        could not be written): stop acknowledging and shut down; the next start recovers. Not so
+        when the control socket cannot accept (EMFILE, ENFILE, ENOBUFS: asyncio stops accepting
+        for a second and tries again): a warning, and the queue runs on."""
         exc = context.get("exception")
+        if "socket" in context and isinstance(exc, OSError):
+            self.warn(
+                "accept", f"warning: the control socket cannot accept a connection ({exc}); retrying in 1 s"
+            )
+            return
         if not isinstance(exc, BeaverError | OSError):
             loop.default_exception_handler(context)  # a bug or a warning, not a disk: keep the details
         if exc is None:
@@ -176,17 +242,25 @@ class Service:
     def sample(self) -> Sample:
         """The metrics' copy of the controller's numbers, taken on the loop thread."""
         if threading.get_ident() == self._loop_thread:
-            return sample(self.controller, self.recovery_seconds)
+            return self._sample()
         fut: concurrent.futures.Future[Sample] = concurrent.futures.Future()
 
         def take() -> None:
-            fut.set_result(sample(self.controller, self.recovery_seconds))
+            fut.set_result(self._sample())
 
         try:
             self.loop.call_soon_threadsafe(take)
         except RuntimeError:  # the loop is closed: nothing changes any more
-            return sample(self.controller, self.recovery_seconds)
+            return self._sample()
         return fut.result(timeout=10)
+
+    def _sample(self) -> Sample:
+        s = sample(self.controller, self.recovery_seconds)
+        return replace(
+            s,
+            running_without_slot=self.workers.running_without_slot(),
+            spare_threads=self.workers.spare_threads,
+        )
 
     def status(self) -> dict[str, Any]:
         """status --json while running: the controller's counts plus who serves them."""
@@ -198,6 +272,10 @@ class Service:
             "recovery_seconds": self.recovery_seconds,
             "stuck_workers": self.controller.stuck_workers(),  # timed out, being killed or interrupted
             "running_without_slot": self.workers.running_without_slot(),  # timed-out threads running on
+            "spare_threads": self.workers.spare_threads,  # how many may (thread executor)
+            "abandoned_attempts": [  # which: each a thread the runtime cannot stop (blocked in C)
+                {"job": job, "attempt": attempt} for job, attempt in self.workers.detached_attempts()
+            ],
         }
 
     async def _answer(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -265,7 +343,7 @@ def enqueue(config: Config, jobs: list[Job], wait: float = 30.0) -> tuple[Enqueu
     deadline = time.monotonic() + wait
     payload = {"op": "enqueue", "jobs": [list(j) for j in jobs]}
     while True:
-        lock = DataDirLock(config.data_dir)
+        lock = DataDirLock(config.data_dir, role="enqueue")
         try:
             lock.acquire()
         except DataDirLocked as locked:
@@ -281,7 +359,7 @@ def enqueue(config: Config, jobs: list[Job], wait: float = 30.0) -> tuple[Enqueu
                 if answer.get("ok"):
                     done = Enqueued(answer["enqueued"], answer.get("already_present", 0))
                     return done, "via the running controller"
-                if not answer.get("retry"):
+                if not answer.get("retry") or time.monotonic() > deadline:
                     raise BeaverError(answer.get("error", "the controller refused the jobs")) from None
             time.sleep(0.05)  # the holder is starting up or shutting down: ask again
             continue

@@ -15,10 +15,14 @@ A timed-out attempt must not take a worker with it (the controller's slot rule, 
   processes die with `beaver run`, kill -9 included (`_die_with_owner`).
 - threads: a thread cannot be killed. At a timeout AttemptTimedOut is raised inside it (as Dramatiq
   does), which Python delivers at the handler's next bytecode: a loop or a sleep in small steps
-  ends, a call blocked in C (a socket read without a timeout, a lock) does not. Up to worker_count
-  such attempts run on without a slot (so at most 2 x worker_count threads); beyond that a
-  timed-out attempt keeps its slot until its thread returns and the controller waits, with no
-  attempt spent. Threads are only created when no idle one exists."""
+  ends, a call blocked in C (a socket read without a timeout, a lock) does not. Up to SPARE_THREADS
+  such attempts run on without a slot, in spare threads (status and metrics count them); beyond
+  that a timed-out attempt keeps its slot until its thread returns and the controller waits, with
+  no attempt spent. Threads are only created when no idle one exists.
+
+A handler's failure is whatever it raises, SystemExit and KeyboardInterrupt included, described by
+`describe_exception`, which never raises and bounds the text. Only a process can contain a handler
+that ends its own process (os._exit, a crash in C): under threads that process is `beaver run`."""
 
 from __future__ import annotations
 
@@ -79,11 +83,36 @@ def call_spec(spec: str, payload: dict[str, Any]) -> Any:
     return resolve(spec)(payload)
 
 
-def describe(exc: BaseException) -> str:
-    """The error text logged for a failed attempt."""
-    return f"{type(exc).__name__}: {exc}"
+MAX_ERROR_CHARS = 1000  # a failed attempt's description; the rest is cut, with a marker
 
 
+def _text(get: Callable[[], object]) -> str | None:
+    """`get()` if it returns an exact str: a handler's exception may raise anything, even SystemExit,
+    from its __str__, or return a non-str (or a str subclass that overrides slicing)."""
+    try:
+        text = get()
+        return str.__getitem__(text, slice(None)) if isinstance(text, str) else None
+    except BaseException:
+        return None
+
+
+def describe_exception(exc: BaseException) -> str:
+    """`Type: message` for a failed attempt, whatever the exception is. Never raises, so no worker
+    dies describing one; at most MAX_ERROR_CHARS characters plus a marker (a 2 MB message must not
+    become a 2 MB record), and valid UTF-8 (a lone surrogate would fail the WAL's JSON encoder)."""
+    name = type(exc).__name__  # always a str: Python refuses any other
+    message = _text(lambda: str(exc))
+    if message is None:
+        message = _text(lambda: repr(exc))
+        message = f"<unprintable: {message}>" if message is not None else "<unprintable>"
+    text = f"{name}: {message}" if message else name
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > MAX_ERROR_CHARS:
+        text = f"{text[:MAX_ERROR_CHARS]}... [{len(text) - MAX_ERROR_CHARS} more characters]"
+    return text
+
+
+SPARE_THREADS = 64  # timed-out thread attempts that may run on without a slot (docs/architecture.md)
 REAP_GRACE = 0.5  # seconds from SIGTERM to SIGKILL for a timed-out handler process
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 Key = tuple[str, int]  # (job, attempt)
@@ -118,7 +147,7 @@ class _Thread:
         pool, ident = self.pool, threading.get_ident()
         while (task := self.inbox.get()) is not None:
             key, fn, args, report = task
-            error: BaseException | None = None
+            error: str | None = None
             try:
                 try:
                     with pool.lock:
@@ -126,14 +155,16 @@ class _Thread:
                         if self.cancelled == key:
                             raise AttemptTimedOut("abandoned before it started")
                     fn(*args)
+                except BaseException as e:  # SystemExit and KeyboardInterrupt too: an attempt's failure
+                    error = describe_exception(e)
                 finally:
                     with pool.lock:
                         self.key = None
                         _interrupt(ident, None)  # an interrupt that came after the handler returned
-            except BaseException as e:
-                error = e
+            except BaseException as e:  # an interrupt that landed while the failure was described
+                error = describe_exception(e)
             keep = pool.ended(self, key)
-            report(error is None, None if error is None else describe(error))
+            report(error is None, error)
             if not keep:
                 return
 
@@ -141,8 +172,8 @@ class _Thread:
 class _ThreadPool:
     """Threads for attempts; see the module docstring for what a timeout does to one."""
 
-    def __init__(self, spare: int) -> None:
-        self.spare = spare
+    def __init__(self, spare: int, on_spare_full: Callable[[], None]) -> None:
+        self.spare, self.on_spare_full = spare, on_spare_full
         self.lock = threading.Lock()
         self.idle: list[_Thread] = []
         self.running: dict[Key, _Thread] = {}
@@ -171,7 +202,8 @@ class _ThreadPool:
                 t.detached = True
                 self.detached += 1
                 return Abandoned(False, "handler interrupted")
-            return Abandoned(True, "handler interrupted")
+        self.on_spare_full()
+        return Abandoned(True, "handler interrupted")
 
     def ended(self, t: _Thread, key: Key) -> bool:
         """The thread's attempt is over; False if the thread should exit (the pool is closed)."""
@@ -184,6 +216,11 @@ class _ThreadPool:
             if not self.closed:
                 self.idle.append(t)
             return not self.closed
+
+    def detached_attempts(self) -> list[Key]:
+        """The timed-out attempts running on in spare threads, in order."""
+        with self.lock:
+            return sorted(key for key, t in self.running.items() if t.detached)
 
     def close(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
@@ -230,8 +267,8 @@ def _serve(conn: Connection) -> None:
             return
         try:
             fn(*args)
-        except BaseException as e:
-            conn.send((False, describe(e)))
+        except BaseException as e:  # SystemExit too; os._exit ends the process: _exited reports it
+            conn.send((False, describe_exception(e)))
         else:
             conn.send((True, None))
 
@@ -375,8 +412,14 @@ class PoolWorkers:
     """The Workers interface on a thread or process pool, reporting through `loop`."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, config: Config, handlers: dict[str, Handler] | None = None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        config: Config,
+        handlers: dict[str, Handler] | None = None,
+        on_spare_full: Callable[[], None] = lambda: None,
     ) -> None:
+        """`on_spare_full` is called (on the loop thread) when a timed-out thread attempt keeps its
+        slot because every spare thread is taken."""
         self.loop, self.config = loop, config
         self.rng = random.Random(config.seed)
         self.specs = dict(config.handlers)
@@ -388,7 +431,7 @@ class PoolWorkers:
         self.pool = (
             _ProcessPool(loop, config.worker_count)
             if self.process
-            else _ThreadPool(spare=config.worker_count)
+            else _ThreadPool(max(SPARE_THREADS, config.worker_count), on_spare_full)
         )
         # outcomes waiting for the loop; one wake-up of the loop delivers all that arrived meanwhile
         self._results: deque[tuple[OnResult, str, int, bool, str | None]] = deque()
@@ -421,6 +464,15 @@ class PoolWorkers:
     def running_without_slot(self) -> int:
         """Timed-out attempts whose thread runs on without a worker slot (threads only)."""
         return self.pool.detached if isinstance(self.pool, _ThreadPool) else 0
+
+    @property
+    def spare_threads(self) -> int:
+        """How many timed-out attempts may run on without a slot (0 for processes: they are killed)."""
+        return self.pool.spare if isinstance(self.pool, _ThreadPool) else 0
+
+    def detached_attempts(self) -> list[Key]:
+        """(job, attempt) of each timed-out attempt running on without a slot (threads only)."""
+        return self.pool.detached_attempts() if isinstance(self.pool, _ThreadPool) else []
 
     def _report(self, done: OnResult, job_id: str, attempt: int, ok: bool, error: str | None) -> None:
         """On the worker's thread (or the loop's, for processes): post the outcome to the loop."""

@@ -36,9 +36,13 @@ def run_poison(
     healthy_at: float = 4.0,
     seed: int = 42,
     crash_at: float | None = None,
+    spare: int | None = None,
 ) -> dict[str, Any]:
     """`hung` jobs whose handler never returns at t=0, `healthy` quick ones at `healthy_at`; run
-    until nothing can happen any more. Returns the jobs' fates and the controller's counters."""
+    until nothing can happen any more. Returns the jobs' fates and the controller's counters.
+    `spare`: timed-out attempts that may run on without a slot (default `workers`, the pool as the
+    report found it; the runtime's thread pool now has 64), on `workers + spare` threads."""
+    spare = workers if spare is None else spare
     config = Config(
         data_dir="/poison",
         worker_count=workers,
@@ -57,10 +61,10 @@ def run_poison(
         config.work_min,
         config.work_max,
         record=True,
-        threads=2 * workers,
+        threads=workers + spare,
         hang=("hang",),
         stop_after=STOP_AFTER if stoppable else None,
-        spare=workers,
+        spare=spare,
     )
     controller_cls = Controller if rule == "slot-held" else mutants.LIVENESS[rule]
     fs = SimFS()

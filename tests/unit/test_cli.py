@@ -150,7 +150,7 @@ def test_a_bad_config_is_one_line_and_writes_nothing(
 def test_run_refuses_a_locked_data_dir_naming_the_holder(
     tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with DataDirLock(str(data_dir)):
+    with DataDirLock(str(data_dir), role="run"):  # another `beaver run`: refused at once
         assert main(["run", "--data-dir", str(data_dir), "--metrics-port", "0"]) == 2
     one_error(capsys, f"PID {os.getpid()}", "locked")
 

@@ -12,11 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
 from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import Abandoned, Config, JobStatus
 from beaver_sim.metrics import QueueMetrics, sample
+from beaver_sim.runtime import workers as workers_module
 from beaver_sim.runtime.workers import REAP_GRACE, PoolWorkers
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import SimFS
@@ -131,16 +134,19 @@ def test_a_thread_stuck_in_python_is_interrupted() -> None:
     drive(Config(worker_count=1), {"spin": spin}, script)
 
 
-def test_threads_that_cannot_be_interrupted_keep_their_slot_beyond_the_spare_ones() -> None:
+def test_threads_that_cannot_be_interrupted_keep_their_slot_beyond_the_spare_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(workers_module, "SPARE_THREADS", 1)
     gate = threading.Event()
 
     async def script(workers: PoolWorkers, done: Any, results: Any) -> None:
         for job in ("a", "b"):
             workers.submit(job, 1, 0, {"type": "blocked"}, done)
         await asyncio.sleep(0.05)
-        assert workers.abandon("a", 1, 0).held is False  # one spare thread per worker: runs on
+        assert workers.abandon("a", 1, 0).held is False  # the one spare thread: runs on
         assert workers.abandon("b", 1, 0) == Abandoned(True, "handler interrupted")  # holds its slot
-        assert workers.running_without_slot() == 1
+        assert workers.running_without_slot() == 1 and workers.detached_attempts() == [("a", 1)]
         gate.set()
         got = sorted([(await asyncio.wait_for(results.get(), 10))[0] for _ in range(2)])
         assert got == ["a", "b"] and workers.running_without_slot() == 0

@@ -1,0 +1,352 @@
+"""The runtime's boundary, in process: a handler's failure of any kind is a bounded description and
+never costs a worker; descriptors a forked child must not keep; the control socket refusing by size,
+by depth and by count; accept errors and a short-lived lock holder that do not stop `beaver run`.
+The same behaviours against real processes: tests/integration/test_hostile_runtime.py."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from beaver_sim.core.types import Config
+from beaver_sim.runtime import server
+from beaver_sim.runtime import workers as workers_module
+from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
+from beaver_sim.runtime.server import RequestTooLarge, request, too_deep
+from beaver_sim.runtime.service import Service
+from beaver_sim.runtime.workers import MAX_ERROR_CHARS, PoolWorkers, describe_exception
+
+# -- describe_exception ----------------------------------------------------------------------------
+
+
+class NotAStr(Exception):
+    def __str__(self) -> Any:
+        return 503
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def __repr__(self) -> str:
+        raise SystemExit("no repr either")
+
+
+class SneakyStr(str):
+    def __getitem__(self, key: Any) -> str:
+        raise RuntimeError("no slicing")
+
+
+class ReturnsSneaky(Exception):
+    def __str__(self) -> str:
+        return SneakyStr("sneaky")
+
+
+class Base(BaseException):
+    pass
+
+
+MARKER = "more characters]"
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (ValueError("plain"), "ValueError: plain"),
+        (NotAStr(), "NotAStr: <unprintable: NotAStr()>"),
+        (Unprintable(), "Unprintable: <unprintable>"),
+        (ReturnsSneaky(), "ReturnsSneaky: sneaky"),
+        (Base("b"), "Base: b"),
+        (SystemExit(3), "SystemExit: 3"),
+        (KeyboardInterrupt(), "KeyboardInterrupt"),
+        (ValueError("\ud800 lone"), "ValueError: \\ud800 lone"),
+    ],
+)
+def test_describe_exception_never_raises(exc: BaseException, expected: str) -> None:
+    assert describe_exception(exc) == expected
+
+
+def test_a_huge_message_is_cut_with_a_marker() -> None:
+    text = describe_exception(ValueError("E" * 2_000_000))
+    assert len(text) < MAX_ERROR_CHARS + 40 and text.endswith("[1999012 more characters]")
+
+
+@given(st.text(), st.integers(0, 3))
+def test_every_description_is_bounded_and_fits_a_json_record(message: str, repeat: int) -> None:
+    text = describe_exception(RuntimeError(message * (repeat * 500 + 1)))
+    assert len(text) <= MAX_ERROR_CHARS + len(f"... [{10**9} {MARKER}")
+    assert orjson.loads(orjson.dumps({"error": text})) == {"error": text}
+
+
+# -- a handler's failure, whatever it is, frees its thread -----------------------------------------
+
+
+def raiser(exc: BaseException) -> Any:
+    def handler(payload: dict[str, Any]) -> None:
+        raise exc
+
+    return handler
+
+
+POISON = {
+    "notastr": raiser(NotAStr()),
+    "unprintable": raiser(Unprintable()),
+    "huge": raiser(ValueError("E" * 2_000_000)),
+    "base": raiser(Base("b")),
+    "exit": raiser(SystemExit(3)),
+    "interrupt": raiser(KeyboardInterrupt()),
+    "nonjson": lambda p: {1, 2, object()},
+}
+
+
+def test_one_thread_survives_every_kind_of_failure_and_runs_the_next_job() -> None:
+    async def go() -> list[tuple[str, bool, str | None]]:
+        loop = asyncio.get_running_loop()
+        workers = PoolWorkers(loop, Config(worker_count=1), {**POISON, "ok": lambda p: None})
+        results: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        seen = []
+        try:
+            for kind in [*POISON, "ok"]:  # one at a time on the one thread
+                workers.submit(kind, 1, 0, {"type": kind}, lambda *a: results.put_nowait(a))
+                job, _attempt, ok, error = await asyncio.wait_for(results.get(), 10)
+                seen.append((job, ok, error))
+            assert len(workers.pool.running) == 0 and len(workers.pool.idle) == 1  # type: ignore[union-attr]
+        finally:
+            workers.close(timeout=0)
+        return seen
+
+    seen = asyncio.run(go())
+    assert [(job, ok) for job, ok, _ in seen] == [*((k, k == "nonjson") for k in POISON), ("ok", True)]
+    errors = {job: error for job, _, error in seen}
+    assert errors["notastr"] == "NotAStr: <unprintable: NotAStr()>"
+    assert errors["exit"] == "SystemExit: 3" and errors["interrupt"] == "KeyboardInterrupt"
+    assert errors["huge"] is not None and len(errors["huge"]) < MAX_ERROR_CHARS + 40
+
+
+# -- forked children --------------------------------------------------------------------------------
+
+
+def test_a_forked_child_does_not_keep_the_data_dir_locked(tmp_path: Path) -> None:
+    lock = DataDirLock(str(tmp_path), role="run")
+    lock.acquire()
+    r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: sits on everything it inherited until told to go
+        os.close(w)
+        os.write(ready_w, b"!")
+        os.read(r, 1)
+        os._exit(0)
+    os.close(r)
+    os.close(ready_w)
+    os.read(ready_r, 1)
+    os.close(ready_r)
+    try:
+        assert os.readlink(f"/proc/{pid}/fd/{lock.fd}") == os.devnull
+        lock.release()  # the parent's was the last reference: unlocked though the child lives
+        again = DataDirLock(str(tmp_path))
+        again.acquire()
+        again.release()
+    finally:
+        os.close(w)
+        os.waitpid(pid, 0)
+
+
+# -- the control socket ---------------------------------------------------------------------------
+
+
+def test_depth_is_measured_without_recursion() -> None:
+    deep: Any = []
+    for _ in range(100_000):
+        deep = [deep]
+    assert too_deep(deep, 1000) and not too_deep([[{"a": [1]}]], 4) and too_deep([[{"a": [1]}]], 3)
+    assert not too_deep(7, 0)
+
+
+def test_a_request_over_the_size_bound_is_refused_before_it_is_sent(tmp_path: Path) -> None:
+    with pytest.raises(RequestTooLarge, match="over the 64 MiB"):
+        request(str(tmp_path), {"op": "enqueue", "jobs": [["a", {"pad": "x" * (65 << 20)}]]})
+
+
+def config(tmp_path: Path) -> Config:
+    return Config(data_dir=str(tmp_path / "d"), metrics_port=0, work_min=0.0, work_max=0.01, failure_rate=0.0)
+
+
+def raw(path: str, data: bytes) -> dict[str, Any]:
+    """Send `data` as one request the way a hostile client may: keep sending even once refused."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(path)
+        try:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        chunks = []
+        try:
+            while chunk := s.recv(1 << 16):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+    return orjson.loads(b"".join(chunks))
+
+
+def test_the_socket_refuses_by_size_by_depth_and_by_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "MAX_REQUEST", 1 << 20)
+    monkeypatch.setattr(server, "MAX_CONNECTIONS", 2)
+    cfg = config(tmp_path)
+    sock = os.path.join(cfg.data_dir, "beaver.sock")
+    lines: list[str] = []
+
+    async def go() -> None:
+        service = Service(cfg, serve_metrics=False, log=lines.append)
+        await service.start()
+        try:
+            big = await asyncio.to_thread(raw, sock, b" " * (8 << 20))
+            assert big == {"ok": False, "error": f"refused: the request is over {1 << 20} bytes"}
+            nested = b'{"op": "enqueue", "jobs": [["deep", ' + b'{"a": ' * 300 + b"1" + b"}" * 300 + b"]]}"
+            answer = await asyncio.to_thread(raw, sock, nested)
+            assert answer["ok"] is False and "nested deeper than 256 levels" in answer["error"]
+            idle = []
+            for _ in range(3):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(sock)
+                idle.append(s)
+            await asyncio.sleep(0.2)  # the server has taken all three; the third is over the cap
+            busy = await asyncio.to_thread(raw, sock, b'{"op": "status"}')
+            assert busy["retry"] is True and busy["error"].startswith("busy")
+            for s in idle:
+                s.close()
+            await asyncio.sleep(0.2)
+            ok = await asyncio.to_thread(raw, sock, b'{"op": "status"}')
+            assert ok["ok"] is True
+            assert service.fatal is None
+        finally:
+            service.request_stop()
+            await service.close()
+
+    asyncio.run(go())
+
+
+def test_an_accept_error_is_one_warning_not_a_fatal_one(tmp_path: Path) -> None:
+    lines: list[str] = []
+    service = Service(config(tmp_path), log=lines.append)
+    loop = asyncio.new_event_loop()
+    context = {"message": "socket.accept() out of system resource", "socket": object()}
+    for _ in range(50):
+        exc = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        service._on_loop_error(loop, {**context, "exception": exc})
+    loop.close()
+    assert service.fatal is None
+    assert lines == [
+        "warning: the control socket cannot accept a connection ([Errno 24] Too many open files); "
+        "retrying in 1 s"
+    ]
+
+
+# -- the lock -------------------------------------------------------------------------------------
+
+
+def test_run_waits_for_an_offline_enqueue_and_refuses_another_run(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    lines: list[str] = []
+
+    async def go(role: str) -> None:
+        holder = DataDirLock(cfg.data_dir, role=role)
+        holder.acquire()
+        asyncio.get_running_loop().call_later(0.3, holder.release)
+        service = Service(cfg, serve_metrics=False, control_socket=False, log=lines.append)
+        await service.start()
+        service.request_stop()
+        await service.close()
+
+    asyncio.run(go("enqueue"))
+    assert lines == [
+        f"waiting up to 60 s for the lock of {cfg.data_dir}, held by PID {os.getpid()} (beaver enqueue)"
+    ]
+    with pytest.raises(DataDirLocked, match=f"PID {os.getpid()}\\); stop it"):
+        asyncio.run(go("run"))
+    assert sys.modules["beaver_sim.runtime.service"].LOCK_WAIT == 60.0
+
+
+def test_a_client_waits_out_a_full_listen_backlog(tmp_path: Path) -> None:
+    path = str(tmp_path / "beaver.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)
+    fillers = []
+    for _ in range(10):  # a flood: connect until the kernel's queue is full (EAGAIN)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(path)
+        except BlockingIOError:
+            s.close()
+            break
+        fillers.append(s)
+    else:
+        pytest.fail("the backlog never filled")
+
+    def serve() -> None:
+        time.sleep(0.3)
+        listener.settimeout(5)
+        while True:
+            conn, _ = listener.accept()
+            conn.settimeout(0.2)
+            try:
+                while conn.recv(1 << 16):
+                    pass
+            except TimeoutError:
+                conn.close()  # a filler: never sends
+                continue
+            conn.sendall(b'{"ok": true}')
+            conn.close()
+            return
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        assert request(str(tmp_path), {"op": "status"}, timeout=10) == {"ok": True}
+    finally:
+        t.join(10)
+        for s in fillers:
+            s.close()
+        listener.close()
+
+
+def test_a_full_spare_pool_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workers_module, "SPARE_THREADS", 1)
+    gate = threading.Event()
+    full: list[str] = []
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        handlers = {"blocked": lambda p: gate.wait()}
+        workers = PoolWorkers(
+            loop, Config(worker_count=1), handlers, on_spare_full=lambda: full.append("full")
+        )
+        try:
+            for job in ("a", "b"):
+                workers.submit(job, 1, 0, {"type": "blocked"}, lambda *a: None)
+            await asyncio.sleep(0.05)
+            assert workers.abandon("a", 1, 0).held is False and full == []
+            assert workers.abandon("b", 1, 0).held is True and full == ["full"]
+        finally:
+            gate.set()
+            workers.close(timeout=5)
+
+    asyncio.run(go())
