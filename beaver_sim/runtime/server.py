@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from beaver_sim.core import limits
 from beaver_sim.core.types import BeaverError
 from beaver_sim.runtime import forks
 from beaver_sim.runtime.workers import describe_exception
@@ -36,9 +37,9 @@ MAX_REQUEST = 64 << 20
 MAX_CONNECTIONS = 128
 BACKLOG = 1024  # connections the kernel queues before connect() fails with EAGAIN (clients wait)
 BUFFER_BUDGET = 2 * MAX_REQUEST
-# orjson writes at most 254 levels; a WAL record is one object around the payload, and a request
-# holds a payload 3 levels down ({"jobs": [[id, payload]]}). Deeper is refused when decoded.
-MAX_PAYLOAD_DEPTH = 253
+# A request holds a payload 3 levels down ({"jobs": [[id, payload]]}); deeper than a payload may
+# nest (core.limits.MAX_DEPTH, the one bound the controller checks too) is refused when decoded.
+MAX_PAYLOAD_DEPTH = limits.MAX_DEPTH
 MAX_REQUEST_DEPTH = MAX_PAYLOAD_DEPTH + 3
 
 Answer = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -219,8 +220,8 @@ class ControlServer:
                 }
             ) from None
         try:
-            req = orjson.loads(data)
-        except orjson.JSONDecodeError as e:
+            req = limits.loads_exact(data)  # a number JSON would change is refused by enqueue, named
+        except ValueError as e:
             raise Refused({"ok": False, "error": f"bad request: {e}"}) from None
         if not isinstance(req, dict):
             raise Refused({"ok": False, "error": "bad request: a request is a JSON object"})

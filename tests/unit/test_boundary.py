@@ -220,7 +220,7 @@ def test_the_socket_refuses_by_size_by_depth_and_by_count(
             assert big == {"ok": False, "error": f"refused: the request is over {1 << 20} bytes"}
             nested = b'{"op": "enqueue", "jobs": [["deep", ' + b'{"a": ' * 300 + b"1" + b"}" * 300 + b"]]}"
             answer = await asyncio.to_thread(raw, sock, nested)
-            assert answer["ok"] is False and "nested deeper than 256 levels" in answer["error"]
+            assert answer["ok"] is False and "nested deeper than 131 levels" in answer["error"]
             idle = []
             for _ in range(3):
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
