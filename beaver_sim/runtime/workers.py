@@ -5,9 +5,12 @@ the loop's thread.
 A handler is chosen by the payload's `type`: `noop` returns at once; types listed in
 `config.handlers` call `module:function(payload)`; `compute` and every other type run the seed's
 simulated work, whose duration (uniform in [work_min, work_max], really slept) and outcome (failure
-with probability failure_rate) are drawn on the loop thread from random.Random(seed) in dispatch
-order, the same draws in the same order as the simulator's SimWorkers. A handler that raises is a
-failed attempt, with the exception as its error.
+with probability failure_rate) are a pure function of (seed, job id, attempt) (core.draws.Draws):
+the simulator's SimWorkers draw the same numbers for the same attempt, whatever the dispatch order
+and across restarts. What the real run adds is time: an attempt starts after its DISPATCH record
+is synced, its sleep and result arrive late by however busy the machine is, and so does the timeout
+timer, so an attempt that ends that close to its deadline may end the other way than simulated
+(borderline). A handler that raises is a failed attempt, with the exception as its error.
 
 A timed-out attempt must not take a worker with it (the controller's slot rule, core.types.Workers):
 - processes: one process per running attempt, kept for the next one. At a timeout it is sent
@@ -28,7 +31,6 @@ import importlib
 import multiprocessing
 import os
 import queue
-import random
 import signal
 import sys
 import threading
@@ -42,13 +44,14 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from beaver_sim.core.draws import Draws
 from beaver_sim.core.types import Abandoned, BeaverError, Config, OnResult
 
 Handler = Callable[[dict[str, Any]], Any]
 
 
 class SimulatedFailure(Exception):
-    """The seed's simulated work failing, as drawn from the seeded RNG."""
+    """The seed's simulated work failing, as drawn for its attempt."""
 
 
 def noop(payload: dict[str, Any]) -> None:
@@ -378,7 +381,7 @@ class PoolWorkers:
         self, loop: asyncio.AbstractEventLoop, config: Config, handlers: dict[str, Handler] | None = None
     ) -> None:
         self.loop, self.config = loop, config
-        self.rng = random.Random(config.seed)
+        self.draws = Draws(config.seed)
         self.specs = dict(config.handlers)
         # resolved here even for processes: a typo fails at start, not on the first job
         self.handlers: dict[str, Handler] = {"noop": noop}
@@ -399,9 +402,8 @@ class PoolWorkers:
         kind = payload.get("type")
         handler = self.handlers.get(kind) if isinstance(kind, str) else None
         if handler is None:
-            rng = self.rng  # drawn here, on the loop thread, so the seed fixes the sequence
-            duration = rng.uniform(self.config.work_min, self.config.work_max)
-            ok = rng.random() >= self.config.failure_rate
+            c = self.config
+            duration, ok = self.draws.work(job_id, attempt, c.work_min, c.work_max, c.failure_rate)
             fn, args = simulated_work, (duration, not ok)
         elif self.process and kind in self.specs:
             fn, args = call_spec, (self.specs[kind], payload)

@@ -437,7 +437,6 @@ class _Run:
             lsn,
             None if self.storage is None else self.storage.wal.durable_lsn,
             self.next_batch,
-            self.workers.rng.getstate(),
             len(self.workers.attempts),
             dict(checker.submitted),
             dict(checker.acked),
@@ -453,7 +452,6 @@ class _Run:
         the crash `cap` took in `base` (whose files, up to the crash LSN, are this run's too) with
         the surviving `files`."""
         run = cls(sim, base.batches)
-        run.workers.rng.setstate(cap.rng)
         run.workers.attempts = base.workers.attempts[: cap.attempts]
         run.checker.submitted, run.checker.acked = dict(cap.submitted), dict(cap.acked)
         run.checker.open = dict(cap.open)
