@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import operator
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ import pytest
 
 from beaver_sim.core.controller import Enqueued
 from beaver_sim.core.types import BeaverError, Config, JobStatus
-from beaver_sim.runtime.clock import RealClock
+from beaver_sim.runtime.clock import LATENESS_BUCKETS, RealClock, TimerLateness
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
 from beaver_sim.runtime.server import ControlUnavailable, request
 from beaver_sim.runtime.service import Service, enqueue, read_state, status_of
@@ -59,6 +60,64 @@ def test_real_clock_runs_callbacks_in_time_order_and_cancels() -> None:
         return seen
 
     assert asyncio.run(go()) == ["soon", "later", "at"]
+
+
+def test_equal_deadlines_fire_in_the_order_set_on_both_clocks() -> None:
+    """asyncio's call_at compares the time only; both clocks break ties by insertion order, with
+    cancelled entries and callbacks that set more timers in between."""
+
+    def script(clock: Any, seen: list[Any]) -> None:
+        t = clock.now() + 0.02
+        handles = [clock.call_at(t, seen.append, i) for i in range(200)]
+        for h in handles[::7]:
+            clock.cancel(h)
+        clock.call_at(t, lambda: clock.call_at(t, seen.append, "set while firing"))
+        clock.call_at(t + 0.01, seen.append, "later")
+        clock.call_at(t, seen.append, "last of t")
+
+    virtual: list[Any] = []
+    vclock = VirtualClock()
+    script(vclock, virtual)
+    vclock.run()
+
+    async def go() -> list[Any]:
+        seen: list[Any] = []
+        clock = RealClock(asyncio.get_running_loop())
+        script(clock, seen)
+        await asyncio.sleep(0.08)
+        assert clock.lateness.count == 200 - len(range(0, 200, 7)) + 4 and clock.lateness.p99() >= 0
+        return seen
+
+    real = asyncio.run(go())
+    assert real == virtual
+    assert virtual[:3] == [1, 2, 3] and virtual[-3:] == ["last of t", "set while firing", "later"]
+
+
+def test_an_exception_in_a_timer_reaches_the_loop_and_the_next_timers_still_run() -> None:
+    async def go() -> tuple[list[str], list[BaseException]]:
+        loop = asyncio.get_running_loop()
+        errors: list[BaseException] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context["exception"]))
+        clock, seen = RealClock(loop), []
+        t = clock.now() + 0.01
+        clock.call_at(t, seen.append, "before")
+        clock.call_at(t, operator.truediv, 1, 0)
+        clock.call_at(t, seen.append, "after")
+        await asyncio.sleep(0.05)
+        return seen, errors
+
+    seen, errors = asyncio.run(go())
+    assert seen == ["before", "after"] and [type(e) for e in errors] == [ZeroDivisionError]
+
+
+def test_timer_lateness_p99_and_buckets() -> None:
+    lateness = TimerLateness()
+    assert lateness.p99() == 0.0
+    for i in range(1, 201):
+        lateness.observe(i / 1000)
+    assert lateness.p99() == 0.198  # nearest rank: the 198th of 200
+    assert lateness.count == 200 and sum(lateness.buckets) == 200
+    assert sum(lateness.buckets[: LATENESS_BUCKETS.index(0.1) + 1]) == 100  # 1..100 ms: at most 0.1 s
 
 
 # -- PoolWorkers ---------------------------------------------------------------------------------
