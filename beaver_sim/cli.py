@@ -141,6 +141,11 @@ async def serve(service: Service, exit_when_idle: bool) -> int:
     if service.fatal is not None:
         raise BeaverError(f"stopped after a fatal error: {service.fatal}")
     say("stopped: " + ", ".join(f"{k} {v}" for k, v in ctl.status().items()))
+    late = service.lateness
+    say(
+        f"timer lateness: p99 {late.p99() * 1e3:.3f} ms over the last {len(late.recent)} of "
+        f"{late.count} timers"
+    )
     return 0
 
 

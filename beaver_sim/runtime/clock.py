@@ -32,6 +32,7 @@ class TimerLateness:
     and read on the loop's thread only (the metrics read it through Service.sample)."""
 
     __slots__ = ("buckets", "count", "recent", "sum")
+    bounds = LATENESS_BUCKETS
 
     def __init__(self) -> None:
         self.buckets = [0] * (len(LATENESS_BUCKETS) + 1)

@@ -22,7 +22,7 @@ from beaver_sim.core.controller import Controller, Enqueued
 from beaver_sim.core.recovery import Inspection, Storage, inspect
 from beaver_sim.core.types import Abandoned, BeaverError, Config, CorruptLog, OnResult
 from beaver_sim.metrics import MetricsServer, QueueMetrics, Sample, sample
-from beaver_sim.runtime.clock import RealClock
+from beaver_sim.runtime.clock import RealClock, TimerLateness
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
 from beaver_sim.runtime.server import ControlLost, ControlServer, ControlUnavailable, request, socket_path
 from beaver_sim.runtime.workers import Handler, PoolWorkers
@@ -49,6 +49,7 @@ class Service:
         self.handlers = handlers
         self.lock = DataDirLock(config.data_dir)
         self.metrics = QueueMetrics()
+        self.lateness = TimerLateness()  # how late the controller's timers fire (borderline attempts)
         self.metrics_server: MetricsServer | None = None
         self.control: ControlServer | None = None
         self.recovery_seconds = 0.0
@@ -87,7 +88,8 @@ class Service:
             # the recovered state is long-lived and free of cycles: out of the collector's sight, no
             # full collection walks its million objects again (0.2 s each at a million jobs)
             gc.freeze()
-            self.controller = Controller(self.config, RealClock(loop), storage, self.workers)
+            clock = RealClock(loop, self.lateness)
+            self.controller = Controller(self.config, clock, storage, self.workers)
             self.metrics.attach(self.sample)
             if sock:
                 self.control = ControlServer(sock, self._answer)
@@ -175,16 +177,16 @@ class Service:
     def sample(self) -> Sample:
         """The metrics' copy of the controller's numbers, taken on the loop thread."""
         if threading.get_ident() == self._loop_thread:
-            return sample(self.controller, self.recovery_seconds)
+            return sample(self.controller, self.recovery_seconds, self.lateness)
         fut: concurrent.futures.Future[Sample] = concurrent.futures.Future()
 
         def take() -> None:
-            fut.set_result(sample(self.controller, self.recovery_seconds))
+            fut.set_result(sample(self.controller, self.recovery_seconds, self.lateness))
 
         try:
             self.loop.call_soon_threadsafe(take)
         except RuntimeError:  # the loop is closed: nothing changes any more
-            return sample(self.controller, self.recovery_seconds)
+            return sample(self.controller, self.recovery_seconds, self.lateness)
         return fut.result(timeout=10)
 
     def status(self) -> dict[str, Any]:
@@ -197,6 +199,7 @@ class Service:
             "recovery_seconds": self.recovery_seconds,
             "stuck_workers": self.controller.stuck_workers(),  # timed out, being killed or interrupted
             "running_without_slot": self.workers.running_without_slot(),  # timed-out threads running on
+            "timer_lateness_p99": self.lateness.p99(),  # seconds: this close to a deadline is borderline
         }
 
     async def _answer(self, req: dict[str, Any]) -> dict[str, Any]:
