@@ -100,6 +100,17 @@ def register(subparsers: Any) -> None:
         "--torn-bytes", type=int, default=0, help="power loss: unsynced bytes per file that survive"
     )
     sim.add_argument("--replay", metavar="TOKEN", help="rerun exactly what a replay token describes")
+    sim.add_argument(
+        "--export",
+        metavar="DIR",
+        help="write the simulated data directory to DIR (new or empty), for wal dump/verify and status",
+    )
+    sim.add_argument(
+        "--export-crash",
+        metavar="N",
+        type=int,
+        help="with --export: the files the N-th crash left (what recovery read), not the run's end",
+    )
     sim.add_argument("--list-mutants", action="store_true", help="name and explain every mutant, then exit")
     sim.set_defaults(func=cmd_sim, crashes=None)
 
@@ -160,6 +171,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     """`beaver sim`: run, print the summary (a table, or JSON), exit 1 on a violation."""
     from beaver_sim.sim import mutants
     from beaver_sim.sim.experiment import Simulation
+    from beaver_sim.sim.export import check_destination
     from beaver_sim.sim.faults import CrashPlan
 
     if args.list_mutants:
@@ -194,12 +206,37 @@ def cmd_sim(args: argparse.Namespace) -> int:
         if args.torn_bytes:
             plans = [CrashPlan(p.kind, p.at, p.occurrence, args.torn_bytes) for p in plans]
         sim = _simulation(args, plans or None)
-    summary = sim.run().summary
+    if args.export_crash is not None and not args.export:
+        raise BeaverError("--export-crash needs --export DIR")
+    if args.export_crash is not None and not 1 <= args.export_crash <= len(sim.plans):
+        raise BeaverError(f"--export-crash {args.export_crash}: the run plans {len(sim.plans)} crash(es)")
+    if args.export:
+        check_destination(args.export)  # before the run: a destination in use fails at once
+    result = sim.run()
+    summary = result.summary
+    if args.export:
+        summary["export"] = _export(sim, result, args.export, args.export_crash)
     if args.json:
         print(json.dumps(summary))
     else:
         print(_sim_table(summary))
     return 0 if summary["invariants"]["ok"] else 1
+
+
+def _export(sim: Any, result: Any, dest: str, crash: int | None) -> dict[str, Any]:
+    """Write the run's data directory (or what crash `crash` left) to `dest`; what was written."""
+    from beaver_sim.sim.export import export
+    from beaver_sim.sim.faults import survivors
+
+    fs = result.fs
+    if crash is not None:
+        crashed = [life for life in result.lives if life.crash is not None]
+        if not 1 <= crash <= len(crashed):
+            raise BeaverError(f"--export-crash {crash}: the run ended after {len(crashed)} crash(es)")
+        life = crashed[crash - 1]
+        fs = survivors(life.fs, life.crash["model"], sim.plans[life.index].torn)
+    files = export(fs, sim.config.data_dir, dest)
+    return {"dir": dest, "files": files, "after_crash": crash}
 
 
 def _sim_table(s: dict[str, Any]) -> str:
@@ -226,6 +263,10 @@ def _sim_table(s: dict[str, Any]) -> str:
         lines.append(f"  {x['invariant']} {x['code']} after {x['crash']}:{job} {x['detail']}")
     if len(v) > 10:
         lines.append(f"  ... and {len(v) - 10} more (--json lists them all)")
+    if "export" in s:
+        e = s["export"]
+        when = f"after crash {e['after_crash']}" if e["after_crash"] else "at the end of the run"
+        lines.append(f"exported   {len(e['files'])} files {when} to {e['dir']}")
     if v:
         lines.append(f"replay     beaver sim --replay {s['token']}")
         if expected := _expected(s["fsync"], s["model"], s["mutant"]):
