@@ -142,6 +142,9 @@ class Config:
     work_max: float = 0.5
     executor: str = "thread"
     handlers: dict[str, str] = field(default_factory=dict)
+    # the simulator only: seconds from a crash to the restarted controller's start, as measured for
+    # `beaver run` (kill -9 to `ready`: median 0.15 s, python bench/bench_fidelity.py --restarts 7)
+    restart_delay: float = 0.15
 
     def problems(self) -> list[str]:
         """Every invalid value, one line each (empty when the config is usable)."""
@@ -180,6 +183,8 @@ class Config:
             )
         if self.snapshots_kept < 1:
             out.append(f"snapshots_kept must be >= 1, got {self.snapshots_kept}")
+        if self.restart_delay < 0:
+            out.append(f"restart_delay must be >= 0, got {self.restart_delay}")
         if self.executor not in ("thread", "process"):
             out.append(f"executor must be thread or process, got {self.executor!r}")
         return out

@@ -23,6 +23,7 @@ CONFIG_FLAGS = {  # dest -> (Config field, flag as the user typed it)
     "fsync": ("fsync", "--fsync"),
     "seed": ("seed", "--seed"),
     "failure_rate": ("failure_rate", "--failure-rate"),
+    "restart_delay": ("restart_delay", "--restart-delay"),
 }
 CRASH_FLAGS = {
     "--crash-at-offset": "lsn",
@@ -75,6 +76,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", help="per-attempt timeout, e.g. 3s (task_timeout)")
     p.add_argument("--snapshot-interval", help="e.g. 2s; 0 disables")
     p.add_argument("--max-retry", help="attempts before a job is dead")
+    p.add_argument("--restart-delay", help="crash to the restarted controller's start, e.g. 150ms")
     p.add_argument("--fsync", help="always | interval | never")
     p.add_argument(
         "--rate", type=float, default=None, help="Poisson arrivals per virtual second (default: all at t=0)"
@@ -189,6 +191,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
                 "timeout",
                 "snapshot_interval",
                 "max_retry",
+                "restart_delay",
                 "fsync",
                 "rate",
                 "durations",

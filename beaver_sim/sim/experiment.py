@@ -323,7 +323,7 @@ class _Run:
             self.checker.power_loss(crash_time)
         if life.index:
             self.checker.life(self._attempts(life), completed_at_start)
-        self.now = crash_time
+        self.now = crash_time + self.cfg.restart_delay  # the machine restarts, the process recovers
 
     def _attempts(self, life: Life) -> list[tuple[str, int]]:
         """(job, attempt) of every attempt `life` handed to a worker so far."""
