@@ -8,9 +8,10 @@ time only: the first 8 attempts share a deadline, and 8 equal deadlines fired as
 way, without a trip through the timer heap.
 
 How late each timer fires (loop time when its callback starts, minus its deadline) is kept in
-`TimerLateness`: the simulator fires a timer exactly at its deadline, so an attempt that ends within
-that lateness of its deadline may end the other way for real than simulated (a borderline
-attempt). `status --json` shows the p99, `/metrics` the histogram."""
+`TimerLateness`, with how late each simulated-work result reaches the loop (PoolWorkers.watch): the
+simulator has both exactly on time, so an attempt that ends within that lateness of its deadline
+may end the other way for real than simulated (a borderline attempt). `status --json` shows the
+p99 and the max, `/metrics` the histogram and the p99."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ LATENESS_WINDOW = 4096  # the p99 is over the last this many timers
 
 
 class TimerLateness:
-    """How late timers fired, in seconds: histogram counts and the recent ones for a p99. Written
-    and read on the loop's thread only (the metrics read it through Service.sample)."""
+    """How late timers fired (and simulated-work results arrived), in seconds: histogram counts and
+    the recent ones for a p99. Written and read on the loop's thread only (the metrics read it
+    through Service.sample)."""
 
     __slots__ = ("buckets", "count", "recent", "sum")
     bounds = LATENESS_BUCKETS
@@ -48,6 +50,10 @@ class TimerLateness:
         self.count += 1
         self.sum += seconds
         self.recent.append(seconds)
+
+    def max(self) -> float:
+        """The latest of the recent ones (0 before any)."""
+        return max(self.recent, default=0.0)
 
     def p99(self) -> float:
         """The 99th percentile of the recent lateness (nearest rank; 0 before any timer fired)."""

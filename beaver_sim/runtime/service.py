@@ -90,6 +90,7 @@ class Service:
             gc.freeze()
             clock = RealClock(loop, self.lateness)
             self.controller = Controller(self.config, clock, storage, self.workers)
+            self.workers.watch(self.lateness, self._dispatched_at)
             self.metrics.attach(self.sample)
             if sock:
                 self.control = ControlServer(sock, self._answer)
@@ -104,6 +105,11 @@ class Service:
                     storage.close()
             await self._teardown()
             raise
+
+    def _dispatched_at(self, job_id: str) -> float | None:
+        """When the job's current attempt was dispatched (its lease's deadline less the timeout)."""
+        lease = self.controller.state.leases.get(job_id)
+        return None if lease is None else lease.deadline - self.config.task_timeout
 
     async def run(self, exit_when_idle: bool = False) -> None:
         """Serve until `request_stop` (a signal) or a fatal error; with `exit_when_idle`, also
@@ -199,7 +205,9 @@ class Service:
             "recovery_seconds": self.recovery_seconds,
             "stuck_workers": self.controller.stuck_workers(),  # timed out, being killed or interrupted
             "running_without_slot": self.workers.running_without_slot(),  # timed-out threads running on
-            "timer_lateness_p99": self.lateness.p99(),  # seconds: this close to a deadline is borderline
+            # seconds; an attempt drawn this close to its deadline is borderline (beaver_sim.fidelity)
+            "timer_lateness_p99": self.lateness.p99(),
+            "timer_lateness_max": self.lateness.max(),
         }
 
     async def _answer(self, req: dict[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from typing import Any
 
 from beaver_sim.core.draws import Draws
 from beaver_sim.core.types import Abandoned, BeaverError, Config, OnResult
+from beaver_sim.runtime.clock import TimerLateness
 
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -393,6 +394,9 @@ class PoolWorkers:
             if self.process
             else _ThreadPool(spare=config.worker_count)
         )
+        self.lateness: TimerLateness | None = None  # see watch()
+        self._dispatched_at: Callable[[str], float | None] = lambda job_id: None
+        self._due: dict[Key, float] = {}  # simulated work: when the simulator has its result
         # outcomes waiting for the loop; one wake-up of the loop delivers all that arrived meanwhile
         self._results: deque[tuple[OnResult, str, int, bool, str | None]] = deque()
         self._wake_lock = threading.Lock()
@@ -404,12 +408,20 @@ class PoolWorkers:
         if handler is None:
             c = self.config
             duration, ok = self.draws.work(job_id, attempt, c.work_min, c.work_max, c.failure_rate)
+            if self.lateness is not None and (start := self._dispatched_at(job_id)) is not None:
+                self._due[(job_id, attempt)] = start + duration
             fn, args = simulated_work, (duration, not ok)
         elif self.process and kind in self.specs:
             fn, args = call_spec, (self.specs[kind], payload)
         else:
             fn, args = handler, (payload,)
         self.pool.start((job_id, attempt), fn, args, partial(self._report, done, job_id, attempt))
+
+    def watch(self, lateness: TimerLateness, dispatched_at: Callable[[str], float | None]) -> None:
+        """Measure into `lateness` how late each simulated-work result reaches the loop after the
+        time the simulator gives it (dispatch, from `dispatched_at`, plus the drawn duration): the
+        sync of its DISPATCH record, the thread's wake-up, the sleep's overshoot and the loop's."""
+        self.lateness, self._dispatched_at = lateness, dispatched_at
 
     async def ready(self) -> None:
         """Wait until every worker process has started (threads: at once)."""
@@ -418,6 +430,7 @@ class PoolWorkers:
 
     def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned:
         """Stop a timed-out attempt: kill its process, or interrupt its thread."""
+        self._due.pop((job_id, attempt), None)  # its result is cut short: not a lateness
         return self.pool.abandon((job_id, attempt))
 
     def running_without_slot(self) -> int:
@@ -440,9 +453,11 @@ class PoolWorkers:
         """On the loop thread: hand every outcome that arrived to its `done` callback."""
         with self._wake_lock:
             self._wake_pending = False  # before draining, so an outcome appended later wakes us again
-        results = self._results
+        results, due, now = self._results, self._due, self.loop.time
         while results:
             done, job_id, attempt, ok, error = results.popleft()
+            if due and (at := due.pop((job_id, attempt), None)) is not None and self.lateness is not None:
+                self.lateness.observe(now() - at)
             done(job_id, attempt, ok, error)
 
     def close(self, timeout: float) -> int:

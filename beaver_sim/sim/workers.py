@@ -2,7 +2,7 @@
 of (seed, job id, attempt) (core.draws.Draws, the real pool's draws too), so a run is fixed by its
 seed. An attempt that runs past the task timeout reports late and its result is stale; the real
 runtime's timers fire a little late, so an attempt that ends within that lateness of its deadline
-may end either way for real ("borderline", sim/fidelity.py).
+may end either way for real ("borderline", beaver_sim/fidelity.py).
 
 By default every attempt starts at once and an abandoned one runs on without a slot (what the
 thread pool does with a handler it cannot interrupt). The real pools' limits can be modelled too:

@@ -7,8 +7,8 @@ import pytest
 
 from beaver_sim.core.draws import Draws
 from beaver_sim.core.types import BeaverError, Config, Job, JobStatus
+from beaver_sim.fidelity import borderline, compare, job_file
 from beaver_sim.sim.experiment import Simulation
-from beaver_sim.sim.fidelity import borderline, compare, job_file
 from beaver_sim.sim.workload import Workload
 
 CONFIG = Config(task_timeout=0.3, seed=4, data_dir="/sim")

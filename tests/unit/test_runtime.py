@@ -283,7 +283,8 @@ def test_service_serves_enqueue_and_status_over_its_socket(tmp_path: Path) -> No
             await asyncio.sleep(0.01)
         st = await asyncio.to_thread(status_of, config)
         assert st["running"] is True and st["pid"] == os.getpid() and st["jobs"] == 51
-        assert service.lateness.count > 0 and 0 <= st["timer_lateness_p99"] < 1.0  # snapshot timers fired
+        # every result of the simulated work (51) and the snapshot timers: how late each one came
+        assert service.lateness.count > 51 and 0 <= st["timer_lateness_p99"] <= st["timer_lateness_max"] < 5
         text = service.metrics.text()
         assert f"queue_timer_lateness_seconds_count {float(service.lateness.count)}" in text
         assert "queue_timer_lateness_p99_seconds " in text
