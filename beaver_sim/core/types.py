@@ -143,8 +143,9 @@ class Config:
     executor: str = "thread"
     handlers: dict[str, str] = field(default_factory=dict)
     # the simulator only: seconds from a crash to the restarted controller's start, as measured for
-    # `beaver run` (kill -9 to `ready`: median 0.15 s, python bench/bench_fidelity.py --restarts 7)
-    restart_delay: float = 0.15
+    # `beaver run` (kill -9 to `ready`: median 0.19 s of 23, 0.11-0.48 s at load 2.4-4 on 2 cores;
+    # python bench/bench_fidelity.py --restarts N)
+    restart_delay: float = 0.19
 
     def problems(self) -> list[str]:
         """Every invalid value, one line each (empty when the config is usable)."""

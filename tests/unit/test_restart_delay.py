@@ -19,7 +19,7 @@ def crashed(delay: float) -> Simulation:
     return Simulation(config, Workload(jobs=60), 3, crash=[CrashPlan("time", 1.0), CrashPlan("record", 150)])
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.15, 2.5])
+@pytest.mark.parametrize("delay", [0.0, 0.19, 2.5])
 def test_each_life_starts_restart_delay_after_the_crash_before_it(delay: float) -> None:
     r = crashed(delay).run()
     assert len(r.lives) == 3
@@ -36,7 +36,7 @@ def test_the_delay_moves_the_timeline_not_the_jobs() -> None:
 
 
 def test_the_default_is_the_measured_restart_and_a_negative_one_is_refused() -> None:
-    assert Config().restart_delay == 0.15
+    assert Config().restart_delay == 0.19
     assert load_config(None, {"restart_delay": "400ms"}).restart_delay == pytest.approx(0.4)
     with pytest.raises(BeaverError, match="restart_delay must be >= 0"):
         load_config(None, {"restart_delay": "-1"})
