@@ -33,12 +33,13 @@ from beaver_sim.cli import RunProcess
 from beaver_sim.config import load_config
 from beaver_sim.core.draws import Draws
 from beaver_sim.core.queue import JobQueue
-from beaver_sim.core.recovery import inspect
+from beaver_sim.core.recovery import Inspection, inspect
 from beaver_sim.core.types import BeaverError, Config, Job
 from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import CrashPlan
 from beaver_sim.sim.workload import Workload
 from beaver_sim.storage.fs import RealFS
+from beaver_sim.storage.wal import OnRecord
 
 Mark = tuple[str, str, int]  # a record's (type, job, attempt): what it says, whatever its seq
 Cut = tuple[int, Mark]  # the last record a killed process left: its seq and its mark
@@ -131,8 +132,9 @@ def borderline(config: Config, job: str, attempts: int, margin: float) -> tuple[
 def compare(
     config: Config, simulated: JobQueue | Mapping[str, Job], real: Mapping[str, Job], margin: float
 ) -> Fidelity:
-    """Job by job, the simulated run against the real one; `margin` is the real run's timer
-    lateness (its p99), within which of the timeout an attempt is borderline."""
+    """Job by job, the simulated run against the real one; an attempt drawn within `margin` of the
+    timeout is borderline (the real run's lateness: RealRun.margin, the worst its lives saw, so
+    that one late event above the p99 cannot make an agreement look like a wrong prediction)."""
     sim_jobs = simulated.jobs if isinstance(simulated, JobQueue) else simulated
     if set(sim_jobs) != set(real):
         only = sorted(set(sim_jobs) ^ set(real))[:3]
@@ -236,7 +238,7 @@ def last_record(config_file: str) -> Cut | None:
     return (last[-1]["seq"], _mark(last[-1])) if last else None
 
 
-def _inspect(config_file: str, on_record: Any = None) -> Any:
+def _inspect(config_file: str, on_record: OnRecord | None = None) -> Inspection:
     config = load_config(config_file, {})
     found = inspect(
         RealFS(),
