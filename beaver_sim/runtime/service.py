@@ -49,7 +49,7 @@ class Service:
         self.handlers = handlers
         self.lock = DataDirLock(config.data_dir)
         self.metrics = QueueMetrics()
-        self.lateness = TimerLateness()  # how late the controller's timers fire (borderline attempts)
+        self.lateness = TimerLateness()  # how late timers and results come (borderline attempts)
         self.metrics_server: MetricsServer | None = None
         self.control: ControlServer | None = None
         self.recovery_seconds = 0.0

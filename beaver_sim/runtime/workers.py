@@ -395,7 +395,7 @@ class PoolWorkers:
             else _ThreadPool(spare=config.worker_count)
         )
         self.lateness: TimerLateness | None = None  # see watch()
-        self._dispatched_at: Callable[[str], float | None] = lambda job_id: None
+        self._dispatched_at: Callable[[str], float | None] | None = None
         self._due: dict[Key, float] = {}  # simulated work: when the simulator has its result
         # outcomes waiting for the loop; one wake-up of the loop delivers all that arrived meanwhile
         self._results: deque[tuple[OnResult, str, int, bool, str | None]] = deque()
@@ -408,7 +408,7 @@ class PoolWorkers:
         if handler is None:
             c = self.config
             duration, ok = self.draws.work(job_id, attempt, c.work_min, c.work_max, c.failure_rate)
-            if self.lateness is not None and (start := self._dispatched_at(job_id)) is not None:
+            if self._dispatched_at is not None and (start := self._dispatched_at(job_id)) is not None:
                 self._due[(job_id, attempt)] = start + duration
             fn, args = simulated_work, (duration, not ok)
         elif self.process and kind in self.specs:
