@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup build test lint demo bench clean metrics lab notebooks student
+.PHONY: setup build test lint package-check demo bench clean metrics lab notebooks student
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,9 +18,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check beaver_sim tests bench
 	$(BIN)/ruff format --check beaver_sim tests bench
 
-test: lint
+test: lint package-check
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks
+
+# the wheel installed into a fresh venv outside the checkout: demo, sim, sweep, a lab, the course
+package-check: $(STAMP)
+	PY=$(PY) scripts/package-check.sh
 
 demo: $(STAMP)
 	$(BIN)/beaver demo

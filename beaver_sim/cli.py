@@ -1,5 +1,5 @@
-"""`beaver`, the command line: run, enqueue, status, wal verify|dump|repair, demo (and sim,
-crash-sweep from beaver_sim.sim.cli). A thin layer over runtime.service and the storage modules.
+"""`beaver`, the command line: run, enqueue, status, wal verify|dump|repair, demo, notebooks (and
+sim, crash-sweep from beaver_sim.sim.cli). A thin layer over runtime.service and the storage modules.
 
 Every error a user can cause (BeaverError, OSError) is one line on stderr and exit code 2; no
 traceback. Config precedence is flag > BEAVER_* environment > YAML > default (beaver_sim.config)."""
@@ -22,20 +22,17 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
+from beaver_sim import __version__
 from beaver_sim.config import load_config
 from beaver_sim.core.recovery import Inspection, RepairPlan, apply_repair, inspect, plan_repair
 from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.runtime.lock import DataDirLock
+from beaver_sim.sim.cli import register as register_sim
 from beaver_sim.storage.fs import RealFS
 
 if TYPE_CHECKING:  # the runtime (asyncio, workers, server) is imported only by the commands that use it,
     # so `beaver sim` and `beaver crash-sweep` do not pay for it
     from beaver_sim.runtime.service import Job, Service
-
-try:
-    from beaver_sim.sim.cli import register as register_sim
-except ImportError:  # the simulator's commands are optional: cli.py works without them
-    register_sim = None
 
 # flag dest -> (Config key, flag as typed); values stay strings so load_config names the flag in errors
 RUN_FLAGS = {
@@ -68,10 +65,21 @@ RECOVERED = re.compile(r"recovered in ([0-9.]+) s: (\d+) records replayed.* (\d+
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors, like every other error of the CLI."""
+    """argparse with one-line usage errors, like every other error of the CLI, each named by the
+    command it belongs to (`beaver enqueue: error: ...`)."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_known_args(
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """No parser here lets another take what it did not know: a (sub)command refuses it
+        itself, under its own name, instead of the top level saying `beaver: error`."""
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns, extras
 
 
 def say(*parts: Any) -> None:
@@ -191,11 +199,21 @@ def read_jobs(path: str) -> list[Job]:
     return jobs
 
 
+def refuse_new_data_dir(data_dir: str, create: bool) -> None:
+    """A typo'd --data-dir must not silently start a second queue: only `run` and `enqueue
+    --create` make a data directory."""
+    if not create and not os.path.exists(data_dir):
+        raise BeaverError(
+            f"{data_dir}: no such data directory (check --data-dir; `beaver run` or --create makes it)"
+        )
+
+
 def cmd_enqueue(args: argparse.Namespace) -> int:
     from beaver_sim.runtime.service import enqueue
 
     jobs = read_jobs(args.file)
     config = config_from(args)
+    refuse_new_data_dir(config.data_dir, args.create)
     try:
         done, how = enqueue(config, jobs)
     except BeaverError as e:
@@ -230,6 +248,71 @@ def cmd_status(args: argparse.Namespace) -> int:
     say(f"{config.data_dir}: {who}")
     for key in ("pending", "in_flight", "completed", "dead", "jobs", "last_seq"):
         say(f"  {key:<10}{st[key]:>10}")
+    return 0
+
+
+# -- jobs, job -----------------------------------------------------------------------------------
+
+
+def shown(job_id: str) -> str:
+    """A job id as one word on a line: quoted when it holds spaces or unprintable characters."""
+    return job_id if job_id.isprintable() and not any(c.isspace() for c in job_id) else repr(job_id)
+
+
+def _limit(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """One line (or JSON object) per job, from the running controller or read-only from the files."""
+    from beaver_sim.runtime.jobs import list_jobs
+
+    rows = list_jobs(config_from(args), args.state, args.limit)
+    if args.json:
+        say(orjson.dumps(rows).decode())
+        return 0
+    for r in rows:
+        reason = f" reason={orjson.dumps(r['reason']).decode()}" if "reason" in r else ""
+        say(f"{shown(r['id'])} {r['state']} attempts={r['attempts']}{reason}")
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    """One job and its attempts; exit 1 when the data directory holds no such job."""
+    from beaver_sim.runtime.jobs import find_job
+
+    config = config_from(args)
+    job = find_job(config, args.id)
+    if job is None:
+        window = (
+            " (or it ended and left the completed_retention window)" if config.completed_retention else ""
+        )
+        print(f"beaver job: no job {shown(args.id)} in {config.data_dir}{window}", file=sys.stderr)
+        return 1
+    if args.json:
+        say(orjson.dumps(job).decode())
+        return 0
+    for key in ("id", "state", "attempts"):
+        say(f"{key:<10}{shown(job[key]) if key == 'id' else job[key]}")
+    say(f"{'payload':<10}{orjson.dumps(job['payload']).decode()}")
+    if job["state"] == JobStatus.DEAD:
+        say(f"{'reason':<10}{job['reason'] if job['reason'] is not None else '(no longer in the log)'}")
+    if (lease := job["lease"]) is not None:
+        at = f"attempt {lease['attempt']} on worker {lease['worker']}, deadline {lease['deadline']:.3f}"
+        say(f"{'running':<10}{at}")
+    start = "from its enqueue" if job["history_complete"] else "from where the log now starts"
+    say(f"history   {len(job['history'])} attempt(s) in the log ({start})")
+    for a in job["history"]:
+        began = "dispatched before the log starts"
+        if a["dispatch_seq"] is not None:
+            began = (
+                f"dispatched at seq {a['dispatch_seq']} to worker {a['worker']}, deadline {a['deadline']:.3f}"
+            )
+        end = "running" if a["outcome"] is None else f"{a['outcome']} at seq {a['end_seq']}"
+        error = f": {a['error']}" if a["error"] else ""
+        say(f"  attempt {a['attempt']}: {began}; {end}{error}")
     return 0
 
 
@@ -303,9 +386,8 @@ def cmd_wal_dump(args: argparse.Namespace) -> int:
             write(orjson.dumps({"lsn": lsn, **rec}).decode() + "\n")
         else:
             rest = {k: v for k, v in rec.items() if k not in ("seq", "type", "job")}
-            job = rec["job"]
-            job = job if job.isprintable() and not any(c.isspace() for c in job) else repr(job)
-            write(f"lsn={lsn} seq={rec['seq']} {rec['type']} {job} {orjson.dumps(rest).decode()}\n")
+            job, body = shown(rec["job"]), orjson.dumps(rest).decode()
+            write(f"lsn={lsn} seq={rec['seq']} {rec['type']} {job} {body}\n")
 
     found = inspect(RealFS(), directory, config.snapshot_dir, show, every_record=True)
     sys.stdout.flush()
@@ -435,17 +517,21 @@ def _wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.1)
 
 
-def _jobs_file(name: str | None) -> str:
-    if name:
-        return name
-    here = Path("data/jobs.json")
-    return str(here if here.is_file() else Path(__file__).resolve().parent.parent / "data" / "jobs.json")
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The demo on --jobs, or on the seed's 100 jobs shipped in the package (any working directory)."""
+    if args.jobs:
+        return run_demo(args, args.jobs)
+    from importlib.resources import as_file
+
+    from beaver_sim.course import shared
+
+    with as_file(shared("data/jobs.json")) as path:
+        return run_demo(args, str(path))
+
+
+def run_demo(args: argparse.Namespace, jobs_file: str) -> int:
     from beaver_sim.runtime.service import read_state, status_of
 
-    jobs_file = _jobs_file(args.jobs)
     jobs = read_jobs(jobs_file)
     if args.data_dir:
         if os.path.exists(args.data_dir) and os.listdir(args.data_dir):
@@ -557,6 +643,27 @@ def check_demo(config: Config, ids: Sequence[str]) -> list[str]:
     return problems
 
 
+# -- notebooks -----------------------------------------------------------------------------------
+
+
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    from importlib.util import find_spec
+
+    from beaver_sim.course import LABS, write_course
+
+    dest = Path(args.dir)
+    written = write_course(dest, solutions=args.solutions, force=args.force)
+    labs = sum(1 for p in written if p.parent == dest / LABS)
+    kind = (
+        "with their solutions" if args.solutions else "to solve: each solution is `raise NotImplementedError`"
+    )
+    say(f"wrote {len(written)} files to {dest}: the notebooks, {labs} labs ({kind}) and the files they read")
+    if find_spec("jupyterlab") is None:
+        say("JupyterLab is not installed here: pip install 'beaver_sim[notebooks]'")
+    say(f"open them: jupyter lab {dest}")
+    return 0
+
+
 # -- the parser ----------------------------------------------------------------------------------
 
 
@@ -566,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", help="YAML config file (default: configs/default.yaml if present)")
 
     parser = Parser(prog="beaver", description="A durable job queue: WAL + snapshots, real and simulated.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     run = sub.add_parser("run", parents=[common], help="serve a data directory: recover, dispatch, metrics")
@@ -595,11 +703,16 @@ def build_parser() -> argparse.ArgumentParser:
     enq.add_argument(
         "--json", action="store_true", help="one JSON object: file, new, already_present, durable"
     )
+    enq.add_argument(
+        "--create", action="store_true", help="make the data directory if it does not exist (default: refuse)"
+    )
     enq.set_defaults(func=cmd_enqueue)
 
     st = sub.add_parser("status", parents=[common], help="counts per state, running or not")
     st.add_argument("--json", action="store_true", help="one JSON object (docs/contracts.md)")
     st.set_defaults(func=cmd_status)
+
+    add_job_commands(sub, common)
 
     w = sub.add_parser("wal", help="inspect or repair the write-ahead log")
     wsub = w.add_subparsers(dest="wal_command", metavar="ACTION", required=True, parser_class=Parser)
@@ -629,12 +742,41 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--config", help="YAML config file (default: the demo's own settings, printed when it starts)"
     )
-    demo.add_argument("--jobs", help="job file (default: data/jobs.json)")
+    demo.add_argument("--jobs", help="job file (default: the seed's 100 jobs, data/jobs.json in the package)")
     demo.set_defaults(func=cmd_demo)
 
-    if register_sim is not None:
-        register_sim(sub)
+    register_sim(sub)
+
+    nb = sub.add_parser(
+        "notebooks",
+        help="write the course (notebooks, labs, the files they read) to DIR for `jupyter lab DIR`",
+    )
+    nb.add_argument("dir", metavar="DIR", help="a new or empty directory")
+    nb.add_argument(
+        "--solutions", action="store_true", help="the labs with their solutions (default: to solve)"
+    )
+    nb.add_argument(
+        "--force", action="store_true", help="write into a non-empty DIR, overwriting the course's files"
+    )
+    nb.set_defaults(func=cmd_notebooks)
     return parser
+
+
+def add_job_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """`beaver jobs` and `beaver job ID`."""
+    js = sub.add_parser(
+        "jobs", parents=[common], help="one line per job: id, state, attempts (reason if dead)"
+    )
+    js.add_argument("--state", choices=[s.value for s in JobStatus], help="only the jobs in this state")
+    js.add_argument("--limit", type=_limit, help="at most N jobs (the first enqueued first)")
+    js.add_argument("--json", action="store_true", help="a JSON list of {id, state, attempts[, reason]}")
+    js.set_defaults(func=cmd_jobs)
+    j = sub.add_parser(
+        "job", parents=[common], help="one job: state, attempts, payload, reason, its attempts"
+    )
+    j.add_argument("id", help="the job id (one that starts with - goes after --: job -- -x)")
+    j.add_argument("--json", action="store_true", help="one JSON object (docs/contracts.md)")
+    j.set_defaults(func=cmd_job)
 
 
 def main(argv: list[str] | None = None) -> int:

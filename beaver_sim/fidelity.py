@@ -195,9 +195,8 @@ def run_real(
     cwd = tempfile.gettempdir()  # no configs/default.yaml under it: the YAML file says everything
     common = ["--config", config_file]
     t0 = time.monotonic()
-    subprocess.run(
-        [*beaver, "enqueue", *common, "--file", jobs_path], check=True, capture_output=True, env=env, cwd=cwd
-    )
+    enqueue = [*beaver, "enqueue", *common, "--create", "--file", jobs_path]
+    subprocess.run(enqueue, check=True, capture_output=True, env=env, cwd=cwd)
     lateness: list[tuple[float, float]] = []  # (p99, max) per life that reported it
     killed_after = None
     if kill_after is not None:

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -381,11 +382,12 @@ def student_notebook(nb: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_student(src: Path, dst: Path) -> list[Path]:
-    """Write the learner version of every `*.ipynb` in `src` to `dst`; returns the paths written."""
+def write_student(src: Traversable, dst: Path) -> list[Path]:
+    """Write the learner version of every `*.ipynb` in `src` (a folder, or the package's copy that
+    `beaver notebooks` reads) to `dst`; returns the paths written."""
     dst.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in sorted(src.glob("*.ipynb")):
+    for path in sorted((p for p in src.iterdir() if p.name.endswith(".ipynb")), key=lambda p: p.name):
         target = dst / path.name
         nb = student_notebook(json.loads(path.read_text()))
         target.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")

@@ -68,7 +68,7 @@ def restarts(n: int, jobs: int) -> dict[str, Any]:
         for i in range(n):
             d = os.path.join(tmp, f"d{i}")
             common = ["--data-dir", d, "--metrics-port", "0", "--timeout", "300ms"]
-            enqueue = [*BEAVER, "enqueue", "--data-dir", d, "--file", jobs_path]
+            enqueue = [*BEAVER, "enqueue", "--data-dir", d, "--create", "--file", jobs_path]
             subprocess.run(enqueue, check=True, capture_output=True, env=env, cwd=tmp)
             first = RunProcess([*BEAVER, "run", *common, "--exit-when-idle"], env=env, cwd=tmp)
             first.wait_line(READY, 60)

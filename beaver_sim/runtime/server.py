@@ -2,9 +2,10 @@
 
 A unix socket `<data_dir>/beaver.sock`, one request per connection: the client sends one JSON object
 and shuts down its writing side, the server answers with one JSON object and closes. Requests:
-`{"op": "status"}` and `{"op": "enqueue", "jobs": [[id, payload], ...]}`; answers carry `"ok"` and
-either the result (enqueue: `"enqueued"` new jobs and `"already_present"`) or `"error"` (plus
-`"retry": true` when the server is shutting down). The socket
+`{"op": "status"}`, `{"op": "enqueue", "jobs": [[id, payload], ...]}`, and `{"op": "job", "id"}` and
+`{"op": "jobs", "state", "limit"}` (runtime/jobs.py); answers carry `"ok"` and either the result
+(enqueue: `"enqueued"` new jobs and `"already_present"`) or `"error"` (plus `"retry": true` when the
+server is shutting down). The socket
 is only reachable by users who can open the data directory, like the WAL itself."""
 
 from __future__ import annotations

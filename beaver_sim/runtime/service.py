@@ -23,6 +23,7 @@ from beaver_sim.core.recovery import Inspection, Storage, inspect
 from beaver_sim.core.types import Abandoned, BeaverError, Config, CorruptLog, OnResult
 from beaver_sim.metrics import MetricsServer, QueueMetrics, Sample, sample
 from beaver_sim.runtime.clock import RealClock, TimerLateness
+from beaver_sim.runtime.jobs import answer as answer_jobs
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
 from beaver_sim.runtime.server import ControlLost, ControlServer, ControlUnavailable, request, socket_path
 from beaver_sim.runtime.workers import Handler, PoolWorkers
@@ -214,6 +215,8 @@ class Service:
         op = req.get("op")
         if op == "status":
             return {"ok": True, "status": self.status()}
+        if op in ("job", "jobs"):
+            return answer_jobs(self.controller.state, req)
         if op != "enqueue":
             return {"ok": False, "error": f"unknown request {op!r}"}
         if self.controller.stopped or self.fatal is not None:

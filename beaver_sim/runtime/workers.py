@@ -430,7 +430,11 @@ class PoolWorkers:
 
     def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned:
         """Stop a timed-out attempt: kill its process, or interrupt its thread."""
-        self._due.pop((job_id, attempt), None)  # its result is cut short: not a lateness
+        due = self._due.pop((job_id, attempt), None)
+        if due is not None and self.lateness is not None and (late := self.loop.time() - due) > 0:
+            # the simulator had its result before this deadline: it is at least this late (the
+            # latest results are exactly the ones a timeout cuts short; they must count)
+            self.lateness.observe(late)
         return self.pool.abandon((job_id, attempt))
 
     def running_without_slot(self) -> int:

@@ -10,9 +10,11 @@ import argparse
 import json
 import sys
 from dataclasses import replace
+from itertools import islice
 from typing import Any
 
 from beaver_sim.core.types import BeaverError
+from beaver_sim.extras import require
 
 SIM_DATA_DIR = "sim:/run"  # SimFS treats sim:/x as /x (beaver_sim/sim/fs.py)
 CONFIG_FLAGS = {  # dest -> (Config field, flag as the user typed it)
@@ -311,10 +313,20 @@ def _expected(fsync: str, model: str, mutant: str | None) -> str:
 
 def cmd_crash_sweep(args: argparse.Namespace) -> int:
     """`beaver crash-sweep`: sweep, print outcomes (a table, or JSON), write --out, exit 1 on a violation."""
-    from beaver_sim.sim.sweep import crash_sweep, failing, minimal_counterexample, violations
+    from beaver_sim.sim.sweep import (
+        SweepInterrupted,
+        crash_sweep,
+        failing,
+        minimal_counterexample,
+        violations,
+    )
 
     if args.out and not args.out.endswith((".csv", ".parquet")):
         raise BeaverError(f"--out {args.out}: expected a .csv or .parquet file name")
+    if args.executor == "dask":
+        require("dask.distributed", "dask")
+    if args.out and args.out.endswith(".parquet"):
+        require("pyarrow", "parquet")
     sim = _simulation(args)
     points = args.points
     options = {
@@ -323,10 +335,17 @@ def cmd_crash_sweep(args: argparse.Namespace) -> int:
         "scheduler": args.scheduler,
         "progress": False if args.no_progress or args.json else None,
     }
-    df = crash_sweep(sim, points, **options)
-    example = None
+    try:
+        df = crash_sweep(sim, points, **options)
+    except SweepInterrupted as stop:
+        print(_interrupted(stop, args.json), flush=True)
+        return 130
+    example, interrupted = None, False
     if failing(df) and not args.no_minimize:
-        example = minimal_counterexample(sim, df, points, **{**options, "progress": False})
+        try:
+            example = minimal_counterexample(sim, df, points, **{**options, "progress": False})
+        except KeyboardInterrupt:  # the sweep itself finished: print it, without a counterexample
+            interrupted = True
     if args.out:
         if args.out.endswith(".csv"):
             df.to_csv(args.out, index=False)
@@ -346,10 +365,38 @@ def cmd_crash_sweep(args: argparse.Namespace) -> int:
         "counterexample": example,
     }
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result | ({"interrupted": True} if interrupted else {})))
     else:
         print(_sweep_table(result, sim))
-    return 0 if result["ok"] else 1
+        if interrupted:
+            print("interrupted during the search for a smaller counterexample")
+    return 130 if interrupted else 0 if result["ok"] else 1
+
+
+def _interrupted(stop: Any, as_json: bool) -> str:
+    """What a sweep stopped by Ctrl-C finished: how many points, and the violations found there."""
+    from beaver_sim.sim.checker import CODES
+
+    if as_json:
+        found = [
+            {"point": i, "invariant": n, "code": CODES[n], "job": job, "detail": detail}
+            for i, n, job, detail in stop.problems()
+        ]
+        return json.dumps(
+            {"interrupted": True, "points": stop.total, "done": stop.done, "seconds": stop.seconds}
+            | {"violations": found}
+        )
+    n = stop.count()
+    lines = [
+        f"interrupted after {stop.seconds:.1f} s: {stop.done} of {stop.total} crash points done, "
+        + (f"{n} violation(s) among them:" if n else "invariants ok at every one of them")
+    ]
+    for i, inv, job, detail in islice(stop.problems(), 8):
+        where = "the run without a crash" if i < 0 else f"point {i}"
+        lines.append(f"  {inv} {CODES[inv]} at {where}:" + (f" job {job}:" if job else "") + f" {detail}")
+    if n > 8:
+        lines.append(f"  ... and {n - 8} more (--json has them all)")
+    return "\n".join(lines)
 
 
 def _sweep_table(r: dict[str, Any], sim: Any) -> str:

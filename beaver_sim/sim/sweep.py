@@ -28,6 +28,7 @@ import json
 import os
 import posixpath
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -451,8 +452,12 @@ def _executor(executor: Executor | str | None, workers: int | None, scheduler: s
     if isinstance(executor, Executor):
         yield executor
     elif executor in (None, "process"):
-        with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-            yield pool
+        with ProcessPoolExecutor(max_workers=workers or os.cpu_count(), initializer=_ignore_sigint) as pool:
+            try:
+                yield pool
+            except KeyboardInterrupt:
+                _terminate(pool)
+                raise
     elif executor == "dask":
         from dask.distributed import Client, LocalCluster
 
@@ -471,6 +476,43 @@ def _executor(executor: Executor | str | None, workers: int | None, scheduler: s
         yield None
     else:
         raise BeaverError(f"executor must be process, dask or serial, got {executor!r}")
+
+
+def _ignore_sigint() -> None:
+    """In a pool's worker: Ctrl-C reaches the whole process group, and the parent alone handles it
+    (a worker's KeyboardInterrupt would only print a traceback per worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Ctrl-C: drop the queued chunks and stop the workers now, not once their chunks end."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in list((pool._processes or {}).values()):  # no public way before Python 3.14
+        proc.terminate()
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep's points: how many of them finished, and the violations found there
+    (`results`: the finished points' rows; `base`: the run without a crash's own violations)."""
+
+    def __init__(
+        self, total: int, seconds: float, base: list[Any], results: dict[int, dict[str, Any]]
+    ) -> None:
+        super().__init__(f"interrupted after {seconds:.1f} s: {len(results)} of {total} crash points done")
+        self.done, self.total, self.seconds = len(results), total, seconds
+        self.base, self.results = base, results
+
+    def count(self) -> int:
+        return len(self.base) + sum(len(r["problems"]) for r in self.results.values())
+
+    def problems(self) -> Iterator[tuple[int, int, str | None, str]]:
+        """(point, invariant, job, detail), point -1 first (the run without a crash), then by point:
+        a generator, since a sweep without fsync may have found a million by then."""
+        for v in self.base:
+            yield -1, v.invariant, v.job, v.detail
+        for i in sorted(self.results):
+            for invariant, job, detail in self.results[i]["problems"]:
+                yield i, invariant, job, detail
 
 
 def crash_sweep(
@@ -521,13 +563,19 @@ def crash_sweep(
     bar = _progress(len(plans), progress)
     bar.update(len(plans) - len(todo))
     with _executor(executor, workers, scheduler) as ex:
-        if ex is None:
-            for c in chunks:
-                _collect(results, run(token, sim.model, c), base, plans, bar)
-        else:
-            futures = [ex.submit(run, token, sim.model, c) for c in chunks]
+        futures = [] if ex is None else [ex.submit(run, token, sim.model, c) for c in chunks]
+        try:
+            if ex is None:
+                for c in chunks:
+                    _collect(results, run(token, sim.model, c), base, plans, bar)
             for f in as_completed(futures):
                 _collect(results, f.result(), base, plans, bar)
+        except KeyboardInterrupt:
+            for f in futures:  # an executor passed in (or Dask) keeps running: drop what is queued
+                f.cancel()
+            bar.close()
+            elapsed = time.perf_counter() - t0
+            raise SweepInterrupted(len(plans), elapsed, base.result.violations, results) from None
     bar.close()
     rows = []
     for i, plan in enumerate(plans):

@@ -61,7 +61,7 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Recording:
             mp.delenv(name)
         mp.setenv("BEAVER_SEGMENT_BYTES", "4096")
         mp.chdir(tmp)  # no configs/ here: built-in defaults + the flags
-        argv = [*BEAVER, "enqueue", "--data-dir", root, "--file", str(files[0])]
+        argv = [*BEAVER, "enqueue", "--create", "--data-dir", root, "--file", str(files[0])]
         out = subprocess.run(
             strace_argv(str(tmp / "0.trace"), argv), capture_output=True, text=True, timeout=60
         )

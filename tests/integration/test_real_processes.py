@@ -206,7 +206,7 @@ def test_metrics_endpoint_is_scraped_over_http(tmp_path: Path, data_dir: str, ru
 
 def test_run_exit_when_idle_drains_jobs_enqueued_offline(tmp_path: Path, data_dir: str) -> None:
     ids = write_jobs(tmp_path / "jobs.json", 40)
-    out = beaver("enqueue", "--file", str(tmp_path / "jobs.json"), "--data-dir", data_dir)
+    out = beaver("enqueue", "--create", "--file", str(tmp_path / "jobs.json"), "--data-dir", data_dir)
     assert out.returncode == 0 and "written directly" in out.stdout
     done = subprocess.run([*BEAVER, "run", "--data-dir", data_dir, *FAST, "--exit-when-idle"], timeout=120)
     assert done.returncode == 0
@@ -282,7 +282,7 @@ def test_data_files_are_owner_only(tmp_path: Path, data_dir: str, runs: list[Run
     old = os.umask(0o002)  # a permissive umask does not widen them
     try:
         write_jobs(tmp_path / "jobs.json", 20)
-        out = beaver("enqueue", "--file", str(tmp_path / "jobs.json"), "--data-dir", data_dir)
+        out = beaver("enqueue", "--create", "--file", str(tmp_path / "jobs.json"), "--data-dir", data_dir)
         assert out.returncode == 0, out.stderr
         run = start(runs, data_dir)
         wait_until(lambda: ended(status(data_dir)) == 20)

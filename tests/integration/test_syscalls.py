@@ -138,6 +138,7 @@ def test_beaver_enqueue_writing_the_log_itself_prints_durable_only_after_fdatasy
         argv = [
             *BEAVER,
             "enqueue",
+            "--create",
             "--data-dir",
             data,
             "--file",

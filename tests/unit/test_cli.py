@@ -42,7 +42,7 @@ def data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     good = job_file(
         tmp_path, [{"id": "a", "payload": {"type": "noop"}}, {"id": "b", "payload": {}}], "good.json"
     )
-    assert main(["enqueue", "--file", good, "--data-dir", str(tmp_path / "d")]) == 0
+    assert main(["enqueue", "--create", "--file", good, "--data-dir", str(tmp_path / "d")]) == 0
     assert "enqueued 2 jobs" in capsys.readouterr().out
     return tmp_path / "d"
 
@@ -253,7 +253,7 @@ def test_a_100000_job_file_is_one_durable_batch_and_odd_ids_print_safely(
     ids = odd + [f"j{i}" for i in range(100_000 - len(odd))]
     path = job_file(tmp_path, [{"id": i, "payload": {"n": n}} for n, i in enumerate(ids)])
     d = ["--data-dir", str(tmp_path / "d")]
-    assert main(["enqueue", "--file", path, *d]) == 0
+    assert main(["enqueue", "--create", "--file", path, *d]) == 0
     assert "enqueued 100000 jobs" in capsys.readouterr().out
     assert main(["wal", "dump", *d]) == 0
     out = capsys.readouterr().out

@@ -153,6 +153,29 @@ def run_attempts(
 FAST = Config(worker_count=4, work_min=0.0, work_max=0.001)
 
 
+def test_results_lateness_counts_the_late_results_a_timeout_cuts_short() -> None:
+    """How late a simulated-work result comes against dispatch + its drawn duration; one still
+    missing at its deadline counts as at least that late, one that came in time as it came."""
+
+    async def go() -> TimerLateness:
+        loop = asyncio.get_running_loop()
+        lateness = TimerLateness()
+        workers = PoolWorkers(loop, Config(worker_count=2, work_min=0.05, work_max=0.05, failure_rate=0))
+        dispatched = {"prompt": loop.time(), "late": loop.time() - 1.0}  # "late" is a second behind
+        workers.watch(lateness, dispatched.get)
+        arrived = loop.create_future()
+        workers.submit("prompt", 1, 0, {}, lambda *result: arrived.set_result(result))
+        workers.submit("late", 1, 1, {}, lambda *result: None)
+        assert (await asyncio.wait_for(arrived, 10))[2] is True
+        workers.abandon("late", 1, 1)  # its deadline passed before its result came
+        workers.close(timeout=1)
+        return lateness
+
+    lateness = asyncio.run(go())
+    assert lateness.count == 2
+    assert 0 <= min(lateness.recent) < 0.5 and lateness.max() >= 0.95
+
+
 def test_noop_and_user_handlers_by_payload_type() -> None:
     config = Config(worker_count=2, handlers={"dump": "json:dumps", "root": "math:sqrt"})
     got = run_attempts(config, [{"type": "noop"}, {"type": "dump"}, {"type": "root"}])

@@ -1,0 +1,185 @@
+"""What `beaver jobs` and `beaver job ID` show: jobs by state, and one job with its attempts.
+
+The state comes from the running controller over the control socket when one serves the data
+directory (the `job` and `jobs` requests, answered by `answer` on the loop thread), else from the
+files, read-only as `status` reads them (service.read_state). What the state does not keep, a dead
+job's reason and each attempt's dispatch and end, comes from the WAL records the log still holds
+(core.recovery.inspect over every record): a checkpoint deletes the segments its snapshot covers,
+and those records with them, so then `reason` is null and `history` is partial
+(`history_complete` false)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import islice
+from typing import Any
+
+import orjson
+
+from beaver_sim.core import records as R
+from beaver_sim.core.queue import JobQueue
+from beaver_sim.core.records import Record
+from beaver_sim.core.recovery import inspect
+from beaver_sim.core.types import BeaverError, Config, Job, JobStatus
+from beaver_sim.runtime.server import ControlUnavailable, request
+from beaver_sim.storage.fs import RealFS
+from beaver_sim.storage.wal import OnRecord
+
+STATES = tuple(s.value for s in JobStatus)  # `--state` choices: the states that exist
+OUTCOMES = {  # how a record ends an attempt
+    R.ACK: "completed",
+    R.FAIL: "failed",
+    R.TIMEOUT: "timed_out",
+    R.REQUEUE: "interrupted",
+    R.DEAD: "dead",
+}
+
+
+def row(job: Job) -> dict[str, Any]:
+    return {"id": job.id, "state": job.status.value, "attempts": job.attempt}
+
+
+def select(q: JobQueue, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """The jobs in `state` (all when None), in the order they were enqueued, at most `limit`."""
+    jobs = (j for j in q.jobs.values() if state is None or j.status == state)
+    return [row(j) for j in islice(jobs, limit)]
+
+
+def describe(q: JobQueue, job_id: str) -> dict[str, Any] | None:
+    """One job as the state holds it, or None. The payload is parsed without caching it on the
+    job: a job loaded from a snapshot keeps its payload as text until dispatched."""
+    job = q.get(job_id)
+    if job is None:
+        return None
+    raw, lease = job.raw, q.leases.get(job_id)
+    return row(job) | {
+        "payload": orjson.loads(raw) if isinstance(raw, str) else raw,
+        "lease": None
+        if lease is None
+        else {"attempt": lease.attempt, "worker": lease.worker, "deadline": lease.deadline},
+    }
+
+
+def answer(q: JobQueue, req: dict[str, Any]) -> dict[str, Any]:
+    """The control socket's answer to `{"op": "job", "id"}` or `{"op": "jobs", "state", "limit"}`."""
+    if req.get("op") == "job":
+        job_id = req.get("id")
+        if not isinstance(job_id, str):
+            return {"ok": False, "error": "bad request: id must be a string"}
+        return {"ok": True, "job": describe(q, job_id)}
+    state, limit = req.get("state"), req.get("limit")
+    if state is not None and state not in STATES:
+        return {"ok": False, "error": f"bad request: state must be one of {', '.join(STATES)}"}
+    if limit is not None and (type(limit) is not int or limit < 0):
+        return {"ok": False, "error": "bad request: limit must be an integer >= 0"}
+    return {"ok": True, "jobs": select(q, state, limit)}
+
+
+def _ask(config: Config, req: dict[str, Any]) -> dict[str, Any] | None:
+    """The running controller's answer, or None when no controller serves the data directory."""
+    try:
+        reply = request(config.data_dir, req, timeout=30.0)
+    except ControlUnavailable:
+        return None
+    if not reply.get("ok"):
+        raise BeaverError(reply.get("error", f"the controller did not answer the {req['op']} request"))
+    return reply
+
+
+def _state(config: Config) -> JobQueue:
+    """The state from the files (no controller runs)."""
+    from beaver_sim.runtime.service import read_state  # service imports this module for `answer`
+
+    return read_state(config).state
+
+
+def _log_records(config: Config, keep: Callable[[], OnRecord]) -> None:
+    """Hand every record the log holds to a fresh `keep()`, oldest first, without changing a file
+    (records before the newest snapshot too, as far as their segments remain). A checkpoint of a
+    running controller may delete a segment under us: read again then."""
+    fs = RealFS()
+    for _ in range(3):
+        try:
+            inspect(fs, config.wal_dir, config.snapshot_dir, keep(), every_record=True)
+        except FileNotFoundError:
+            continue
+        return
+    raise BeaverError(f"{config.wal_dir}: the log kept changing while it was read; try again")
+
+
+def list_jobs(config: Config, state: str | None, limit: int | None) -> list[dict[str, Any]]:
+    """`beaver jobs`: rows of `id, state, attempts`, plus `reason` for dead jobs (null once the
+    log no longer holds their DEAD record)."""
+    reply = _ask(config, {"op": "jobs", "state": state, "limit": limit})
+    rows = select(_state(config), state, limit) if reply is None else reply["jobs"]
+    dead = {r["id"] for r in rows if r["state"] == JobStatus.DEAD}
+    if dead:
+        reasons: dict[str, str] = {}
+
+        def keep() -> OnRecord:
+            reasons.clear()
+
+            def take(rec: Record, _lsn: int) -> None:
+                if rec["type"] == R.DEAD and rec["job"] in dead:
+                    reasons[rec["job"]] = rec["reason"]
+
+            return take
+
+        _log_records(config, keep)
+        for r in rows:
+            if r["state"] == JobStatus.DEAD:
+                r["reason"] = reasons.get(r["id"])
+    return rows
+
+
+def find_job(config: Config, job_id: str) -> dict[str, Any] | None:
+    """`beaver job ID`: the job (`id, state, attempts, payload, lease`) with its `reason`, the
+    `history` of its attempts from the log, and whether a controller `running` answered; None if
+    the data directory holds no such job."""
+    reply = _ask(config, {"op": "job", "id": job_id})
+    job = describe(_state(config), job_id) if reply is None else reply["job"]
+    if job is None:
+        return None
+    mine: list[Record] = []
+
+    def keep() -> OnRecord:
+        mine.clear()
+
+        def take(rec: Record, _lsn: int) -> None:
+            if rec["job"] == job_id:
+                mine.append(rec)
+
+        return take
+
+    _log_records(config, keep)
+    complete, history = attempts(mine)
+    reason = history[-1].get("error") if job["state"] == JobStatus.DEAD and history else None
+    return job | {
+        "reason": reason,
+        "history": history,
+        "history_complete": complete,
+        "running": reply is not None,
+    }
+
+
+def attempts(recs: list[Record]) -> tuple[bool, list[dict[str, Any]]]:
+    """A job's attempts from its records, oldest first, and whether the records start at its
+    ENQUEUE (else older ones were deleted with their segments). An ENQUEUE after the job had ended
+    and left the retention window starts a new job: only the newest one's attempts are given."""
+    complete, history = False, []
+    for rec in recs:
+        kind = rec["type"]
+        if kind == R.ENQUEUE:
+            complete, history = True, []
+        elif kind == R.DISPATCH:
+            history.append(
+                {"attempt": rec["attempt"], "worker": rec["worker"], "deadline": rec["deadline"]}
+                | {"dispatch_seq": rec["seq"], "outcome": None, "end_seq": None, "error": None}
+            )
+        elif kind in OUTCOMES:
+            a = history[-1] if history and history[-1]["attempt"] == rec["attempt"] else None
+            if a is None:  # its DISPATCH was in a deleted segment
+                a = {"attempt": rec["attempt"], "worker": None, "deadline": None, "dispatch_seq": None}
+                history.append(a)
+            a.update(outcome=OUTCOMES[kind], end_seq=rec["seq"], error=rec.get("error", rec.get("reason")))
+    return complete, history
