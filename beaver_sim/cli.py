@@ -152,6 +152,11 @@ async def serve(service: Service, exit_when_idle: bool) -> int:
     if service.fatal is not None:
         raise BeaverError(f"stopped after a fatal error: {service.fatal}")
     say("stopped: " + ", ".join(f"{k} {v}" for k, v in ctl.status().items()))
+    late = service.lateness
+    say(
+        f"timer lateness: p99 {late.p99() * 1e3:.3f} ms, max {late.max() * 1e3:.3f} ms over the last "
+        f"{len(late.recent)} of {late.count} timers and results"
+    )
     return 0
 
 
@@ -471,8 +476,8 @@ def _say_plan(directory: str, plan: RepairPlan) -> None:
 class RunProcess:
     """A `beaver run` subprocess; a thread collects its stdout lines so we can wait for one."""
 
-    def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, bufsize=1)
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> None:
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, bufsize=1, env=env, cwd=cwd)
         self.lines: list[str] = []
         self.ended = False  # stdout closed: the process exited
         self.cond = threading.Condition()

@@ -20,7 +20,9 @@ from beaver_sim.core.types import BeaverError, Config
 
 DEFAULT_CONFIG = "configs/default.yaml"  # read from the working directory when present, as the seed did
 ENV_PREFIX = "BEAVER_"
-DURATION_KEYS = frozenset({"task_timeout", "snapshot_interval", "fsync_interval", "work_min", "work_max"})
+DURATION_KEYS = frozenset(
+    {"task_timeout", "snapshot_interval", "fsync_interval", "work_min", "work_max", "restart_delay"}
+)
 SIZE_KEYS = frozenset({"segment_bytes", "max_record_bytes"})
 _TYPES = {f.name: f.type for f in fields(Config)}  # annotations are strings: "int", "float", ...
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")

@@ -10,8 +10,9 @@ are kept: queue_jobs_{dispatched,completed,retried,dead,timeout}_total, queue_jo
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest, start_http_server
@@ -21,6 +22,9 @@ from prometheus_client.utils import floatToGoString
 
 from beaver_sim.core.controller import DURATION_BUCKETS, Controller, Counters
 from beaver_sim.core.types import BeaverError, JobStatus
+
+if TYPE_CHECKING:
+    from beaver_sim.runtime.clock import TimerLateness
 
 FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -34,21 +38,39 @@ class Sample:
     recovery_seconds: float
     records_replayed: int
     stuck_workers: int = 0
+    lateness: Lateness | None = None
     running_without_slot: int = 0  # timed-out thread attempts running on in spare threads
     spare_threads: int = 0  # how many may (thread executor)
 
 
-def sample(controller: Controller, recovery_seconds: float | None = None) -> Sample:
-    """Copy the controller's counters and status; `recovery_seconds` defaults to the storage's."""
+@dataclass(frozen=True, slots=True)
+class Lateness:
+    """A copy of the real clock's timer lateness: bucket bounds and counts, sum, p99 (seconds)."""
+
+    bounds: tuple[float, ...]
+    buckets: tuple[int, ...]
+    sum: float
+    p99: float
+
+
+def sample(
+    controller: Controller, recovery_seconds: float | None = None, lateness: TimerLateness | None = None
+) -> Sample:
+    """Copy the controller's counters and status (and the real clock's timer lateness, when
+    given); `recovery_seconds` defaults to the storage's."""
     c = controller.counters
     report = controller.storage.report
     seconds = report.seconds if recovery_seconds is None else recovery_seconds
+    late = None
+    if lateness is not None:
+        late = Lateness(lateness.bounds, tuple(lateness.buckets), lateness.sum, lateness.p99())
     return Sample(
         replace(c, duration_buckets=list(c.duration_buckets)),
         controller.status(),
         seconds,
         report.records_replayed,
         len(controller.stuck),
+        late,
     )
 
 
@@ -88,16 +110,14 @@ class QueueCollector(Collector):
             ("queue_snapshots_total", "Snapshots written", c.snapshots),
         ):
             yield CounterMetricFamily(name, doc, value=value)
-        cumulative, buckets = 0, []
-        for bound, count in zip((*DURATION_BUCKETS, float("inf")), c.duration_buckets):
-            cumulative += count
-            buckets.append((floatToGoString(bound), cumulative))
         yield HistogramMetricFamily(
             "queue_job_duration_seconds",
             "Attempt duration, dispatch to result",
-            buckets=buckets,
+            buckets=_histogram(DURATION_BUCKETS, c.duration_buckets),
             sum_value=c.duration_sum,
         )
+        if s.lateness is not None:
+            yield from _lateness(s.lateness)
         yield GaugeMetricFamily(
             "queue_recovery_time_seconds", "Time the last start took to recover", value=s.recovery_seconds
         )
@@ -131,6 +151,30 @@ class QueueCollector(Collector):
         yield GaugeMetricFamily(
             "queue_wal_last_seq", "Sequence number of the last WAL record", s.status["last_seq"]
         )
+
+
+def _histogram(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, int]]:
+    """Cumulative (le, count) pairs from per-bucket counts, the last one +Inf."""
+    cumulative, buckets = 0, []
+    for bound, count in zip((*bounds, float("inf")), counts):
+        cumulative += count
+        buckets.append((floatToGoString(bound), cumulative))
+    return buckets
+
+
+def _lateness(late: Lateness) -> Iterator[Metric]:
+    yield HistogramMetricFamily(
+        "queue_timer_lateness_seconds",
+        "How late the controller's timers (attempt deadlines, snapshots) fired after their deadline",
+        buckets=_histogram(late.bounds, late.buckets),
+        sum_value=late.sum,
+    )
+    yield GaugeMetricFamily(
+        "queue_timer_lateness_p99_seconds",
+        "99th percentile of the recent timer lateness: attempts ending this close to a deadline may "
+        "end the other way than simulated (borderline)",
+        value=late.p99,
+    )
 
 
 class QueueMetrics:

@@ -152,6 +152,10 @@ class Config:
     work_max: float = 0.5
     executor: str = "thread"
     handlers: dict[str, str] = field(default_factory=dict)
+    # the simulator only: seconds from a crash to the restarted controller's start, as measured for
+    # `beaver run` (kill -9 to `ready`: median 0.19 s of 23, 0.11-0.48 s at load 2.4-4 on 2 cores;
+    # python bench/bench_fidelity.py --restarts N)
+    restart_delay: float = 0.19
 
     def problems(self) -> list[str]:
         """Every invalid value, one line each (empty when the config is usable)."""
@@ -192,6 +196,8 @@ class Config:
             )
         if self.snapshots_kept < 1:
             out.append(f"snapshots_kept must be >= 1, got {self.snapshots_kept}")
+        if self.restart_delay < 0:
+            out.append(f"restart_delay must be >= 0, got {self.restart_delay}")
         if self.executor not in ("thread", "process"):
             out.append(f"executor must be thread or process, got {self.executor!r}")
         return out

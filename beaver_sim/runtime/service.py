@@ -27,7 +27,7 @@ from beaver_sim.core.recovery import Inspection, Storage, inspect
 from beaver_sim.core.types import Abandoned, BeaverError, Config, CorruptLog, OnResult
 from beaver_sim.metrics import MetricsServer, QueueMetrics, Sample, sample
 from beaver_sim.runtime import forks
-from beaver_sim.runtime.clock import RealClock
+from beaver_sim.runtime.clock import RealClock, TimerLateness
 from beaver_sim.runtime.jobs import answer as answer_jobs
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
 from beaver_sim.runtime.server import ControlLost, ControlServer, ControlUnavailable, request, socket_path
@@ -63,6 +63,7 @@ class Service:
         self._warned: dict[str, tuple[float, int]] = {}  # kind -> (when last printed, suppressed since)
         self.lock = DataDirLock(config.data_dir, role="run")
         self.metrics = QueueMetrics()
+        self.lateness = TimerLateness()  # how late timers and results come (borderline attempts)
         self.metrics_server: MetricsServer | None = None
         self.control: ControlServer | None = None
         self.recovery_seconds = 0.0
@@ -102,7 +103,9 @@ class Service:
             # the recovered state is long-lived and free of cycles: out of the collector's sight, no
             # full collection walks its million objects again (0.2 s each at a million jobs)
             gc.freeze()
-            self.controller = Controller(self.config, RealClock(loop), storage, self.workers)
+            clock = RealClock(loop, self.lateness)
+            self.controller = Controller(self.config, clock, storage, self.workers)
+            self.workers.watch(self.lateness, self._dispatched_at)
             self.metrics.attach(self.sample)
             if sock:
                 self.control = ControlServer(sock, self._answer, partial(self.warn, "control"))
@@ -158,6 +161,11 @@ class Service:
             return
         self._warned[kind] = (now, 0)
         self.log(line + (f" ({held} more like it since the last)" if held else ""))
+
+    def _dispatched_at(self, job_id: str) -> float | None:
+        """When the job's current attempt was dispatched (its lease's deadline less the timeout)."""
+        lease = self.controller.state.leases.get(job_id)
+        return None if lease is None else lease.deadline - self.config.task_timeout
 
     async def run(self, exit_when_idle: bool = False) -> None:
         """Serve until `request_stop` (a signal) or a fatal error; with `exit_when_idle`, also
@@ -255,7 +263,7 @@ class Service:
         return fut.result(timeout=10)
 
     def _sample(self) -> Sample:
-        s = sample(self.controller, self.recovery_seconds)
+        s = sample(self.controller, self.recovery_seconds, self.lateness)
         return replace(
             s,
             running_without_slot=self.workers.running_without_slot(),
@@ -276,6 +284,9 @@ class Service:
             "abandoned_attempts": [  # which: each a thread the runtime cannot stop (blocked in C)
                 {"job": job, "attempt": attempt} for job, attempt in self.workers.detached_attempts()
             ],
+            # seconds; an attempt drawn this close to its deadline is borderline (beaver_sim.fidelity)
+            "timer_lateness_p99": self.lateness.p99(),
+            "timer_lateness_max": self.lateness.max(),
         }
 
     async def _answer(self, req: dict[str, Any]) -> dict[str, Any]:

@@ -5,9 +5,12 @@ the loop's thread.
 A handler is chosen by the payload's `type`: `noop` returns at once; types listed in
 `config.handlers` call `module:function(payload)`; `compute` and every other type run the seed's
 simulated work, whose duration (uniform in [work_min, work_max], really slept) and outcome (failure
-with probability failure_rate) are drawn on the loop thread from random.Random(seed) in dispatch
-order, the same draws in the same order as the simulator's SimWorkers. A handler that raises is a
-failed attempt, with the exception as its error.
+with probability failure_rate) are a pure function of (seed, job id, attempt) (core.draws.Draws):
+the simulator's SimWorkers draw the same numbers for the same attempt, whatever the dispatch order
+and across restarts. What the real run adds is time: an attempt starts after its DISPATCH record
+is synced, its sleep and result arrive late by however busy the machine is, and so does the timeout
+timer, so an attempt that ends that close to its deadline may end the other way than simulated
+(borderline). A handler that raises is a failed attempt, with the exception as its error.
 
 A timed-out attempt must not take a worker with it (the controller's slot rule, core.types.Workers):
 - processes: one process per running attempt, kept for the next one. At a timeout it is sent
@@ -32,7 +35,6 @@ import importlib
 import multiprocessing
 import os
 import queue
-import random
 import signal
 import sys
 import threading
@@ -46,13 +48,15 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from beaver_sim.core.draws import Draws
 from beaver_sim.core.types import Abandoned, BeaverError, Config, OnResult
+from beaver_sim.runtime.clock import TimerLateness
 
 Handler = Callable[[dict[str, Any]], Any]
 
 
 class SimulatedFailure(Exception):
-    """The seed's simulated work failing, as drawn from the seeded RNG."""
+    """The seed's simulated work failing, as drawn for its attempt."""
 
 
 def noop(payload: dict[str, Any]) -> None:
@@ -421,7 +425,7 @@ class PoolWorkers:
         """`on_spare_full` is called (on the loop thread) when a timed-out thread attempt keeps its
         slot because every spare thread is taken."""
         self.loop, self.config = loop, config
-        self.rng = random.Random(config.seed)
+        self.draws = Draws(config.seed)
         self.specs = dict(config.handlers)
         # resolved here even for processes: a typo fails at start, not on the first job
         self.handlers: dict[str, Handler] = {"noop": noop}
@@ -433,6 +437,9 @@ class PoolWorkers:
             if self.process
             else _ThreadPool(max(SPARE_THREADS, config.worker_count), on_spare_full)
         )
+        self.lateness: TimerLateness | None = None  # see watch()
+        self._dispatched_at: Callable[[str], float | None] | None = None
+        self._due: dict[Key, float] = {}  # simulated work: when the simulator has its result
         # outcomes waiting for the loop; one wake-up of the loop delivers all that arrived meanwhile
         self._results: deque[tuple[OnResult, str, int, bool, str | None]] = deque()
         self._wake_lock = threading.Lock()
@@ -442,15 +449,22 @@ class PoolWorkers:
         kind = payload.get("type")
         handler = self.handlers.get(kind) if isinstance(kind, str) else None
         if handler is None:
-            rng = self.rng  # drawn here, on the loop thread, so the seed fixes the sequence
-            duration = rng.uniform(self.config.work_min, self.config.work_max)
-            ok = rng.random() >= self.config.failure_rate
+            c = self.config
+            duration, ok = self.draws.work(job_id, attempt, c.work_min, c.work_max, c.failure_rate)
+            if self._dispatched_at is not None and (start := self._dispatched_at(job_id)) is not None:
+                self._due[(job_id, attempt)] = start + duration
             fn, args = simulated_work, (duration, not ok)
         elif self.process and kind in self.specs:
             fn, args = call_spec, (self.specs[kind], payload)
         else:
             fn, args = handler, (payload,)
         self.pool.start((job_id, attempt), fn, args, partial(self._report, done, job_id, attempt))
+
+    def watch(self, lateness: TimerLateness, dispatched_at: Callable[[str], float | None]) -> None:
+        """Measure into `lateness` how late each simulated-work result reaches the loop after the
+        time the simulator gives it (dispatch, from `dispatched_at`, plus the drawn duration): the
+        sync of its DISPATCH record, the thread's wake-up, the sleep's overshoot and the loop's."""
+        self.lateness, self._dispatched_at = lateness, dispatched_at
 
     async def ready(self) -> None:
         """Wait until every worker process has started (threads: at once)."""
@@ -459,6 +473,11 @@ class PoolWorkers:
 
     def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned:
         """Stop a timed-out attempt: kill its process, or interrupt its thread."""
+        due = self._due.pop((job_id, attempt), None)
+        if due is not None and self.lateness is not None and (late := self.loop.time() - due) > 0:
+            # the simulator had its result before this deadline: it is at least this late (the
+            # latest results are exactly the ones a timeout cuts short; they must count)
+            self.lateness.observe(late)
         return self.pool.abandon((job_id, attempt))
 
     def running_without_slot(self) -> int:
@@ -490,9 +509,11 @@ class PoolWorkers:
         """On the loop thread: hand every outcome that arrived to its `done` callback."""
         with self._wake_lock:
             self._wake_pending = False  # before draining, so an outcome appended later wakes us again
-        results = self._results
+        results, due, now = self._results, self._due, self.loop.time
         while results:
             done, job_id, attempt, ok, error = results.popleft()
+            if due and (at := due.pop((job_id, attempt), None)) is not None and self.lateness is not None:
+                self.lateness.observe(now() - at)
             done(job_id, attempt, ok, error)
 
     def close(self, timeout: float) -> int:

@@ -96,15 +96,14 @@ def wal_records(fs: SimFS, wal_dir: str, since: int = 0) -> Trace:
 @dataclass
 class Capture:
     """What a crash at one moment of a run leaves besides the files: the clients' view, the
-    workers' random state, the checker's claims. `_Run.resume` goes on from it (sweeps share the
-    run up to their crash points that way)."""
+    attempts so far, the checker's claims (the workers' draws depend on nothing that came before).
+    `_Run.resume` goes on from it (sweeps share the run up to their crash points that way)."""
 
     plan: CrashPlan
     time: float
     lsn: int | None
     durable: int | None
     next_batch: int
-    rng: Any
     attempts: int
     submitted: dict[str, dict[str, Any]]
     acked: dict[str, None]

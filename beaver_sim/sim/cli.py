@@ -25,6 +25,7 @@ CONFIG_FLAGS = {  # dest -> (Config field, flag as the user typed it)
     "fsync": ("fsync", "--fsync"),
     "seed": ("seed", "--seed"),
     "failure_rate": ("failure_rate", "--failure-rate"),
+    "restart_delay": ("restart_delay", "--restart-delay"),
 }
 CRASH_FLAGS = {
     "--crash-at-offset": "lsn",
@@ -77,6 +78,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", help="per-attempt timeout, e.g. 3s (task_timeout)")
     p.add_argument("--snapshot-interval", help="e.g. 2s; 0 disables")
     p.add_argument("--max-retry", help="attempts before a job is dead")
+    p.add_argument("--restart-delay", help="crash to the restarted controller's start, e.g. 150ms")
     p.add_argument("--fsync", help="always | interval | never")
     p.add_argument(
         "--rate", type=float, default=None, help="Poisson arrivals per virtual second (default: all at t=0)"
@@ -106,6 +108,17 @@ def register(subparsers: Any) -> None:
         "--torn-bytes", type=int, default=0, help="power loss: unsynced bytes per file that survive"
     )
     sim.add_argument("--replay", metavar="TOKEN", help="rerun exactly what a replay token describes")
+    sim.add_argument(
+        "--export",
+        metavar="DIR",
+        help="write the simulated data directory to DIR (new or empty), for wal dump/verify and status",
+    )
+    sim.add_argument(
+        "--export-crash",
+        metavar="N",
+        type=int,
+        help="with --export: the files the N-th crash left (what recovery read), not the run's end",
+    )
     sim.add_argument("--list-mutants", action="store_true", help="name and explain every mutant, then exit")
     sim.set_defaults(func=cmd_sim, crashes=None)
 
@@ -167,6 +180,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     """`beaver sim`: run, print the summary (a table, or JSON), exit 1 on a violation."""
     from beaver_sim.sim import mutants
     from beaver_sim.sim.experiment import Simulation
+    from beaver_sim.sim.export import check_destination
     from beaver_sim.sim.faults import CrashPlan
 
     if args.list_mutants:
@@ -184,6 +198,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
                 "timeout",
                 "snapshot_interval",
                 "max_retry",
+                "restart_delay",
                 "fsync",
                 "rate",
                 "durations",
@@ -201,12 +216,37 @@ def cmd_sim(args: argparse.Namespace) -> int:
         if args.torn_bytes:
             plans = [CrashPlan(p.kind, p.at, p.occurrence, args.torn_bytes) for p in plans]
         sim = _simulation(args, plans or None)
-    summary = sim.run().summary
+    if args.export_crash is not None and not args.export:
+        raise BeaverError("--export-crash needs --export DIR")
+    if args.export_crash is not None and not 1 <= args.export_crash <= len(sim.plans):
+        raise BeaverError(f"--export-crash {args.export_crash}: the run plans {len(sim.plans)} crash(es)")
+    if args.export:
+        check_destination(args.export)  # before the run: a destination in use fails at once
+    result = sim.run()
+    summary = result.summary
+    if args.export:
+        summary["export"] = _export(sim, result, args.export, args.export_crash)
     if args.json:
         print(json.dumps(summary))
     else:
         print(_sim_table(summary))
     return 0 if summary["invariants"]["ok"] else 1
+
+
+def _export(sim: Any, result: Any, dest: str, crash: int | None) -> dict[str, Any]:
+    """Write the run's data directory (or what crash `crash` left) to `dest`; what was written."""
+    from beaver_sim.sim.export import export
+    from beaver_sim.sim.faults import survivors
+
+    fs = result.fs
+    if crash is not None:
+        crashed = [life for life in result.lives if life.crash is not None]
+        if not 1 <= crash <= len(crashed):
+            raise BeaverError(f"--export-crash {crash}: the run ended after {len(crashed)} crash(es)")
+        life = crashed[crash - 1]
+        fs = survivors(life.fs, life.crash["model"], sim.plans[life.index].torn)
+    files = export(fs, sim.config.data_dir, dest)
+    return {"dir": dest, "files": files, "after_crash": crash}
 
 
 def _sim_table(s: dict[str, Any]) -> str:
@@ -233,6 +273,10 @@ def _sim_table(s: dict[str, Any]) -> str:
         lines.append(f"  {x['invariant']} {x['code']} after {x['crash']}:{job} {x['detail']}")
     if len(v) > 10:
         lines.append(f"  ... and {len(v) - 10} more (--json lists them all)")
+    if "export" in s:
+        e = s["export"]
+        when = f"after crash {e['after_crash']}" if e["after_crash"] else "at the end of the run"
+        lines.append(f"exported   {len(e['files'])} files {when} to {e['dir']}")
     if v:
         lines.append(f"replay     beaver sim --replay {s['token']}")
         if expected := _expected(s["fsync"], s["model"], s["mutant"]):

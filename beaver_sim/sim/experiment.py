@@ -339,7 +339,7 @@ class _Run:
             self.checker.power_loss(crash_time)
         if life.index:
             self.checker.life(self._attempts(life), completed_at_start)
-        self.now = crash_time
+        self.now = crash_time + self.cfg.restart_delay  # the machine restarts, the process recovers
 
     def _attempts(self, life: Life) -> list[tuple[str, int]]:
         """(job, attempt) of every attempt `life` handed to a worker so far."""
@@ -453,7 +453,6 @@ class _Run:
             lsn,
             None if self.storage is None else self.storage.wal.durable_lsn,
             self.next_batch,
-            self.workers.rng.getstate(),
             len(self.workers.attempts),
             dict(checker.submitted),
             dict(checker.acked),
@@ -469,7 +468,6 @@ class _Run:
         the crash `cap` took in `base` (whose files, up to the crash LSN, are this run's too) with
         the surviving `files`."""
         run = cls(sim, base.batches)
-        run.workers.rng.setstate(cap.rng)
         run.workers.attempts = base.workers.attempts[: cap.attempts]
         run.checker.submitted, run.checker.acked = dict(cap.submitted), dict(cap.acked)
         run.checker.open = dict(cap.open)

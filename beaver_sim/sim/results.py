@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # pandas costs 0.3 s to import: only the DataFrame properties
 
 @dataclass
 class Life:
-    """One process lifetime of a run: from its start (0 or a crash) to its crash or the end."""
+    """One process lifetime of a run: from its start (0, or a crash plus `restart_delay`) to its
+    crash or the end."""
 
     index: int
     start: float

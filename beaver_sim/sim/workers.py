@@ -1,6 +1,8 @@
-"""SimWorkers: the simulator's worker pool. Each attempt's duration and outcome come from one seeded
-`random.Random`, drawn in dispatch order, so a run is fixed by its seed. An attempt that runs past
-the task timeout reports late, exactly like a slow real worker: its result is stale.
+"""SimWorkers: the simulator's worker pool. Each attempt's duration and outcome are a pure function
+of (seed, job id, attempt) (core.draws.Draws, the real pool's draws too), so a run is fixed by its
+seed. An attempt that runs past the task timeout reports late and its result is stale; the real
+runtime's timers fire a little late, so an attempt that ends within that lateness of its deadline
+may end either way for real ("borderline", beaver_sim/fidelity.py).
 
 By default every attempt starts at once and an abandoned one runs on without a slot (what the
 thread pool does with a handler it cannot interrupt). The real pools' limits can be modelled too:
@@ -13,12 +15,12 @@ pool hostile handlers (huge or unprintable failure reasons, payload mutation), f
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from dataclasses import dataclass, field
 from functools import cache, partial
 from typing import Any, NamedTuple
 
+from beaver_sim.core.draws import Draws
 from beaver_sim.core.types import Abandoned, BeaverError, OnResult
 from beaver_sim.sim.clock import VirtualClock
 
@@ -67,10 +69,10 @@ class SimWorkers:
     hang: tuple[str, ...] = ()  # payload types whose attempts never return on their own
     stop_after: float | None = None  # None: an abandoned attempt cannot be stopped
     spare: int | None = None  # abandoned attempts that may run on without a slot (None: any number)
-    rng: random.Random = field(init=False)
+    draws: Draws = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rng = random.Random(self.seed)
+        self.draws = Draws(self.seed)
         limits = (self.stop_after, self.spare)
         self.modelled = bool(self.threads or self.hang or limits != (None, None))
         self.running: dict[tuple[str, int], _Running] = {}
@@ -78,10 +80,7 @@ class SimWorkers:
         self.detached = 0  # abandoned attempts still running without a slot
 
     def submit(self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: OnResult) -> None:
-        random_ = self.rng.random
-        lo = self.work_min
-        duration = lo + (self.work_max - lo) * random_()  # rng.uniform, inlined (the same draw): hot
-        ok = random_() >= self.failure_rate
+        duration, ok = self.draw(job_id, attempt)
         if self.modelled:
             hangs = payload.get("type") in self.hang
             run = _Running(job_id, attempt, worker, duration, ok, hangs, done)
@@ -93,6 +92,10 @@ class SimWorkers:
         if self.record:  # tuple.__new__: an Attempt without the Python-level NamedTuple constructor
             self.attempts.append(_new(Attempt, (job_id, attempt, worker, self.clock.now(), duration, ok)))
         self.clock.call_later(duration, done, job_id, attempt, ok, None if ok else "simulated failure")
+
+    def draw(self, job_id: str, attempt: int) -> tuple[float, bool]:
+        """This attempt's (duration, succeeds): the seed's uniform work."""
+        return self.draws.work(job_id, attempt, self.work_min, self.work_max, self.failure_rate)
 
     def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned:
         """Model what the real pools do at a timeout: stop the attempt if they can (`stop_after`),

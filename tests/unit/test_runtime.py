@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import operator
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ import pytest
 
 from beaver_sim.core.controller import Enqueued
 from beaver_sim.core.types import BeaverError, Config, JobStatus
-from beaver_sim.runtime.clock import RealClock
+from beaver_sim.runtime.clock import LATENESS_BUCKETS, RealClock, TimerLateness
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
 from beaver_sim.runtime.server import ControlUnavailable, request
 from beaver_sim.runtime.service import Service, enqueue, read_state, status_of
@@ -61,6 +62,64 @@ def test_real_clock_runs_callbacks_in_time_order_and_cancels() -> None:
     assert asyncio.run(go()) == ["soon", "later", "at"]
 
 
+def test_equal_deadlines_fire_in_the_order_set_on_both_clocks() -> None:
+    """asyncio's call_at compares the time only; both clocks break ties by insertion order, with
+    cancelled entries and callbacks that set more timers in between."""
+
+    def script(clock: Any, seen: list[Any]) -> None:
+        t = clock.now() + 0.02
+        handles = [clock.call_at(t, seen.append, i) for i in range(200)]
+        for h in handles[::7]:
+            clock.cancel(h)
+        clock.call_at(t, lambda: clock.call_at(t, seen.append, "set while firing"))
+        clock.call_at(t + 0.01, seen.append, "later")
+        clock.call_at(t, seen.append, "last of t")
+
+    virtual: list[Any] = []
+    vclock = VirtualClock()
+    script(vclock, virtual)
+    vclock.run()
+
+    async def go() -> list[Any]:
+        seen: list[Any] = []
+        clock = RealClock(asyncio.get_running_loop())
+        script(clock, seen)
+        await asyncio.sleep(0.08)
+        assert clock.lateness.count == 200 - len(range(0, 200, 7)) + 4 and clock.lateness.p99() >= 0
+        return seen
+
+    real = asyncio.run(go())
+    assert real == virtual
+    assert virtual[:3] == [1, 2, 3] and virtual[-3:] == ["last of t", "set while firing", "later"]
+
+
+def test_an_exception_in_a_timer_reaches_the_loop_and_the_next_timers_still_run() -> None:
+    async def go() -> tuple[list[str], list[BaseException]]:
+        loop = asyncio.get_running_loop()
+        errors: list[BaseException] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context["exception"]))
+        clock, seen = RealClock(loop), []
+        t = clock.now() + 0.01
+        clock.call_at(t, seen.append, "before")
+        clock.call_at(t, operator.truediv, 1, 0)
+        clock.call_at(t, seen.append, "after")
+        await asyncio.sleep(0.05)
+        return seen, errors
+
+    seen, errors = asyncio.run(go())
+    assert seen == ["before", "after"] and [type(e) for e in errors] == [ZeroDivisionError]
+
+
+def test_timer_lateness_p99_and_buckets() -> None:
+    lateness = TimerLateness()
+    assert lateness.p99() == 0.0
+    for i in range(1, 201):
+        lateness.observe(i / 1000)
+    assert lateness.p99() == 0.198  # nearest rank: the 198th of 200
+    assert lateness.count == 200 and sum(lateness.buckets) == 200
+    assert sum(lateness.buckets[: LATENESS_BUCKETS.index(0.1) + 1]) == 100  # 1..100 ms: at most 0.1 s
+
+
 # -- PoolWorkers ---------------------------------------------------------------------------------
 
 
@@ -92,6 +151,29 @@ def run_attempts(
 
 
 FAST = Config(worker_count=4, work_min=0.0, work_max=0.001)
+
+
+def test_results_lateness_counts_the_late_results_a_timeout_cuts_short() -> None:
+    """How late a simulated-work result comes against dispatch + its drawn duration; one still
+    missing at its deadline counts as at least that late, one that came in time as it came."""
+
+    async def go() -> TimerLateness:
+        loop = asyncio.get_running_loop()
+        lateness = TimerLateness()
+        workers = PoolWorkers(loop, Config(worker_count=2, work_min=0.05, work_max=0.05, failure_rate=0))
+        dispatched = {"prompt": loop.time(), "late": loop.time() - 1.0}  # "late" is a second behind
+        workers.watch(lateness, dispatched.get)
+        arrived = loop.create_future()
+        workers.submit("prompt", 1, 0, {}, lambda *result: arrived.set_result(result))
+        workers.submit("late", 1, 1, {}, lambda *result: None)
+        assert (await asyncio.wait_for(arrived, 10))[2] is True
+        workers.abandon("late", 1, 1)  # its deadline passed before its result came
+        workers.close(timeout=1)
+        return lateness
+
+    lateness = asyncio.run(go())
+    assert lateness.count == 2
+    assert 0 <= min(lateness.recent) < 0.5 and lateness.max() >= 0.95
 
 
 def test_noop_and_user_handlers_by_payload_type() -> None:
@@ -224,6 +306,11 @@ def test_service_serves_enqueue_and_status_over_its_socket(tmp_path: Path) -> No
             await asyncio.sleep(0.01)
         st = await asyncio.to_thread(status_of, config)
         assert st["running"] is True and st["pid"] == os.getpid() and st["jobs"] == 51
+        # every result of the simulated work (51) and the snapshot timers: how late each one came
+        assert service.lateness.count > 51 and 0 <= st["timer_lateness_p99"] <= st["timer_lateness_max"] < 5
+        text = service.metrics.text()
+        assert f"queue_timer_lateness_seconds_count {float(service.lateness.count)}" in text
+        assert "queue_timer_lateness_p99_seconds " in text
         service.request_stop()
         await runner
         await service.close()

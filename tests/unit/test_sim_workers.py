@@ -1,4 +1,4 @@
-"""SimWorkers: durations and outcomes from one seeded RNG in dispatch order, results delivered on the
+"""SimWorkers: durations and outcomes drawn per (seed, job, attempt), results delivered on the
 clock after the drawn duration, failure rate and duration range respected, same seed same run."""
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from beaver_sim.sim.sweep import (
 
 def sim(jobs: int = 16, model: str = "process", fsync: str = "always", **config: object) -> Simulation:
     """The life-cycle workload (timeouts, dead jobs, rotation, pruning, segment deletion)."""
-    return lifecycle(jobs, 9, model, fsync, **config)
+    return lifecycle(jobs, 3, model, fsync, **config)
 
 
 def same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
