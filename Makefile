@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup build test lint package-check demo bench clean metrics lab notebooks student
+.PHONY: setup build test lint package-check demo bench clean metrics lab notebooks notebooks-fuzz student
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,11 @@ lab: $(STAMP)  # JupyterLab on the notebooks (kernel "python3" is this .venv)
 
 notebooks: $(STAMP)  # after a code change: re-execute every notebook in place, then read `git diff notebooks`
 	for nb in notebooks/[0-9]*.ipynb notebooks/labs/*.ipynb; do echo "$$nb"; $(BIN)/jupyter execute --inplace "$$nb" || exit 1; done
+
+# More seeded draws from the parameter ranges each notebook declares (CI runs two): make notebooks-fuzz N=20
+N ?= 10
+notebooks-fuzz: $(STAMP)
+	NOTEBOOK_FUZZ=$(N) $(BIN)/python -m pytest -q tests/integration/test_notebook_params.py -k drawn
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
