@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from beaver_sim.core.types import BeaverError
+from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSSES
 
 SIM_DATA_DIR = "sim:/run"  # SimFS treats sim:/x as /x (beaver_sim/sim/fs.py)
 CONFIG_FLAGS = {  # dest -> (Config field, flag as the user typed it)
@@ -82,7 +83,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--durations", choices=("uniform", "exponential"), help="attempt durations (default uniform)"
     )
-    p.add_argument("--crash-model", choices=("process", "power-loss"), default=None, help="default process")
+    p.add_argument(
+        "--crash-model",
+        choices=CRASH_MODELS,
+        default=None,
+        help="default process; what each keeps: docs/contracts.md, Crash models",
+    )
     p.add_argument("--mutant", help="a deliberately broken variant (see `beaver sim --list-mutants`)")
     p.add_argument("--json", action="store_true", help="one JSON object (docs/contracts.md)")
 
@@ -236,7 +242,7 @@ def _sim_table(s: dict[str, Any]) -> str:
 def _recovery_lines(crash: dict[str, Any], rec: dict[str, Any]) -> list[str]:
     """What recovery found, and why: how much of the log survived the crash, and what the clients
     did about the enqueues they had not seen acknowledged."""
-    power = crash["model"] == "power-loss"
+    power = crash["model"] in POWER_LOSSES
     replayed, durable, written = rec["records_replayed"], crash.get("durable_lsn"), crash["lsn"]
     why = ""
     if not replayed and not rec["snapshot_seq"]:
@@ -260,7 +266,7 @@ def _expected(fsync: str, model: str, mutant: str | None) -> str:
     """Why violations are the point of this run (a known-unsafe configuration), or ''."""
     if mutant:
         return f"violations found, as expected of the mutant {mutant} (a deliberately broken design)"
-    if fsync == "never" and model == "power-loss":
+    if fsync == "never" and model in POWER_LOSSES:
         return "violations found, as expected without fsync: a power loss drops acknowledged writes"
     return ""
 

@@ -10,7 +10,8 @@ ENOSPC (`enospc`) or its K-th fsync with EIO (`eio`), over every file; the proce
 error, as `beaver run` does, and restarts on what the crash model keeps. `CrashHook` is the SimFS
 hook that finds the spot: it follows the WAL's LSNs through the writes it sees (a segment's base
 LSN is in its header), so crash points stay exact across segment rotations and restarts. The crash
-model (`process` or `power-loss`) then decides what survives: SimFS.after_crash.
+model (`fs.CRASH_MODELS`: `process`, `power-loss`, `metadata-first`, `torn-blocks`) then decides
+what survives: SimFS.after_crash.
 
 Recovery time has two faces here: the measured wall time of the real recovery code (never part of a
 deterministic output) and `recovery_model_seconds`, a cost model of the work recovery did."""

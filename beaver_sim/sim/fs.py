@@ -3,7 +3,20 @@
 For every file it records the bytes *written* (what a process crash keeps: the page cache survives)
 and the bytes *durable* (what its last sync made safe). For every directory entry it records whether
 the create or rename that made it has been made durable by syncing the directory. `after_crash`
-returns the files that survive under the `process` or `power-loss` model. A `hook` can stop the
+returns the files that survive under a crash model (`CRASH_MODELS`, docs/contracts.md says which
+file systems show each):
+- `process`: kill -9; the page cache survives, every call took effect;
+- `power-loss`: only synced bytes, under names a directory fsync made durable;
+- `metadata-first`: every create, rename, unlink and truncation issued before the crash is on the
+  disk, in issue order, with no directory fsync (a journal commit, triggered by another file's
+  fsync or the commit timer, carried them), but a file's data is only what its own fsync made
+  durable: a tmp file renamed before its fsync is empty or short (ext4 delayed allocation, xfs,
+  btrfs; ALICE, OSDI '14);
+- `torn-blocks`: names as `power-loss`; every unsynced write reaches the disk in `BLOCK`-sized
+  pieces in any order: of the unsynced blocks of a file every second one is kept, starting with
+  the second, so a later block survives while an earlier one reads as zeros or as its old bytes
+  (an overwrite in place becomes a mix of old and new).
+A `hook` can stop the
 world before any call or in the middle of any write: that is how crash points are placed. A `fault`
 (IOFault) makes the n-th write, sync, rename or directory sync fail with an OSError, as a full or
 failing disk does.
@@ -23,7 +36,11 @@ from dataclasses import dataclass, field
 
 PROCESS = "process"
 POWER_LOSS = "power-loss"
-CRASH_MODELS = (PROCESS, POWER_LOSS)
+METADATA_FIRST = "metadata-first"
+TORN_BLOCKS = "torn-blocks"
+CRASH_MODELS = (PROCESS, POWER_LOSS, METADATA_FIRST, TORN_BLOCKS)
+POWER_LOSSES = (POWER_LOSS, METADATA_FIRST, TORN_BLOCKS)  # the machine stopped: unsynced data may go
+BLOCK = 512  # bytes: the unit `torn-blocks` tears at (a sector; records here are ~100 bytes)
 SCHEME = "sim:"  # simulated paths are written sim:/run/wal/..., so they never pass for real ones
 
 # hook(op, path, nbytes) -> None to go on, or the number of bytes of this write to keep before
@@ -64,13 +81,15 @@ class _Inode:
     """`data` is what was written. What is durable is `data[:synced]`, unless the file was cut
     short since its last sync: then it is `old` (kept so that a sync copies nothing: O(1)).
     `size`: the allocated length when the file is longer than `data` (zeros after it);
-    `synced_size`: the allocated length the last sync made durable."""
+    `synced_size`: the allocated length the last sync made durable; `low`: the shortest the file
+    was cut to since its last sync (-1: not cut), what a committed truncation leaves of `old`."""
 
     data: bytearray = field(default_factory=bytearray)
     synced: int = 0
     old: bytes | None = None
     size: int = 0
     synced_size: int = 0
+    low: int = -1
 
     def durable(self) -> bytes:
         return self.old if self.old is not None else bytes(self.data[: self.synced])
@@ -81,9 +100,31 @@ class _Inode:
         del self.data[size:]
         self.synced = min(self.synced, size)
         self.size = min(self.size, size)
+        self.low = size if self.low < 0 else min(self.low, size)
 
     def sync(self) -> None:
-        self.synced, self.old, self.synced_size = len(self.data), None, self.size
+        self.synced, self.old, self.synced_size, self.low = len(self.data), None, self.size, -1
+
+    def metadata_first(self) -> bytes:
+        """The durable bytes, cut as the truncations since the last sync cut them (their metadata
+        reached the disk; the data written after them did not)."""
+        durable = self.durable()
+        return durable[: self.low] if self.low >= 0 else durable
+
+    def torn_blocks(self) -> bytearray:
+        """The durable bytes with every second unsynced `BLOCK` of the written ones laid over
+        them (the second, fourth, ...): a later block kept, an earlier one lost. A lost block past
+        the durable end reads as zeros; the file ends with its last kept block."""
+        out = bytearray(self.durable())
+        start = self.low if self.old is not None else self.synced  # the first byte that may differ
+        data = self.data
+        for k, block in enumerate(range(start // BLOCK, -(-len(data) // BLOCK))):
+            if k % 2:
+                lo, hi = max(block * BLOCK, start), min((block + 1) * BLOCK, len(data))
+                if len(out) < lo:
+                    out += bytes(lo - len(out))
+                out[lo:hi] = data[lo:hi]
+        return out
 
 
 class SimFile:
@@ -285,7 +326,9 @@ class SimFS:
     def after_crash(self, model: str, torn_bytes: int = 0) -> SimFS:
         """The files a restarted machine finds. `process`: everything written, as named now.
         `power-loss`: only durable names and durable bytes, plus the first `torn_bytes` of each
-        file's unsynced appended tail (a torn write)."""
+        file's unsynced appended tail (a torn write). `metadata-first`: every name as now, with
+        its durable bytes. `torn-blocks`: durable names, durable bytes with every second unsynced
+        block laid over them (`_Inode.torn_blocks`)."""
         if model not in CRASH_MODELS:
             raise ValueError(f"unknown crash model {model!r}; expected one of {CRASH_MODELS}")
         out = type(self)()  # a subclass (a durability mutant) stays itself after a crash
@@ -293,6 +336,12 @@ class SimFS:
         if model == PROCESS:
             for path, inode in self.files.items():
                 out.files[path] = _Inode(bytearray(inode.data), size=inode.size)
+        elif model == METADATA_FIRST:
+            for path, inode in self.files.items():
+                out.files[path] = _Inode(bytearray(inode.metadata_first()), size=inode.synced_size)
+        elif model == TORN_BLOCKS:
+            for path, inode in self.durable_names.items():
+                out.files[path] = _Inode(inode.torn_blocks(), size=inode.synced_size)
         else:
             for path, inode in self.durable_names.items():
                 data = bytearray(inode.durable())

@@ -46,7 +46,7 @@ from beaver_sim.sim.capture import Capture, record_before, recovered_key
 from beaver_sim.sim.checker import CODES, INVARIANTS, same_bytes
 from beaver_sim.sim.experiment import Simulation, _Run
 from beaver_sim.sim.faults import IO_KINDS, POINTS, CrashHook, CrashPlan, recovery_model_seconds, survivors
-from beaver_sim.sim.fs import POWER_LOSS, SimFS
+from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSS, TORN_BLOCKS, SimFS
 from beaver_sim.sim.results import SimResult
 from beaver_sim.sim.workload import Workload
 from beaver_sim.storage.wal import SEGMENT_NAME
@@ -156,7 +156,7 @@ class Base:
         i = bisect.bisect_right(starts, x) - 1 if x is not None else -1
         if i < 0 or x >= starts[i] + self.writes[i][2]:  # type: ignore[operator]
             return ("never",)  # past the end of the log: the run ends before reaching it
-        if model == POWER_LOSS and plan.torn == 0:
+        if (model == POWER_LOSS and plan.torn == 0) or model == METADATA_FIRST:
             return ("write", i)  # the unsynced tail is lost whole, wherever in it the crash came
         # torn bytes aside: how many records a torn tail keeps is for the recovered key to tell
         return ("write", i, bisect.bisect_right(self.ends, x))
@@ -334,6 +334,8 @@ class _Task:
             inode = files.files.get(path)
             if inode is not None and len(inode.data) > size:
                 del inode.data[size:]
+                if (plan.model or self.sim.model) == TORN_BLOCKS:  # end at the last block kept, as
+                    inode.data[:] = inode.data.rstrip(b"\0")  # a crash in the write would (no WAL byte is 0)
                 inode.sync()
         self.left -= 1
         group = self.groups[i]

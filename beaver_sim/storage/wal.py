@@ -15,9 +15,12 @@ is extended with zeros to `segment_bytes` and synced before it is renamed into p
 overwrite the zeros, so an fdatasync has no file size to commit. No record byte is ever 0 (the CRC is
 hex, the length digits, the body JSON with control characters escaped), so zeros where a record
 would start, running to the end of the file, are the clean end of the log. Zeros followed by other
-bytes are a bad record like any other: a torn tail at the end of the last segment (a power loss may
-keep a later page of an unsynced write and not an earlier one), corruption if a good record follows
-or a later segment exists. LSNs count record bytes only, never the zeros."""
+bytes are a bad record like any other: a torn tail at the end of the last segment, corruption if a
+good record follows or a later segment exists. One exception: a power loss may keep a later block
+of an unsynced write and lose an earlier one (docs/contracts.md, crash model `torn-blocks`), which
+leaves zeros that end on a `SECTOR` boundary with records after them. Such a hole in the last
+segment is a torn tail too, whatever follows it: a record after it was never synced. LSNs count
+record bytes only, never the zeros."""
 
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ SEGMENT_BYTES = 64 << 20
 FSYNC_POLICIES = ("always", "interval", "never")
 PREALLOCATE = ("none", "fallocate", "zeros")
 SEGMENT_NAME = re.compile(r"wal-(\d{20})\.log")  # a segment file; its first seq
+SECTOR = 512  # the unit a disk writes whole: a block lost to a power loss ends on a multiple of it
 
 Record = dict[str, Any]
 OnRecord = Callable[[Record, int], None]  # (record, its LSN)
@@ -153,6 +157,21 @@ def _valid_follows(lines: list[bytes], crc_before: int) -> bool:
                 pass
         if any(not isinstance(_parse_line(line, c), str) for c in candidates):
             return True
+    return False
+
+
+def _lost_block(line: bytes, offset: int) -> bool:
+    """Does `line`, at `offset` in its segment, hold zeros that end on a sector boundary: a block of
+    an unsynced write that a power loss lost while keeping a later one? (No record byte is 0, and
+    damage that zeroes a record rarely ends on a multiple of 512.)"""
+    zero = line.find(b"\0")
+    while zero >= 0:
+        end = zero
+        while end < len(line) and line[end] == 0:
+            end += 1
+        if (offset + end) % SECTOR == 0:
+            return True
+        zero = line.find(b"\0", end)
     return False
 
 
@@ -295,7 +314,10 @@ def _scan(fs: FS, directory: str, after_seq: int, covered: int, on_record: OnRec
         s.replayed += replayed
         s.crc, s.next_seq, s.end_offset, s.end_lsn = crc, seq, offset, base + offset
         if bad_index >= 0:
-            torn = last and not _valid_follows(lines[bad_index:] + ([tail] if tail else []), crc)
+            torn = last and (
+                _lost_block(lines[bad_index], offset)
+                or not _valid_follows(lines[bad_index:] + ([tail] if tail else []), crc)
+            )
             s.problem = Problem(path, offset, base + offset, seq - 1, reason, torn)
             return s
         if tail:

@@ -15,7 +15,7 @@ from beaver_sim.core.recovery import Storage, decode_snapshot, inspect
 from beaver_sim.core.types import Config, JobStatus, Lease
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.experiment import Simulation
-from beaver_sim.sim.fs import POWER_LOSS, SimFS
+from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSS, SimFS
 from beaver_sim.sim.sweep import crash_sweep, violations
 from beaver_sim.sim.workers import SimWorkers
 from beaver_sim.sim.workload import Workload
@@ -125,7 +125,7 @@ def test_a_v1_snapshot_written_without_retention_opens_with_it() -> None:
     back.validate()
 
 
-@pytest.mark.parametrize("model", ["process", "power-loss"])
+@pytest.mark.parametrize("model", CRASH_MODELS)
 def test_every_invariant_at_every_record_with_retention(model: str) -> None:
     sim = Simulation(config=CONFIG, workload=Workload(jobs=24, rate=20.0, batch=6), seed=3, model=model)
     df = crash_sweep(sim, "records+io", executor="serial", progress=False)

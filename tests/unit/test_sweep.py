@@ -16,6 +16,7 @@ from beaver_sim.core.types import BeaverError
 from beaver_sim.sim.cli import register
 from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import POINTS, CrashPlan
+from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSSES, TORN_BLOCKS
 from beaver_sim.sim.sweep import (
     TORN_MAX,
     base_run,
@@ -76,17 +77,22 @@ def test_the_lifecycle_workload_reaches_every_persistence_point_several_times() 
     assert r.ok and r.summary["completed"] + r.summary["dead"] == 16
 
 
-@pytest.mark.parametrize(("model", "torn"), [("process", 0), ("power-loss", 0), ("power-loss", "random")])
+@pytest.mark.parametrize(
+    ("model", "torn"),
+    [("process", 0), ("power-loss", 0), ("power-loss", "random"), (METADATA_FIRST, 0), (TORN_BLOCKS, 0)],
+)
 def test_every_byte_of_the_lifecycle_run_keeps_every_invariant(model: str, torn: int | str) -> None:
     """Every WAL byte and every persistence point of a 16-job run (6.7 KB of log, 8 segments, 6
-    snapshots), under a kill -9, a power loss, and a power loss that keeps a torn write."""
+    snapshots), under a kill -9, a power loss, a power loss that keeps a torn write, one that
+    commits every name before the data, and one that keeps later blocks and loses earlier ones."""
     df = crash_sweep(sim(16, model), "all", executor="serial", progress=False, torn=torn)
     points = df[df["kind"] == "point"]
     assert len(df) == df.attrs["wal_bytes"] + len(points) and set(points["at"]) == set(POINTS)
     assert not failing(df), violations(df)[:3]
     assert set(df["outcome"]) == {"ok"}
     torn_cut = (df[df["kind"] == "lsn"]["bytes_truncated"] > 0).sum()
-    assert (torn_cut > 0) == (model == "process" or torn != 0)  # a torn record survives, recovery cuts it
+    # a torn record (or a hole before a kept block) survives, and recovery cuts it
+    assert (torn_cut > 0) == (model in ("process", TORN_BLOCKS) or torn != 0)
 
 
 def test_interval_may_lose_the_last_window_of_acknowledged_jobs_and_nothing_else() -> None:
@@ -102,6 +108,9 @@ def test_interval_may_lose_the_last_window_of_acknowledged_jobs_and_nothing_else
     for points in ("records+marks", "sample:600"):
         df = crash_sweep(s, points, executor="serial", progress=False, torn="random")
         assert not failing(df), violations(df)[:3]
+    for model in POWER_LOSSES[1:]:
+        df = crash_sweep(replace(s, model=model), "records+marks", executor="serial", progress=False)
+        assert not failing(df), (model, violations(df)[:3])
     broken = crash_sweep(replace(s, mutant="interval-without-sync"), "records", executor="serial")
     assert any(v["invariant"] == 1 and "missing after recovery" in v["detail"] for v in violations(broken))
 
