@@ -261,10 +261,20 @@ def _scan(fs: FS, directory: str, after_seq: int, covered: int, on_record: OnRec
             # a gap the snapshot covers (a segment of covered records removed): the log needed
             # after the snapshot starts here, as it would if compaction had deleted everything before
             s.next_seq, s.crc, s.end_lsn = first, h["prev_crc"], base
-        elif first != s.next_seq or base != s.end_lsn or h["prev_crc"] != s.crc:
+        elif first != s.next_seq or base != s.end_lsn:
             reason = (
                 f"segment does not continue the log (first seq {first}, expected "
                 f"{s.next_seq}; base LSN {base}, expected {s.end_lsn}): a segment is missing"
+            )
+            s.problem = Problem(path, 0, base, s.next_seq - 1, reason)
+            return s
+        elif h["prev_crc"] != s.crc:
+            prev = h["prev_crc"]
+            reason = (
+                f"segment breaks the checksum chain (its header's prev_crc "
+                f"{f'{prev:08x}' if type(prev) is int else repr(prev)}, the "
+                f"log's chain {s.crc:08x} after seq {s.next_seq - 1}): it was not written after "
+                "the segment before it (a segment of another log, or an older copy)"
             )
             s.problem = Problem(path, 0, base, s.next_seq - 1, reason)
             return s
