@@ -172,6 +172,7 @@ class CrashHook:
         self.crash_lsn: int | None = None
         self.crash_time: float | None = None
         self.writes: list[tuple[int, int, int]] = []  # observe: (op index, start LSN, bytes)
+        self.write_times: list[float] = []  # observe: the virtual time of each of those writes
         self.points: list[tuple[str, int, int, float]] = []  # observe: (name, occurrence, LSN, time)
 
     def __call__(self, op: str, path: str, nbytes: int) -> int | None:
@@ -207,6 +208,7 @@ class CrashHook:
             return None  # a `.broken` backup: not part of the log
         if self.observe:
             self.writes.append((self.ops, start, nbytes))
+            self.write_times.append(self.clock.now())
         keep = self.reached_write(path, start, nbytes)
         self._end = start + (nbytes if keep is None else keep)
         return keep

@@ -4,7 +4,9 @@ with the real code, check the invariants and run on to the end. One DataFrame ro
 Point sets: `bytes` (every WAL LSN: every byte of every segment, headers included), `marks` (every
 time a named persistence point is reached), `records` (every record boundary plus a torn point in the
 middle of every record: the default), `all` (bytes + marks), `sample:N` (N of `all`, seeded), `io`
-(the run's every write failing with ENOSPC, then every fsync with EIO, one per point), any of
+(the run's every write failing with ENOSPC, then every fsync with EIO, one per point), `times:N` (N
+virtual times spread evenly over the run: between events, where acknowledged bytes may sit
+unsynced), any of
 them joined with `+`, or an explicit list of CrashPlans or `kind:where` strings. Points run on any
 `concurrent.futures.Executor` (a process pool by default, a Dask `distributed` client for more than
 one machine); rows come back sorted by point, so the DataFrame is the same whatever ran it. Every
@@ -167,7 +169,7 @@ def base_run(sim: Simulation) -> Base:
     return Base(replace(sim, crash=None, observe=True, sample_every=0).run())
 
 
-SETS = ("all", "bytes", "records", "marks", "sample", "io")
+SETS = ("all", "bytes", "records", "marks", "sample", "io", "times")
 
 
 def enumerate_points(base: Base, points: str | Sequence[CrashPlan | str], seed: int = 0) -> list[CrashPlan]:
@@ -185,7 +187,8 @@ def enumerate_points(base: Base, points: str | Sequence[CrashPlan | str], seed: 
         if name not in SETS:
             if not arg:
                 raise BeaverError(
-                    f"points {part!r}: expected all, bytes, records, marks, sample:N or KIND:WHERE"
+                    f"points {part!r}: expected all, bytes, records, marks, io, sample:N, times:N "
+                    "or KIND:WHERE"
                 )
             given.append(CrashPlan.parse(part))
         elif name in ("bytes", "all"):
@@ -210,11 +213,16 @@ def enumerate_points(base: Base, points: str | Sequence[CrashPlan | str], seed: 
             for kind, (op, _code, _keep) in IO_KINDS.items():
                 found += [((0, order + k), CrashPlan(kind, k)) for k in range(1, calls[op] + 1)]
                 order += calls[op]
+        elif name == "times":  # in order with the others: after the writes made by then
+            n, hook = _count(part, arg), base.result.lives[0].hook
+            times, end = (hook.write_times if hook else []), base.result.summary["virtual_seconds"]
+            for k in range(1, n + 1):
+                t = round(end * k / (n + 1), 6)
+                i = bisect.bisect_right(times, t)
+                lsn = base.writes[i - 1][1] + base.writes[i - 1][2] if i else 0
+                found.append(((lsn, 2), CrashPlan("time", t)))
         elif name == "sample":
-            try:
-                n = int(arg)
-            except ValueError:
-                raise BeaverError(f"points {part!r}: expected sample:N") from None
+            n = _count(part, arg)
             pool = enumerate_points(base, "all")
             picked = sorted(random.Random(seed).sample(range(len(pool)), min(n, len(pool))))
             found += [
@@ -222,6 +230,13 @@ def enumerate_points(base: Base, points: str | Sequence[CrashPlan | str], seed: 
             ]
     plans = [plan for _key, plan in sorted(found, key=lambda kp: kp[0])] + given
     return list(dict.fromkeys(plans))
+
+
+def _count(part: str, arg: str) -> int:
+    try:
+        return int(arg)
+    except ValueError:
+        raise BeaverError(f"points {part!r}: expected {part.partition(':')[0]}:N") from None
 
 
 TORN_MAX = 512  # bytes: a torn write keeps at most a sector of the unsynced tail
