@@ -166,6 +166,7 @@ class Storage:
             fsync=config.fsync,
             segment_bytes=config.segment_bytes,
             preallocate=config.wal_preallocate,
+            recovery=config.wal_recovery,
             max_record=config.max_record_bytes,
             **kwargs,
         )

@@ -44,6 +44,7 @@ MAX_RECORD = 1 << 20
 SEGMENT_BYTES = 64 << 20
 FSYNC_POLICIES = ("always", "interval", "never")
 PREALLOCATE = ("none", "fallocate", "zeros")
+RECOVERY = ("tolerate-tail", "strict")  # what a whole last record that fails its CRC is: torn, or damage
 SEGMENT_NAME = re.compile(r"wal-(\d{20})\.log")  # a segment file; its first seq
 SECTOR = 512  # the unit a disk writes whole: a block lost to a power loss ends on a multiple of it
 
@@ -99,6 +100,7 @@ class Problem:
     last_good_seq: int
     reason: str
     torn: bool = False  # at the end of the last segment with nothing valid after it
+    whole: bool = False  # the bad record ends with its newline and its framing holds: only its CRC fails
 
     def __str__(self) -> str:
         return (
@@ -324,11 +326,10 @@ def _scan(fs: FS, directory: str, after_seq: int, covered: int, on_record: OnRec
         s.replayed += replayed
         s.crc, s.next_seq, s.end_offset, s.end_lsn = crc, seq, offset, base + offset
         if bad_index >= 0:
-            torn = last and (
-                _lost_block(lines[bad_index], offset)
-                or not _valid_follows(lines[bad_index:] + ([tail] if tail else []), crc)
-            )
-            s.problem = Problem(path, offset, base + offset, seq - 1, reason, torn)
+            lost = _lost_block(lines[bad_index], offset)
+            torn = last and (lost or not _valid_follows(lines[bad_index:] + ([tail] if tail else []), crc))
+            whole = reason == "checksum mismatch" and not lost
+            s.problem = Problem(path, offset, base + offset, seq - 1, reason, torn, whole)
             return s
         if tail:
             s.problem = Problem(path, offset, base + offset, seq - 1, "incomplete record", last)
@@ -402,11 +403,22 @@ class WriteAheadLog:
 
     @classmethod
     def open(
-        cls, fs: FS, directory: str, *, after_seq: int = 0, on_record: OnRecord | None = None, **options: Any
+        cls,
+        fs: FS,
+        directory: str,
+        *,
+        after_seq: int = 0,
+        on_record: OnRecord | None = None,
+        recovery: str = "tolerate-tail",
+        **options: Any,
     ) -> tuple[WriteAheadLog, Scan, int]:
         """Recover the log in `directory` (created if missing): replay records after `after_seq`
         into `on_record`, truncate a torn tail (keeping `<segment>.broken`), refuse corruption.
-        Returns the log, the scan, and the number of torn bytes dropped."""
+        `recovery` "strict" also refuses a whole last record that fails its checksum (a flipped
+        bit in a record that may have been acknowledged), which "tolerate-tail" cuts as torn, as
+        etcd, LevelDB and PostgreSQL do. Returns the log, the scan, and the torn bytes dropped."""
+        if recovery not in RECOVERY:
+            raise BeaverError(f"wal recovery {recovery!r} is not one of {', '.join(RECOVERY)}")
         if fs.exists(directory) and not fs.is_dir(directory):
             raise BeaverError(f"{directory}: WAL directory is a file")
         fs.makedirs(directory)
@@ -417,6 +429,12 @@ class WriteAheadLog:
         dropped = 0
         if s.problem is not None:
             p = s.problem
+            if p.torn and p.whole and recovery == "strict":
+                raise CorruptLog(
+                    f"{p}: the last record is whole (it ends with its newline) but fails its checksum, "
+                    "damage rather than a torn write; wal_recovery: strict refuses it (tolerate-tail "
+                    "would cut it, losing that record); run `beaver wal verify`, then `beaver wal repair`"
+                )
             if not p.torn:
                 raise CorruptLog(
                     f"{p}; run `beaver wal verify`, then `beaver wal repair` to see what a cut "

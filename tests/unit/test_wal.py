@@ -852,3 +852,30 @@ def test_zeros_that_end_on_a_sector_are_a_lost_block_of_an_unsynced_write(hole_e
     else:
         with pytest.raises(CorruptLog, match="after seq 2"):
             reopen(fs, d)
+
+
+@pytest.mark.parametrize("mode", ["tolerate-tail", "strict"])
+def test_a_bit_flip_in_the_whole_last_record_is_cut_or_refused_as_wal_recovery_says(mode: str) -> None:
+    """One flipped bit in the last record, which ends with its newline (it was written whole, and may
+    have been synced and acknowledged): `tolerate-tail` cuts it as a torn write, as etcd, LevelDB and
+    PostgreSQL treat a bad record at the end; `strict` refuses. A record cut short is torn under both."""
+    files, recs = _one_segment_log()
+    name, data = next(iter(files.items()))
+    start, end = record_spans(data)[-1]
+    flipped = bytearray(data)
+    flipped[end - 4] ^= 0x01  # a digit of the last payload's "n": the line still parses
+    fs, d = make_fs("SimFS", Path("/unused"), {name: bytes(flipped)})
+    s = verify(fs, d)
+    assert s.problem is not None and s.problem.torn and s.problem.whole
+    if mode == "strict":
+        with pytest.raises(CorruptLog, match=r"last record is whole .* wal_recovery: strict refuses it"):
+            reopen(fs, d, recovery=mode)
+        assert fs.read_bytes(posixpath.join(d, name)) == bytes(flipped)  # nothing changed
+    else:
+        _, got, dropped = reopen(fs, d, recovery=mode)
+        assert len(got) == len(recs) - 1 and dropped == end - start
+    fs, d = make_fs("SimFS", Path("/unused"), {name: data[: end - 5]})  # cut short: torn, whatever the mode
+    _, got, _ = reopen(fs, d, recovery=mode)
+    assert len(got) == len(recs) - 1
+    with pytest.raises(BeaverError, match="wal recovery 'lenient' is not one of tolerate-tail, strict"):
+        reopen(SimFS(), recovery="lenient")
