@@ -304,6 +304,22 @@ class ReplayWholeLogWAL(WriteAheadLog):
         return super().open(fs, directory, after_seq=after_seq, on_record=on_record, **options)
 
 
+def seed_transition(q: JobQueue, r: R.Record) -> None:
+    """The seed's queue methods as a transition: move the job the record names as the record says,
+    whether or not the record is news. A FAIL, TIMEOUT or REQUEUE puts the job back in the pending
+    list whatever its state (completed included); any other record goes through the queue's own
+    transition, which raises for a record no job can take (an unknown job, a dispatch of a job that
+    is not pending). It checks no seq and leaves `q.last_seq` alone."""
+    job = q.jobs.get(r["job"])
+    if r["type"] in (R.FAIL, R.TIMEOUT, R.REQUEUE) and job is not None:
+        if job.status is not JobStatus.PENDING:
+            q.leases.pop(job.id, None)
+            q._move(job, JobStatus.PENDING)
+            q.pending.append(job.id)
+        return
+    R.APPLY[r["type"]](q, r)
+
+
 def replay_without_completed_check(q: JobQueue, r: R.Record) -> None:
     """Checkpoint 5 (how does replay avoid re-running completed jobs?): the whole-log replay of
     `replay-whole-log`, with one change: the seed's replay handler instead of our `apply`. A
@@ -311,17 +327,10 @@ def replay_without_completed_check(q: JobQueue, r: R.Record) -> None:
     whether it has completed since, and records that do not fit the job's state are skipped, as the
     seed's queue methods did. Recovery now starts, and a job that failed once and then completed
     runs again after every recovery."""
-    job = q.jobs.get(r["job"])
-    if r["type"] in (R.FAIL, R.TIMEOUT, R.REQUEUE) and job is not None:
-        if job.status is not JobStatus.PENDING:
-            q.leases.pop(job.id, None)
-            q._move(job, JobStatus.PENDING)
-            q.pending.append(job.id)
-    else:
-        try:
-            R.APPLY[r["type"]](q, r)
-        except (IllegalTransition, KeyError):
-            pass
+    try:
+        seed_transition(q, r)
+    except (IllegalTransition, KeyError):
+        pass
     q.last_seq = max(q.last_seq, r["seq"])
 
 
