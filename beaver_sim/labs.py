@@ -35,7 +35,7 @@ from beaver_sim.sim import mutants
 from beaver_sim.sim.checker import CODES, INVARIANTS
 from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import CrashPlan
-from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSS, PROCESS, TORN_BLOCKS
+from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSS, PROCESS, SUBSETS, TORN_BLOCKS
 from beaver_sim.sim.plots import attempts_histogram, outcome_map
 from beaver_sim.sim.results import SimResult
 from beaver_sim.sim.sweep import crash_sweep, violations
@@ -251,6 +251,7 @@ class Lab:
     jobs: int = 20
     seed: int = 7
     contract: Callable[[Callable[..., Any]], str | None] | None = None
+    subsets: int = 0  # unsynced units (names, blocks) of the busiest crash point: check(exhaustive=True)
 
     def simulation(self, jobs: int | None = None, model: str | None = None) -> Simulation:
         config = Config(data_dir="/data", worker_count=4, **self.config)
@@ -276,6 +277,7 @@ LABS: dict[str, Lab] = {
             lambda fn: mutants.Mutant("lab-wal", 2, wal_cls=_subclass(LabWAL, "append_record", fn)),
             models=(POWER_LOSS, TORN_BLOCKS),
             points="records+times:40",  # inside each write, and between events: acknowledged, idle
+            subsets=2,
         ),
         Lab(
             "snapshot",
@@ -286,6 +288,7 @@ LABS: dict[str, Lab] = {
             models=(POWER_LOSS, METADATA_FIRST, TORN_BLOCKS),
             points="records+marks",
             config=_QUICK_SNAPSHOTS,
+            subsets=5,
         ),
         Lab(
             "replay",
@@ -353,11 +356,13 @@ class Result:
 
 
 def sweep(
-    lab: str, fn: Callable[..., Any], jobs: int | None = None, model: str | None = None
+    lab: str, fn: Callable[..., Any], jobs: int | None = None, model: str | None = None, subsets: int = 0
 ) -> pd.DataFrame:
-    """The lab's crash sweep with `fn` plugged in under `model` (default: its first), serially."""
+    """The lab's crash sweep with `fn` plugged in under `model` (default: its first), serially;
+    with `subsets`, every subset of that many unsynced units at each point instead (SUBSETS)."""
     with plugged(lab, fn) as spec:
-        return crash_sweep(spec.simulation(jobs, model), spec.points, executor="serial", progress=False)
+        sim = spec.simulation(jobs, model)
+        return crash_sweep(sim, spec.points, executor="serial", progress=False, subsets=subsets)
 
 
 def names(function: str, invariant: int, detail: str) -> str:
@@ -371,17 +376,24 @@ def names(function: str, invariant: int, detail: str) -> str:
     return f"invariant {invariant} {CODES[invariant]}: {statement}"
 
 
-def check(lab: str, fn: Callable[..., Any], *, jobs: int | None = None, plot: bool = True) -> Result:
-    """Plug `fn` into the real system, check its contract (if the lab has one), crash it at every
-    point of the lab's sweep under each of its crash models, and print a pass or the first
-    counterexample (what broke, the crash point, a replay token) with a figure."""
+def check(
+    lab: str, fn: Callable[..., Any], *, jobs: int | None = None, plot: bool = True, exhaustive: bool = False
+) -> Result:
+    """Plug `fn` into the real system, crash it at every point of the lab's sweep under each of its
+    crash models, check its contract (if the lab has one), and print a pass or the first
+    counterexample (what broke, the crash point, a replay token) with a figure. `exhaustive` adds
+    a bounded exhaustive search: at every point, every subset of the unsynced names and blocks a
+    crash may keep or lose (`Lab.subsets` of them: as many as any point of the lab has)."""
     spec = _lab(lab)
     name = getattr(fn, "__name__", spec.function)
+    runs = [(model, 0) for model in spec.models]
+    if exhaustive and spec.subsets:
+        runs.append((SUBSETS, spec.subsets))
     frames: list[pd.DataFrame] = []
     why = None
     try:
-        for model in spec.models:
-            df = sweep(lab, fn, jobs, model)
+        for model, subsets in runs:
+            df = sweep(lab, fn, jobs, spec.models[0] if subsets else model, subsets)
             frames.append(df)
             if violations(df):
                 break
@@ -402,14 +414,17 @@ def check(lab: str, fn: Callable[..., Any], *, jobs: int | None = None, plot: bo
         print(f"  {contract}: {why}.")
         return Result(lab, name, False, first={"detail": why}, names=contract, sweep=frames[-1])
     df = frames[-1]
-    model = spec.models[len(frames) - 1]
+    model, subsets = runs[len(frames) - 1]
+    if subsets:
+        model = f"every subset of {subsets} unsynced units"
     found = violations(df)
     n_jobs = spec.simulation(jobs).workload.jobs
     if not found:
         total = sum(len(d) for d in frames)
+        explored = f"; every subset of {spec.subsets} unsynced units" if len(runs) > len(spec.models) else ""
         print(
             f"PASS: {name} kept every invariant at all {total} crash points "
-            f"({', '.join(spec.models)}; {spec.points}; {n_jobs} jobs)."
+            f"({', '.join(spec.models)}{explored}; {spec.points}; {n_jobs} jobs)."
         )
         return Result(lab, name, True, sweep=df)
     first = dict(found[0], model=model)

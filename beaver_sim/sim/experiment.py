@@ -43,7 +43,7 @@ from beaver_sim.sim.capture import (
 from beaver_sim.sim.checker import Checker, Trace
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.faults import IO_KINDS, CrashHook, CrashPlan, recovery_model_seconds, survivors
-from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSSES, SimFS, SimulatedCrash
+from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSSES, SUBSETS, SimFS, SimulatedCrash
 from beaver_sim.sim.results import Life, SimResult
 from beaver_sim.sim.workers import SimWorkers
 from beaver_sim.sim.workload import Batch, ExponentialWorkers, Workload
@@ -319,7 +319,7 @@ class _Run:
             self.checker.claim(plan.describe(), [job for _end, job in acks], seq, durable)
         else:
             self.checker.crashed(plan.describe(), trace, durable)
-        if (plan.model or self.sim.model) in POWER_LOSSES:
+        if (plan.model or self.sim.model) in (*POWER_LOSSES, SUBSETS):
             self.checker.power_loss(crash_time)
         if life.index:
             self.checker.life(self._attempts(life), completed_at_start)

@@ -28,7 +28,7 @@ import orjson
 
 from beaver_sim.core.types import BeaverError
 from beaver_sim.sim.clock import VirtualClock
-from beaver_sim.sim.fs import CRASH_MODELS, IOFault, SimFS
+from beaver_sim.sim.fs import CRASH_MODELS, SUBSETS, IOFault, SimFS
 from beaver_sim.storage.wal import SEGMENT_NAME
 
 IO_KINDS = {  # kind -> (op, errno, bytes of the failing write kept)
@@ -79,8 +79,9 @@ def recovery_model_seconds(records_replayed: int, wal_bytes: int, snapshot_bytes
 class CrashPlan:
     """One crash: `kind` (lsn, record, point, time, op, an I/O error) and where (`at`); `occurrence`
     picks the n-th time a point is reached in its life; `torn` is how many bytes of each file's
-    unsynced tail survive a power loss (0: none); `model` is this crash's model (None: the run's),
-    so one run can mix process crashes and power losses."""
+    unsynced tail survive a power loss (0: none), or under `model` SUBSETS the mask of the unsynced
+    units that survive (SimFS.unsynced_units); `model` is this crash's model (None: the run's), so
+    one run can mix process crashes and power losses."""
 
     kind: str
     at: Any
@@ -103,7 +104,7 @@ class CrashPlan:
             raise BeaverError(f"crash at time needs a number of seconds >= 0, got {self.at!r}")
         if self.occurrence < 1 or self.torn < 0:
             raise BeaverError("crash occurrence must be >= 1 and torn bytes >= 0")
-        if self.model is not None and self.model not in CRASH_MODELS:
+        if self.model is not None and self.model not in (*CRASH_MODELS, SUBSETS):
             raise BeaverError(f"crash model must be one of {', '.join(CRASH_MODELS)}, got {self.model!r}")
 
     def describe(self) -> str:
@@ -269,7 +270,7 @@ class CrashHook:
 
 
 def survivors(fs: SimFS, model: str, torn: int = 0) -> SimFS:
-    """The files a restarted machine finds after a crash under `model`."""
-    if model not in CRASH_MODELS:
+    """The files a restarted machine finds after a crash under `model` (or SUBSETS, `torn` a mask)."""
+    if model not in (*CRASH_MODELS, SUBSETS):
         raise BeaverError(f"crash model must be one of {', '.join(CRASH_MODELS)}, got {model!r}")
     return fs.after_crash(model, torn)

@@ -16,7 +16,10 @@ file systems show each):
   pieces in any order: of the unsynced blocks of a file every second one is kept, starting with
   the second, so a later block survives while an earlier one reads as zeros or as its old bytes
   (an overwrite in place becomes a mix of old and new).
-A `hook` can stop the
+For a bounded exhaustive search (`SUBSETS`, not a model of its own), `unsynced_units` lists what a
+crash may or may not have kept: each name whose entry differs from its durable one, and each
+unsynced `BLOCK` of each file; `after_crash(SUBSETS, mask)` keeps exactly the units whose bit is set
+(any subset, so any order of the writes between two syncs, as CrashMonkey explores). A `hook` can stop the
 world before any call or in the middle of any write: that is how crash points are placed. A `fault`
 (IOFault) makes the n-th write, sync, rename or directory sync fail with an OSError, as a full or
 failing disk does.
@@ -33,6 +36,7 @@ import os
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 PROCESS = "process"
 POWER_LOSS = "power-loss"
@@ -40,6 +44,7 @@ METADATA_FIRST = "metadata-first"
 TORN_BLOCKS = "torn-blocks"
 CRASH_MODELS = (PROCESS, POWER_LOSS, METADATA_FIRST, TORN_BLOCKS)
 POWER_LOSSES = (POWER_LOSS, METADATA_FIRST, TORN_BLOCKS)  # the machine stopped: unsynced data may go
+SUBSETS = "subsets"  # after_crash(SUBSETS, mask): the unsynced units whose bit is set in mask survive
 BLOCK = 512  # bytes: the unit `torn-blocks` tears at (a sector; records here are ~100 bytes)
 SCHEME = "sim:"  # simulated paths are written sim:/run/wal/..., so they never pass for real ones
 
@@ -111,20 +116,32 @@ class _Inode:
         durable = self.durable()
         return durable[: self.low] if self.low >= 0 else durable
 
-    def torn_blocks(self) -> bytearray:
-        """The durable bytes with every second unsynced `BLOCK` of the written ones laid over
-        them (the second, fourth, ...): a later block kept, an earlier one lost. A lost block past
-        the durable end reads as zeros; the file ends with its last kept block."""
-        out = bytearray(self.durable())
+    def unsynced_blocks(self) -> range:
+        """The `BLOCK`s of the file that hold written bytes its last sync did not make durable."""
         start = self.low if self.old is not None else self.synced  # the first byte that may differ
+        if start >= len(self.data) and self.old is None:
+            return range(0)
+        return range(start // BLOCK, -(-len(self.data) // BLOCK))
+
+    def with_blocks(self, keep: Callable[[int], bool]) -> bytearray:
+        """The durable bytes with the unsynced blocks `keep` picks (by their index among them) laid
+        over them. A lost block past the durable end reads as zeros; the file ends with its last
+        kept block."""
+        out = bytearray(self.durable())
+        start = self.low if self.old is not None else self.synced
         data = self.data
-        for k, block in enumerate(range(start // BLOCK, -(-len(data) // BLOCK))):
-            if k % 2:
+        for k, block in enumerate(self.unsynced_blocks()):
+            if keep(k):
                 lo, hi = max(block * BLOCK, start), min((block + 1) * BLOCK, len(data))
                 if len(out) < lo:
                     out += bytes(lo - len(out))
                 out[lo:hi] = data[lo:hi]
         return out
+
+    def torn_blocks(self) -> bytearray:
+        """Every second unsynced block kept (the second, fourth, ...): a later block survives, an
+        earlier one is lost."""
+        return self.with_blocks(lambda k: k % 2 == 1)
 
 
 class SimFile:
@@ -329,11 +346,13 @@ class SimFS:
         file's unsynced appended tail (a torn write). `metadata-first`: every name as now, with
         its durable bytes. `torn-blocks`: durable names, durable bytes with every second unsynced
         block laid over them (`_Inode.torn_blocks`)."""
-        if model not in CRASH_MODELS:
+        if model not in CRASH_MODELS and model != SUBSETS:
             raise ValueError(f"unknown crash model {model!r}; expected one of {CRASH_MODELS}")
         out = type(self)()  # a subclass (a durability mutant) stays itself after a crash
         out.dirs = set(self.dirs)
-        if model == PROCESS:
+        if model == SUBSETS:
+            self._subset(out, torn_bytes)
+        elif model == PROCESS:
             for path, inode in self.files.items():
                 out.files[path] = _Inode(bytearray(inode.data), size=inode.size)
         elif model == METADATA_FIRST:
@@ -353,6 +372,37 @@ class SimFS:
             inode.sync()
         out.durable_names = dict(out.files)
         return out
+
+    def unsynced_units(self) -> list[tuple[Any, ...]]:
+        """What a crash may keep or lose, in a fixed order: ("name", path) for each entry that differs
+        from its durable one (a create, rename or unlink not yet made durable), then ("block", path,
+        k) for the k-th unsynced block of each file (of each inode once, under its first name)."""
+        units: list[tuple[Any, ...]] = []
+        for path in sorted(set(self.files) | set(self.durable_names)):
+            if self.files.get(path) is not self.durable_names.get(path):
+                units.append(("name", path))
+        for path, inode in self._first_names().values():
+            units += [("block", path, k) for k in range(len(inode.unsynced_blocks()))]
+        return units
+
+    def _first_names(self) -> dict[int, tuple[str, _Inode]]:
+        """Each inode under a name now or durably, once: id -> (its first name in path order, it)."""
+        out: dict[int, tuple[str, _Inode]] = {}
+        for path, inode in sorted([*self.durable_names.items(), *self.files.items()], key=lambda pi: pi[0]):
+            out.setdefault(id(inode), (path, inode))
+        return out
+
+    def _subset(self, out: SimFS, mask: int) -> None:
+        """Fill `out` with what survives when exactly the units of `unsynced_units` whose bit is set
+        in `mask` reached the disk."""
+        kept = {unit for i, unit in enumerate(self.unsynced_units()) if mask >> i & 1}
+        first = self._first_names()
+        for path in sorted(set(self.files) | set(self.durable_names)):
+            inode = self.files.get(path) if ("name", path) in kept else self.durable_names.get(path)
+            if inode is not None:
+                name = first[id(inode)][0]
+                data = inode.with_blocks(lambda k, name=name: ("block", name, k) in kept)
+                out.files[path] = _Inode(data, size=inode.synced_size)
 
     def snapshot_files(self) -> dict[str, bytes]:
         """Path -> bytes written, sorted by path: for hashing and comparing runs (a preallocated

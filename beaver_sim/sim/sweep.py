@@ -48,7 +48,7 @@ from beaver_sim.sim.capture import Capture, record_before, recovered_key
 from beaver_sim.sim.checker import CODES, INVARIANTS, same_bytes
 from beaver_sim.sim.experiment import Simulation, _Run
 from beaver_sim.sim.faults import IO_KINDS, POINTS, CrashHook, CrashPlan, recovery_model_seconds, survivors
-from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSS, TORN_BLOCKS, SimFS
+from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSS, SUBSETS, TORN_BLOCKS, SimFS
 from beaver_sim.sim.results import SimResult
 from beaver_sim.sim.workload import Workload
 from beaver_sim.storage.wal import SEGMENT_NAME
@@ -151,6 +151,7 @@ class Base:
     def signature(self, plan: CrashPlan, model: str) -> tuple[Any, ...]:
         """Points with the same signature crash at the same moment, and their files differ at most
         in a torn tail (which recovery must cut): candidates to share the rest of the run."""
+        model = plan.model or model
         if plan.kind not in ("lsn", "record"):
             return (plan.kind, plan.at, plan.occurrence, plan.torn)
         x = self.lsn(plan)
@@ -252,6 +253,15 @@ def with_torn(plans: list[CrashPlan], torn: int | str, seed: int) -> list[CrashP
     return [replace(p, torn=torn) for p in plans] if torn else plans
 
 
+def with_subsets(plans: list[CrashPlan], units: int) -> list[CrashPlan]:
+    """Each of `plans` 2**units times, under SUBSETS: once per subset of the first `units` unsynced
+    units (names and blocks) a crash there leaves, so every order of the writes since the last sync
+    is explored; units past them never survive. Points with fewer units repeat a state."""
+    if not isinstance(units, int) or not 0 <= units <= 8:
+        raise BeaverError(f"subsets must be a number of units in 0..8, got {units!r}")
+    return [replace(p, model=SUBSETS, torn=mask) for p in plans for mask in range(1 << units)]
+
+
 Points = list[tuple[int, list[Any], int | None, int]]  # (index, plan, crash LSN or None, group)
 
 
@@ -349,7 +359,7 @@ class _Task:
             inode = files.files.get(path)
             if inode is not None and len(inode.data) > size:
                 del inode.data[size:]
-                if (plan.model or self.sim.model) == TORN_BLOCKS:  # end at the last block kept, as
+                if (plan.model or self.sim.model) in (TORN_BLOCKS, SUBSETS):  # end at the last block kept, as
                     inode.data[:] = inode.data.rstrip(b"\0")  # a crash in the write would (no WAL byte is 0)
                 inode.sync()
         self.left -= 1
@@ -501,6 +511,7 @@ def crash_sweep(
     chunk: int | None = None,
     share: bool = True,
     torn: int | str = 0,
+    subsets: int = 0,
 ) -> pd.DataFrame:
     """Crash `sim`'s run at every point of `points` (under `sim.model`), recover, check, run on.
 
@@ -509,6 +520,8 @@ def crash_sweep(
     `share=False` runs every point from scratch (same rows, slower: the module docstring says why).
     `torn`: bytes of each file's unsynced tail that a power loss keeps at every point, or "random":
     a seeded draw in 1..TORN_MAX per point (a torn write ends anywhere in its first sector).
+    `subsets`: instead, explore every subset of the first `subsets` unsynced units at each point
+    (`with_subsets`; 2**subsets rows a point, a bounded exhaustive search).
     Column `at` is the plan's position as text (an LSN, a record, a point's name, a time; `offset`
     and `time` are the numbers); `problems` holds each point's violations as JSON ([invariant,
     job, detail] each); `violations(df)` lists them all. `df.attrs` holds `wal_bytes`, `seconds`,
@@ -519,6 +532,8 @@ def crash_sweep(
     base = base_run(sim)
     again = replace(sim, crash=None, sample_every=0).run()
     plans = with_torn(enumerate_points(base, points, sim.seed), torn, sim.seed)
+    if subsets:
+        plans = with_subsets(plans, subsets)
     token = replace(sim, crash=None).token()
     never = point_row(again)  # a point the run never reaches: the run without a crash
     results: dict[int, dict[str, Any]] = {}

@@ -16,6 +16,7 @@ from beaver_sim.sim.fs import (
     METADATA_FIRST,
     POWER_LOSS,
     PROCESS,
+    SUBSETS,
     TORN_BLOCKS,
     SimFS,
     SimulatedCrash,
@@ -344,6 +345,31 @@ def test_torn_blocks_tears_an_overwrite_in_place_into_old_and_new() -> None:
     assert fs.after_crash(TORN_BLOCKS).read_bytes("/d/snap") == b"o" * BLOCK + b"n" * BLOCK
     f.sync()
     assert fs.after_crash(TORN_BLOCKS).read_bytes("/d/snap") == b"n" * (2 * BLOCK + 10)
+
+
+def test_subsets_keep_exactly_the_unsynced_units_a_mask_picks() -> None:
+    """A bounded exhaustive search's unit of choice: each name not yet durable and each unsynced
+    block. Mask 0 is the strict power loss, all bits a process crash, one bit at a time each unit
+    alone; every one of the 2**n masks gives another disk."""
+    fs = sim()
+    written(fs, "/d/log", b"s" * 100, sync=True)
+    fs.sync_dir("/d")
+    written(fs, "/d/log", b"u" * (2 * BLOCK))  # blocks 0 (from byte 100), 1, 2 unsynced
+    written(fs, "/d/new", b"n", sync=True)  # synced data, name not durable
+    units = fs.unsynced_units()
+    assert units == [
+        ("name", "/d/new"),
+        ("block", "/d/log", 0),
+        ("block", "/d/log", 1),
+        ("block", "/d/log", 2),
+    ]
+    assert fs.after_crash(SUBSETS, 0).snapshot_files() == fs.after_crash(POWER_LOSS).snapshot_files()
+    assert fs.after_crash(SUBSETS, 0b1111).snapshot_files() == fs.after_crash(PROCESS).snapshot_files()
+    only_block_1 = fs.after_crash(SUBSETS, 0b0100).read_bytes("/d/log")
+    assert only_block_1 == b"s" * 100 + bytes(BLOCK - 100) + b"u" * BLOCK  # a later block, an earlier lost
+    assert fs.after_crash(SUBSETS, 0b0001).snapshot_files() == {"/d/log": b"s" * 100, "/d/new": b"n"}
+    states = {tuple(fs.after_crash(SUBSETS, m).snapshot_files().items()) for m in range(16)}
+    assert len(states) == 16
 
 
 def test_the_survivor_is_all_durable() -> None:

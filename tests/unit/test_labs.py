@@ -19,6 +19,8 @@ from beaver_sim.core import records as R
 from beaver_sim.core.records import apply
 from beaver_sim.core.types import BeaverError, IllegalTransition
 from beaver_sim.sim import mutants
+from beaver_sim.sim.fs import SimFS
+from beaver_sim.sim.sweep import violations
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -304,6 +306,37 @@ def test_the_check_fails_the_wrong_answer_naming_the_rule(
     again = labs.replay(lab, fn, first["token"])  # the token reproduces the failure
     assert any(v.invariant == first["invariant"] for v in again.violations)
     assert f"lab-{lab}" not in mutants.MUTANTS  # registered only while the check ran
+
+
+def test_an_exhaustive_check_tries_every_subset_of_the_unsynced_writes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Bounded exhaustive search: at every crash point, every subset of the names and blocks not yet
+    durable, so every order of the writes since the last sync (lab 1: 4 states a point, lab 2: 32)."""
+    for lab, wrong in (("wal", append_sync_first), ("snapshot", snapshot_rename_before_fsync)):
+        notebook = next(n for n, name in LAB_OF.items() if name == lab)
+        reference = learner_function(NOTEBOOKS / f"{notebook}.ipynb", student=False)
+        result = labs.check(lab, reference, plot=False, exhaustive=True)
+        out = capsys.readouterr().out
+        assert result.passed and f"every subset of {labs.LABS[lab].subsets} unsynced units" in out, out
+        assert violations(labs.sweep(lab, wrong, subsets=labs.LABS[lab].subsets))  # found by the search too
+
+
+@pytest.mark.parametrize("lab", ["wal", "snapshot"])
+def test_the_exhaustive_bound_covers_every_crash_point(lab: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No crash point of the lab leaves more unsynced units than `Lab.subsets`: its search is
+    complete, not a sample."""
+    counts: list[int] = []
+    explore = SimFS._subset
+
+    def spy(fs: SimFS, out: SimFS, mask: int) -> None:
+        counts.append(len(fs.unsynced_units()))
+        explore(fs, out, mask)
+
+    monkeypatch.setattr(SimFS, "_subset", spy)
+    notebook = next(n for n, name in LAB_OF.items() if name == lab)
+    labs.sweep(lab, learner_function(NOTEBOOKS / f"{notebook}.ipynb", student=False), subsets=1)
+    assert counts and max(counts) == labs.LABS[lab].subsets
 
 
 def test_a_check_is_deterministic(capsys: pytest.CaptureFixture[str]) -> None:
