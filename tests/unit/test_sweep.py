@@ -211,3 +211,13 @@ def test_strict_wal_recovery_never_refuses_what_a_crash_alone_leaves(model: str)
         sim(16, model, wal_recovery="strict"), "records+marks", executor="serial", progress=False
     )
     assert not failing(df), violations(df)[:3]
+
+
+@pytest.mark.parametrize("model", ["metadata-first", "torn-blocks"])
+def test_beaver_takes_every_crash_model(model: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ("--jobs", "8", "--crash-model", model)
+    code, out = beaver(capsys, "crash-sweep", *argv, "--executor", "serial", "--json", "--no-progress")
+    assert code == 0 and json.loads(out)["model"] == model and json.loads(out)["ok"]
+    with pytest.raises(SystemExit):
+        beaver(capsys, "crash-sweep", "--crash-model", "meteor")
+    assert "invalid choice: 'meteor'" in capsys.readouterr().err
