@@ -251,7 +251,14 @@ def cmd_wal_verify(args: argparse.Namespace) -> int:
     """Read the data directory as recovery does: the newest good snapshot, then the log after it."""
     config = config_from(args)
     directory = _wal_dir(config)
-    found = inspect(RealFS(), directory, config.snapshot_dir, lambda rec, lsn: None, check_snapshots=True)
+    found = inspect(
+        RealFS(),
+        directory,
+        config.snapshot_dir,
+        lambda rec, lsn: None,
+        check_snapshots=True,
+        recovery=config.wal_recovery,
+    )
     s, p = found.scan, found.problem
     torn = p is not None and p.torn
     summary = {
@@ -320,7 +327,7 @@ def cmd_wal_repair(args: argparse.Namespace) -> int:
     config = config_from(args)
     directory = _wal_dir(config)
     fs = RealFS()
-    plan = plan_repair(fs, directory, config.snapshot_dir)
+    plan = plan_repair(fs, directory, config.snapshot_dir, config.wal_recovery)
     if plan is None:
         if args.json:
             say(orjson.dumps({"ok": True, "plan": None, "repaired": False}).decode())
@@ -342,13 +349,13 @@ def cmd_wal_repair(args: argparse.Namespace) -> int:
             say("nothing changed; run again with --yes to cut the log as planned")
         return 1
     with DataDirLock(config.data_dir):  # never cut a log a running controller is writing
-        again = plan_repair(fs, directory, config.snapshot_dir)
+        again = plan_repair(fs, directory, config.snapshot_dir, config.wal_recovery)
         if again is None or again.as_dict() != plan.as_dict():
             raise BeaverError(f"{directory}: the log changed since the plan; nothing cut, run repair again")
         backups = apply_repair(fs, directory, plan)
     if not args.json:
         say(f"done: {plan.bytes_dropped} bytes dropped; backups: {', '.join(backups)}")
-        if (after := plan_repair(fs, directory, config.snapshot_dir)) is not None:
+        if (after := plan_repair(fs, directory, config.snapshot_dir, config.wal_recovery)) is not None:
             say(f"the log has another problem further on: {after.cut}; run `beaver wal repair` again")
     return 0
 

@@ -16,7 +16,7 @@ import posixpath
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -235,13 +235,15 @@ def inspect(
     every_record: bool = False,
     check_snapshots: bool = False,
     retention: int = 0,
+    recovery: str = "tolerate-tail",
 ) -> Inspection:
     """Read a data directory as `Storage.open` would, changing nothing. Records after the newest
     good snapshot are replayed into `state`, or handed to `on_record` instead (every record in the
     log with `every_record`). Records the snapshot covers may be missing from the front of the log:
     their segments were deleted by a checkpoint, which is not damage. `check_snapshots` verifies
     every snapshot file, not just the newest good one. `retention`: the data directory's
-    `completed_retention`, so that replay drops what recovery would."""
+    `completed_retention`, so that replay drops what recovery would. `recovery`: its `wal_recovery`;
+    under "strict" a whole last record that fails its checksum is damage, not a torn tail."""
     names = [n for n in fs.listdir(snap_dir) if _SNAPSHOT.fullmatch(n)] if fs.is_dir(snap_dir) else []
     paths = [posixpath.join(snap_dir, n) for n in names]
     q, newest, broken = JobQueue(), None, []
@@ -269,6 +271,9 @@ def inspect(
         after = 0 if every_record and on_record is not None else covered
         s = W.scan(fs, wal_dir, after, callback, covered_seq=covered)
     problem = s.problem
+    if problem is not None and problem.torn and problem.whole and recovery == "strict":
+        why = f"{problem.reason} in a whole last record (wal_recovery: strict)"
+        s.problem = problem = replace(problem, torn=False, reason=why)
     if (problem is None or problem.torn) and covered:
         if not s.segments:
             problem = Problem(wal_dir, 0, 0, 0, f"no WAL segment, but snapshot {newest} covers seq {covered}")
@@ -315,10 +320,10 @@ class RepairPlan:
         }
 
 
-def plan_repair(fs: FS, wal_dir: str, snap_dir: str) -> RepairPlan | None:
+def plan_repair(fs: FS, wal_dir: str, snap_dir: str, recovery: str = "tolerate-tail") -> RepairPlan | None:
     """The repair that lets recovery start, and its cost; None when recovery starts as is (a torn
     tail included: recovery itself truncates it and keeps a copy)."""
-    found = inspect(fs, wal_dir, snap_dir, on_record=lambda rec, lsn: None)
+    found = inspect(fs, wal_dir, snap_dir, on_record=lambda rec, lsn: None, recovery=recovery)
     p = found.problem
     if p is None or p.torn:
         return None
