@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from beaver_sim.core.types import BeaverError
-from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSSES
+from beaver_sim.sim.fs import CRASH_MODELS, METADATA_FIRST, POWER_LOSSES, TORN_BLOCKS
 
 SIM_DATA_DIR = "sim:/run"  # SimFS treats sim:/x as /x (beaver_sim/sim/fs.py)
 CONFIG_FLAGS = {  # dest -> (Config field, flag as the user typed it)
@@ -252,7 +252,11 @@ def _recovery_lines(crash: dict[str, Any], rec: dict[str, Any]) -> list[str]:
         f"{rec['seconds'] * 1e3:.2f} ms measured, {rec['model_seconds'] * 1e3:.2f} ms modelled"
     ]
     if power and durable is not None and written is not None:
-        lines.append(f"survived   LSN {durable} of {written}: a power loss keeps only what was fsynced")
+        kept = {
+            TORN_BLOCKS: "what was fsynced, and some unsynced blocks (recovery cuts them)",
+            METADATA_FIRST: "only what was fsynced, under every name made before it",
+        }.get(crash["model"], "only what was fsynced")
+        lines.append(f"survived   LSN {durable} of {written}: a power loss keeps {kept}")
     resubmitted, found = rec.get("resubmitted", 0), rec.get("found_in_log", 0)
     if resubmitted or found:
         lines.append(
