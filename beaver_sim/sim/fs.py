@@ -18,9 +18,11 @@ file systems show each):
   (an overwrite in place becomes a mix of old and new).
 For a bounded exhaustive search (`SUBSETS`, not a model of its own), `unsynced_units` lists what a
 crash may or may not have kept: each name whose entry differs from its durable one, and each
-unsynced `BLOCK` of each file; `after_crash(SUBSETS, mask)` keeps exactly the units whose bit is set
-(any subset, so any order of the writes between two syncs, as CrashMonkey explores). A `hook` can stop the
-world before any call or in the middle of any write: that is how crash points are placed. A `fault`
+unsynced `BLOCK` of each file; `after_crash(SUBSETS, mask)` keeps exactly the units whose bit is
+set (any subset, so any order of the writes between two syncs, as CrashMonkey explores).
+
+A `hook` can stop the world before any call or in the middle of any write: that is how crash
+points are placed. A `fault`
 (IOFault) makes the n-th write, sync, rename or directory sync fail with an OSError, as a full or
 failing disk does.
 
