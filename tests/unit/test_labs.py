@@ -4,6 +4,7 @@ mutants stand for, naming the invariant they break."""
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
 from collections.abc import Callable
@@ -212,10 +213,15 @@ def replay_without_last_seq(state: Any, record: dict[str, Any]) -> None:
         labs.transition(state, record)
 
 
+@functools.cache
+def reference(notebook: str) -> Callable[..., Any]:
+    """A lab's reference solution, read from its notebook once."""
+    return learner_function(NOTEBOOKS / f"{notebook}.ipynb", student=False)
+
+
 def end_reference(job: str, attempt: int, max_retry: int, reason: str, error: str | None) -> Any:
     """The reference solution of lab 4, as its notebook defines it."""
-    fn = learner_function(NOTEBOOKS / "lab4-retry.ipynb", student=False)
-    return fn(job, attempt, max_retry, reason, error)
+    return reference("lab4-retry")(job, attempt, max_retry, reason, error)
 
 
 def end_seed(job: str, attempt: int, max_retry: int, reason: str, error: str | None) -> Any:
@@ -319,7 +325,8 @@ def test_an_exhaustive_check_tries_every_subset_of_the_unsynced_writes(
         result = labs.check(lab, reference, plot=False, exhaustive=True)
         out = capsys.readouterr().out
         assert result.passed and f"every subset of {labs.LABS[lab].subsets} unsynced units" in out, out
-        assert violations(labs.sweep(lab, wrong, subsets=labs.LABS[lab].subsets))  # found by the search too
+        # the search finds it too (names come first among the units: 3 hold the failing state)
+        assert violations(labs.sweep(lab, wrong, subsets=min(3, labs.LABS[lab].subsets)))
 
 
 @pytest.mark.parametrize("lab", ["wal", "snapshot"])
