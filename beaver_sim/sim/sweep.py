@@ -48,7 +48,7 @@ from beaver_sim.sim.capture import Capture, record_before, recovered_key
 from beaver_sim.sim.checker import CODES, INVARIANTS, same_bytes
 from beaver_sim.sim.experiment import Simulation, _Run
 from beaver_sim.sim.faults import IO_KINDS, POINTS, CrashHook, CrashPlan, recovery_model_seconds, survivors
-from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSS, SUBSETS, TORN_BLOCKS, SimFS
+from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSS, SUBSETS, SimFS
 from beaver_sim.sim.results import SimResult
 from beaver_sim.sim.workload import Workload
 from beaver_sim.storage.wal import SEGMENT_NAME
@@ -353,15 +353,7 @@ class _Task:
         """Crash target `i` at the captured moment: the files survive under the crash model (a
         torn write keeps its bytes before the crash LSN), recovery runs, the run goes on."""
         plan = self.targets[i][0]
-        files = survivors(fs, plan.model or self.sim.model, plan.torn)
-        if cut is not None:
-            path, size = cut
-            inode = files.files.get(path)
-            if inode is not None and len(inode.data) > size:
-                del inode.data[size:]
-                if (plan.model or self.sim.model) in (TORN_BLOCKS, SUBSETS):  # end at the last block kept, as
-                    inode.data[:] = inode.data.rstrip(b"\0")  # a crash in the write would (no WAL byte is 0)
-                inode.sync()
+        files = _crashed(fs, plan.model or self.sim.model, plan.torn, cut)
         self.left -= 1
         group = self.groups[i]
         shared = self.keys.get(group)
@@ -375,6 +367,7 @@ class _Task:
                 )
                 self.rows[i] = row
                 return
+            files = _crashed(fs, plan.model or self.sim.model, plan.torn, cut)  # that recovery changed them
         result = _Run.resume(replace(self.sim, crash=plan), self.base, cap, files)
         row = self.rows[i] = point_row(result)
         if shared is None and len(result.lives) > 1 and result.lives[1].recovered_key is not None:
@@ -383,6 +376,20 @@ class _Task:
     def done_yet(self) -> None:
         if self.left == 0:
             raise _Done
+
+
+def _crashed(fs: SimFS, model: str, torn: int, cut: tuple[str, int] | None) -> SimFS:
+    """The files a crash leaves under `model`; `cut`: the crash came inside a write to that file,
+    which `fs` holds whole, and only its bytes before that length had been written."""
+    live = fs.files.get(cut[0]) if cut is not None else None
+    if cut is None or live is None or len(live.data) <= cut[1]:
+        return survivors(fs, model, torn)
+    tail = live.data[cut[1] :]
+    del live.data[cut[1] :]
+    try:
+        return survivors(fs, model, torn)
+    finally:
+        live.data += tail
 
 
 def _recover(sim: Simulation, files: SimFS) -> tuple[tuple[Any, ...], dict[str, Any]]:
