@@ -176,8 +176,8 @@ class LabController(Controller):
 
     def start(self) -> None:
         for job_id, lease in list(self.state.leases.items()):
-            self._end(job_id, lease.attempt, "interrupted", None)
-            self.counters.requeued_on_recovery += 1
+            if self._end(job_id, lease.attempt, "interrupted", None)["type"] != R.DEAD:
+                self.counters.requeued_on_recovery += 1
         self.started = True
         self._dispatch()
 
@@ -185,7 +185,7 @@ class LabController(Controller):
         reason = "timeout" if retry["type"] == R.TIMEOUT else "failed"
         self._end(job_id, attempt, reason, retry.get("error"))
 
-    def _end(self, job_id: str, attempt: int, reason: str, error: str | None) -> None:
+    def _end(self, job_id: str, attempt: int, reason: str, error: str | None) -> R.Record:
         rec = type(self).next_record(job_id, attempt, self.config.max_retry, reason, error)
         if not isinstance(rec, dict) or rec.get("type") not in ENDINGS:
             raise LabError(
@@ -197,6 +197,7 @@ class LabController(Controller):
             self.counters.dead += 1
         else:
             self.counters.retried += 1
+        return rec
 
 
 # Lab 3's transition: the seed's queue methods, which do not know what is news (the learner must)
