@@ -47,6 +47,7 @@ POINTS = (  # the SimFS marks, in the order a checkpoint reaches them
     "wal-rotated",
     "snapshots-pruned",
     "wal-segments-deleted",
+    "group-commit-released",  # lab 6 (beaver_sim.labs): a turn acknowledged by the learner's commit
 )
 _TMP_SEGMENT = re.compile(r"wal-\d{20}\.log\.tmp")
 
