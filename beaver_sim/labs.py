@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -176,8 +177,8 @@ class LabController(Controller):
 
     def start(self) -> None:
         for job_id, lease in list(self.state.leases.items()):
-            self._end(job_id, lease.attempt, "interrupted", None)
-            self.counters.requeued_on_recovery += 1
+            if self._end(job_id, lease.attempt, "interrupted", None)["type"] != R.DEAD:
+                self.counters.requeued_on_recovery += 1
         self.started = True
         self._dispatch()
 
@@ -185,7 +186,7 @@ class LabController(Controller):
         reason = "timeout" if retry["type"] == R.TIMEOUT else "failed"
         self._end(job_id, attempt, reason, retry.get("error"))
 
-    def _end(self, job_id: str, attempt: int, reason: str, error: str | None) -> None:
+    def _end(self, job_id: str, attempt: int, reason: str, error: str | None) -> R.Record:
         rec = type(self).next_record(job_id, attempt, self.config.max_retry, reason, error)
         if not isinstance(rec, dict) or rec.get("type") not in ENDINGS:
             raise LabError(
@@ -197,6 +198,98 @@ class LabController(Controller):
             self.counters.dead += 1
         else:
             self.counters.retried += 1
+        return rec
+
+
+class _CountedFile:
+    """The segment's file handle as lab 6 hands it over: each write and fdatasync is counted."""
+
+    def __init__(self, f: FileHandle, counts: Counter[str]) -> None:
+        self.f, self.counts = f, counts
+
+    def write(self, data: bytes) -> None:
+        self.counts["writes"] += 1
+        self.f.write(data)
+
+    def sync(self) -> None:
+        self.counts["syncs"] += 1
+        self.f.sync()
+
+
+class LabGroupController(Controller):
+    """The real Controller, except that each turn's flush is the learner's `commit_turn(f, lines,
+    release)`: the turn's framed WAL lines (CRC, length, body, newline, in log order), the segment's
+    file, and `release`, which starts the turn's dispatched attempts and acknowledges its enqueues.
+    The log trusts it as lab 1's trusts append_record: once it returns, the turn counts as written
+    and durable. `release` passes a named crash point once it has acknowledged (so an ack before
+    the fdatasync is seen), and `counts` adds up records, turns, writes and fdatasyncs, for the floor."""
+
+    commit_turn: ClassVar[Callable[[FileHandle, list[bytes], Callable[[], None]], None]]
+    counts: ClassVar[Counter[str]]
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        wal, counts = self.storage.wal, type(self).counts
+        lines, wal._buf = wal._buf, []
+        if not lines:  # a turn that logged nothing (a stop) has nothing to commit
+            self._release()
+            return
+        released: list[bool] = []
+
+        def release() -> None:
+            if not released:
+                released.append(True)
+                self._release()
+                self.storage.fs.mark("group-commit-released")  # a crash point: acknowledged, then
+
+        counts["records"] += len(lines)
+        counts["turns"] += 1
+        type(self).commit_turn(_CountedFile(wal._file, counts), lines, release)
+        if not released:
+            raise LabError("commit_turn returned without calling release(): no enqueue is ever acknowledged")
+        wal.written_lsn = wal.durable_lsn = wal.lsn
+        if wal.written_lsn - wal.segments[-1].base_lsn >= wal.segment_bytes:
+            wal.rotate()
+
+    def _release(self) -> None:
+        """The rest of the real _flush: start the dispatched attempts, acknowledge the enqueues."""
+        to_start, self._to_start = self._to_start, []
+        acks, self._acks = self._acks, []
+        if not self.stopped:
+            for job_id, attempt, worker in to_start:
+                self.workers.submit(
+                    job_id, attempt, worker, self.state.jobs[job_id].copy_payload(), self.on_result
+                )
+        for ack in acks:
+            ack()
+
+
+def _group_commit(fn: Callable[..., None]) -> mutants.Mutant:
+    cls = type(
+        f"LabGroupController_{getattr(fn, '__name__', 'fn')}",
+        (LabGroupController,),
+        {"commit_turn": staticmethod(fn), "counts": Counter()},
+    )
+    return mutants.Mutant("lab-group-commit", 2, controller_cls=cls)
+
+
+def group_commit_floor(fn: Callable[..., None]) -> str | None:
+    """Lab 6's floor, on the lab's run without a crash: one write and one fdatasync per turn that
+    logged something, as the real WAL does, so records per fdatasync (and per write) reach the
+    records per turn. None, or the counts that fall short."""
+    with plugged("group-commit", fn) as spec:
+        counts = mutants.MUTANTS["lab-group-commit"].controller_cls.counts  # type: ignore[attr-defined]
+        counts.clear()
+        spec.simulation().run()
+    records, turns = counts["records"], counts["turns"]
+    for what in ("fdatasync", "write"):
+        n = counts[what + "s" if what == "write" else "syncs"]
+        if n > turns:
+            return (
+                f"{n} {what}s for {records} records in {turns} turns: {records / n:.2f} records per {what}, "
+                f"below the floor of {records / turns:.2f} (one {what} per turn)"
+            )
+    return None
 
 
 # Lab 3's transition: the seed's queue methods, which do not know what is news (the learner must)
@@ -309,6 +402,14 @@ LABS: dict[str, Lab] = {
             models=(PROCESS,),
             points="records",
             config={"task_timeout": 0.3},
+        ),
+        Lab(
+            "group-commit",
+            "commit_turn",
+            _group_commit,
+            models=(POWER_LOSS, TORN_BLOCKS),
+            points="records+marks+times:40",
+            contract=group_commit_floor,
         ),
     )
 }

@@ -113,12 +113,12 @@ class Controller:
         """Requeue what the previous process left in flight, then start dispatching."""
         max_retry = self.config.max_retry
         for job_id, lease in list(self.state.leases.items()):
-            if lease.attempt >= max_retry:
+            if lease.attempt >= max_retry:  # the crash ended its last attempt: dead, not requeued
                 self._log(R.dead(job_id, lease.attempt, "interrupted"))
                 self.counters.dead += 1
             else:
                 self._log(R.requeue(job_id, lease.attempt))
-            self.counters.requeued_on_recovery += 1
+                self.counters.requeued_on_recovery += 1
         self.started = True
         self._dispatch()
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 import matplotlib.pyplot as plt
+import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
@@ -30,13 +31,31 @@ TYPE_COLORS = {
 }
 
 
-def summary(r: SimResult) -> str:
-    """One sentence on a crashed run: what survived, what recovery did, whether invariants held."""
+def hit(wal: pd.DataFrame, lsn: int) -> str:
+    """The record a crash at byte `lsn` tears, from the uncrashed run's log (`wal`: life 0), with the
+    last whole record before it: the run's own report (`crash.record`) names only the latter."""
+    inside = wal[(wal["lsn"] <= lsn) & (lsn < wal["lsn"] + wal["bytes"])]
+    before = wal[wal["lsn"] + wal["bytes"] <= lsn]
+    last = "no whole record before it"
+    if len(before):
+        last = f"the last whole one before it: {before['seq'].iloc[-1]}"
+    if inside.empty:
+        where = "past the last record" if len(before) == len(wal) else "in a segment header"
+        return f"{where}; {last}"
+    row = inside.iloc[0]
+    return f"inside record {row['seq']}, {row['type']}; {last}"
+
+
+def summary(r: SimResult, wal: pd.DataFrame | None = None) -> str:
+    """One sentence on a crashed run: what survived, what recovery did, whether invariants held.
+    `wal`: the uncrashed run's log, to name the record hit (default: run it)."""
     c, rec = r.summary["crash"], r.summary["recovery"]
+    if wal is None:
+        wal = replace(r.sim, crash=None).run().wal
     kept = c["lsn"] if c["model"] == "process" else c["durable_lsn"]
     verdict = "invariants held" if r.ok else f"{len(r.violations)} violation(s), first: {r.violations[0]}"
     return (
-        f"{c['model']} crash at byte {c['at']} (record {c['record'][0]}, {c['record'][1]}): "
+        f"{c['model']} crash at byte {c['at']} ({hit(wal[wal['life'] == 0], c['at'])}): "
         f"the disk kept the log up to byte {kept}; recovery cut {rec['bytes_truncated']} torn byte(s), "
         f"replayed {rec['records_replayed']} record(s), resent {rec['resubmitted']} unacknowledged "
         f"enqueue(s); {verdict}"
@@ -81,7 +100,8 @@ def explorer(sim: Simulation, model: str = "process", step: int = 1) -> Any:
 
     import ipywidgets as widgets  # only the live explorer needs it
 
-    end = int(replace(sim, crash=None).run().end_lsn)
+    base = replace(sim, crash=None).run()
+    end = int(base.end_lsn)
     slider = widgets.IntSlider(value=end // 2, min=0, max=end, step=step, description="crash at byte")
     models = widgets.ToggleButtons(options=["process", "power-loss"], value=model, description="model")
     image = widgets.Image(format="png")
@@ -93,7 +113,7 @@ def explorer(sim: Simulation, model: str = "process", step: int = 1) -> Any:
         fig.savefig(png, format="png", dpi=80, bbox_inches="tight")
         plt.close(fig)
         image.value = png.getvalue()
-        text.value = f"<p>{html.escape(summary(crashed))}</p>"
+        text.value = f"<p>{html.escape(summary(crashed, base.wal))}</p>"
 
     slider.observe(draw, names="value")
     models.observe(draw, names="value")

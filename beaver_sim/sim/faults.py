@@ -48,6 +48,7 @@ POINTS = (  # the SimFS marks, in the order a checkpoint reaches them
     "snapshots-pruned",
     "wal-segments-deleted",
 )
+LAB_POINTS = ("group-commit-released",)  # reached only with a lab plugged in (beaver_sim.labs, lab 6)
 _TMP_SEGMENT = re.compile(r"wal-\d{20}\.log\.tmp")
 
 # The recovery cost model, seconds per unit of work: a fixed cost for opening the directories; every
@@ -92,7 +93,7 @@ class CrashPlan:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise BeaverError(f"crash kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if self.kind == "point" and self.at not in POINTS:
+        if self.kind == "point" and self.at not in POINTS + LAB_POINTS:
             raise BeaverError(f"unknown persistence point {self.at!r}; known: {', '.join(POINTS)}")
         if self.kind in ("lsn", "record") and (not isinstance(self.at, int) or self.at < 0):
             raise BeaverError(f"crash at {self.kind} needs an integer >= 0, got {self.at!r}")

@@ -646,7 +646,8 @@ def test_crash_and_recover_mid_load(policy: str, model: str, torn: int) -> None:
         w2.acked = [j for j in w2.acked if j in survivors]  # the documented power-loss trade
     # the jobs in flight at the crash were requeued; the interrupted attempt counted
     assert w2.recovered_leases
-    assert w2.ctl.counters.requeued_on_recovery == len(w2.recovered_leases)
+    requeued = [job for job, attempt in w2.recovered_leases.items() if attempt < config.max_retry]
+    assert w2.ctl.counters.requeued_on_recovery == len(requeued)  # a crashed last attempt is dead
     resend(w2, ids)
     w2.clock.run()
     recs = check_invariants(w2)
@@ -657,6 +658,21 @@ def test_crash_and_recover_mid_load(policy: str, model: str, torn: int) -> None:
         assert after[i - 1] == (R.DISPATCH, attempt)
         if attempt < config.max_retry:
             assert after[i + 1] == (R.DISPATCH, attempt + 1)
+
+
+def test_a_crash_during_the_last_attempt_makes_the_job_dead_and_is_not_counted_as_requeued() -> None:
+    # max_retry 2: the jobs on their second attempt at the crash have no attempt left
+    config = replace(BASE, max_retry=2, worker_count=4, failure_rate=0.9, snapshot_interval=0)
+    w = boot(config)
+    w.enqueue(f"job-{i:05d}" for i in range(30))
+    w.clock.run(until=2.2)  # one job on its first attempt, three on their last
+    w2 = crash(w, PROCESS)
+    last = sorted(job for job, attempt in w2.recovered_leases.items() if attempt >= 2)
+    requeued = sorted(job for job, attempt in w2.recovered_leases.items() if attempt < 2)
+    assert last and requeued, "the crash must interrupt both kinds of attempt for this test to mean anything"
+    assert all(w2.storage.state.jobs[job].status is JobStatus.DEAD for job in last)
+    assert w2.ctl.counters.requeued_on_recovery == len(requeued)
+    assert w2.ctl.counters.dead == len(last)
 
 
 def test_repeated_crashes_keep_every_invariant() -> None:

@@ -20,6 +20,7 @@ from beaver_sim.labs import student_notebook
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+LABS = len(list((REPO / "notebooks" / "labs").glob("*.ipynb")))
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -72,7 +73,7 @@ def test_learner_course(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     dest = tmp_path / "course"
     assert main(["notebooks", str(dest)]) == 0
     out = capsys.readouterr().out
-    assert f"wrote {len(course_files())} files to {dest}: the notebooks, 4 labs (to solve" in out
+    assert f"wrote {len(course_files())} files to {dest}: the notebooks, {LABS} labs (to solve" in out
     assert f"open them: jupyter lab {dest}" in out
     written = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
     assert written == sorted(course_files())
@@ -89,7 +90,7 @@ def test_learner_course(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_solved_course_and_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     assert main(["notebooks", str(tmp_path), "--solutions", "--force"]) == 0
-    assert "4 labs (with their solutions)" in capsys.readouterr().out
+    assert f"{LABS} labs (with their solutions)" in capsys.readouterr().out
     for name in course_files():
         assert (tmp_path / name).read_bytes() == (REPO / name).read_bytes(), name
     assert (tmp_path / "notes.txt").read_text() == "mine"  # --force overwrites only the course's files

@@ -24,6 +24,17 @@ def test_the_view_marks_the_crash_and_says_what_recovery_did() -> None:
     assert f"replayed {crashed.summary['recovery']['records_replayed']} record(s)" in text
 
 
+def test_the_summary_names_the_record_the_crash_byte_tears_not_the_last_whole_one() -> None:
+    wal = SIM.run().wal
+    row = wal[(wal["life"] == 0) & (wal["type"] == "fail")].iloc[0]  # a record with one before it
+    inside = int(row["lsn"]) + int(row["bytes"]) // 2
+    _fig, crashed = crash_view(SIM, inside, "process")
+    assert crashed.summary["crash"]["record"][0] == row["seq"] - 1  # the run's report: the last whole one
+    text = summary(crashed, wal)
+    assert f"(inside record {row['seq']}, fail; the last whole one before it: {row['seq'] - 1})" in text
+    assert text == summary(crashed)  # without the log, summary runs the uncrashed run itself
+
+
 def test_the_widget_redraws_when_the_offset_moves() -> None:
     box = explorer(SIM, step=10)
     slider, models = box.children[0].children

@@ -27,7 +27,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks" / "labs"
-LAB_OF = {"lab1-wal": "wal", "lab2-snapshot": "snapshot", "lab3-replay": "replay", "lab4-retry": "retry"}
+LAB_OF = {
+    "lab1-wal": "wal",
+    "lab2-snapshot": "snapshot",
+    "lab3-replay": "replay",
+    "lab4-retry": "retry",
+    "lab6-group-commit": "group-commit",
+}
 
 
 def learner_function(notebook: Path, student: bool) -> Callable[..., Any]:
@@ -253,6 +259,49 @@ def end_next_attempt(job: str, attempt: int, max_retry: int, reason: str, error:
     return end_reference(job, attempt + 1, max_retry, reason, error)
 
 
+def commit_per_record(f: Any, lines: list[bytes], release: Callable[[], None]) -> None:
+    """Lab 1's way: a write and an fdatasync per record (durable, below the floor)."""
+    for line in lines:
+        f.write(line)
+        f.sync()
+    release()
+
+
+def commit_writes_per_record(f: Any, lines: list[bytes], release: Callable[[], None]) -> None:
+    """One fdatasync per turn, but a write per record (durable, below the floor of writes)."""
+    for line in lines:
+        f.write(line)
+    f.sync()
+    release()
+
+
+def commit_release_first(f: Any, lines: list[bytes], release: Callable[[], None]) -> None:
+    """Acknowledges before the fdatasync."""
+    f.write(b"".join(lines))
+    release()
+    f.sync()
+
+
+def commit_no_sync(f: Any, lines: list[bytes], release: Callable[[], None]) -> None:
+    """The seed's log: never synced."""
+    f.write(b"".join(lines))
+    release()
+
+
+def commit_sync_first(f: Any, lines: list[bytes], release: Callable[[], None]) -> None:
+    """Syncs the turn before, then writes this one."""
+    f.sync()
+    f.write(b"".join(lines))
+    release()
+
+
+def commit_reversed(f: Any, lines: list[bytes], release: Callable[[], None]) -> None:
+    """The turn's records newest first: the CRC chain breaks."""
+    f.write(b"".join(reversed(lines)))
+    f.sync()
+    release()
+
+
 LOG_VERIFIES = "invariant 5 log-order-broken: the log on disk verifies"
 SEQS_REUSED = "invariant 5 log-order-broken: sequence numbers"
 CONTRACT = "the contract of {}"
@@ -278,6 +327,14 @@ WRONG = {  # lab -> (known-wrong answer, the rule its failure must name, the mod
         (apply, "invariant 6 jobs-not-finished", "process"),
         (replay_without_last_seq, SEQS_REUSED, "process"),
         (replay_swallowing_apply, CONTRACT, None),
+    ],
+    "group-commit": [
+        (commit_per_record, CONTRACT, None),
+        (commit_writes_per_record, CONTRACT, None),
+        (commit_release_first, "invariant 1 acknowledged-job-lost", "power-loss"),
+        (commit_no_sync, "invariant 1 acknowledged-job-lost", "power-loss"),
+        (commit_sync_first, "invariant 1 acknowledged-job-lost", "power-loss"),
+        (commit_reversed, LOG_VERIFIES, "power-loss"),
     ],
     "retry": [
         (end_seed, "invariant 4 retry-limit-broken", "process"),
@@ -388,13 +445,20 @@ def test_a_broken_contract_is_named(capsys: pytest.CaptureFixture[str]) -> None:
             "write_snapshot returned, but /data/snap/snap-00000000000000000028.json does not hold "
             "the snapshot it was given",
         ),
+        (
+            "group-commit",
+            lambda f, lines, release: f.write(b"".join(lines)),
+            "commit_turn returned without calling release(): no enqueue is ever acknowledged",
+        ),
     ]
     for lab, fn, message in cases:
         result = labs.check(lab, fn)
         assert (result.passed, result.error) == (False, message)
         assert capsys.readouterr().out == f"FAIL: {message}\n"
     assert not [name for name in mutants.MUTANTS if name.startswith("lab-")]
-    with pytest.raises(BeaverError, match="unknown lab 'nope'; known: wal, snapshot, replay, retry"):
+    with pytest.raises(
+        BeaverError, match="unknown lab 'nope'; known: wal, snapshot, replay, retry, group-commit"
+    ):
         labs.check("nope", apply)
 
 
