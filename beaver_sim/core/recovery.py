@@ -202,9 +202,14 @@ class Storage:
         return self.state.last_seq
 
     def end_checkpoint(self) -> None:
-        """The last half, once the snapshot is durable: a new WAL segment, old snapshots pruned, and
-        only then the segments the oldest kept snapshot covers deleted."""
+        """The last half, once the snapshot is durable: a new WAL segment, then `compact`."""
         self.wal.rotate()
+        self.compact()
+
+    def compact(self) -> None:
+        """Old snapshots pruned, and only then the segments the oldest kept snapshot covers deleted
+        (never the live one). The runtime's child runs this too, right after its snapshot, so that
+        the loop finds the files already gone and only forgets them."""
         oldest = self.snapshots.prune()
         self.wal.delete_through(oldest)
 

@@ -5,15 +5,21 @@ enqueue, dispatch and timeout for over a second. Here the controller's thread sy
 seq N (Storage.begin_checkpoint) and forks; the child holds a copy-on-write image of the state at
 exactly seq N, writes snapshot N through the same `Storage.save_snapshot` (tmp, fsync, rename,
 directory fsync) and exits; the loop watches the child's pidfd and, once it exited cleanly, runs
-the rest of the checkpoint (new segment, prune, delete covered segments) on the loop. Why a fork and
+the rest of the checkpoint (Storage.end_checkpoint) on the loop. Why a fork and
 not a thread: docs/architecture.md (Snapshots off the loop).
+
+The child also prunes the old snapshots and deletes the WAL segments the oldest kept one covers
+(Storage.compact: unlinks and directory fsyncs, tens of ms on a busy disk); the loop then starts
+the new segment and forgets the deleted ones. Both orders are safe: a segment is deleted only once
+a durable snapshot covers it, and the live segment never is.
 
 The child is a fork of a threaded process (handler threads, the metrics server), so it does only
 what needs no lock another thread may hold: pure computation over the state, orjson, crc32c and
-os calls; no print, no logging, no import. It blocks SIGINT and SIGTERM (a Ctrl-C reaches the
-whole process group) and dies with its parent (PR_SET_PDEATHSIG): a `beaver run` killed with
-SIGKILL leaves no writer behind, only a `.tmp` file the next start removes. It reports a failure
-as one line on a pipe; the parent logs it, and the queue runs on (the WAL holds every record)."""
+os calls; no print, no logging, no import. It closes every inherited descriptor but its error
+pipe, blocks SIGINT and SIGTERM (a Ctrl-C reaches the whole process group) and dies with its
+parent (PR_SET_PDEATHSIG): a `beaver run` killed with SIGKILL leaves no writer behind, only a
+`.tmp` file the next start removes. It reports a failure as one line on the pipe; the parent logs
+it, and the queue runs on (the WAL holds every record)."""
 
 from __future__ import annotations
 
@@ -121,11 +127,16 @@ def _in_child(storage: Storage, parent: int, errors: int) -> None:
     code = 0
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        # every inherited descriptor but the error pipe: a client's connection accepted an instant
+        # before the fork (not yet guarded by runtime.forks) would not reach EOF until we exit
+        os.closerange(3, errors)
+        os.closerange(errors + 1, os.sysconf("SC_OPEN_MAX"))
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
         gc.disable()  # no collection walking (and copying) the inherited heap
         storage.save_snapshot()
+        storage.compact()  # the unlinks and directory fsyncs here, not on the loop
     except BaseException as e:  # whatever it is, the parent logs it in one line
         code = 1
         with contextlib.suppress(BaseException):

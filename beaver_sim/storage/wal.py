@@ -21,6 +21,7 @@ or a later segment exists. LSNs count record bytes only, never the zeros."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import posixpath
@@ -523,14 +524,19 @@ class WriteAheadLog:
         self.written_lsn = self.durable_lsn = self.lsn
 
     def delete_through(self, seq: int) -> int:
-        """Delete the segments whose every record has seq <= `seq` (never the current one)."""
+        """Delete the segments whose every record has seq <= `seq` (never the current one). One
+        already gone was deleted by the child that wrote the snapshot (runtime/snapshots.py): it is
+        only forgotten."""
         doomed = [a for a, b in zip(self.segments, self.segments[1:]) if b.first_seq - 1 <= seq]
+        removed = 0
         for seg in doomed:
-            self.fs.remove(seg.path)
-        if doomed:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.remove(seg.path)
+                removed += 1
+        if removed:
             self.fs.sync_dir(self.directory)
             self.fs.mark("wal-segments-deleted")
-            del self.segments[: len(doomed)]
+        del self.segments[: len(doomed)]
         return len(doomed)
 
     def close(self) -> None:
