@@ -102,6 +102,11 @@ class Service:
             storage = Storage.from_config(
                 RealFS(), self.config, timer=time.perf_counter, on_sync=self.metrics.wal_fsync.observe
             )
+            if self.config.wal_preallocate == "auto" and storage.wal.preallocate == "none":
+                self.log(
+                    f"wal_preallocate: auto: the file system of {self.config.wal_dir} does not support "
+                    "fallocate; WAL segments are not preallocated (none)"
+                )
             # the recovered state is long-lived and free of cycles: out of the collector's sight, no
             # full collection walks its million objects again (0.2 s each at a million jobs)
             gc.freeze()

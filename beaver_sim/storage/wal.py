@@ -41,7 +41,7 @@ VERSION = 1
 MAX_RECORD = 1 << 20
 SEGMENT_BYTES = 64 << 20
 FSYNC_POLICIES = ("always", "interval", "never")
-PREALLOCATE = ("none", "fallocate", "zeros")
+PREALLOCATE = ("none", "fallocate", "zeros")  # and "auto" when opening: fallocate where the FS can
 SEGMENT_NAME = re.compile(r"wal-(\d{20})\.log")  # a segment file; its first seq
 
 Record = dict[str, Any]
@@ -382,6 +382,8 @@ class WriteAheadLog:
         for name in fs.listdir(directory):
             if name.endswith(".tmp"):
                 fs.remove(posixpath.join(directory, name))
+        if options.get("preallocate") == "auto":  # the default: fallocate where the file system can
+            options["preallocate"] = "fallocate" if fs.can_fallocate(directory) else "none"
         s = scan(fs, directory, after_seq, on_record)
         dropped = 0
         if s.problem is not None:
