@@ -7,7 +7,7 @@ timed from the client's side (connect, request, answer): the worst and the p99 a
 shows. Then SIGINT, timed to the process's exit.
 
     .venv/bin/python bench/bench_stall.py --jobs 300000 --interval 0.3 [--seconds 20]
-    .venv/bin/python bench/bench_stall.py --jobs 1000000 --interval 3 --code DIR  # before: DIR a checkout of main
+    .venv/bin/python bench/bench_stall.py --jobs 1000000 --interval 3 --code DIR  # before: DIR is main
 
 `--code DIR` runs the `beaver_sim` package found in DIR (a checkout of another version: "before").
 Goal: worst enqueue and status round trip <= 50 ms at 1,000,000 jobs, <= 20 ms at 300,000.
