@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_e2e.py [--jobs 1000,100000] [--pq-jobs 1000,10000] [--repeat 3]
                                         [--samples 2000] [--dir DIR] [--profile N] [--workers 8]
-                                        [--breakdown N] [--preallocate none|fallocate|zeros]
+                                        [--breakdown N] [--preallocate auto|none|fallocate|zeros]
 
 1. Durable throughput: enqueue -> dispatch -> `noop` handler -> ACK with fsync `always` on real files
    (RealFS in a temporary directory), the Controller on a RealClock (asyncio) and 8 worker threads
@@ -58,7 +58,7 @@ POLL = 0.001  # seconds between checks for the last ACK (bounds the error of a r
 WORKERS = 8  # the default worker_count
 
 
-def config_for(data_dir: str, workers: int, preallocate: str = "none") -> Config:
+def config_for(data_dir: str, workers: int, preallocate: str = "auto") -> Config:
     """The defaults (fsync always, a snapshot considered every 2 s), as `beaver run` has them."""
     return Config(data_dir=data_dir, fsync="always", worker_count=workers, wal_preallocate=preallocate)
 
@@ -126,7 +126,7 @@ async def _open(
     workers: int,
     handlers: dict[str, Any] | None = None,
     breakdown: Breakdown | None = None,
-    preallocate: str = "none",
+    preallocate: str = "auto",
 ) -> Controller:
     loop = asyncio.get_running_loop()
     config = config_for(data_dir, workers, preallocate)
@@ -167,7 +167,7 @@ def run_batched(
     n: int,
     workers: int = WORKERS,
     breakdown: Breakdown | None = None,
-    preallocate: str = "none",
+    preallocate: str = "auto",
 ) -> dict[str, Any]:
     """Enqueue calls of BATCH jobs, one per loop turn, while the pool drains; time to the last ACK."""
 
@@ -193,7 +193,7 @@ def run_one_by_one(
     n: int,
     workers: int = WORKERS,
     breakdown: Breakdown | None = None,
-    preallocate: str = "none",
+    preallocate: str = "auto",
 ) -> dict[str, Any]:
     """One producer: enqueue one job, wait until it is durable, next; time to the last ACK."""
 
@@ -230,7 +230,7 @@ def run_pqueue(directory: str, n: int) -> dict[str, float]:
 
 
 def run_latency(
-    data_dir: str, samples: int, workers: int = WORKERS, preallocate: str = "none"
+    data_dir: str, samples: int, workers: int = WORKERS, preallocate: str = "auto"
 ) -> dict[str, float]:
     """Idle controller, one job at a time: enqueue -> handler start, and enqueue -> durable ack."""
     starts: dict[str, float] = {}
@@ -275,7 +275,7 @@ def profile(root: str, n: int, workers: int) -> str:
     return out.getvalue()
 
 
-def breakdowns(root: str, n: int, workers: int, preallocate: str = "none") -> dict[str, dict[str, float]]:
+def breakdowns(root: str, n: int, workers: int, preallocate: str = "auto") -> dict[str, dict[str, float]]:
     """One one-by-one and one batched run of n jobs, each with its Breakdown."""
     return {
         "one_by_one": run_one_by_one(fresh(root, "bd-one"), n, workers, Breakdown(), preallocate),
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", type=int, default=0, help="also profile one batched run of N jobs")
     ap.add_argument("--breakdown", type=int, default=0, help="also break down the loop's time, N jobs")
     ap.add_argument("--workers", type=int, default=WORKERS, help="worker_count (jobs per fsync at most)")
-    ap.add_argument("--preallocate", choices=PREALLOCATE, default="none", help="wal_preallocate for beaver")
+    ap.add_argument("--preallocate", choices=PREALLOCATE, default="auto", help="wal_preallocate for beaver")
     args = ap.parse_args(argv)
     batched = partial(run_batched, workers=args.workers, preallocate=args.preallocate)
     one_by_one = partial(run_one_by_one, workers=args.workers, preallocate=args.preallocate)

@@ -59,7 +59,7 @@ def run_beaver(kind: str, n: int, d: str, workers: int) -> dict[str, Any]:
     import bench_e2e  # the same runs as bench_e2e.py's own rows
 
     fn = bench_e2e.run_batched if kind.startswith("beaver_batched") else bench_e2e.run_one_by_one
-    out = fn(d, n, workers=workers, preallocate="fallocate" if kind.endswith("_prealloc") else "none")
+    out = fn(d, n, workers=workers, preallocate="fallocate" if kind.endswith("_prealloc") else "auto")
     durability = f"WAL fsync {out['fsync']} (fdatasync before each acknowledgement)"
     return {
         **out,

@@ -23,6 +23,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -34,6 +35,15 @@ from beaver_sim.core.types import BeaverError, Clock, Config, DuplicateJob, Work
 from beaver_sim.errors import brief
 
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0)  # the seed's histogram buckets, seconds
+# Writes the state as a snapshot (`Storage.save_snapshot`) and calls back with whether it is
+# durable: at once (`write_inline`), or later on the controller's thread (runtime/snapshots.py).
+SnapshotWriter = Callable[[Storage, Callable[[bool], None]], None]
+
+
+def write_inline(storage: Storage, done: Callable[[bool], None]) -> None:
+    """The snapshot written before returning (the simulator's and the tests' writer); a failure raises."""
+    storage.save_snapshot()
+    done(True)
 
 
 @dataclass(slots=True)
@@ -73,9 +83,17 @@ def _canonical(payload: dict[str, Any]) -> bytes:
 
 
 class Controller:
-    """Runs one data directory's queue on `clock` with `workers`; it does no I/O of its own."""
+    """Runs one data directory's queue on `clock` with `workers`; it does no I/O of its own.
+    `write_snapshot` writes a checkpoint's snapshot (inline unless the runtime hands another)."""
 
-    def __init__(self, config: Config, clock: Clock, storage: Storage, workers: Workers) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        storage: Storage,
+        workers: Workers,
+        write_snapshot: SnapshotWriter = write_inline,
+    ) -> None:
         problems = config.problems()
         if problems:
             raise BeaverError("; ".join(problems))
@@ -91,6 +109,8 @@ class Controller:
         self._sync_handle: Any = None
         self._snapshot_handle: Any = None
         self.last_snapshot_seq = storage.report.snapshot_seq
+        self._write_snapshot = write_snapshot
+        self.snapshot_in_flight: int | None = None  # the seq of the snapshot being written
         self.started = False
         self.stopped = False
         if self.state.retention != config.completed_retention:  # replay must not read the config file
@@ -124,7 +144,15 @@ class Controller:
 
     def stop(self, snapshot: bool = True) -> None:
         """Stop dispatching, cancel timers, make the log durable and (optionally) snapshot. Jobs
-        still in flight stay in flight in the log and are requeued by the next start."""
+        still in flight stay in flight in the log and are requeued by the next start. A snapshot
+        still being written must have ended (or been abandoned) first."""
+        self.halt()
+        if snapshot and self.snapshot_due:
+            self.checkpoint()
+        self.storage.close()
+
+    def halt(self) -> None:
+        """The first half of `stop`: no more dispatch, no timer, the log flushed and durable."""
         self.stopped = True
         for handle in (self._flush_handle, self._sync_handle, self._snapshot_handle, *self._timers.values()):
             if handle is not None:
@@ -133,9 +161,11 @@ class Controller:
         self._flush_handle = self._sync_handle = self._snapshot_handle = None
         self._flush()
         self.storage.wal.sync()
-        if snapshot and self.state.last_seq > self.last_snapshot_seq:
-            self._checkpoint()
-        self.storage.close()
+
+    @property
+    def snapshot_due(self) -> bool:
+        """The log holds records the last snapshot does not (the final snapshot of a stop)."""
+        return self.state.last_seq > self.last_snapshot_seq
 
     def drain(self) -> None:
         """Dispatch nothing more; running attempts still end by result or timeout, so a clean
@@ -292,11 +322,29 @@ class Controller:
         self._snapshot_handle = None
         grown = self.state.last_seq - self.last_snapshot_seq
         if grown > 0 and grown >= self.config.snapshot_log_ratio * len(self.state.jobs):
-            self._checkpoint()  # else the next logged record arms the timer again
+            self.checkpoint()  # else the next logged record arms the timer again
 
-    def _checkpoint(self) -> None:
-        self.last_snapshot_seq = self.storage.checkpoint()
-        self.counters.snapshots += 1
+    def checkpoint(self) -> None:
+        """Snapshot the state at its last seq, then compact the log (Storage.checkpoint's order).
+        At most one snapshot is in flight: while one is written this does nothing. A snapshot that
+        fails in the background (done(False)) changes nothing: the log still holds every record,
+        and the next record logged arms the timer again."""
+        if self.snapshot_in_flight is not None:
+            return
+        seq = self.storage.begin_checkpoint()
+        self.snapshot_in_flight = seq
+        try:
+            self._write_snapshot(self.storage, partial(self._snapshot_written, seq))
+        except BaseException:
+            self.snapshot_in_flight = None
+            raise
+
+    def _snapshot_written(self, seq: int, ok: bool) -> None:
+        self.snapshot_in_flight = None
+        if ok:
+            self.storage.end_checkpoint()
+            self.last_snapshot_seq = seq
+            self.counters.snapshots += 1
 
     # -- reading -------------------------------------------------------------------------------
 

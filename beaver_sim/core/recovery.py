@@ -188,14 +188,31 @@ class Storage:
         return self.snapshots.save(q.last_seq, SCHEMA_VERSION, state_body(q))
 
     def checkpoint(self) -> int:
-        """Snapshot the state at its last seq and compact; returns the snapshot's seq."""
-        q = self.state
-        self.wal.sync()  # never let a snapshot be ahead of the durable log
+        """Snapshot the state at its last seq and compact, all inline; returns the snapshot's seq."""
+        seq = self.begin_checkpoint()
         self.save_snapshot()
+        self.end_checkpoint()
+        return seq
+
+    def begin_checkpoint(self) -> int:
+        """The first half of a checkpoint, on the controller's thread: the WAL synced through the
+        state's last seq (a snapshot is never ahead of the durable log); returns that seq. Then
+        `save_snapshot` writes the state as it is now (inline, or in a forked child that holds a
+        copy of it: runtime/snapshots.py), and once that is durable, `end_checkpoint`."""
+        self.wal.sync()
+        return self.state.last_seq
+
+    def end_checkpoint(self) -> None:
+        """The last half, once the snapshot is durable: a new WAL segment, then `compact`."""
         self.wal.rotate()
+        self.compact()
+
+    def compact(self) -> None:
+        """Old snapshots pruned, and only then the segments the oldest kept snapshot covers deleted
+        (never the live one). The runtime's child runs this too, right after its snapshot, so that
+        the loop finds the files already gone and only forgets them."""
         oldest = self.snapshots.prune()
         self.wal.delete_through(oldest)
-        return q.last_seq
 
     def close(self) -> None:
         self.wal.close()

@@ -120,7 +120,7 @@ class Workers(Protocol):
 
 
 FSYNC_POLICIES = ("always", "interval", "never")
-PREALLOCATE = ("none", "fallocate", "zeros")  # storage.wal.PREALLOCATE
+PREALLOCATE = ("auto", "none", "fallocate", "zeros")  # storage.wal.PREALLOCATE, and auto
 MIN_RECORD_BYTES = 4096  # records.MAX_REASON_BYTES plus a record's fields, with room for an id
 WAL_RECOVERY = ("tolerate-tail", "strict")  # storage.wal.RECOVERY
 
@@ -143,7 +143,9 @@ class Config:
     fsync: str = "always"
     fsync_interval: float = 0.05
     segment_bytes: int = 64 << 20
-    wal_preallocate: str = "none"  # none | fallocate | zeros: segments made segment_bytes long up front
+    # auto | none | fallocate | zeros: segments made segment_bytes long up front; auto: fallocate
+    # where the file system supports it, else none (the simulator's SimFS: none)
+    wal_preallocate: str = "auto"
     wal_recovery: str = (
         "tolerate-tail"  # tolerate-tail | strict: may a whole last record that fails its CRC be cut?
     )

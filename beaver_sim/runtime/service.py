@@ -31,6 +31,7 @@ from beaver_sim.runtime.clock import RealClock, TimerLateness
 from beaver_sim.runtime.jobs import answer as answer_jobs
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
 from beaver_sim.runtime.server import ControlLost, ControlServer, ControlUnavailable, request, socket_path
+from beaver_sim.runtime.snapshots import ForkedSnapshots
 from beaver_sim.runtime.workers import Handler, PoolWorkers
 from beaver_sim.storage import wal
 from beaver_sim.storage.fs import RealFS
@@ -42,6 +43,7 @@ IDLE_POLL = 0.02  # seconds between idle checks for --exit-when-idle and the shu
 LOCK_WAIT = 60.0
 LOCK_POLL = 0.01
 WARN_EVERY = 10.0  # seconds: a warning of one kind is printed at most this often (with a count)
+SAY_WAITING = 0.5  # seconds a stop waits for its final snapshot before saying so
 
 
 class Service:
@@ -100,11 +102,17 @@ class Service:
             storage = Storage.from_config(
                 RealFS(), self.config, timer=time.perf_counter, on_sync=self.metrics.wal_fsync.observe
             )
+            if self.config.wal_preallocate == "auto" and storage.wal.preallocate == "none":
+                self.log(
+                    f"wal_preallocate: auto: the file system of {self.config.wal_dir} does not support "
+                    "fallocate; WAL segments are not preallocated (none)"
+                )
             # the recovered state is long-lived and free of cycles: out of the collector's sight, no
             # full collection walks its million objects again (0.2 s each at a million jobs)
             gc.freeze()
             clock = RealClock(loop, self.lateness)
-            self.controller = Controller(self.config, clock, storage, self.workers)
+            self.snapshots = ForkedSnapshots(loop, self.log)  # written off the loop
+            self.controller = Controller(self.config, clock, storage, self.workers, self.snapshots)
             self.workers.watch(self.lateness, self._dispatched_at)
             self.metrics.attach(self.sample)
             if sock:
@@ -193,10 +201,33 @@ class Service:
             while self.controller.state.leases and not self._hurry and self.loop.time() < deadline:
                 await asyncio.sleep(IDLE_POLL)
         try:
-            self.controller.stop(snapshot=self.fatal is None)
+            await self._stop_controller()
         except (BeaverError, OSError) as e:
             self.fatal = self.fatal or str(e)
         await self._teardown()
+
+    async def _stop_controller(self) -> None:
+        """Stop the controller; its final snapshot is written by a child as usual, and waited for
+        (saying so when it takes long). A second SIGINT abandons it: the WAL holds every record, so
+        the next start only replays more. A periodic snapshot still being written is abandoned
+        first: the final one covers more."""
+        ctl, snapshots = self.controller, self.snapshots
+        snapshots.abandon()
+        ctl.halt()
+        if self.fatal is None and ctl.snapshot_due:
+            ctl.checkpoint()
+            said, t0 = False, self.loop.time()
+            while snapshots.writing is not None and not self._hurry:
+                if not said and self.loop.time() - t0 > SAY_WAITING:
+                    said = True
+                    self.log(
+                        f"stopping: waiting for snapshot {snapshots.writing} of {len(ctl.state)} jobs "
+                        "to be written (Ctrl-C again skips it: the WAL holds every record)"
+                    )
+                await asyncio.sleep(IDLE_POLL)
+            if snapshots.abandon() is not None:
+                self.log("stopped without the final snapshot: the next start replays the log since the last")
+        ctl.stop(snapshot=False)
 
     def _fail_acks(self) -> None:
         for fut in self._acks:

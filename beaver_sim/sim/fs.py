@@ -327,6 +327,11 @@ class SimFS:
         inode.cut(size)
         inode.sync()
 
+    def can_fallocate(self, directory: str) -> bool:
+        """No: `wal_preallocate: auto` keeps the simulator's segments appended (its outputs, and no
+        64 MiB of zeros per segment in every sweep)."""
+        return False
+
     def sync_dir(self, path: str) -> None:
         p = self._norm(path)
         self._call("sync_dir", p)

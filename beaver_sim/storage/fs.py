@@ -45,6 +45,7 @@ class FS(Protocol):
     def remove(self, path: str) -> None: ...
     def truncate(self, path: str, size: int) -> None: ...
     def sync_dir(self, path: str) -> None: ...
+    def can_fallocate(self, directory: str) -> bool: ...
     def mark(self, point: str) -> None: ...
 
 
@@ -150,6 +151,22 @@ class RealFS:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def can_fallocate(self, directory: str) -> bool:
+        """Whether posix_fallocate works on `directory`'s file system (`wal_preallocate: auto`):
+        tried on a probe file, removed (named .tmp, so a crash leaves nothing the next open keeps)."""
+        path = os.path.join(directory, ".fallocate-probe.tmp")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        try:
+            os.posix_fallocate(fd, 0, 4096)
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            return False
+        finally:
+            os.close(fd)
+            os.remove(path)
 
     def sync_dir(self, path: str) -> None:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)

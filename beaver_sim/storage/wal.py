@@ -24,6 +24,7 @@ record bytes only, never the zeros."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import posixpath
@@ -43,7 +44,7 @@ VERSION = 1
 MAX_RECORD = 1 << 20
 SEGMENT_BYTES = 64 << 20
 FSYNC_POLICIES = ("always", "interval", "never")
-PREALLOCATE = ("none", "fallocate", "zeros")
+PREALLOCATE = ("none", "fallocate", "zeros")  # and "auto" when opening: fallocate where the FS can
 RECOVERY = ("tolerate-tail", "strict")  # what a whole last record that fails its CRC is: torn, or damage
 SEGMENT_NAME = re.compile(r"wal-(\d{20})\.log")  # a segment file; its first seq
 SECTOR = 512  # the unit a disk writes whole: a block lost to a power loss ends on a multiple of it
@@ -425,6 +426,8 @@ class WriteAheadLog:
         for name in fs.listdir(directory):
             if name.endswith(".tmp"):
                 fs.remove(posixpath.join(directory, name))
+        if options.get("preallocate") == "auto":  # the default: fallocate where the file system can
+            options["preallocate"] = "fallocate" if fs.can_fallocate(directory) else "none"
         s = scan(fs, directory, after_seq, on_record)
         dropped = 0
         if s.problem is not None:
@@ -573,14 +576,19 @@ class WriteAheadLog:
         self.written_lsn = self.durable_lsn = self.lsn
 
     def delete_through(self, seq: int) -> int:
-        """Delete the segments whose every record has seq <= `seq` (never the current one)."""
+        """Delete the segments whose every record has seq <= `seq` (never the current one). One
+        already gone was deleted by the child that wrote the snapshot (runtime/snapshots.py): it is
+        only forgotten."""
         doomed = [a for a, b in zip(self.segments, self.segments[1:]) if b.first_seq - 1 <= seq]
+        removed = 0
         for seg in doomed:
-            self.fs.remove(seg.path)
-        if doomed:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.remove(seg.path)
+                removed += 1
+        if removed:
             self.fs.sync_dir(self.directory)
             self.fs.mark("wal-segments-deleted")
-            del self.segments[: len(doomed)]
+        del self.segments[: len(doomed)]
         return len(doomed)
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ ignore the zeros, and the every-byte crash sweeps under both crash models in thi
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 from dataclasses import replace
@@ -17,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from beaver_sim.core import records as R
-from beaver_sim.core.recovery import apply_repair, plan_repair
+from beaver_sim.core.recovery import Storage, apply_repair, plan_repair
 from beaver_sim.core.types import Config, CorruptLog
 from beaver_sim.sim.fs import CRASH_MODELS, METADATA_FIRST, POWER_LOSS, PROCESS, TORN_BLOCKS, SimFS
 from beaver_sim.sim.sweep import (
@@ -292,10 +293,37 @@ def test_a_crash_while_recovery_cuts_and_extends_again(model: str) -> None:
 
 
 def test_config_names_the_layout() -> None:
-    assert Config().wal_preallocate == "none" and not Config().problems()
+    assert Config().wal_preallocate == "auto" and not Config().problems()
     assert Config(wal_preallocate="yes").problems() == [
-        "wal_preallocate must be one of none, fallocate, zeros, got 'yes'"
+        "wal_preallocate must be one of auto, none, fallocate, zeros, got 'yes'"
     ]
+
+
+def test_auto_is_fallocate_on_real_files_and_none_in_the_simulator(tmp_path: Path) -> None:
+    real = Storage.from_config(RealFS(), Config(data_dir=str(tmp_path / "d"), segment_bytes=1 << 20))
+    sim = Storage.from_config(SimFS(), Config(data_dir="/run", segment_bytes=1 << 20))
+    try:
+        assert (real.wal.preallocate, sim.wal.preallocate) == ("fallocate", "none")
+        (segment,) = (tmp_path / "d" / "wal").iterdir()  # the probe file is gone
+        assert segment.stat().st_size == 1 << 20
+    finally:
+        real.close()
+        sim.close()
+
+
+def test_auto_falls_back_to_none_where_fallocate_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(fd: int, offset: int, size: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", refused)
+    s = Storage.from_config(RealFS(), Config(data_dir=str(tmp_path / "d"), segment_bytes=1 << 20))
+    try:
+        assert s.wal.preallocate == "none"
+        assert [p.name for p in (tmp_path / "d" / "wal").iterdir()] == ["wal-00000000000000000001.log"]
+    finally:
+        s.close()
 
 
 def test_the_no_fsync_mutant_is_still_caught_in_this_layout() -> None:

@@ -1,0 +1,163 @@
+"""Does `beaver run` stall while it snapshots a large state (issue 20)? A real `beaver run` on a
+data directory holding `--jobs` jobs (bench_recovery's mix: mostly completed, a pending backlog
+that the workers run meanwhile), a snapshot considered every `--interval` seconds and taken
+whenever anything was logged (`snapshot_log_ratio: 0`), and a client that sends one enqueue of one
+job over the control socket every 50 ms, every fifth request a status instead. The round trips are
+timed from the client's side (connect, request, answer): the worst and the p99 are what a stall
+shows. Then SIGINT, timed to the process's exit.
+
+    .venv/bin/python bench/bench_stall.py --jobs 300000 --interval 0.3 [--seconds 20]
+    .venv/bin/python bench/bench_stall.py --jobs 1000000 --interval 3 --code DIR  # before: DIR is main
+
+`--code DIR` runs the `beaver_sim` package found in DIR (a checkout of another version: "before").
+Goal: worst enqueue and status round trip <= 50 ms at 1,000,000 jobs, <= 20 ms at 300,000.
+Prints the figures as JSON, then a markdown row."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from typing import Any
+
+from bench_recovery import build, seed_payload
+
+from beaver_sim.runtime.server import ControlUnavailable, request
+
+PERIOD = 0.05  # seconds between requests
+STATUS_EVERY = 5  # every fifth request is a status
+
+
+def quantiles(xs: list[float]) -> dict[str, float]:
+    xs = sorted(xs)
+    if not xs:
+        return {"n": 0}
+    p99 = xs[min(len(xs) - 1, int(len(xs) * 0.99))]
+    return {
+        "n": len(xs),
+        "p50_ms": round(statistics.median(xs) * 1e3, 2),
+        "p99_ms": round(p99 * 1e3, 2),
+        "max_ms": round(xs[-1] * 1e3, 2),
+    }
+
+
+def start(data_dir: str, code: str | None, interval: float, cwd: str) -> tuple[subprocess.Popen[str], str]:
+    env = dict(os.environ)
+    env.update(
+        BEAVER_SNAPSHOT_INTERVAL=str(interval),
+        BEAVER_SNAPSHOT_LOG_RATIO="0",
+        BEAVER_METRICS_PORT="0",
+        PYTHONPATH=code or "",
+    )
+    cmd = [sys.executable, "-c", "from beaver_sim.cli import main; raise SystemExit(main())"]
+    proc = subprocess.Popen(
+        [*cmd, "run", "--data-dir", data_dir],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    metrics = ""
+    for line in proc.stdout:
+        if m := re.search(r"metrics: (\S+)", line):
+            metrics = m.group(1)
+        if line.startswith("ready"):
+            return proc, metrics
+    raise RuntimeError(f"beaver run exited with {proc.wait()}")
+
+
+def snapshots_taken(url: str) -> int:
+    text = urllib.request.urlopen(url, timeout=30).read().decode()
+    m = re.search(r"^queue_snapshots_total (\S+)", text, re.M)
+    return int(float(m.group(1))) if m else -1
+
+
+def measure(data_dir: str, seconds: float) -> dict[str, list[float]]:
+    enq: list[float] = []
+    status: list[float] = []
+    i = 0
+    end = time.monotonic() + seconds
+    next_at = time.monotonic()
+    while time.monotonic() < end:
+        next_at += PERIOD
+        t0 = time.perf_counter()
+        if i % STATUS_EVERY == STATUS_EVERY - 1:
+            answer = request(data_dir, {"op": "status"})
+            status.append(time.perf_counter() - t0)
+        else:
+            answer = request(
+                data_dir, {"op": "enqueue", "jobs": [[f"stall-{i}", {"type": "compute", "value": i}]]}
+            )
+            enq.append(time.perf_counter() - t0)
+        assert answer.get("ok"), answer
+        i += 1
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    return {"enqueue": enq, "status": status}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jobs", type=int, default=300_000)
+    ap.add_argument("--interval", type=float, default=0.3, help="snapshot_interval, seconds")
+    ap.add_argument("--seconds", type=float, default=20.0, help="how long the client measures")
+    ap.add_argument("--code", help="run the beaver_sim package of this checkout (before)")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-stall-") as tmp:
+        data_dir = os.path.join(tmp, "run")
+        t0 = time.perf_counter()
+        build(data_dir, args.jobs, 0, seed_payload)
+        os.remove(os.path.join(tmp, "jobs.json"))  # bench_recovery's baseline input: not needed here
+        built = time.perf_counter() - t0
+        proc, metrics = start(data_dir, args.code, args.interval, tmp)
+        try:
+            times = measure(data_dir, args.seconds)
+            taken = snapshots_taken(metrics + "/metrics") if metrics else -1
+            t1 = time.perf_counter()
+            proc.send_signal(signal.SIGINT)
+            assert proc.stdout is not None
+            tail = proc.stdout.read()
+            code = proc.wait(timeout=120)
+            stop_s = time.perf_counter() - t1
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        try:
+            request(data_dir, {"op": "status"}, timeout=1)
+        except ControlUnavailable:
+            pass
+    out: dict[str, Any] = {
+        "jobs": args.jobs,
+        "interval": args.interval,
+        "seconds": args.seconds,
+        "code": args.code or "this checkout",
+        "build_s": round(built, 1),
+        "snapshots": taken,
+        "enqueue": quantiles(times["enqueue"]),
+        "status": quantiles(times["status"]),
+        "stop_s": round(stop_s, 2),
+        "exit": code,
+        "stop_log": [line for line in tail.splitlines() if "snapshot" in line],
+        "load": os.getloadavg()[0],
+    }
+    print(json.dumps(out, indent=1))
+    e, s = out["enqueue"], out["status"]
+    print(
+        f"| {args.jobs:,} | {out['code']} | {taken} | {e['p50_ms']} | {e['p99_ms']} | {e['max_ms']} "
+        f"| {s['p99_ms']} | {s['max_ms']} | {out['stop_s']} | {out['load']:.1f} |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
