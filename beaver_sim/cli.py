@@ -278,8 +278,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         say(orjson.dumps(rows).decode())
         return 0
     for r in rows:
-        reason = f" reason={orjson.dumps(r['reason']).decode()}" if "reason" in r else ""
-        say(f"{shown(r['id'])} {r['state']} attempts={r['attempts']}{reason}")
+        extra = "".join(
+            f" {key}={orjson.dumps(r[key]).decode()}"
+            for key in ("reason", "result", "not_before")
+            if r.get(key) is not None or (key == "reason" and key in r)
+        )
+        say(f"{shown(r['id'])} {r['state']} attempts={r['attempts']}{extra}")
     return 0
 
 
@@ -303,6 +307,10 @@ def cmd_job(args: argparse.Namespace) -> int:
     say(f"{'payload':<10}{orjson.dumps(job['payload']).decode()}")
     if job["state"] == JobStatus.DEAD:
         say(f"{'reason':<10}{job['reason'] if job['reason'] is not None else '(no longer in the log)'}")
+    if job.get("result") is not None:
+        say(f"{'result':<10}{orjson.dumps(job['result']).decode()}")
+    if job.get("not_before") is not None:
+        say(f"{'delayed':<10}until {job['not_before']:.3f} (epoch seconds)")
     if (lease := job["lease"]) is not None:
         at = f"attempt {lease['attempt']} on worker {lease['worker']}, deadline {lease['deadline']:.3f}"
         say(f"{'running':<10}{at}")

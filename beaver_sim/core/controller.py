@@ -15,7 +15,13 @@ A worker slot is free only once its attempt is gone. At a timeout the workers ar
 the attempt: they either release the slot at once (the attempt runs on without one, as a detached
 thread) or hold it while they stop the attempt (kill its process, interrupt its thread), and its
 late `done` then frees the slot. So a hung handler never lets a new attempt start without a worker
-to run on, and no attempt's timeout is spent waiting for one."""
+to run on, and no attempt's timeout is spent waiting for one.
+
+A handler's result is kept in its ACK if it is JSON and fits `max_result_bytes` (and the record);
+otherwise the attempt fails, saying why. A delayed job (or a retry waiting out its backoff) has a
+timer for its `not_before`, which is wall time (the clock's `epoch`) so that it holds across
+restarts: when it fires a RELEASE record makes the job pending. `requeue` and `cancel` are the
+operator's transitions, each checked whole before a record is written."""
 
 from __future__ import annotations
 
@@ -28,12 +34,16 @@ from typing import Any
 import orjson
 
 from beaver_sim.core import records as R
-from beaver_sim.core.limits import check_job
+from beaver_sim.core.draws import Draws
+from beaver_sim.core.limits import PayloadRefused, check_job, result_json
 from beaver_sim.core.recovery import Storage
-from beaver_sim.core.types import BeaverError, Clock, Config, DuplicateJob, Workers
+from beaver_sim.core.types import BeaverError, Clock, Config, DuplicateJob, JobStatus, Workers
 from beaver_sim.errors import brief
 
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0)  # the seed's histogram buckets, seconds
+CANCEL_REFUSED = (
+    "only a pending or delayed job can be cancelled: an attempt in flight may already have had effects"
+)
 
 
 @dataclass(slots=True)
@@ -85,6 +95,8 @@ class Controller:
         self.free_workers: deque[int] = deque(range(config.worker_count))
         self.stuck: dict[tuple[str, int], int] = {}  # (job, attempt) timed out, still holding worker
         self._timers: dict[str, Any] = {}
+        self._delays: dict[str, Any] = {}  # delayed jobs' release timers
+        self.draws = Draws(config.seed)  # the backoff's jitter: the same in both worlds
         self._to_start: list[tuple[str, int, int]] = []  # dispatched, waiting for their record
         self._acks: list[Callable[[], None]] = []  # enqueue acknowledgements waiting for a flush
         self._flush_handle: Any = None
@@ -110,15 +122,18 @@ class Controller:
     # -- life cycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Requeue what the previous process left in flight, then start dispatching."""
-        max_retry = self.config.max_retry
+        """Requeue what the previous process left in flight, arm the delayed jobs' timers (at their
+        recorded not_before, however long the controller was down), then start dispatching."""
+        max_retry, used = self.config.max_retry, self.state.budget_used
         for job_id, lease in list(self.state.leases.items()):
-            if lease.attempt >= max_retry:
+            if used(job_id, lease.attempt) >= max_retry:
                 self._log(R.dead(job_id, lease.attempt, "interrupted"))
                 self.counters.dead += 1
             else:
                 self._log(R.requeue(job_id, lease.attempt))
             self.counters.requeued_on_recovery += 1
+        for job_id, not_before in list(self.state.not_before.items()):
+            self._arm_release(job_id, not_before)
         self.started = True
         self._dispatch()
 
@@ -126,10 +141,17 @@ class Controller:
         """Stop dispatching, cancel timers, make the log durable and (optionally) snapshot. Jobs
         still in flight stay in flight in the log and are requeued by the next start."""
         self.stopped = True
-        for handle in (self._flush_handle, self._sync_handle, self._snapshot_handle, *self._timers.values()):
+        for handle in (
+            self._flush_handle,
+            self._sync_handle,
+            self._snapshot_handle,
+            *self._timers.values(),
+            *self._delays.values(),
+        ):
             if handle is not None:
                 self.clock.cancel(handle)
         self._timers.clear()
+        self._delays.clear()
         self._flush_handle = self._sync_handle = self._snapshot_handle = None
         self._flush()
         self.storage.wal.sync()
@@ -190,9 +212,10 @@ class Controller:
                 present.add(job_id)
         return list(new.items()), len(present)
 
-    def on_result(self, job_id: str, attempt: int, ok: bool, error: object) -> None:
-        """A worker finished attempt `attempt` of `job_id`; `error` (when not ok) may be any object,
-        of any size: the record stores it as bounded text (`records.reason`)."""
+    def on_result(self, job_id: str, attempt: int, ok: bool, detail: object) -> None:
+        """A worker finished attempt `attempt` of `job_id`. Not ok: `detail` is the error, any object
+        of any size, which the record stores as bounded text (`records.reason`). Ok: it is the
+        handler's return value, kept in the ACK (`_result`); one that cannot be kept fails the attempt."""
         lease = self.state.leases.get(job_id)
         if lease is None or lease.attempt != attempt or self.stopped:
             self.counters.stale += 1  # its attempt timed out, or the job moved on
@@ -208,13 +231,33 @@ class Controller:
         counters.duration_buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1  # observe_duration: hot
         counters.duration_sum += seconds
         if ok:
-            self._log(R.ack(job_id, attempt))
+            result, detail = self._result(job_id, detail)
+            ok = detail is None
+        if ok:
+            self._log(R.ack(job_id, attempt, result))
             counters.completed += 1
         else:
             counters.failed += 1
-            text = "error" if error is None else R.reason(error) or "error"  # cut: a FAIL always fits
+            text = "error" if detail is None else R.reason(detail) or "error"  # cut: a FAIL always fits
             self._retry_or_bury(job_id, attempt, R.fail(job_id, attempt, text), "failed: " + text)
         self._dispatch()
+
+    def _result(self, job_id: str, value: object) -> tuple[Any, str | None]:
+        """(the result to keep, None), or (None, why it cannot be kept): not JSON as stored, or
+        larger than max_result_bytes or than the job's ACK record has room for. The kept value is
+        the JSON decoded again: the handler keeps no reference to it, and replay rebuilds the same."""
+        if value is None:
+            return None, None
+        try:
+            body = result_json(value)
+        except PayloadRefused as e:
+            return None, f"result refused: {e}"
+        limit = self.config.max_result_bytes
+        room = R.result_room(len(orjson.dumps(job_id)), self.storage.wal.max_record)
+        if len(body) > min(limit, room):
+            bound = f"max_result_bytes = {limit}" if limit <= room else f"the {room} bytes the ACK can hold"
+            return None, f"result refused: {len(body)} bytes of JSON, over {bound}"
+        return orjson.loads(body), None
 
     def _on_timeout(self, job_id: str, attempt: int) -> None:
         lease = self.state.leases[job_id]
@@ -232,12 +275,90 @@ class Controller:
         self._dispatch()
 
     def _retry_or_bury(self, job_id: str, attempt: int, retry: R.Record, why: str) -> None:
-        if attempt >= self.config.max_retry:
+        """Dead if `attempt` used the last attempt of the job's budget, else `retry` (its FAIL or
+        TIMEOUT): pending at once or, under `retry_backoff`, delayed until its `not_before`."""
+        if self.state.budget_used(job_id, attempt) >= self.config.max_retry:
             self._log(R.dead(job_id, attempt, why))
             self.counters.dead += 1
-        else:
-            self._log(retry)
-            self.counters.retried += 1
+            return
+        not_before = self._backoff(job_id, attempt)
+        if not_before is not None:
+            retry["not_before"] = not_before
+        self._log(retry)
+        if not_before is not None:
+            self._arm_release(job_id, not_before)
+        self.counters.retried += 1
+
+    def _backoff(self, job_id: str, attempt: int) -> float | None:
+        """When the retry after `attempt` may start (epoch seconds), or None without retry_backoff:
+        base x 2^(n-1), n the attempts of this budget so far, capped at max, times a jitter drawn
+        in [1 - jitter, 1] for (job, attempt): deterministic, and the same in both worlds."""
+        backoff = self.config.retry_backoff
+        if backoff is None:
+            return None
+        n = self.state.budget_used(job_id, attempt)
+        wait = min(backoff.max, backoff.base * 2 ** (n - 1))
+        wait *= 1 - backoff.jitter * self.draws.jitter(job_id, attempt)
+        return self.clock.epoch() + wait
+
+    def _arm_release(self, job_id: str, not_before: float) -> None:
+        """Release `job_id` once the clock's epoch reaches `not_before` (now, if it has)."""
+        clock = self.clock
+        when = clock.now() + max(0.0, not_before - clock.epoch())
+        self._delays[job_id] = clock.call_at(when, self._release, job_id)
+
+    def _release(self, job_id: str) -> None:
+        del self._delays[job_id]
+        not_before = self.state.not_before.get(job_id)
+        if self.stopped or not_before is None:
+            return
+        if self.clock.epoch() < not_before:  # the loop's clock ran ahead of the wall's: never early
+            self._arm_release(job_id, not_before)
+            return
+        self._log(R.release(job_id))
+        self._dispatch()
+
+    # -- the operator's transitions ------------------------------------------------------------
+
+    def requeue(self, ids: Iterable[str], on_durable: Callable[[], None] | None = None) -> int:
+        """Dead jobs back to pending, each with a fresh budget of max_retry attempts. All or
+        nothing: BeaverError naming the first id that is unknown or not dead. Returns how many."""
+        ids = list(dict.fromkeys(ids))
+        for job_id in ids:
+            self._check_op(job_id, "requeue", (JobStatus.DEAD,), "only a dead job can be requeued")
+        for job_id in ids:
+            self._log(R.revive(job_id))
+        self._when_durable(on_durable)
+        self._dispatch()
+        return len(ids)
+
+    def cancel(self, ids: Iterable[str], on_durable: Callable[[], None] | None = None) -> int:
+        """Pending or delayed jobs cancelled: they never run. All or nothing: BeaverError naming the
+        first id that is unknown, in flight (its handler is running and may have had effects: what
+        it did cannot be taken back, so it ends as it ends) or already ended. Returns how many."""
+        ids = list(dict.fromkeys(ids))
+        for job_id in ids:
+            self._check_op(job_id, "cancel", (JobStatus.PENDING, JobStatus.DELAYED), CANCEL_REFUSED)
+        for job_id in ids:
+            self._log(R.cancel(job_id))
+            handle = self._delays.pop(job_id, None)
+            if handle is not None:
+                self.clock.cancel(handle)
+        self._when_durable(on_durable)
+        return len(ids)
+
+    def _check_op(self, job_id: object, op: str, states: tuple[JobStatus, ...], why: str) -> None:
+        job = self.state.get(job_id) if isinstance(job_id, str) else None
+        if job is None:
+            raise BeaverError(f"cannot {op} job {brief(job_id)}: no such job")
+        if job.status not in states:
+            raise BeaverError(f"cannot {op} job {brief(job_id)}: it is {job.status.value} ({why})")
+
+    def _when_durable(self, on_durable: Callable[[], None] | None) -> None:
+        if on_durable is not None:
+            self._acks.append(on_durable)
+            if self._flush_handle is None:
+                self._flush_handle = self.clock.call_later(0, self._flush)
 
     def _dispatch(self) -> None:
         if self.stopped or not self.started:

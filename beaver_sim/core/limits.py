@@ -103,9 +103,22 @@ def check_payload(job_id: str, payload: Any, who: str = "") -> bytes:
     return body
 
 
-def _walk(who: str, payload: dict[str, Any]) -> None:
+def result_json(value: Any) -> bytes:
+    """A handler's result as the ACK stores it: its JSON bytes, or PayloadRefused saying why not
+    (the payload's rules, but any JSON value: a tuple is stored as a list)."""
+    try:
+        body = orjson.dumps(value)
+    except TypeError as e:
+        _walk("result", value)
+        raise PayloadRefused(f"result is not storable JSON ({e})") from None
+    if body.count(b"{") + body.count(b"[") > MAX_DEPTH or b"null" in body:
+        _walk("result", value)
+    return body
+
+
+def _walk(who: str, payload: Any) -> None:
     """Find the first thing in `payload` that check_payload refuses and raise naming it."""
-    stack: list[tuple[Any, str, int]] = [(payload, "payload", 1)]
+    stack: list[tuple[Any, str, int]] = [(payload, "payload" if who != "result" else "value", 1)]
     while stack:
         value, where, depth = stack.pop()
         problem = ""

@@ -167,7 +167,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @invariant()
     def stats_equal_the_model(self) -> None:
-        counts = {s: 0 for s in (PENDING, IN_FLIGHT, COMPLETED, DEAD)}
+        counts = {s: 0 for s in JobStatus}
         for status, _, _ in self.jobs.values():
             counts[status] += 1
         assert self.q.stats() == {**counts, "jobs": len(self.jobs), "last_seq": 0}

@@ -67,7 +67,7 @@ def data_dir(tmp_path: Path) -> Path:
         R.timeout("b", 1),
         R.dispatch("c", 1, 2, 12.0),
         R.dispatch("a", 2, 0, 13.0),
-        R.ack("a", 2),
+        R.ack("a", 2, {"sum": 3}),
         R.dispatch("b", 2, 1, 14.0),
         R.dead("b", 2, "failed: OSError: disk"),
         R.enqueue("d", {"n": 4}),
@@ -85,7 +85,7 @@ def test_jobs_lists_every_job_with_its_state_attempts_and_a_dead_jobs_reason(
     code, out, _ = out_of(capsys, "jobs", "--json", *d)
     assert code == 0
     assert orjson.loads(out) == [
-        {"id": "a", "state": "completed", "attempts": 2},
+        {"id": "a", "state": "completed", "attempts": 2, "result": {"sum": 3}},
         {"id": "b", "state": "dead", "attempts": 2, "reason": "failed: OSError: disk"},
         {"id": "c", "state": "in_flight", "attempts": 1},
         {"id": "d", "state": "pending", "attempts": 0},
@@ -96,7 +96,7 @@ def test_jobs_lists_every_job_with_its_state_attempts_and_a_dead_jobs_reason(
     )
     code, out, _ = out_of(capsys, "jobs", *d)
     assert out.splitlines() == [
-        "a completed attempts=2",
+        'a completed attempts=2 result={"sum":3}',
         'b dead attempts=2 reason="failed: OSError: disk"',
         "c in_flight attempts=1",
         "d pending attempts=0",
@@ -118,6 +118,7 @@ def test_job_shows_one_job_and_its_attempts_from_the_log(
         "payload": {"n": 2},
         "lease": None,
         "reason": "failed: OSError: disk",
+        "result": None,
         "history": [
             {"attempt": 1, "worker": 1, "deadline": 11.0, "dispatch_seq": 6}
             | {"outcome": "timed_out", "end_seq": 7, "error": None},
@@ -131,7 +132,7 @@ def test_job_shows_one_job_and_its_attempts_from_the_log(
     assert job_c["lease"] == {"attempt": 1, "worker": 2, "deadline": 12.0}
     assert job_c["history"][0]["outcome"] is None and job_c["reason"] is None
     code, out, _ = out_of(capsys, "job", "a", *d)
-    assert code == 0 and "state     completed" in out
+    assert code == 0 and "state     completed" in out and 'result    {"sum":3}' in out
     assert (
         "attempt 1: dispatched at seq 4 to worker 0, deadline 10.500; failed at seq 5: ValueError: no" in out
     )
@@ -139,7 +140,7 @@ def test_job_shows_one_job_and_its_attempts_from_the_log(
     assert out_of(capsys, "job", "odd id", *d)[1].startswith("id        'odd id'\n")
 
 
-def test_a_dead_jobs_reason_is_null_once_checkpoints_deleted_its_records(
+def test_a_dead_jobs_reason_and_a_results_survive_checkpoints_that_deleted_their_records(
     data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     storage = Storage.open(RealFS(), str(data_dir))
@@ -150,11 +151,11 @@ def test_a_dead_jobs_reason_is_null_once_checkpoints_deleted_its_records(
     assert not (data_dir / "wal" / "wal-00000000000000000001.log").exists()
     d = ["--data-dir", str(data_dir)]
     rows = orjson.loads(out_of(capsys, "jobs", "--state", "dead", "--json", *d)[1])
-    assert rows == [{"id": "b", "state": "dead", "attempts": 2, "reason": None}]
+    assert rows == [{"id": "b", "state": "dead", "attempts": 2, "reason": "failed: OSError: disk"}]
     job = orjson.loads(out_of(capsys, "job", "b", "--json", *d)[1])
-    assert (job["state"], job["attempts"], job["reason"]) == ("dead", 2, None)
-    assert (job["history"], job["history_complete"]) == ([], False)
-    assert "reason    (no longer in the log)" in out_of(capsys, "job", "b", *d)[1]
+    assert (job["state"], job["attempts"], job["reason"]) == ("dead", 2, "failed: OSError: disk")
+    assert (job["history"], job["history_complete"]) == ([], False)  # the attempts went with the log
+    assert orjson.loads(out_of(capsys, "job", "a", "--json", *d)[1])["result"] == {"sum": 3}
 
 
 def test_an_unknown_id_is_one_line_and_exit_1(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -166,7 +167,7 @@ def test_an_unknown_id_is_one_line_and_exit_1(data_dir: Path, capsys: pytest.Cap
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
-        (["jobs", "--state", "delayed"], "beaver jobs: error: argument --state: invalid choice: 'delayed'"),
+        (["jobs", "--state", "waiting"], "beaver jobs: error: argument --state: invalid choice: 'waiting'"),
         (["jobs", "--limit", "-1"], "beaver jobs: error: argument --limit: expected a whole number"),
         (["job"], "beaver job: error: the following arguments are required: id"),
         (["jobs", "--data-dir", "nowhere"], "beaver jobs: error: nowhere: no such data directory"),
@@ -190,7 +191,7 @@ def test_bad_job_requests_on_the_socket_are_refused(data_dir: Path) -> None:
     q = storage.state
     storage.close()
     assert answer(q, {"op": "job", "id": 7}) == {"ok": False, "error": "bad request: id must be a string"}
-    assert "state must be one of" in answer(q, {"op": "jobs", "state": "delayed"})["error"]
+    assert "state must be one of" in answer(q, {"op": "jobs", "state": "waiting"})["error"]
     for limit in (-1, 1.5, True, "3"):
         assert answer(q, {"op": "jobs", "limit": limit})["ok"] is False
     assert answer(q, {"op": "job", "id": "nope"}) == {"ok": True, "job": None}

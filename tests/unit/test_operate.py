@@ -1,0 +1,161 @@
+"""The operator's transitions on the real Controller over SimFS and the VirtualClock: results and
+reasons kept in the state and its snapshots, requeue of dead jobs with a fresh budget, cancel,
+delayed jobs and retry backoff, each surviving a restart (snapshot + replay) unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import pytest
+
+from beaver_sim.core import records as R
+from beaver_sim.core.controller import Controller
+from beaver_sim.core.queue import JobQueue
+from beaver_sim.core.recovery import Storage, decode_snapshot
+from beaver_sim.core.types import Abandoned, Config, JobStatus, OnResult
+from beaver_sim.sim.clock import VirtualClock
+from beaver_sim.sim.fs import SimFS
+
+CONFIG = Config(data_dir="/d", worker_count=2, task_timeout=5.0, snapshot_interval=0, max_retry=2)
+
+
+class Scripted:
+    """Workers whose attempts end only when the test ends them, with the result or error it gives."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, tuple[int, OnResult]] = {}
+        self.started: list[tuple[float, str, int]] = []
+        self.clock: VirtualClock | None = None
+
+    def submit(self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: OnResult) -> None:
+        self.running[job_id] = (attempt, done)
+        self.started.append((self.clock.now() if self.clock else 0.0, job_id, attempt))
+
+    def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned:
+        self.running.pop(job_id, None)
+        return Abandoned(False)
+
+    def end(self, job_id: str, ok: bool, detail: object = None) -> None:
+        attempt, done = self.running.pop(job_id)
+        done(job_id, attempt, ok, detail)
+
+
+class World:
+    """One data directory on SimFS, with a controller that can be stopped and started again."""
+
+    def __init__(self, config: Config = CONFIG) -> None:
+        self.config, self.fs, self.clock = config, SimFS(), VirtualClock()
+        self.workers = Scripted()
+        self.workers.clock = self.clock
+        self.ctl = self._start()
+
+    def _start(self) -> Controller:
+        storage = Storage.from_config(self.fs, self.config)
+        ctl = Controller(self.config, self.clock, storage, self.workers)
+        ctl.start()
+        self.clock.run(self.clock.now())
+        return ctl
+
+    def restart(self, snapshot: bool = True) -> Controller:
+        """Stop (with a snapshot, or none: all replayed), recover from the files, start again."""
+        self.ctl.stop(snapshot=snapshot)
+        self.workers.running.clear()
+        self.ctl = self._start()
+        return self.ctl
+
+    def run(self, until: float | None = None) -> None:
+        self.clock.run(self.clock.now() if until is None else until)
+
+    def enqueue(self, *jobs: tuple[Any, ...]) -> None:
+        self.ctl.enqueue(jobs)
+        self.run()
+
+    @property
+    def state(self) -> JobQueue:
+        return self.ctl.state
+
+
+def _same_after_restarts(w: World) -> None:
+    """The state replayed from the log alone, and loaded from a snapshot, is the live state."""
+    live = w.state.to_columns()
+    assert w.restart(snapshot=False).state.to_columns() | {"last_seq": 0} == live | {"last_seq": 0}
+    assert w.restart(snapshot=True).state.to_columns() | {"last_seq": 0} == live | {"last_seq": 0}
+
+
+# -- results and reasons ---------------------------------------------------------------------------
+
+
+def test_results_and_reasons_are_kept_in_the_state_and_survive_checkpoints() -> None:
+    w = World()
+    w.enqueue(("a", {}), ("b", {}))
+    w.workers.end("a", True, {"rows": [1, 2], "total": 3.5})
+    w.workers.end("b", False, "ValueError: no")
+    w.run()
+    w.workers.end("b", False, "ValueError: still no")
+    w.run()
+    assert w.state.results == {"a": {"rows": [1, 2], "total": 3.5}}
+    assert w.state.reasons == {"b": "failed: ValueError: still no"}
+    w.ctl.stop()
+    snap = w.ctl.storage.snapshots
+    newest = snap.seqs()[-1]
+    path = f"/d/snap/snap-{newest:020d}.json"
+    loaded = decode_snapshot(w.fs.read_bytes(path), path)
+    assert loaded.results == {"a": {"rows": [1, 2], "total": 3.5}}
+    assert loaded.reasons == {"b": "failed: ValueError: still no"}
+    w.ctl = w._start()
+    _same_after_restarts(w)
+
+
+def test_a_none_result_writes_the_ack_as_before() -> None:
+    """Default outputs stay byte-identical: a handler returning None writes no `result` key."""
+    assert R.ack("a", 1) == {"seq": 0, "type": "ack", "job": "a", "attempt": 1}
+    assert R.ack("a", 1, 0) == {"seq": 0, "type": "ack", "job": "a", "attempt": 1, "result": 0}
+
+
+@pytest.mark.parametrize(
+    ("result", "why"),
+    [
+        ("x" * 70_000, "over max_result_bytes = 65536"),
+        (float("nan"), "nan is not a JSON number"),
+        ({"when": object()}, "a object is not JSON"),
+        ({1: "a"}, "key 1 is not a string"),
+        (2**70, "beyond 64 bits"),
+    ],
+    ids=["too-large", "nan", "object", "int-key", "huge-int"],
+)
+def test_a_result_that_cannot_be_kept_fails_the_attempt_saying_why(result: object, why: str) -> None:
+    w = World(replace(CONFIG, max_retry=1))
+    w.enqueue(("a", {}))
+    w.workers.end("a", True, result)
+    w.run()
+    assert w.state.get("a").status is JobStatus.DEAD  # type: ignore[union-attr]
+    reason = w.state.reasons["a"]
+    assert reason.startswith("failed: result refused: ") and why in reason and "\n" not in reason
+    assert w.state.results == {}
+
+
+def test_the_result_bound_keeps_the_ack_within_max_record_bytes() -> None:
+    config = replace(CONFIG, max_record_bytes=4096, max_result_bytes=1 << 20, max_retry=1)
+    w = World(config)
+    w.enqueue(("a", {}), ("b", {}))
+    room = R.result_room(len(b'"a"'), 4096)
+    w.workers.end("a", True, "y" * (room - 2))  # its JSON: exactly the room
+    w.workers.end("b", True, "y" * (room - 1))
+    w.run()
+    assert w.state.results == {"a": "y" * (room - 2)}
+    assert f"the {room} bytes the ACK can hold" in w.state.reasons["b"]
+    ack = R.ack("a", -(2**63), "y" * (room - 2)) | {"seq": -(2**63)}  # the widest numbers
+    assert len(orjson.dumps(ack)) == 4096
+
+
+def test_retention_bounds_results_and_reasons_with_their_jobs() -> None:
+    w = World(replace(CONFIG, completed_retention=2, max_retry=1))
+    for i in range(5):
+        w.enqueue((f"j{i}", {}))
+        w.workers.end(f"j{i}", i % 2 == 0, {"i": i} if i % 2 == 0 else f"E{i}")
+        w.run()
+    assert list(w.state.jobs) == ["j3", "j4"]
+    assert w.state.results == {"j4": {"i": 4}} and w.state.reasons == {"j3": "failed: E3"}
+    _same_after_restarts(w)
