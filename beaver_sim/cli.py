@@ -250,7 +250,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     who = f"running (pid {st['pid']})" if st.get("running") else "not running (read from the files)"
     say(f"{config.data_dir}: {who}")
-    for key in ("pending", "in_flight", "completed", "dead", "jobs", "last_seq"):
+    for key in ("pending", "in_flight", "completed", "dead", "delayed", "cancelled", "jobs", "last_seq"):
         say(f"  {key:<10}{st[key]:>10}")
     return 0
 
@@ -325,6 +325,35 @@ def cmd_job(args: argparse.Namespace) -> int:
         end = "running" if a["outcome"] is None else f"{a['outcome']} at seq {a['end_seq']}"
         error = f": {a['error']}" if a["error"] else ""
         say(f"  attempt {a['attempt']}: {began}; {end}{error}")
+    return 0
+
+
+# -- requeue, cancel ------------------------------------------------------------------------------
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    """Dead jobs back to pending with a fresh budget of attempts."""
+    return _operate(args, "requeue", "requeued")
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Pending or delayed jobs cancelled: they never run."""
+    return _operate(args, "cancel", "cancelled")
+
+
+def _operate(args: argparse.Namespace, op: str, done: str) -> int:
+    from beaver_sim.runtime.service import operate_on
+
+    config = config_from(args)
+    dead = getattr(args, "dead", False)
+    if not args.ids and not dead:
+        raise BeaverError("name the jobs (or --dead: every dead job)")
+    refuse_new_data_dir(config.data_dir, False)
+    n, how = operate_on(config, op, list(args.ids), dead)
+    if args.json:
+        say(orjson.dumps({done: n, "durable": True}).decode())
+    else:
+        say(f"{done} {n} job{'s' * (n != 1)} in {config.data_dir} ({how}); durable")
     return 0
 
 
@@ -778,7 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_job_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """`beaver jobs` and `beaver job ID`."""
+    """`beaver jobs`, `beaver job ID`, `beaver requeue` and `beaver cancel`."""
     js = sub.add_parser(
         "jobs", parents=[common], help="one line per job: id, state, attempts (reason if dead)"
     )
@@ -792,6 +821,19 @@ def add_job_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     j.add_argument("id", help="the job id (one that starts with - goes after --: job -- -x)")
     j.add_argument("--json", action="store_true", help="one JSON object (docs/contracts.md)")
     j.set_defaults(func=cmd_job)
+    rq = sub.add_parser(
+        "requeue", parents=[common], help="dead jobs back to pending, with a fresh budget of attempts"
+    )
+    rq.add_argument("ids", nargs="*", metavar="ID", help="the dead jobs (after -- if one starts with -)")
+    rq.add_argument("--dead", action="store_true", help="every dead job")
+    rq.add_argument("--json", action="store_true", help='one JSON object: {"requeued": N, "durable": true}')
+    rq.set_defaults(func=cmd_requeue)
+    cn = sub.add_parser(
+        "cancel", parents=[common], help="pending or delayed jobs cancelled: they never run (not in flight)"
+    )
+    cn.add_argument("ids", nargs="+", metavar="ID", help="the jobs (after -- if one starts with -)")
+    cn.add_argument("--json", action="store_true", help='one JSON object: {"cancelled": N, "durable": true}')
+    cn.set_defaults(func=cmd_cancel)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -396,3 +396,68 @@ def test_any_job_id_is_listed_and_found_exactly(ids: list[str]) -> None:
         with _captured() as out:
             assert main(["jobs", *d]) == 0
         assert len(out.getvalue().splitlines()) == len(ids)
+
+
+def test_requeue_and_cancel_offline_write_under_the_lock_and_refuse_in_one_line(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = ["--data-dir", str(data_dir)]
+    assert out_of(capsys, "requeue", "b", *d)[1] == (
+        f"requeued 1 job in {data_dir} (written directly: no controller running); durable\n"
+    )
+    assert out_of(capsys, "cancel", "d", "odd id", "--json", *d)[1] == '{"cancelled":2,"durable":true}\n'
+    rows = {r["id"]: r for r in orjson.loads(out_of(capsys, "jobs", "--json", *d)[1])}
+    assert (rows["b"]["state"], rows["b"]["attempts"]) == ("pending", 2)
+    assert rows["d"]["state"] == rows["odd id"]["state"] == "cancelled"
+    st = orjson.loads(out_of(capsys, "status", "--json", *d)[1])
+    assert (st["pending"], st["cancelled"], st["dead"]) == (1, 2, 0)
+    dump = out_of(capsys, "wal", "dump", "--json", *d)[1]  # one JSON object per line
+    assert dump.count('"type":"revive"') == 1 and dump.count('"type":"cancel"') == 2
+    before = sorted(p.read_bytes() for p in (data_dir / "wal").iterdir())
+    for argv, fragment in [
+        (["cancel", "c"], "cannot cancel job 'c': it is in_flight"),
+        (["cancel", "a"], "cannot cancel job 'a': it is completed"),
+        (["requeue", "a"], "cannot requeue job 'a': it is completed (only a dead job can be requeued)"),
+        (["requeue", "zz"], "cannot requeue job 'zz': no such job"),
+        (["requeue"], "name the jobs (or --dead: every dead job)"),
+        (["cancel", "d", "--data-dir", str(data_dir / "typo")], "typo: no such data directory"),
+    ]:
+        code, out, err = out_of(capsys, argv[0], *d, *argv[1:])  # a later --data-dir wins
+        assert (code, out) == (2, "") and err.count("\n") == 1, err
+        assert err.startswith(f"beaver {argv[0]}: error: ") and fragment in err, err
+    assert sorted(p.read_bytes() for p in (data_dir / "wal").iterdir()) == before
+    assert not (data_dir / "typo").exists()
+
+
+def test_requeue_dead_and_cancel_go_through_a_running_controller(tmp_path: Path) -> None:
+    config = Config(
+        data_dir=str(tmp_path / "d"),
+        worker_count=1,
+        work_min=0.0,
+        work_max=0.001,
+        failure_rate=1.0,
+        max_retry=2,
+        metrics_port=0,
+    )
+
+    async def go() -> tuple[dict[str, Any], list[int], dict[str, Any]]:
+        service = Service(config, serve_metrics=False)
+        await service.start()
+        runner = asyncio.create_task(service.run())
+        await asyncio.to_thread(enqueue, config, [(f"j{i}", {"i": i}) for i in range(3)])
+        while (await asyncio.to_thread(status_of, config))["dead"] < 3:
+            await asyncio.sleep(0.01)
+        requeued, how = await asyncio.to_thread(service_module.operate_on, config, "requeue", [], True)
+        assert how == "via the running controller"
+        bad = await asyncio.to_thread(request, config.data_dir, {"op": "cancel", "ids": ["nope"]})
+        while (await asyncio.to_thread(status_of, config))["dead"] < 3:  # each runs its fresh budget
+            await asyncio.sleep(0.01)
+        attempts = [service.controller.state.jobs[f"j{i}"].attempt for i in range(3)]
+        service.request_stop()
+        await runner
+        await service.close()
+        return {"requeued": requeued}, attempts, bad
+
+    answer_, attempts, bad = asyncio.run(go())
+    assert answer_ == {"requeued": 3} and attempts == [4, 4, 4]
+    assert bad == {"ok": False, "error": "cannot cancel job 'nope': no such job"}

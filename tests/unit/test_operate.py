@@ -14,7 +14,7 @@ from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
 from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.recovery import Storage, decode_snapshot
-from beaver_sim.core.types import Abandoned, Config, JobStatus, OnResult
+from beaver_sim.core.types import Abandoned, BeaverError, Config, JobStatus, OnResult
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import SimFS
 
@@ -158,4 +158,60 @@ def test_retention_bounds_results_and_reasons_with_their_jobs() -> None:
         w.run()
     assert list(w.state.jobs) == ["j3", "j4"]
     assert w.state.results == {"j4": {"i": 4}} and w.state.reasons == {"j3": "failed: E3"}
+    _same_after_restarts(w)
+
+
+# -- requeue and cancel --------------------------------------------------------------------------
+
+
+def test_a_requeued_dead_job_runs_again_with_a_fresh_budget() -> None:
+    w = World()  # max_retry 2
+    w.enqueue(("a", {}))
+    for _ in range(2):
+        w.workers.end("a", False, "boom")
+        w.run()
+    assert w.state.get("a").status is JobStatus.DEAD  # type: ignore[union-attr]
+    assert w.ctl.requeue(["a"]) == 1
+    w.run()
+    assert w.state.get("a").status is JobStatus.IN_FLIGHT and "a" not in w.state.reasons  # type: ignore[union-attr]
+    assert w.state.base == {"a": 2} and w.workers.running["a"][0] == 3  # attempt numbers go on
+    w.workers.end("a", False, "again")
+    w.run()
+    assert w.state.get("a").status is JobStatus.IN_FLIGHT  # type: ignore[union-attr]
+    w.workers.end("a", True, "fixed")
+    w.run()
+    assert w.state.get("a").status is JobStatus.COMPLETED and w.state.results == {"a": "fixed"}  # type: ignore[union-attr]
+    assert [(j, a) for _, j, a in w.workers.started] == [("a", 1), ("a", 2), ("a", 3), ("a", 4)]
+    _same_after_restarts(w)  # the budget base survives a snapshot and a replay
+
+
+def test_requeue_and_cancel_refuse_in_one_line_and_write_nothing() -> None:
+    w = World()
+    w.enqueue(("run", {}), ("wait", {}), ("wait2", {}), ("p", {}))
+    w.workers.end("run", True)
+    w.run()
+    seq = w.state.last_seq
+    with pytest.raises(BeaverError, match=r"cannot requeue job 'p': it is pending \(only a dead job"):
+        w.ctl.requeue(["p"])
+    with pytest.raises(BeaverError, match="cannot cancel job 'nope': no such job"):
+        w.ctl.cancel(["p", "nope"])  # all or nothing: p is not cancelled either
+    with pytest.raises(BeaverError, match=r"it is in_flight .*may already have had effects"):
+        w.ctl.cancel(["wait"])
+    with pytest.raises(BeaverError, match="it is completed"):
+        w.ctl.cancel(["run"])
+    assert w.state.last_seq == seq and w.state.get("p").status is JobStatus.PENDING  # type: ignore[union-attr]
+
+
+def test_a_cancelled_job_never_runs_and_stays_cancelled() -> None:
+    w = World(replace(CONFIG, worker_count=1))
+    w.enqueue(("a", {}), ("b", {}), ("c", {}))
+    assert w.ctl.cancel(["b", "b"]) == 1  # an id named twice counts once
+    w.run()
+    assert list(w.state.pending) == ["c"] and w.state.stats()["cancelled"] == 1
+    w.workers.end("a", True)
+    w.run()
+    w.workers.end("c", True)
+    w.run()
+    assert [j for _, j, _ in w.workers.started] == ["a", "c"]
+    assert w.state.get("b").status is JobStatus.CANCELLED  # type: ignore[union-attr]
     _same_after_restarts(w)
