@@ -17,14 +17,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
 from beaver_sim import __version__
-from beaver_sim.config import load_config
-from beaver_sim.core.limits import check_job, loads_exact
+from beaver_sim.config import load_config, parse_duration
+from beaver_sim.core.limits import check_job, check_when, loads_exact
 from beaver_sim.core.recovery import Inspection, RepairPlan, apply_repair, inspect, plan_repair
 from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.errors import brief
@@ -188,19 +189,45 @@ def read_jobs(path: str, max_record_bytes: int = MAX_RECORD) -> list[Job]:
         missing = [k for k in ("id", "payload") if k not in item]
         if missing:
             raise BeaverError(f"{where}: missing {' and '.join(missing)}")
-        extra = sorted(set(item) - {"id", "payload"})
+        extra = sorted(set(item) - {"id", "payload", "delay", "not_before"})
         if extra:
-            raise BeaverError(f"{where}: unknown field {brief(extra[0])} (a job has id and payload)")
+            raise BeaverError(
+                f"{where}: unknown field {brief(extra[0])} (a job has id, payload and optionally "
+                "delay or not_before)"
+            )
         job_id, payload = item["id"], item["payload"]
         named = where if not isinstance(job_id, str) or not job_id else f"{where} ({brief(job_id)})"
         check_job(job_id, payload, max_record_bytes, named)
+        when = _when(item, named)
         canonical = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
         if seen.setdefault(job_id, canonical) != canonical:
             raise BeaverError(
                 f"{where}: id {brief(job_id)} appears earlier in the file with a different payload"
             )
-        jobs.append((job_id, payload))
+        jobs.append((job_id, payload) if when is None else (job_id, payload, when))
     return jobs
+
+
+def _when(item: dict[str, Any], where: str) -> dict[str, float] | None:
+    """A job's `delay` (a duration: `30s`, `1m30s`, seconds) or `not_before` (epoch seconds, or
+    an ISO 8601 time with its UTC offset) as the controller takes it; BeaverError naming the job."""
+    if "delay" in item and "not_before" in item:
+        raise BeaverError(f"{where}: give delay or not_before, not both")
+    try:
+        if "delay" in item:
+            return {"delay": check_when("delay", parse_duration(item["delay"]))}
+        if "not_before" in item:
+            at = item["not_before"]
+            if isinstance(at, str):
+                t = datetime.fromisoformat(at)
+                if t.tzinfo is None:
+                    raise ValueError("needs its UTC offset, e.g. 2026-12-07T10:00:00+00:00")
+                at = t.timestamp()
+            return {"not_before": check_when("not_before", at)}
+    except ValueError as e:
+        key = "delay" if "delay" in item else "not_before"
+        raise BeaverError(f"{where}: {key} {brief(item[key])} {e}") from None
+    return None
 
 
 def refuse_new_data_dir(data_dir: str, create: bool) -> None:

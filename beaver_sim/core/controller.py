@@ -35,7 +35,7 @@ import orjson
 
 from beaver_sim.core import records as R
 from beaver_sim.core.draws import Draws
-from beaver_sim.core.limits import PayloadRefused, check_job, result_json
+from beaver_sim.core.limits import PayloadRefused, check_job, check_when, result_json
 from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import BeaverError, Clock, Config, DuplicateJob, JobStatus, Workers
 from beaver_sim.errors import brief
@@ -76,6 +76,20 @@ class Enqueued:
 
     new: int
     already_present: int
+
+
+def _check_when(job_id: str, when: Any) -> None:
+    """None, {"delay": seconds} or {"not_before": epoch seconds} (limits.check_when), else
+    BeaverError naming the job."""
+    if when is None:
+        return
+    if not isinstance(when, dict) or len(when) != 1 or not {"delay", "not_before"} >= set(when):
+        raise BeaverError(f"job {brief(job_id)}: when must be {{delay: seconds}} or {{not_before: seconds}}")
+    key, value = next(iter(when.items()))
+    try:
+        check_when(key, value)
+    except ValueError as e:
+        raise BeaverError(f"job {brief(job_id)}: {key} {brief(value)} {e}") from None
 
 
 def _canonical(payload: dict[str, Any]) -> bytes:
@@ -172,17 +186,26 @@ class Controller:
     # -- the event handlers --------------------------------------------------------------------
 
     def enqueue(
-        self, jobs: Iterable[tuple[str, dict[str, Any]]], on_durable: Callable[[], None] | None = None
+        self, jobs: Iterable[tuple[Any, ...]], on_durable: Callable[[], None] | None = None
     ) -> Enqueued:
         """Log the new jobs of a batch; `on_durable` runs once the whole batch is durable under the
         fsync policy. Retry-safe: a job whose id is already known with the identical payload is
         already present (not logged again), so resending a batch whose answer was lost, or that
         failed half-written, is always right; the same id with another payload is a conflict.
         The whole batch is checked first (conflicts, and `limits.check_job`: ids, payloads stored
-        exactly, every later record within max_record_bytes): all or nothing."""
+        exactly, every later record within max_record_bytes): all or nothing. A job is
+        `(id, payload)`, or `(id, payload, when)` with `when` `{"delay": seconds}` or
+        `{"not_before": epoch seconds}`: delayed until then (made absolute here, on the clock's
+        epoch, so that it holds across restarts; a time already past is no delay)."""
         new, present = self._check_batch(jobs)
-        for job_id, payload in new:
-            self._log(R.enqueue(job_id, payload))
+        now = self.clock.epoch()
+        for job_id, payload, when in new:
+            not_before = None if when is None else when.get("not_before", now + when.get("delay", 0.0))
+            if not_before is not None and not_before <= now:
+                not_before = None
+            self._log(R.enqueue(job_id, payload, not_before))
+            if not_before is not None and self.started:  # else start() arms it
+                self._arm_release(job_id, not_before)
         self.counters.enqueued += len(new)
         if on_durable is not None:
             # also for jobs already present: their records may not be durable yet (another batch
@@ -193,24 +216,27 @@ class Controller:
         self._dispatch()
         return Enqueued(len(new), present)
 
-    def _check_batch(self, jobs: Iterable[tuple[str, dict[str, Any]]]) -> tuple[list[tuple[str, Any]], int]:
-        """(new jobs to log, in batch order, each once; how many ids were already present).
-        Payloads compare as canonical JSON (sorted keys), so 1 and true or 1 and 1.0 differ."""
-        new: dict[str, dict[str, Any]] = {}
+    def _check_batch(self, jobs: Iterable[tuple[Any, ...]]) -> tuple[list[tuple[str, Any, Any]], int]:
+        """(new jobs to log as (id, payload, when), in batch order, each once; how many ids were
+        already present). Payloads compare as canonical JSON (sorted keys), so 1 and true or 1
+        and 1.0 differ; a job's delay does not count (a resent batch is sent later)."""
+        new: dict[str, tuple[dict[str, Any], Any]] = {}
         present: set[str] = set()
         known = self.state.jobs
         limit = self.config.max_record_bytes
-        for job_id, payload in jobs:
+        for job in jobs:
+            job_id, payload, when = job if len(job) == 3 else (*job, None)
             check_job(job_id, payload, limit)  # every record it may ever have fits: it can run
-            earlier = known[job_id].payload if job_id in known else new.get(job_id)
+            _check_when(job_id, when)
+            earlier = known[job_id].payload if job_id in known else new.get(job_id, (None,))[0]
             if earlier is None:
-                new[job_id] = payload
+                new[job_id] = (payload, when)
             elif _canonical(earlier) != _canonical(payload):
                 where = "already enqueued" if job_id in known else "earlier in the same batch"
                 raise DuplicateJob(f"job id {brief(job_id)} is {where} with a different payload")
             elif job_id in known:
                 present.add(job_id)
-        return list(new.items()), len(present)
+        return [(k, p, w) for k, (p, w) in new.items()], len(present)
 
     def on_result(self, job_id: str, attempt: int, ok: bool, detail: object) -> None:
         """A worker finished attempt `attempt` of `job_id`. Not ok: `detail` is the error, any object

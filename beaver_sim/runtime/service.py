@@ -35,7 +35,7 @@ from beaver_sim.runtime.workers import Handler, PoolWorkers
 from beaver_sim.storage import wal
 from beaver_sim.storage.fs import RealFS
 
-Job = tuple[str, dict[str, Any]]
+Job = tuple[Any, ...]  # (id, payload) or (id, payload, when): Controller.enqueue
 IDLE_POLL = 0.02  # seconds between idle checks for --exit-when-idle and the shutdown drain
 # `beaver run` waits this long for a lock held by anything but another `beaver run` (an offline
 # `beaver enqueue` holds it for one recovery and one fsync), polling every LOCK_POLL seconds
@@ -302,13 +302,16 @@ class Service:
         if op in OPERATIONS:
             return await self._operate(req)
         jobs = req.get("jobs")
-        if not isinstance(jobs, list) or not all(isinstance(j, list) and len(j) == 2 for j in jobs):
-            return {"ok": False, "error": "bad request: jobs must be a list of [id, payload]"}
+        if not isinstance(jobs, list) or not all(isinstance(j, list) and len(j) in (2, 3) for j in jobs):
+            return {
+                "ok": False,
+                "error": "bad request: jobs must be a list of [id, payload] or [id, payload, when]",
+            }
         durable = self.loop.create_future()
         self._acks.add(durable)
         try:
             done = self.controller.enqueue(
-                ((i, p) for i, p in jobs), on_durable=lambda: durable.done() or durable.set_result(None)
+                map(tuple, jobs), on_durable=lambda: durable.done() or durable.set_result(None)
             )
             await durable
         except BeaverError as e:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from beaver_sim.cli import build_parser, main
 from beaver_sim.core import records as R
 from beaver_sim.core.recovery import Storage
-from beaver_sim.core.types import BeaverError, Config
+from beaver_sim.core.types import Backoff, BeaverError, Config
 from beaver_sim.runtime import service as service_module
 from beaver_sim.runtime.jobs import answer
 from beaver_sim.runtime.server import request
@@ -461,3 +461,46 @@ def test_requeue_dead_and_cancel_go_through_a_running_controller(tmp_path: Path)
     answer_, attempts, bad = asyncio.run(go())
     assert answer_ == {"requeued": 3} and attempts == [4, 4, 4]
     assert bad == {"ok": False, "error": "cannot cancel job 'nope': no such job"}
+
+
+def test_a_job_file_may_delay_a_job_and_bad_delays_are_one_line(tmp_path: Path) -> None:
+    from beaver_sim.cli import read_jobs
+    from beaver_sim.config import load_config
+
+    good = tmp_path / "jobs.json"
+    good.write_text(
+        '[{"id": "a", "payload": {}, "delay": "1m30s"},'
+        ' {"id": "b", "payload": {}, "not_before": "2030-01-01T00:00:00+00:00"},'
+        ' {"id": "c", "payload": {}, "not_before": 1900000000}, {"id": "d", "payload": {}}]'
+    )
+    assert read_jobs(str(good)) == [
+        ("a", {}, {"delay": 90.0}),
+        ("b", {}, {"not_before": 1893456000.0}),
+        ("c", {}, {"not_before": 1900000000.0}),
+        ("d", {}),
+    ]
+    for job, fragment in [
+        ('{"id": "x", "payload": {}, "delay": "soon"}', "job #1 ('x'): delay 'soon' is not a duration"),
+        ('{"id": "x", "payload": {}, "delay": -5}', "job #1 ('x'): delay -5 must be in [0, "),
+        ('{"id": "x", "payload": {}, "not_before": "2030-01-01T00:00"}', "needs its UTC offset"),
+        ('{"id": "x", "payload": {}, "delay": 1, "not_before": 2}', "give delay or not_before, not both"),
+        ('{"id": "x", "payload": {}, "when": 1}', "unknown field 'when'"),
+    ]:
+        bad = tmp_path / "bad.json"
+        bad.write_text(f"[{job}]")
+        with pytest.raises(BeaverError) as e:
+            read_jobs(str(bad))
+        assert str(e.value).startswith(f"{bad}: ") and fragment in str(e.value) and "\n" not in str(e.value)
+    assert load_config(None, {"retry_backoff": "1s..2m"}).retry_backoff == Backoff(1.0, 120.0, 0.5)
+    assert load_config(None, {"retry_backoff": {"base": "500ms", "max": 10, "jitter": 0}}).retry_backoff == (
+        Backoff(0.5, 10.0, 0.0)
+    )
+    assert load_config(None, {}).retry_backoff is None
+    for value, fragment in [
+        ("5s..1s", "0 < base <= max"),
+        ("fast", "is not a backoff"),
+        ({"base": 1}, "mapping"),
+    ]:
+        with pytest.raises(BeaverError, match="retry_backoff") as e:
+            load_config(None, {"retry_backoff": value})
+        assert fragment in str(e.value)

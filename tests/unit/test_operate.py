@@ -14,7 +14,7 @@ from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
 from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.recovery import Storage, decode_snapshot
-from beaver_sim.core.types import Abandoned, BeaverError, Config, JobStatus, OnResult
+from beaver_sim.core.types import Abandoned, Backoff, BeaverError, Config, JobStatus, OnResult
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import SimFS
 
@@ -215,3 +215,83 @@ def test_a_cancelled_job_never_runs_and_stays_cancelled() -> None:
     assert [j for _, j, _ in w.workers.started] == ["a", "c"]
     assert w.state.get("b").status is JobStatus.CANCELLED  # type: ignore[union-attr]
     _same_after_restarts(w)
+
+
+# -- delayed jobs and backoff ------------------------------------------------------------------------
+
+
+def test_a_delayed_job_is_dispatched_no_earlier_across_restarts() -> None:
+    w = World(replace(CONFIG, worker_count=8))
+    w.enqueue(("now", {}), ("later", {}, {"delay": 30.0}), ("at", {}, {"not_before": 12.5}))
+    w.enqueue(("past", {}, {"not_before": 0.0}))  # already due: no delay
+    assert w.state.not_before == {"later": 30.0, "at": 12.5} and w.state.stats()["delayed"] == 2
+    w.run(10.0)
+    w.restart(snapshot=True)  # recovered from the snapshot
+    w.run(20.0)
+    w.restart(snapshot=False)  # and from the log
+    w.run(40.0)
+    starts: dict[str, float] = {}
+    for t, j, _ in w.workers.started:
+        starts.setdefault(j, t)  # its first start (an attempt in flight at a restart runs again)
+    assert starts["now"] == 0.0 and starts["past"] == 0.0
+    assert starts["at"] == 12.5 and starts["later"] == 30.0  # at their not_before, not after a restart
+    assert w.state.not_before == {}
+
+
+def test_a_cancelled_delayed_job_never_runs() -> None:
+    w = World()
+    w.enqueue(("d", {}, {"delay": 5.0}))
+    w.ctl.cancel(["d"])
+    w.run(60.0)
+    assert w.workers.started == [] and w.state.get("d").status is JobStatus.CANCELLED  # type: ignore[union-attr]
+    _same_after_restarts(w)
+
+
+@pytest.mark.parametrize(
+    ("when", "why"),
+    [
+        ({"delay": -1}, "delay -1 must be in"),
+        ({"delay": float("inf")}, "is not a finite number"),
+        ({"delay": True}, "is not a finite number"),
+        ({"not_before": "soon"}, "is not a finite number"),
+        ({"delay": 1, "not_before": 2}, "when must be"),
+        ([1], "when must be"),
+    ],
+)
+def test_a_bad_delay_refuses_the_batch_naming_the_job(when: object, why: str) -> None:
+    w = World()
+    with pytest.raises(BeaverError, match=f"job 'x': .*{why}"):
+        w.ctl.enqueue([("ok", {}), ("x", {}, when)])
+    assert len(w.state) == 0
+
+
+def test_retry_backoff_delays_each_retry_exponentially_with_jitter_and_none_is_as_before() -> None:
+    backoff = Backoff(base=1.0, max=3.0, jitter=0.5)
+    w = World(replace(CONFIG, max_retry=4, retry_backoff=backoff))
+    w.enqueue(("a", {}))
+    failed_at = []
+    for _ in range(3):
+        failed_at.append(w.clock.now())
+        w.workers.end("a", False, "boom")
+        w.run(w.clock.now() + 4)  # past the longest wait (3 s), before the timeout (5 s)
+    waits = [t - f for (t, _, _), f in zip(w.workers.started[1:], failed_at)]
+    draws = w.ctl.draws
+    expected = [min(3.0, 2.0 ** (n - 1)) * (1 - 0.5 * draws.jitter("a", n)) for n in (1, 2, 3)]
+    assert waits == pytest.approx(expected, abs=1e-9)  # times are sums of floats
+    assert 0.5 <= waits[0] <= 1.0 and 1.0 <= waits[1] <= 2.0 and 1.5 <= waits[2] <= 3.0
+    plain = World(replace(CONFIG, max_retry=4))
+    plain.enqueue(("a", {}))
+    plain.workers.end("a", False, "boom")
+    plain.run()
+    assert [t for t, _, _ in plain.workers.started] == [0.0, 0.0]  # no backoff: at once, as before
+    fails = [r for r in _records(plain) if r["type"] == R.FAIL]
+    assert "not_before" not in fails[0]
+
+
+def _records(w: World) -> list[dict[str, Any]]:
+    from beaver_sim.storage.wal import scan
+
+    got: list[dict[str, Any]] = []
+    w.ctl.storage.wal.flush()
+    scan(w.fs, "/d/wal", 0, lambda rec, _lsn: got.append(rec))
+    return got
