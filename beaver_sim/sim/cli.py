@@ -90,6 +90,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--misbehave",
         help="hostile handlers, comma separated: huge-reason, unprintable-reason, mutate-payload",
     )
+    p.add_argument("--delayed", type=int, default=0, metavar="N", help="every N-th job delayed 0.5-2.5 s")
+    p.add_argument("--cancel", type=int, default=0, metavar="N", help="every N-th delayed job cancelled")
+    p.add_argument("--requeue-at", type=float, default=0.0, metavar="T", help="requeue dead jobs at T s")
     p.add_argument("--crash-model", choices=("process", "power-loss"), default=None, help="default process")
     p.add_argument("--mutant", help="a deliberately broken variant (see `beaver sim --list-mutants`)")
     p.add_argument("--json", action="store_true", help="one JSON object (docs/contracts.md)")
@@ -170,6 +173,9 @@ def _simulation(args: argparse.Namespace, crash: Any = None) -> Any:
         rate=args.rate or 0.0,
         durations=args.durations or "uniform",
         misbehave=args.misbehave or "",
+        delayed=args.delayed,
+        cancel=args.cancel,
+        requeue_at=args.requeue_at,
     )
     return Simulation(
         config, workload, config.seed, crash=crash, model=args.crash_model or "process", mutant=args.mutant
@@ -184,7 +190,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from beaver_sim.sim.faults import CrashPlan
 
     if args.list_mutants:
-        for name, m in mutants.MUTANTS.items():
+        for name, m in {**mutants.MUTANTS, **mutants.OPERATOR_MUTANTS}.items():
             print(f"{name}  (checkpoint {m.checkpoint})\n    {m.doc}\n")
         return 0
     if args.replay:
