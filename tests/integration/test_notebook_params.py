@@ -48,7 +48,7 @@ SECOND_SETS: dict[str, dict[str, Any]] = {
 }
 
 
-DRAWN = ["00-tour", "01-queue", "06-recovery-time", "07-retry-distribution", "09-metrics"]
+DRAWN = ["00-tour", "01-queue", "06-recovery-time", "07-retry-distribution", "09-metrics", "11-operating"]
 FUZZ = int(os.environ.get("NOTEBOOK_FUZZ", "0"))
 FUZZ_SEED = int(os.environ.get("NOTEBOOK_FUZZ_SEED", "1000"))
 SEEDS = [1, 2, *list(range(FUZZ_SEED, FUZZ_SEED + FUZZ))]
