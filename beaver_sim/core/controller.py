@@ -180,8 +180,9 @@ class Controller:
 
     @property
     def idle(self) -> bool:
-        """Nothing pending, nothing in flight, nothing waiting to be written."""
-        return not (self.state.pending or self.state.leases or self._acks or self._to_start)
+        """Nothing pending, delayed or in flight, nothing waiting to be written."""
+        state = self.state
+        return not (state.pending or state.leases or state.not_before or self._acks or self._to_start)
 
     # -- the event handlers --------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import io
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -504,3 +505,37 @@ def test_a_job_file_may_delay_a_job_and_bad_delays_are_one_line(tmp_path: Path) 
         with pytest.raises(BeaverError, match="retry_backoff") as e:
             load_config(None, {"retry_backoff": value})
         assert fragment in str(e.value)
+
+
+def _wall_clock(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """A real handler: its result is when it ran (wall time) and which attempt it was."""
+    return {"ran_at": time.time(), "job": ctx.job_id, "attempt": ctx.attempt}
+
+
+def test_a_delayed_job_waits_on_the_wall_clock_across_a_restart_of_beaver_run(tmp_path: Path) -> None:
+    """Real mode: the delay is made absolute on wall time when accepted, survives a clean stop (the
+    job still delayed) and a new controller, runs no earlier, and its handler's result is kept."""
+    config = Config(data_dir=str(tmp_path / "d"), worker_count=1, metrics_port=0, snapshot_interval=0)
+
+    async def serve(until: Any) -> Service:
+        service = Service(config, serve_metrics=False, handlers={"clock": _wall_clock})
+        await service.start()
+        runner = asyncio.create_task(service.run())
+        while not until(service):
+            await asyncio.sleep(0.01)
+        service.request_stop()
+        await runner
+        await service.close()
+        return service
+
+    async def go() -> tuple[float, dict[str, Any], float]:
+        sent = time.time()
+        await asyncio.to_thread(enqueue, config, [("d", {"type": "clock"}, {"delay": 0.8})])
+        first = await serve(lambda s: "d" in s.controller.state.not_before)
+        not_before = first.controller.state.not_before["d"]
+        second = await serve(lambda s: s.controller.state.stats()["completed"] == 1)
+        return sent, second.controller.state.results["d"], not_before
+
+    sent, result, not_before = asyncio.run(go())
+    assert sent + 0.8 <= not_before <= time.time()
+    assert result["ran_at"] >= not_before and (result["job"], result["attempt"]) == ("d", 1)
