@@ -1,13 +1,15 @@
-"""Graded labs: the learner writes one durable piece of the queue, and a crash sweep grades it.
+"""Graded labs: the learner writes one durable piece of the queue, and crash sweeps grade it.
 
 Each lab takes one small function (frame and sync a WAL record, write a snapshot atomically, replay
-a record idempotently, decide retry or dead letter) and plugs it into the real system through the
-hooks the durability mutants use (a WriteAheadLog / SnapshotStore / Controller subclass, or
-Storage.open's `apply_fn`): for the length of a check it is registered as mutant `lab-<name>`. Then
-a small seeded crash sweep runs the real controller, WAL, snapshots and recovery on the simulator
-and the invariant checker grades the outcome: a pass, or the first counterexample with its crash
-point, replay token and a figure. The registration lives in this process only, so sweeps run
-serially here, and a replay token names the lab: `replay(lab, fn, token)` runs it again.
+a record idempotently, choose the record that ends an attempt) and plugs it into the real system
+through the hooks the durability mutants use (a WriteAheadLog / SnapshotStore / Controller subclass,
+or Storage.open's `apply_fn`): for the length of a check it is registered as mutant `lab-<name>`.
+Then a small seeded crash sweep per crash model runs the real controller, WAL, snapshots and
+recovery on the simulator and the invariant checker grades the outcome: a pass, or the first
+counterexample with its crash point, the invariant it broke (or the function's own contract, which
+a lab may check directly: `Lab.contract`), a replay token and a figure. The registration lives in
+this process only, so sweeps run serially here, and a replay token names the lab: `replay(lab, fn,
+token)` runs it again.
 
 `python -m beaver_sim.labs SRC DST` writes the learner versions of the lab notebooks (`make
 student`): every `# BEGIN SOLUTION` ... `# END SOLUTION` block becomes `raise NotImplementedError`."""
@@ -28,17 +30,19 @@ import pandas as pd
 
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
-from beaver_sim.core.types import BeaverError, Config
+from beaver_sim.core.queue import JobQueue
+from beaver_sim.core.types import BeaverError, Config, CorruptLog
 from beaver_sim.sim import mutants
-from beaver_sim.sim.checker import INVARIANTS
+from beaver_sim.sim.checker import CODES, INVARIANTS
 from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import CrashPlan
+from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSS, PROCESS, SUBSETS, TORN_BLOCKS
 from beaver_sim.sim.plots import attempts_histogram, outcome_map
 from beaver_sim.sim.results import SimResult
 from beaver_sim.sim.sweep import crash_sweep, violations
 from beaver_sim.sim.workload import Workload
 from beaver_sim.storage.fs import FS, FileHandle
-from beaver_sim.storage.snapshot import SnapshotStore, encode, snapshot_name
+from beaver_sim.storage.snapshot import Loaded, Snapshot, SnapshotStore, decode, encode, snapshot_name
 from beaver_sim.storage.wal import WriteAheadLog
 
 # -- the pieces a learner's function is plugged into ------------------------------------------
@@ -46,6 +50,17 @@ from beaver_sim.storage.wal import WriteAheadLog
 
 class LabError(Exception):
     """The learner's function broke its contract in a way the sweep cannot grade (a bad return)."""
+
+
+CONTRACT = "contract broken: "  # starts the refusal a lab's own check raises inside a sweep
+
+
+class ContractBroken(CorruptLog):
+    """Raised by a lab's store when a crash left what the learner's function promised never to
+    leave; recovery refuses on it, and `check` names the function's contract, not an invariant."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(CONTRACT + why)
 
 
 class LabWAL(WriteAheadLog):
@@ -122,9 +137,23 @@ class _MarkedFS:
 
 class LabSnapshots(SnapshotStore):
     """The real SnapshotStore (load, prune, `.tmp` cleanup), except that the file is written by the
-    learner's `write_snapshot(fs, directory, name, data)`."""
+    learner's `write_snapshot(fs, directory, name, data)`, and that a crash must never leave a
+    damaged file under a snapshot's final name (the contract of write_snapshot): the real store
+    would set it aside and fall back to the older snapshot; this one refuses, naming it."""
 
     write_snapshot: ClassVar[Callable[[FS, str, str, bytes], None]]
+
+    def load(self, read: Callable[[Snapshot, str], Any]) -> Loaded[Any]:
+        for seq in self.seqs():
+            path = self.path(seq)
+            try:
+                decode(self.fs.read_bytes(path), path)
+            except CorruptLog as e:
+                raise ContractBroken(
+                    f"after the crash {path} holds a damaged snapshot under its final name ({e}); "
+                    "a name must point at the whole file or not exist"
+                ) from None
+        return super().load(read)
 
     def save(self, seq: int, version: int, body: bytes) -> str:
         data, path = encode(seq, version, body), self.path(seq)
@@ -134,26 +163,72 @@ class LabSnapshots(SnapshotStore):
         return path
 
 
-ACTIONS = ("retry", "dead")
+ENDINGS = (R.FAIL, R.TIMEOUT, R.REQUEUE, R.DEAD)  # the records that end an attempt
 
 
 class LabController(Controller):
-    """The real Controller, except that after a failed or timed-out attempt the learner's
-    `next_action(attempt, max_retry, reason)` says whether the job is retried or dead."""
+    """The real Controller, except that the record ending each unsuccessful attempt is the learner's
+    `next_record(job, attempt, max_retry, reason, error)`: after a failure (`reason` "failed", with
+    the worker's `error`), a timeout ("timeout"), and for each attempt a crash interrupted, at the
+    next start ("interrupted"). The controller logs what it returns and applies it."""
 
-    next_action: ClassVar[Callable[[int, int, str], str]]
+    next_record: ClassVar[Callable[[str, int, int, str, str | None], R.Record]]
+
+    def start(self) -> None:
+        for job_id, lease in list(self.state.leases.items()):
+            self._end(job_id, lease.attempt, "interrupted", None)
+            self.counters.requeued_on_recovery += 1
+        self.started = True
+        self._dispatch()
 
     def _retry_or_bury(self, job_id: str, attempt: int, retry: R.Record, why: str) -> None:
         reason = "timeout" if retry["type"] == R.TIMEOUT else "failed"
-        action = type(self).next_action(attempt, self.config.max_retry, reason)
-        if action == "dead":
-            self._log(R.dead(job_id, attempt, why))
+        self._end(job_id, attempt, reason, retry.get("error"))
+
+    def _end(self, job_id: str, attempt: int, reason: str, error: str | None) -> None:
+        rec = type(self).next_record(job_id, attempt, self.config.max_retry, reason, error)
+        if not isinstance(rec, dict) or rec.get("type") not in ENDINGS:
+            raise LabError(
+                f"next_record returned {rec!r}; it must return a record made by one of "
+                "R.fail, R.timeout, R.requeue, R.dead"
+            )
+        self._log(rec)
+        if rec["type"] == R.DEAD:
             self.counters.dead += 1
-        elif action == "retry":
-            self._log(retry)
-            self.counters.retried += 1
         else:
-            raise LabError(f"next_action returned {action!r}; it must return one of {', '.join(ACTIONS)}")
+            self.counters.retried += 1
+
+
+# Lab 3's transition: the seed's queue methods, which do not know what is news (the learner must)
+transition = mutants.seed_transition
+
+
+def replay_contract(fn: Callable[[JobQueue, R.Record], None]) -> str | None:
+    """Lab 3's contract, checked on a three-record state before any sweep: a record the state
+    already holds changes nothing; a new one is applied and becomes `last_seq`; a new one that no
+    job can take raises (it is damage, and skipping it would hide it). None, or what went wrong."""
+    state = JobQueue()
+    for seq, rec in enumerate((R.enqueue("a", {}), R.dispatch("a", 1, 0, 1.0), R.ack("a", 1)), 1):
+        R.apply(state, {**rec, "seq": seq})
+    before = state.to_state()
+    for seq, rec, what in ((2, R.fail("a", 1, "boom"), "a fail of job a"), (4, R.enqueue("b", {}), "job b")):
+        try:
+            fn(state, {**rec, "seq": seq})
+        except Exception as e:
+            return f"replaying seq {seq} ({what}; the state's last seq was 3) raised {e!r}"
+        if seq == 2 and state.to_state() != before:
+            return "replaying seq 2 (a fail of job a), which the state already holds (last_seq 3), changed it"
+    if "b" not in state.jobs or state.last_seq != 4:
+        known = "known" if "b" in state.jobs else "missing"
+        return f"after replaying seq 4 (enqueue of job b), job b is {known} and last_seq is {state.last_seq}"
+    try:
+        fn(state, {**R.ack("ghost", 1), "seq": 5})
+    except Exception:
+        return None
+    return (
+        "seq 5, an ack of job 'ghost' that the state never saw, was skipped without an error: "
+        "a record after the state that cannot apply is damage, and recovery must stop on it"
+    )
 
 
 # -- the labs --------------------------------------------------------------------------------
@@ -164,22 +239,29 @@ _QUICK_SNAPSHOTS = {"snapshot_interval": 0.3, "snapshot_log_ratio": 0.5}
 
 @dataclass(frozen=True)
 class Lab:
-    """One lab: the function the learner writes, how it is plugged in (`mutant(fn)`), and the
-    seeded sweep that grades it (crash model, point set, config changes, jobs)."""
+    """One lab: the function the learner writes, how it is plugged in (`mutant(fn)`), the seeded
+    sweeps that grade it (one per crash model of `models`: point set, config changes, jobs), and
+    `contract`: a direct check of the function run first (None, or what it got wrong)."""
 
     name: str
     function: str
     mutant: Callable[[Callable[..., Any]], mutants.Mutant]
-    model: str
+    models: tuple[str, ...]
     points: str
     config: dict[str, Any] = field(default_factory=dict)
     jobs: int = 20
     seed: int = 7
+    contract: Callable[[Callable[..., Any]], str | None] | None = None
+    subsets: int = 0  # unsynced units (names, blocks) of the busiest crash point: check(exhaustive=True)
 
-    def simulation(self, jobs: int | None = None) -> Simulation:
+    def simulation(self, jobs: int | None = None, model: str | None = None) -> Simulation:
         config = Config(data_dir="/data", worker_count=4, **self.config)
         return Simulation(
-            config, Workload(jobs or self.jobs), self.seed, model=self.model, mutant=f"lab-{self.name}"
+            config,
+            Workload(jobs or self.jobs),
+            self.seed,
+            model=model or self.models[0],
+            mutant=f"lab-{self.name}",
         )
 
 
@@ -194,8 +276,9 @@ LABS: dict[str, Lab] = {
             "wal",
             "append_record",
             lambda fn: mutants.Mutant("lab-wal", 2, wal_cls=_subclass(LabWAL, "append_record", fn)),
-            model="power-loss",
-            points="records",
+            models=(POWER_LOSS, TORN_BLOCKS),
+            points="records+times:40",  # inside each write, and between events: acknowledged, idle
+            subsets=2,
         ),
         Lab(
             "snapshot",
@@ -203,25 +286,27 @@ LABS: dict[str, Lab] = {
             lambda fn: mutants.Mutant(
                 "lab-snapshot", 3, snapshot_cls=_subclass(LabSnapshots, "write_snapshot", fn)
             ),
-            model="power-loss",
+            models=(POWER_LOSS, METADATA_FIRST, TORN_BLOCKS),
             points="records+marks",
             config=_QUICK_SNAPSHOTS,
+            subsets=5,
         ),
         Lab(
             "replay",
             "replay_record",
             lambda fn: mutants.Mutant("lab-replay", 5, wal_cls=mutants.ReplayWholeLogWAL, apply_fn=fn),
-            model="process",
+            models=(PROCESS,),
             points="records",
             config={**_QUICK_SNAPSHOTS, "failure_rate": 0.3},
+            contract=replay_contract,
         ),
         Lab(
             "retry",
-            "next_action",
+            "next_record",
             lambda fn: mutants.Mutant(
-                "lab-retry", 4, controller_cls=_subclass(LabController, "next_action", fn)
+                "lab-retry", 4, controller_cls=_subclass(LabController, "next_record", fn)
             ),
-            model="process",
+            models=(PROCESS,),
             points="records",
             config={"task_timeout": 0.3},
         ),
@@ -254,7 +339,8 @@ def plugged(lab: str, fn: Callable[..., Any]) -> Iterator[Lab]:
 @dataclass
 class Result:
     """What a check found: `passed`, or the first counterexample (`first`: point, invariant, job,
-    detail, token, crash); `sweep` is the sweep's DataFrame (None when no sweep finished)."""
+    detail, token, crash, model); `names` is what failed, as printed: `invariant N code: statement`
+    or `the contract of <function>: ...`; `sweep` is the failing (or last) sweep's DataFrame."""
 
     lab: str
     function: str
@@ -262,6 +348,7 @@ class Result:
     not_implemented: bool = False
     error: str | None = None  # the function broke its contract (a bad return, no file written)
     first: dict[str, Any] | None = None
+    names: str = ""
     sweep: pd.DataFrame | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
@@ -269,19 +356,50 @@ class Result:
         return f"<lab {self.lab}: {self.function} {verdict}>"
 
 
-def sweep(lab: str, fn: Callable[..., Any], jobs: int | None = None) -> pd.DataFrame:
-    """The lab's crash sweep with `fn` plugged in (serial, no progress bar)."""
+def sweep(
+    lab: str, fn: Callable[..., Any], jobs: int | None = None, model: str | None = None, subsets: int = 0
+) -> pd.DataFrame:
+    """The lab's crash sweep with `fn` plugged in under `model` (default: its first), serially;
+    with `subsets`, every subset of that many unsynced units at each point instead (SUBSETS)."""
     with plugged(lab, fn) as spec:
-        return crash_sweep(spec.simulation(jobs), spec.points, executor="serial", progress=False)
+        sim = spec.simulation(jobs, model)
+        return crash_sweep(sim, spec.points, executor="serial", progress=False, subsets=subsets)
 
 
-def check(lab: str, fn: Callable[..., Any], *, jobs: int | None = None, plot: bool = True) -> Result:
-    """Plug `fn` into the real system, crash it at every point of the lab's sweep, and print a pass
-    or the first counterexample (what was lost, the crash point, a replay token) with a figure."""
+def names(function: str, invariant: int, detail: str) -> str:
+    """The rule a counterexample broke, in words: the function's own contract when a lab's check
+    refused, else the invariant, with the clause of invariant 5 that failed."""
+    if CONTRACT in detail:
+        return f"the contract of {function}: what a crash leaves is whole or absent, never damaged"
+    statement = INVARIANTS[invariant]
+    if invariant == 5 and "the log does not verify" in detail:
+        statement = "the log on disk verifies: every line framed, its chained CRC32C right"
+    return f"invariant {invariant} {CODES[invariant]}: {statement}"
+
+
+def check(
+    lab: str, fn: Callable[..., Any], *, jobs: int | None = None, plot: bool = True, exhaustive: bool = False
+) -> Result:
+    """Plug `fn` into the real system, crash it at every point of the lab's sweep under each of its
+    crash models, check its contract (if the lab has one), and print a pass or the first
+    counterexample (what broke, the crash point, a replay token) with a figure. `exhaustive` adds
+    a bounded exhaustive search: at every point, every subset of the unsynced names and blocks a
+    crash may keep or lose (`Lab.subsets` of them: as many as any point of the lab has)."""
     spec = _lab(lab)
     name = getattr(fn, "__name__", spec.function)
+    runs = [(model, 0) for model in spec.models]
+    if exhaustive and spec.subsets:
+        runs.append((SUBSETS, spec.subsets))
+    frames: list[pd.DataFrame] = []
+    why = None
     try:
-        df = sweep(lab, fn, jobs)
+        for model, subsets in runs:
+            df = sweep(lab, fn, jobs, spec.models[0] if subsets else model, subsets)
+            frames.append(df)
+            if violations(df):
+                break
+        else:
+            why = spec.contract(fn) if spec.contract is not None else None
     except NotImplementedError:
         print(
             f"{name}: not implemented yet. Replace `raise NotImplementedError` with your code "
@@ -291,35 +409,49 @@ def check(lab: str, fn: Callable[..., Any], *, jobs: int | None = None, plot: bo
     except LabError as e:
         print(f"FAIL: {e}")
         return Result(lab, name, False, error=str(e))
+    if why is not None:
+        contract = f"the contract of {name}"
+        print(f"FAIL: {name} passed every crash point, but breaks its contract.")
+        print(f"  {contract}: {why}.")
+        return Result(lab, name, False, first={"detail": why}, names=contract, sweep=frames[-1])
+    df = frames[-1]
+    model, subsets = runs[len(frames) - 1]
+    if subsets:
+        model = f"every subset of {subsets} unsynced units"
     found = violations(df)
-    n, model = len(df), spec.model
+    n_jobs = spec.simulation(jobs).workload.jobs
     if not found:
+        total = sum(len(d) for d in frames)
+        explored = f"; every subset of {spec.subsets} unsynced units" if len(runs) > len(spec.models) else ""
         print(
-            f"PASS: {name} kept every invariant at all {n} crash points "
-            f"({model}, {spec.points}, {spec.simulation(jobs).workload.jobs} jobs)."
+            f"PASS: {name} kept every invariant at all {total} crash points "
+            f"({', '.join(spec.models)}{explored}; {spec.points}; {n_jobs} jobs)."
         )
         return Result(lab, name, True, sweep=df)
-    first = dict(found[0])
-    bad = int((df["violations"] > 0).sum())
+    first = dict(found[0], model=model)
+    label = names(name, first["invariant"], first["detail"])
     if first["point"] < 0:
         first["crash"] = "no crash"
-        where = "with no crash needed: the uncrashed run already breaks it"
+        print(f"FAIL: {name} broke an invariant with no crash at all: the run without one already breaks it.")
+        print("First counterexample, the uncrashed run")
     else:
+        bad = int((df["violations"] > 0).sum())
         row = df.iloc[first["point"]]
         plan = CrashPlan(row["kind"], _at(row["kind"], row["at"]), int(row["occurrence"]))
         first["crash"] = plan.describe()
-        where = f"crash point {first['point']} of {n}: {first['crash']} ({model}), at {row['time']:.3f} s"
-        where += " of virtual time"
-    print(f"FAIL: {name} broke an invariant at {bad} of {n} crash points ({model}, {spec.points}).")
-    print(f"First counterexample, {where}")
-    print(f"  invariant {first['invariant']}: {INVARIANTS[first['invariant']]}")
+        print(f"FAIL: {name} broke an invariant at {bad} of {len(df)} crash points ({model}, {spec.points}).")
+        print(
+            f"First counterexample, crash point {first['point']} of {len(df)}: {first['crash']} ({model}), "
+            f"at {row['time']:.3f} s of virtual time"
+        )
+    print(f"  {label}")
     if first["job"]:
         print(f"  job: {first['job']}")
     print(f"  what happened: {first['detail']}")
     print(f'  replay it: beaver_sim.labs.replay("{lab}", {name}, "{first["token"]}")')
     if plot:
         _picture(spec, name, fn, df, first)
-    return Result(lab, name, False, first=first, sweep=df)
+    return Result(lab, name, False, first=first, names=label, sweep=df)
 
 
 def _at(kind: str, at: str) -> Any:

@@ -39,14 +39,19 @@ step "a lab check"
 python - <<'EOF'
 import sys
 
+from beaver_sim.core import records as R
 from beaver_sim.labs import check
 
 
-def next_action(attempt: int, max_retry: int, reason: str) -> str:
-    return "retry" if attempt < max_retry else "dead"
+def next_record(job, attempt, max_retry, reason, error):
+    if attempt >= max_retry:
+        return R.dead(job, attempt, reason if error is None else f"{reason}: {error}")
+    if reason == "failed":
+        return R.fail(job, attempt, error or "error")
+    return R.timeout(job, attempt) if reason == "timeout" else R.requeue(job, attempt)
 
 
-sys.exit(0 if check("retry", next_action, plot=False).passed else 1)
+sys.exit(0 if check("retry", next_record, plot=False).passed else 1)
 EOF
 step "beaver notebooks course, then one notebook executed there"
 beaver notebooks course

@@ -16,7 +16,7 @@ import posixpath
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -167,6 +167,7 @@ class Storage:
             fsync=config.fsync,
             segment_bytes=config.segment_bytes,
             preallocate=config.wal_preallocate,
+            recovery=config.wal_recovery,
             max_record=config.max_record_bytes,
             **kwargs,
         )
@@ -242,13 +243,16 @@ def inspect(
     every_record: bool = False,
     check_snapshots: bool = False,
     retention: int = 0,
+    recovery: str = "tolerate-tail",
 ) -> Inspection:
     """Read a data directory as `Storage.open` would, changing nothing. Records after the newest
     good snapshot are replayed into `state`, or handed to `on_record` instead (every record in the
     log with `every_record`). Records the snapshot covers may be missing from the front of the log:
     their segments were deleted by a checkpoint, which is not damage. `check_snapshots` verifies
     every snapshot file, not just the newest good one. `retention`: the config's
-    `completed_retention`, used as recovery uses it (`_legacy_window`)."""
+    `completed_retention`, used as recovery uses it (`_legacy_window`). `recovery`: the
+    `wal_recovery`; under "strict" a whole last record that fails its checksum is damage, not a
+    torn tail."""
     names = [n for n in fs.listdir(snap_dir) if _SNAPSHOT.fullmatch(n)] if fs.is_dir(snap_dir) else []
     paths = [posixpath.join(snap_dir, n) for n in names]
     q, newest, broken = JobQueue(), None, []
@@ -276,6 +280,9 @@ def inspect(
         after = 0 if every_record and on_record is not None else covered
         s = W.scan(fs, wal_dir, after, callback, covered_seq=covered)
     problem = s.problem
+    if problem is not None and problem.torn and problem.whole and recovery == "strict":
+        why = f"{problem.reason} in a whole last record (wal_recovery: strict)"
+        s.problem = problem = replace(problem, torn=False, reason=why)
     if (problem is None or problem.torn) and covered:
         if not s.segments:
             problem = Problem(wal_dir, 0, 0, 0, f"no WAL segment, but snapshot {newest} covers seq {covered}")
@@ -322,12 +329,14 @@ class RepairPlan:
         }
 
 
-def plan_repair(fs: FS, wal_dir: str, snap_dir: str, retention: int = 0) -> RepairPlan | None:
+def plan_repair(
+    fs: FS, wal_dir: str, snap_dir: str, retention: int = 0, recovery: str = "tolerate-tail"
+) -> RepairPlan | None:
     """The repair that lets recovery start, and its cost; None when recovery starts as is (a torn
     tail included: recovery itself truncates it and keeps a copy). The log is replayed as recovery
-    replays it (`retention`: the config's, for `inspect`), so a record that checksums but that
-    `apply` refuses is where the cut goes too; the counts come only from records that verify."""
-    found = inspect(fs, wal_dir, snap_dir, retention=retention)  # replayed: a record apply refuses too
+    replays it (`retention` and `recovery`: the config's, for `inspect`), so a record that checksums
+    but that `apply` refuses is where the cut goes too; the counts come only from records that verify."""
+    found = inspect(fs, wal_dir, snap_dir, retention=retention, recovery=recovery)
     p = found.problem
     if p is None or p.torn:
         return None

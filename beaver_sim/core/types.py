@@ -145,6 +145,7 @@ class Backoff:
 FSYNC_POLICIES = ("always", "interval", "never")
 PREALLOCATE = ("none", "fallocate", "zeros")  # storage.wal.PREALLOCATE
 MIN_RECORD_BYTES = 4096  # records.MAX_REASON_BYTES plus a record's fields, with room for an id
+WAL_RECOVERY = ("tolerate-tail", "strict")  # storage.wal.RECOVERY
 
 
 @dataclass(slots=True)
@@ -166,6 +167,9 @@ class Config:
     fsync_interval: float = 0.05
     segment_bytes: int = 64 << 20
     wal_preallocate: str = "none"  # none | fallocate | zeros: segments made segment_bytes long up front
+    wal_recovery: str = (
+        "tolerate-tail"  # tolerate-tail | strict: may a whole last record that fails its CRC be cut?
+    )
     max_record_bytes: int = 1 << 20
     max_result_bytes: int = 64 << 10  # a handler's return value, as JSON; larger fails the attempt
     snapshots_kept: int = 2
@@ -217,6 +221,8 @@ class Config:
             out.append(
                 f"wal_preallocate must be one of {', '.join(PREALLOCATE)}, got {self.wal_preallocate!r}"
             )
+        if self.wal_recovery not in WAL_RECOVERY:
+            out.append(f"wal_recovery must be one of {', '.join(WAL_RECOVERY)}, got {self.wal_recovery!r}")
         if self.completed_retention < 0:
             out.append(
                 f"completed_retention must be >= 0 (0 keeps every job), got {self.completed_retention}"

@@ -15,6 +15,7 @@ from typing import Any
 
 from beaver_sim.core.types import BeaverError
 from beaver_sim.extras import require
+from beaver_sim.sim.fs import CRASH_MODELS, METADATA_FIRST, POWER_LOSSES, TORN_BLOCKS
 
 SIM_DATA_DIR = "sim:/run"  # SimFS treats sim:/x as /x (beaver_sim/sim/fs.py)
 CONFIG_FLAGS = {  # dest -> (Config field, flag as the user typed it)
@@ -93,7 +94,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delayed", type=int, default=0, metavar="N", help="every N-th job delayed 0.5-2.5 s")
     p.add_argument("--cancel", type=int, default=0, metavar="N", help="every N-th delayed job cancelled")
     p.add_argument("--requeue-at", type=float, default=0.0, metavar="T", help="requeue dead jobs at T s")
-    p.add_argument("--crash-model", choices=("process", "power-loss"), default=None, help="default process")
+    p.add_argument(
+        "--crash-model",
+        choices=CRASH_MODELS,
+        default=None,
+        help="default process; what each keeps: docs/contracts.md, Crash models",
+    )
     p.add_argument("--mutant", help="a deliberately broken variant (see `beaver sim --list-mutants`)")
     p.add_argument("--json", action="store_true", help="one JSON object (docs/contracts.md)")
 
@@ -293,7 +299,7 @@ def _sim_table(s: dict[str, Any]) -> str:
 def _recovery_lines(crash: dict[str, Any], rec: dict[str, Any]) -> list[str]:
     """What recovery found, and why: how much of the log survived the crash, and what the clients
     did about the enqueues they had not seen acknowledged."""
-    power = crash["model"] == "power-loss"
+    power = crash["model"] in POWER_LOSSES
     replayed, durable, written = rec["records_replayed"], crash.get("durable_lsn"), crash["lsn"]
     why = ""
     if not replayed and not rec["snapshot_seq"]:
@@ -303,7 +309,11 @@ def _recovery_lines(crash: dict[str, Any], rec: dict[str, Any]) -> list[str]:
         f"{rec['seconds'] * 1e3:.2f} ms measured, {rec['model_seconds'] * 1e3:.2f} ms modelled"
     ]
     if power and durable is not None and written is not None:
-        lines.append(f"survived   LSN {durable} of {written}: a power loss keeps only what was fsynced")
+        kept = {
+            TORN_BLOCKS: "what was fsynced, and some unsynced blocks (recovery cuts them)",
+            METADATA_FIRST: "only what was fsynced, under every name made before it",
+        }.get(crash["model"], "only what was fsynced")
+        lines.append(f"survived   LSN {durable} of {written}: a power loss keeps {kept}")
     resubmitted, found = rec.get("resubmitted", 0), rec.get("found_in_log", 0)
     if resubmitted or found:
         lines.append(
@@ -317,7 +327,7 @@ def _expected(fsync: str, model: str, mutant: str | None) -> str:
     """Why violations are the point of this run (a known-unsafe configuration), or ''."""
     if mutant:
         return f"violations found, as expected of the mutant {mutant} (a deliberately broken design)"
-    if fsync == "never" and model == "power-loss":
+    if fsync == "never" and model in POWER_LOSSES:
         return "violations found, as expected without fsync: a power loss drops acknowledged writes"
     return ""
 

@@ -43,7 +43,7 @@ from beaver_sim.sim.capture import (
 from beaver_sim.sim.checker import Checker, Trace
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.faults import IO_KINDS, CrashHook, CrashPlan, recovery_model_seconds, survivors
-from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSS, SimFS, SimulatedCrash
+from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSSES, SUBSETS, SimFS, SimulatedCrash
 from beaver_sim.sim.results import Life, SimResult
 from beaver_sim.sim.workers import SimWorkers, misbehaving
 from beaver_sim.sim.workload import Batch, ExponentialWorkers, Workload
@@ -60,7 +60,7 @@ def _crash_now(plan: CrashPlan) -> None:
 @dataclass
 class Simulation:
     """One deterministic run; `run()` returns a SimResult. `crash` is one CrashPlan or a list (the
-    i-th crash is armed in the i-th life); `model` is `process` or `power-loss`; `mutant` one of
+    i-th crash is armed in the i-th life); `model` one of `fs.CRASH_MODELS`; `mutant` one of
     `sim.mutants.MUTANTS`. `sample_every` (virtual seconds, 0: never) paces the metric samples;
     `observe` records every WAL write and persistence point (sweeps enumerate crash points so).
     `history` keeps each crashed life's files and hook, for `records()` and the `wal` DataFrame;
@@ -339,7 +339,7 @@ class _Run:
             self.checker.claim(plan.describe(), [job for _end, job in acks], seq, durable)
         else:
             self.checker.crashed(plan.describe(), trace, durable)
-        if (plan.model or self.sim.model) == POWER_LOSS:
+        if (plan.model or self.sim.model) in (*POWER_LOSSES, SUBSETS):
             self.checker.power_loss(crash_time)
         if life.index:
             bases = self.storage.state.base if self.storage is not None else {}

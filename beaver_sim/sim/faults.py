@@ -10,7 +10,8 @@ ENOSPC (`enospc`) or its K-th fsync with EIO (`eio`), over every file; the proce
 error, as `beaver run` does, and restarts on what the crash model keeps. `CrashHook` is the SimFS
 hook that finds the spot: it follows the WAL's LSNs through the writes it sees (a segment's base
 LSN is in its header), so crash points stay exact across segment rotations and restarts. The crash
-model (`process` or `power-loss`) then decides what survives: SimFS.after_crash.
+model (`fs.CRASH_MODELS`: `process`, `power-loss`, `metadata-first`, `torn-blocks`) then decides
+what survives: SimFS.after_crash.
 
 Recovery time has two faces here: the measured wall time of the real recovery code (never part of a
 deterministic output) and `recovery_model_seconds`, a cost model of the work recovery did."""
@@ -27,7 +28,7 @@ import orjson
 
 from beaver_sim.core.types import BeaverError
 from beaver_sim.sim.clock import VirtualClock
-from beaver_sim.sim.fs import CRASH_MODELS, IOFault, SimFS
+from beaver_sim.sim.fs import CRASH_MODELS, SUBSETS, IOFault, SimFS
 from beaver_sim.storage.wal import SEGMENT_NAME
 
 IO_KINDS = {  # kind -> (op, errno, bytes of the failing write kept)
@@ -78,8 +79,9 @@ def recovery_model_seconds(records_replayed: int, wal_bytes: int, snapshot_bytes
 class CrashPlan:
     """One crash: `kind` (lsn, record, point, time, op, an I/O error) and where (`at`); `occurrence`
     picks the n-th time a point is reached in its life; `torn` is how many bytes of each file's
-    unsynced tail survive a power loss (0: none); `model` is this crash's model (None: the run's),
-    so one run can mix process crashes and power losses."""
+    unsynced tail survive a power loss (0: none), or under `model` SUBSETS the mask of the unsynced
+    units that survive (SimFS.unsynced_units); `model` is this crash's model (None: the run's), so
+    one run can mix process crashes and power losses."""
 
     kind: str
     at: Any
@@ -102,7 +104,7 @@ class CrashPlan:
             raise BeaverError(f"crash at time needs a number of seconds >= 0, got {self.at!r}")
         if self.occurrence < 1 or self.torn < 0:
             raise BeaverError("crash occurrence must be >= 1 and torn bytes >= 0")
-        if self.model is not None and self.model not in CRASH_MODELS:
+        if self.model is not None and self.model not in (*CRASH_MODELS, SUBSETS):
             raise BeaverError(f"crash model must be one of {', '.join(CRASH_MODELS)}, got {self.model!r}")
 
     def describe(self) -> str:
@@ -171,6 +173,7 @@ class CrashHook:
         self.crash_lsn: int | None = None
         self.crash_time: float | None = None
         self.writes: list[tuple[int, int, int]] = []  # observe: (op index, start LSN, bytes)
+        self.write_times: list[float] = []  # observe: the virtual time of each of those writes
         self.points: list[tuple[str, int, int, float]] = []  # observe: (name, occurrence, LSN, time)
 
     def __call__(self, op: str, path: str, nbytes: int) -> int | None:
@@ -206,6 +209,7 @@ class CrashHook:
             return None  # a `.broken` backup: not part of the log
         if self.observe:
             self.writes.append((self.ops, start, nbytes))
+            self.write_times.append(self.clock.now())
         keep = self.reached_write(path, start, nbytes)
         self._end = start + (nbytes if keep is None else keep)
         return keep
@@ -266,7 +270,7 @@ class CrashHook:
 
 
 def survivors(fs: SimFS, model: str, torn: int = 0) -> SimFS:
-    """The files a restarted machine finds after a crash under `model`."""
-    if model not in CRASH_MODELS:
+    """The files a restarted machine finds after a crash under `model` (or SUBSETS, `torn` a mask)."""
+    if model not in (*CRASH_MODELS, SUBSETS):
         raise BeaverError(f"crash model must be one of {', '.join(CRASH_MODELS)}, got {model!r}")
     return fs.after_crash(model, torn)

@@ -3,8 +3,26 @@
 For every file it records the bytes *written* (what a process crash keeps: the page cache survives)
 and the bytes *durable* (what its last sync made safe). For every directory entry it records whether
 the create or rename that made it has been made durable by syncing the directory. `after_crash`
-returns the files that survive under the `process` or `power-loss` model. A `hook` can stop the
-world before any call or in the middle of any write: that is how crash points are placed. A `fault`
+returns the files that survive under a crash model (`CRASH_MODELS`, docs/contracts.md says which
+file systems show each):
+- `process`: kill -9; the page cache survives, every call took effect;
+- `power-loss`: only synced bytes, under names a directory fsync made durable;
+- `metadata-first`: every create, rename, unlink and truncation issued before the crash is on the
+  disk, in issue order, with no directory fsync (a journal commit, triggered by another file's
+  fsync or the commit timer, carried them), but a file's data is only what its own fsync made
+  durable: a tmp file renamed before its fsync is empty or short (ext4 delayed allocation, xfs,
+  btrfs; ALICE, OSDI '14);
+- `torn-blocks`: names as `power-loss`; every unsynced write reaches the disk in `BLOCK`-sized
+  pieces in any order: of the unsynced blocks of a file every second one is kept, starting with
+  the second, so a later block survives while an earlier one reads as zeros or as its old bytes
+  (an overwrite in place becomes a mix of old and new).
+For a bounded exhaustive search (`SUBSETS`, not a model of its own), `unsynced_units` lists what a
+crash may or may not have kept: each name whose entry differs from its durable one, and each
+unsynced `BLOCK` of each file; `after_crash(SUBSETS, mask)` keeps exactly the units whose bit is
+set (any subset, so any order of the writes between two syncs, as CrashMonkey explores).
+
+A `hook` can stop the world before any call or in the middle of any write: that is how crash
+points are placed. A `fault`
 (IOFault) makes the n-th write, sync, rename or directory sync fail with an OSError, as a full or
 failing disk does.
 
@@ -20,10 +38,16 @@ import os
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 PROCESS = "process"
 POWER_LOSS = "power-loss"
-CRASH_MODELS = (PROCESS, POWER_LOSS)
+METADATA_FIRST = "metadata-first"
+TORN_BLOCKS = "torn-blocks"
+CRASH_MODELS = (PROCESS, POWER_LOSS, METADATA_FIRST, TORN_BLOCKS)
+POWER_LOSSES = (POWER_LOSS, METADATA_FIRST, TORN_BLOCKS)  # the machine stopped: unsynced data may go
+SUBSETS = "subsets"  # after_crash(SUBSETS, mask): the unsynced units whose bit is set in mask survive
+BLOCK = 512  # bytes: the unit `torn-blocks` tears at (a sector; records here are ~100 bytes)
 SCHEME = "sim:"  # simulated paths are written sim:/run/wal/..., so they never pass for real ones
 
 # hook(op, path, nbytes) -> None to go on, or the number of bytes of this write to keep before
@@ -64,13 +88,15 @@ class _Inode:
     """`data` is what was written. What is durable is `data[:synced]`, unless the file was cut
     short since its last sync: then it is `old` (kept so that a sync copies nothing: O(1)).
     `size`: the allocated length when the file is longer than `data` (zeros after it);
-    `synced_size`: the allocated length the last sync made durable."""
+    `synced_size`: the allocated length the last sync made durable; `low`: the shortest the file
+    was cut to since its last sync (-1: not cut), what a committed truncation leaves of `old`."""
 
     data: bytearray = field(default_factory=bytearray)
     synced: int = 0
     old: bytes | None = None
     size: int = 0
     synced_size: int = 0
+    low: int = -1
 
     def durable(self) -> bytes:
         return self.old if self.old is not None else bytes(self.data[: self.synced])
@@ -81,9 +107,43 @@ class _Inode:
         del self.data[size:]
         self.synced = min(self.synced, size)
         self.size = min(self.size, size)
+        self.low = size if self.low < 0 else min(self.low, size)
 
     def sync(self) -> None:
-        self.synced, self.old, self.synced_size = len(self.data), None, self.size
+        self.synced, self.old, self.synced_size, self.low = len(self.data), None, self.size, -1
+
+    def metadata_first(self) -> bytes:
+        """The durable bytes, cut as the truncations since the last sync cut them (their metadata
+        reached the disk; the data written after them did not)."""
+        durable = self.durable()
+        return durable[: self.low] if self.low >= 0 else durable
+
+    def unsynced_blocks(self) -> range:
+        """The `BLOCK`s of the file that hold written bytes its last sync did not make durable."""
+        start = self.low if self.old is not None else self.synced  # the first byte that may differ
+        if start >= len(self.data) and self.old is None:
+            return range(0)
+        return range(start // BLOCK, -(-len(self.data) // BLOCK))
+
+    def with_blocks(self, keep: Callable[[int], bool]) -> bytearray:
+        """The durable bytes with the unsynced blocks `keep` picks (by their index among them) laid
+        over them. A lost block past the durable end reads as zeros; the file ends with its last
+        kept block."""
+        out = bytearray(self.durable())
+        start = self.low if self.old is not None else self.synced
+        data = self.data
+        for k, block in enumerate(self.unsynced_blocks()):
+            if keep(k):
+                lo, hi = max(block * BLOCK, start), min((block + 1) * BLOCK, len(data))
+                if len(out) < lo:
+                    out += bytes(lo - len(out))
+                out[lo:hi] = data[lo:hi]
+        return out
+
+    def torn_blocks(self) -> bytearray:
+        """Every second unsynced block kept (the second, fourth, ...): a later block survives, an
+        earlier one is lost."""
+        return self.with_blocks(lambda k: k % 2 == 1)
 
 
 class SimFile:
@@ -285,14 +345,24 @@ class SimFS:
     def after_crash(self, model: str, torn_bytes: int = 0) -> SimFS:
         """The files a restarted machine finds. `process`: everything written, as named now.
         `power-loss`: only durable names and durable bytes, plus the first `torn_bytes` of each
-        file's unsynced appended tail (a torn write)."""
-        if model not in CRASH_MODELS:
+        file's unsynced appended tail (a torn write). `metadata-first`: every name as now, with
+        its durable bytes. `torn-blocks`: durable names, durable bytes with every second unsynced
+        block laid over them (`_Inode.torn_blocks`)."""
+        if model not in CRASH_MODELS and model != SUBSETS:
             raise ValueError(f"unknown crash model {model!r}; expected one of {CRASH_MODELS}")
         out = type(self)()  # a subclass (a durability mutant) stays itself after a crash
         out.dirs = set(self.dirs)
-        if model == PROCESS:
+        if model == SUBSETS:
+            self._subset(out, torn_bytes)
+        elif model == PROCESS:
             for path, inode in self.files.items():
                 out.files[path] = _Inode(bytearray(inode.data), size=inode.size)
+        elif model == METADATA_FIRST:
+            for path, inode in self.files.items():
+                out.files[path] = _Inode(bytearray(inode.metadata_first()), size=inode.synced_size)
+        elif model == TORN_BLOCKS:
+            for path, inode in self.durable_names.items():
+                out.files[path] = _Inode(inode.torn_blocks(), size=inode.synced_size)
         else:
             for path, inode in self.durable_names.items():
                 data = bytearray(inode.durable())
@@ -304,6 +374,37 @@ class SimFS:
             inode.sync()
         out.durable_names = dict(out.files)
         return out
+
+    def unsynced_units(self) -> list[tuple[Any, ...]]:
+        """What a crash may keep or lose, in a fixed order: ("name", path) for each entry that differs
+        from its durable one (a create, rename or unlink not yet made durable), then ("block", path,
+        k) for the k-th unsynced block of each file (of each inode once, under its first name)."""
+        units: list[tuple[Any, ...]] = []
+        for path in sorted(set(self.files) | set(self.durable_names)):
+            if self.files.get(path) is not self.durable_names.get(path):
+                units.append(("name", path))
+        for path, inode in self._first_names().values():
+            units += [("block", path, k) for k in range(len(inode.unsynced_blocks()))]
+        return units
+
+    def _first_names(self) -> dict[int, tuple[str, _Inode]]:
+        """Each inode under a name now or durably, once: id -> (its first name in path order, it)."""
+        out: dict[int, tuple[str, _Inode]] = {}
+        for path, inode in sorted([*self.durable_names.items(), *self.files.items()], key=lambda pi: pi[0]):
+            out.setdefault(id(inode), (path, inode))
+        return out
+
+    def _subset(self, out: SimFS, mask: int) -> None:
+        """Fill `out` with what survives when exactly the units of `unsynced_units` whose bit is set
+        in `mask` reached the disk."""
+        kept = {unit for i, unit in enumerate(self.unsynced_units()) if mask >> i & 1}
+        first = self._first_names()
+        for path in sorted(set(self.files) | set(self.durable_names)):
+            inode = self.files.get(path) if ("name", path) in kept else self.durable_names.get(path)
+            if inode is not None:
+                name = first[id(inode)][0]
+                data = inode.with_blocks(lambda k, name=name: ("block", name, k) in kept)
+                out.files[path] = _Inode(data, size=inode.synced_size)
 
     def snapshot_files(self) -> dict[str, bytes]:
         """Path -> bytes written, sorted by path: for hashing and comparing runs (a preallocated

@@ -12,6 +12,7 @@ plays the interleaving that a lock forgotten around the WAL append would allow."
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,8 +26,9 @@ from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import BeaverError, IllegalTransition, JobStatus
 from beaver_sim.sim.fs import SimFile, SimFS
 from beaver_sim.storage import snapshot as snap
+from beaver_sim.storage import wal
 from beaver_sim.storage.snapshot import SnapshotStore
-from beaver_sim.storage.wal import WriteAheadLog, frame, list_segments
+from beaver_sim.storage.wal import SEGMENT_NAME, WriteAheadLog, frame, header_line, list_segments
 
 Apply = Callable[[JobQueue, R.Record], None]
 
@@ -105,16 +107,71 @@ class NoDirFsyncFS(SimFS):
         self.dir_syncs += 1
 
 
+class BitRotFS(SimFS):
+    """A disk that rots: after every crash, one bit of a synced record has flipped, the last digit
+    of the payload `value` of the first ENQUEUE in the newest WAL segment that has a record after
+    it. The line keeps its length and still parses as JSON; only a checksum can tell."""
+
+    def after_crash(self, model: str, torn_bytes: int = 0) -> SimFS:
+        out = super().after_crash(model, torn_bytes)
+        names = sorted(p for p in out.files if SEGMENT_NAME.fullmatch(posixpath.basename(p)))
+        for path in reversed(names):
+            data = out.files[path].data
+            at = data.find(b'"type":"enqueue"')
+            value = data.find(b'"value":', at)
+            end = data.find(b"}", value)
+            if at >= 0 and value >= 0 and data.find(b"\n", end) + 1 < len(data):
+                data[end - 1] ^= 0x01  # a digit stays a digit: 37 -> 36
+                return out
+        return out
+
+
 class NoChecksumWAL(WriteAheadLog):
-    """Checkpoint 2 (why are checksums needed?): records are written without a checksum
-    (`00000000`), as in a log format that has none. Recovery must tell a torn write from a good
-    record, and without a checksum it cannot: it keeps none of them (the whole tail segment is cut
-    as torn, and a log with an older segment refuses to start). Acknowledged jobs are lost."""
+    """Checkpoint 2 (why are checksums needed?): a log format without checksums. Records are
+    written with `00000000` for a CRC, and the reader trusts every line whose framing holds (its
+    length field matches its body), modelled by signing each such line before the real reader
+    reads it. A torn write still fails its length, so crashes alone lose nothing; but on a disk
+    that flips a bit (`BitRotFS`) the damaged record parses, and recovery replays an altered job
+    where the CRC would have refused the log."""
 
     def append(self, rec: R.Record) -> int:
         seq = super().append(rec)
         self._buf[-1] = b"00000000" + self._buf[-1][8:]
         return seq
+
+    @classmethod
+    def open(
+        cls, fs: Any, directory: str, *, after_seq: int = 0, on_record: Any = None, **options: Any
+    ) -> tuple[WriteAheadLog, Any, int]:
+        if fs.is_dir(directory):
+            crc = None
+            for name in list_segments(fs, directory):
+                crc = _sign(fs, posixpath.join(directory, name), crc)
+        return super().open(fs, directory, after_seq=after_seq, on_record=on_record, **options)
+
+
+def _sign(fs: Any, path: str, crc: int | None) -> int | None:
+    """Rewrite the CRCs of a segment's framed lines (and its header's chain) as if they had been
+    right; stop at the first line that does not frame. Returns the chain at its end."""
+    lines = fs.read_bytes(path).split(b"\n")
+    h = wal._header(lines[0])
+    if h is None:
+        return crc
+    crc = h["prev_crc"] if crc is None else crc
+    out = [header_line(h["first_seq"], h["base_lsn"], crc)[:-1]]
+    for i, line in enumerate(lines[1:], 1):
+        parsed = wal._parse_line(line, crc)  # a CRC that fails is all this reader forgives
+        if i == len(lines) - 1 or (isinstance(parsed, str) and parsed != "checksum mismatch"):
+            out += lines[i:]
+            break
+        body = line.split(b" ", 2)[2]
+        crc = crc32c(body, crc)
+        out.append(frame(body, crc)[:-1])
+    f = fs.create(path)
+    f.write(b"\n".join(out))
+    f.sync()
+    f.close()
+    return crc
 
 
 # -- checkpoint 3: snapshot atomicity ------------------------------------------------------------
@@ -159,6 +216,30 @@ class InPlaceSnapshots(SnapshotStore):
     def prune(self) -> int:
         seqs = self.seqs()
         return seqs[-1] if seqs else 0  # one snapshot, no fallback: the WAL it covers may go
+
+
+class RenameBeforeFsyncSnapshots(InPlaceSnapshots):
+    """Checkpoint 3 (why fsync before the rename?): the seed's one snapshot file, now replaced by
+    a temp file, renamed over it before the temp file is fsynced (then the file and the directory
+    are synced). Under the strict power-loss model a rename is durable only at the directory fsync,
+    after the data, so this passes; on ext4 (delayed allocation), xfs or btrfs a journal commit in
+    between persists the rename first (crash model `metadata-first`): the one snapshot is empty,
+    the WAL it covered already cut, and recovery refuses."""
+
+    def save(self, seq: int, version: int, body: bytes) -> str:
+        fs = self.fs
+        path = self.path(seq)
+        f = fs.create(path + ".tmp")
+        f.write(snap.encode(seq, version, body))
+        fs.mark("snapshot-tmp-written")
+        fs.replace(path + ".tmp", path)
+        fs.mark("snapshot-renamed")
+        f.sync()
+        f.close()
+        fs.mark("snapshot-tmp-synced")
+        fs.sync_dir(self.directory)
+        fs.mark("snapshot-dir-synced")
+        return path
 
 
 # -- checkpoint 4: timeouts ----------------------------------------------------------------------
@@ -223,6 +304,22 @@ class ReplayWholeLogWAL(WriteAheadLog):
         return super().open(fs, directory, after_seq=after_seq, on_record=on_record, **options)
 
 
+def seed_transition(q: JobQueue, r: R.Record) -> None:
+    """The seed's queue methods as a transition: move the job the record names as the record says,
+    whether or not the record is news. A FAIL, TIMEOUT or REQUEUE puts the job back in the pending
+    list whatever its state (completed included); any other record goes through the queue's own
+    transition, which raises for a record no job can take (an unknown job, a dispatch of a job that
+    is not pending). It checks no seq and leaves `q.last_seq` alone."""
+    job = q.jobs.get(r["job"])
+    if r["type"] in (R.FAIL, R.TIMEOUT, R.REQUEUE) and job is not None:
+        if job.status is not JobStatus.PENDING:
+            q.leases.pop(job.id, None)
+            q._move(job, JobStatus.PENDING)
+            q.pending.append(job.id)
+        return
+    R.APPLY[r["type"]](q, r)
+
+
 def replay_without_completed_check(q: JobQueue, r: R.Record) -> None:
     """Checkpoint 5 (how does replay avoid re-running completed jobs?): the whole-log replay of
     `replay-whole-log`, with one change: the seed's replay handler instead of our `apply`. A
@@ -230,17 +327,10 @@ def replay_without_completed_check(q: JobQueue, r: R.Record) -> None:
     whether it has completed since, and records that do not fit the job's state are skipped, as the
     seed's queue methods did. Recovery now starts, and a job that failed once and then completed
     runs again after every recovery."""
-    job = q.jobs.get(r["job"])
-    if r["type"] in (R.FAIL, R.TIMEOUT, R.REQUEUE) and job is not None:
-        if job.status is not JobStatus.PENDING:
-            q.leases.pop(job.id, None)
-            q._move(job, JobStatus.PENDING)
-            q.pending.append(job.id)
-    else:
-        try:
-            R.APPLY[r["type"]](q, r)
-        except (IllegalTransition, KeyError):
-            pass
+    try:
+        seed_transition(q, r)
+    except (IllegalTransition, KeyError):
+        pass
     q.last_seq = max(q.last_seq, r["seq"])
 
 
@@ -379,7 +469,19 @@ MUTANTS: dict[str, Mutant] = {
             snapshot_cls=InPlaceSnapshots,
             catch={"model": "power-loss", "points": "marks", "config": _QUICK_SNAPSHOTS},
         ),
-        Mutant("no-checksum", 2, wal_cls=NoChecksumWAL, catch={"model": "process", "points": "records"}),
+        Mutant(
+            "rename-before-fsync",
+            3,
+            snapshot_cls=RenameBeforeFsyncSnapshots,
+            catch={"model": "metadata-first", "points": "marks", "config": _QUICK_SNAPSHOTS},
+        ),
+        Mutant(
+            "no-checksum",
+            2,
+            fs_cls=BitRotFS,
+            wal_cls=NoChecksumWAL,
+            catch={"model": "process", "points": "records"},
+        ),
         Mutant(
             "replay-whole-log",
             5,

@@ -4,7 +4,9 @@ with the real code, check the invariants and run on to the end. One DataFrame ro
 Point sets: `bytes` (every WAL LSN: every byte of every segment, headers included), `marks` (every
 time a named persistence point is reached), `records` (every record boundary plus a torn point in the
 middle of every record: the default), `all` (bytes + marks), `sample:N` (N of `all`, seeded), `io`
-(the run's every write failing with ENOSPC, then every fsync with EIO, one per point), any of
+(the run's every write failing with ENOSPC, then every fsync with EIO, one per point), `times:N` (N
+virtual times spread evenly over the run: between events, where acknowledged bytes may sit
+unsynced), any of
 them joined with `+`, or an explicit list of CrashPlans or `kind:where` strings. Points run on any
 `concurrent.futures.Executor` (a process pool by default, a Dask `distributed` client for more than
 one machine); rows come back sorted by point, so the DataFrame is the same whatever ran it. Every
@@ -47,7 +49,7 @@ from beaver_sim.sim.capture import Capture, record_before, recovered_key
 from beaver_sim.sim.checker import CODES, INVARIANTS, same_bytes
 from beaver_sim.sim.experiment import Simulation, _Run
 from beaver_sim.sim.faults import IO_KINDS, POINTS, CrashHook, CrashPlan, recovery_model_seconds, survivors
-from beaver_sim.sim.fs import POWER_LOSS, SimFS
+from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSS, SUBSETS, SimFS
 from beaver_sim.sim.results import SimResult
 from beaver_sim.sim.workload import Workload
 from beaver_sim.storage.wal import SEGMENT_NAME
@@ -150,6 +152,7 @@ class Base:
     def signature(self, plan: CrashPlan, model: str) -> tuple[Any, ...]:
         """Points with the same signature crash at the same moment, and their files differ at most
         in a torn tail (which recovery must cut): candidates to share the rest of the run."""
+        model = plan.model or model
         if plan.kind not in ("lsn", "record"):
             return (plan.kind, plan.at, plan.occurrence, plan.torn)
         x = self.lsn(plan)
@@ -157,7 +160,7 @@ class Base:
         i = bisect.bisect_right(starts, x) - 1 if x is not None else -1
         if i < 0 or x >= starts[i] + self.writes[i][2]:  # type: ignore[operator]
             return ("never",)  # past the end of the log: the run ends before reaching it
-        if model == POWER_LOSS and plan.torn == 0:
+        if (model == POWER_LOSS and plan.torn == 0) or model == METADATA_FIRST:
             return ("write", i)  # the unsynced tail is lost whole, wherever in it the crash came
         # torn bytes aside: how many records a torn tail keeps is for the recovered key to tell
         return ("write", i, bisect.bisect_right(self.ends, x))
@@ -168,7 +171,7 @@ def base_run(sim: Simulation) -> Base:
     return Base(replace(sim, crash=None, observe=True, sample_every=0).run())
 
 
-SETS = ("all", "bytes", "records", "marks", "sample", "io")
+SETS = ("all", "bytes", "records", "marks", "sample", "io", "times")
 
 
 def enumerate_points(base: Base, points: str | Sequence[CrashPlan | str], seed: int = 0) -> list[CrashPlan]:
@@ -186,7 +189,8 @@ def enumerate_points(base: Base, points: str | Sequence[CrashPlan | str], seed: 
         if name not in SETS:
             if not arg:
                 raise BeaverError(
-                    f"points {part!r}: expected all, bytes, records, marks, sample:N or KIND:WHERE"
+                    f"points {part!r}: expected all, bytes, records, marks, io, sample:N, times:N "
+                    "or KIND:WHERE"
                 )
             given.append(CrashPlan.parse(part))
         elif name in ("bytes", "all"):
@@ -211,11 +215,16 @@ def enumerate_points(base: Base, points: str | Sequence[CrashPlan | str], seed: 
             for kind, (op, _code, _keep) in IO_KINDS.items():
                 found += [((0, order + k), CrashPlan(kind, k)) for k in range(1, calls[op] + 1)]
                 order += calls[op]
+        elif name == "times":  # in order with the others: after the writes made by then
+            n, hook = _count(part, arg), base.result.lives[0].hook
+            times, end = (hook.write_times if hook else []), base.result.summary["virtual_seconds"]
+            for k in range(1, n + 1):
+                t = round(end * k / (n + 1), 6)
+                i = bisect.bisect_right(times, t)
+                lsn = base.writes[i - 1][1] + base.writes[i - 1][2] if i else 0
+                found.append(((lsn, 2), CrashPlan("time", t)))
         elif name == "sample":
-            try:
-                n = int(arg)
-            except ValueError:
-                raise BeaverError(f"points {part!r}: expected sample:N") from None
+            n = _count(part, arg)
             pool = enumerate_points(base, "all")
             picked = sorted(random.Random(seed).sample(range(len(pool)), min(n, len(pool))))
             found += [
@@ -223,6 +232,13 @@ def enumerate_points(base: Base, points: str | Sequence[CrashPlan | str], seed: 
             ]
     plans = [plan for _key, plan in sorted(found, key=lambda kp: kp[0])] + given
     return list(dict.fromkeys(plans))
+
+
+def _count(part: str, arg: str) -> int:
+    try:
+        return int(arg)
+    except ValueError:
+        raise BeaverError(f"points {part!r}: expected {part.partition(':')[0]}:N") from None
 
 
 TORN_MAX = 512  # bytes: a torn write keeps at most a sector of the unsynced tail
@@ -236,6 +252,15 @@ def with_torn(plans: list[CrashPlan], torn: int | str, seed: int) -> list[CrashP
     if not isinstance(torn, int) or torn < 0:
         raise BeaverError(f"torn must be a number of bytes >= 0 or 'random', got {torn!r}")
     return [replace(p, torn=torn) for p in plans] if torn else plans
+
+
+def with_subsets(plans: list[CrashPlan], units: int) -> list[CrashPlan]:
+    """Each of `plans` 2**units times, under SUBSETS: once per subset of the first `units` unsynced
+    units (names and blocks) a crash there leaves, so every order of the writes since the last sync
+    is explored; units past them never survive. Points with fewer units repeat a state."""
+    if not isinstance(units, int) or not 0 <= units <= 8:
+        raise BeaverError(f"subsets must be a number of units in 0..8, got {units!r}")
+    return [replace(p, model=SUBSETS, torn=mask) for p in plans for mask in range(1 << units)]
 
 
 Points = list[tuple[int, list[Any], int | None, int]]  # (index, plan, crash LSN or None, group)
@@ -329,13 +354,7 @@ class _Task:
         """Crash target `i` at the captured moment: the files survive under the crash model (a
         torn write keeps its bytes before the crash LSN), recovery runs, the run goes on."""
         plan = self.targets[i][0]
-        files = survivors(fs, plan.model or self.sim.model, plan.torn)
-        if cut is not None:
-            path, size = cut
-            inode = files.files.get(path)
-            if inode is not None and len(inode.data) > size:
-                del inode.data[size:]
-                inode.sync()
+        files = _crashed(fs, plan.model or self.sim.model, plan.torn, cut)
         self.left -= 1
         group = self.groups[i]
         shared = self.keys.get(group)
@@ -349,6 +368,7 @@ class _Task:
                 )
                 self.rows[i] = row
                 return
+            files = _crashed(fs, plan.model or self.sim.model, plan.torn, cut)  # that recovery changed them
         result = _Run.resume(replace(self.sim, crash=plan), self.base, cap, files)
         row = self.rows[i] = point_row(result)
         if shared is None and len(result.lives) > 1 and result.lives[1].recovered_key is not None:
@@ -357,6 +377,20 @@ class _Task:
     def done_yet(self) -> None:
         if self.left == 0:
             raise _Done
+
+
+def _crashed(fs: SimFS, model: str, torn: int, cut: tuple[str, int] | None) -> SimFS:
+    """The files a crash leaves under `model`; `cut`: the crash came inside a write to that file,
+    which `fs` holds whole, and only its bytes before that length had been written."""
+    live = fs.files.get(cut[0]) if cut is not None else None
+    if cut is None or live is None or len(live.data) <= cut[1]:
+        return survivors(fs, model, torn)
+    tail = live.data[cut[1] :]
+    del live.data[cut[1] :]
+    try:
+        return survivors(fs, model, torn)
+    finally:
+        live.data += tail
 
 
 def _recover(sim: Simulation, files: SimFS) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -526,6 +560,7 @@ def crash_sweep(
     chunk: int | None = None,
     share: bool = True,
     torn: int | str = 0,
+    subsets: int = 0,
 ) -> pd.DataFrame:
     """Crash `sim`'s run at every point of `points` (under `sim.model`), recover, check, run on.
 
@@ -534,6 +569,8 @@ def crash_sweep(
     `share=False` runs every point from scratch (same rows, slower: the module docstring says why).
     `torn`: bytes of each file's unsynced tail that a power loss keeps at every point, or "random":
     a seeded draw in 1..TORN_MAX per point (a torn write ends anywhere in its first sector).
+    `subsets`: instead, explore every subset of the first `subsets` unsynced units at each point
+    (`with_subsets`; 2**subsets rows a point, a bounded exhaustive search).
     Column `at` is the plan's position as text (an LSN, a record, a point's name, a time; `offset`
     and `time` are the numbers); `problems` holds each point's violations as JSON ([invariant,
     job, detail] each); `violations(df)` lists them all. `df.attrs` holds `wal_bytes`, `seconds`,
@@ -544,6 +581,8 @@ def crash_sweep(
     base = base_run(sim)
     again = replace(sim, crash=None, sample_every=0).run()
     plans = with_torn(enumerate_points(base, points, sim.seed), torn, sim.seed)
+    if subsets:
+        plans = with_subsets(plans, subsets)
     token = replace(sim, crash=None).token()
     never = point_row(again)  # a point the run never reaches: the run without a crash
     results: dict[int, dict[str, Any]] = {}

@@ -15,9 +15,12 @@ is extended with zeros to `segment_bytes` and synced before it is renamed into p
 overwrite the zeros, so an fdatasync has no file size to commit. No record byte is ever 0 (the CRC is
 hex, the length digits, the body JSON with control characters escaped), so zeros where a record
 would start, running to the end of the file, are the clean end of the log. Zeros followed by other
-bytes are a bad record like any other: a torn tail at the end of the last segment (a power loss may
-keep a later page of an unsynced write and not an earlier one), corruption if a good record follows
-or a later segment exists. LSNs count record bytes only, never the zeros."""
+bytes are a bad record like any other: a torn tail at the end of the last segment, corruption if a
+good record follows or a later segment exists. One exception: a power loss may keep a later block
+of an unsynced write and lose an earlier one (docs/contracts.md, crash model `torn-blocks`), which
+leaves zeros that end on a `SECTOR` boundary with records after them. Such a hole in the last
+segment is a torn tail too, whatever follows it: a record after it was never synced. LSNs count
+record bytes only, never the zeros."""
 
 from __future__ import annotations
 
@@ -41,7 +44,9 @@ MAX_RECORD = 1 << 20
 SEGMENT_BYTES = 64 << 20
 FSYNC_POLICIES = ("always", "interval", "never")
 PREALLOCATE = ("none", "fallocate", "zeros")
+RECOVERY = ("tolerate-tail", "strict")  # what a whole last record that fails its CRC is: torn, or damage
 SEGMENT_NAME = re.compile(r"wal-(\d{20})\.log")  # a segment file; its first seq
+SECTOR = 512  # the unit a disk writes whole: a block lost to a power loss ends on a multiple of it
 
 Record = dict[str, Any]
 OnRecord = Callable[[Record, int], None]  # (record, its LSN)
@@ -95,6 +100,7 @@ class Problem:
     last_good_seq: int
     reason: str
     torn: bool = False  # at the end of the last segment with nothing valid after it
+    whole: bool = False  # the bad record ends with its newline and its framing holds: only its CRC fails
 
     def __str__(self) -> str:
         return (
@@ -153,6 +159,21 @@ def _valid_follows(lines: list[bytes], crc_before: int) -> bool:
                 pass
         if any(not isinstance(_parse_line(line, c), str) for c in candidates):
             return True
+    return False
+
+
+def _lost_block(line: bytes, offset: int) -> bool:
+    """Does `line`, at `offset` in its segment, hold zeros that end on a sector boundary: a block of
+    an unsynced write that a power loss lost while keeping a later one? (No record byte is 0, and
+    damage that zeroes a record rarely ends on a multiple of 512.)"""
+    zero = line.find(b"\0")
+    while zero >= 0:
+        end = zero
+        while end < len(line) and line[end] == 0:
+            end += 1
+        if (offset + end) % SECTOR == 0:
+            return True
+        zero = line.find(b"\0", end)
     return False
 
 
@@ -242,10 +263,20 @@ def _scan(fs: FS, directory: str, after_seq: int, covered: int, on_record: OnRec
             # a gap the snapshot covers (a segment of covered records removed): the log needed
             # after the snapshot starts here, as it would if compaction had deleted everything before
             s.next_seq, s.crc, s.end_lsn = first, h["prev_crc"], base
-        elif first != s.next_seq or base != s.end_lsn or h["prev_crc"] != s.crc:
+        elif first != s.next_seq or base != s.end_lsn:
             reason = (
                 f"segment does not continue the log (first seq {first}, expected "
                 f"{s.next_seq}; base LSN {base}, expected {s.end_lsn}): a segment is missing"
+            )
+            s.problem = Problem(path, 0, base, s.next_seq - 1, reason)
+            return s
+        elif h["prev_crc"] != s.crc:
+            prev = h["prev_crc"]
+            reason = (
+                f"segment breaks the checksum chain (its header's prev_crc "
+                f"{f'{prev:08x}' if type(prev) is int else repr(prev)}, the "
+                f"log's chain {s.crc:08x} after seq {s.next_seq - 1}): it was not written after "
+                "the segment before it (a segment of another log, or an older copy)"
             )
             s.problem = Problem(path, 0, base, s.next_seq - 1, reason)
             return s
@@ -295,8 +326,10 @@ def _scan(fs: FS, directory: str, after_seq: int, covered: int, on_record: OnRec
         s.replayed += replayed
         s.crc, s.next_seq, s.end_offset, s.end_lsn = crc, seq, offset, base + offset
         if bad_index >= 0:
-            torn = last and not _valid_follows(lines[bad_index:] + ([tail] if tail else []), crc)
-            s.problem = Problem(path, offset, base + offset, seq - 1, reason, torn)
+            lost = _lost_block(lines[bad_index], offset)
+            torn = last and (lost or not _valid_follows(lines[bad_index:] + ([tail] if tail else []), crc))
+            whole = reason == "checksum mismatch" and not lost
+            s.problem = Problem(path, offset, base + offset, seq - 1, reason, torn, whole)
             return s
         if tail:
             s.problem = Problem(path, offset, base + offset, seq - 1, "incomplete record", last)
@@ -370,11 +403,22 @@ class WriteAheadLog:
 
     @classmethod
     def open(
-        cls, fs: FS, directory: str, *, after_seq: int = 0, on_record: OnRecord | None = None, **options: Any
+        cls,
+        fs: FS,
+        directory: str,
+        *,
+        after_seq: int = 0,
+        on_record: OnRecord | None = None,
+        recovery: str = "tolerate-tail",
+        **options: Any,
     ) -> tuple[WriteAheadLog, Scan, int]:
         """Recover the log in `directory` (created if missing): replay records after `after_seq`
         into `on_record`, truncate a torn tail (keeping `<segment>.broken`), refuse corruption.
-        Returns the log, the scan, and the number of torn bytes dropped."""
+        `recovery` "strict" also refuses a whole last record that fails its checksum (a flipped
+        bit in a record that may have been acknowledged), which "tolerate-tail" cuts as torn, as
+        etcd, LevelDB and PostgreSQL do. Returns the log, the scan, and the torn bytes dropped."""
+        if recovery not in RECOVERY:
+            raise BeaverError(f"wal recovery {recovery!r} is not one of {', '.join(RECOVERY)}")
         if fs.exists(directory) and not fs.is_dir(directory):
             raise BeaverError(f"{directory}: WAL directory is a file")
         fs.makedirs(directory)
@@ -385,6 +429,12 @@ class WriteAheadLog:
         dropped = 0
         if s.problem is not None:
             p = s.problem
+            if p.torn and p.whole and recovery == "strict":
+                raise CorruptLog(
+                    f"{p}: the last record is whole (it ends with its newline) but fails its checksum, "
+                    "damage rather than a torn write; wal_recovery: strict refuses it (tolerate-tail "
+                    "would cut it, losing that record); run `beaver wal verify`, then `beaver wal repair`"
+                )
             if not p.torn:
                 raise CorruptLog(
                     f"{p}; run `beaver wal verify`, then `beaver wal repair` to see what a cut "

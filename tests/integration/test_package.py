@@ -68,9 +68,10 @@ def test_the_simulator_and_a_lab_work_without_the_extras(tmp_path: Path) -> None
     assert out.returncode == 0, out.stderr
     assert "invariants ok at every point" in out.stdout and (tmp_path / "s.csv").is_file()
     lab = without_extras(
+        "from beaver_sim.core import records as R",
         "from beaver_sim.labs import check",
-        "r = check('retry', lambda attempt, max_retry, reason: 'retry' if attempt < max_retry else 'dead',"
-        " jobs=6, plot=False)",
+        "r = check('retry', lambda job, attempt, max_retry, reason, error: R.dead(job, attempt, reason)"
+        " if attempt >= max_retry else R.requeue(job, attempt), jobs=6, plot=False)",
         "sys.exit(0 if r.passed else 1)",
     )
     assert lab.returncode == 0 and lab.stdout.startswith("PASS: <lambda> kept every invariant"), lab.stderr

@@ -1,6 +1,6 @@
 """A crash at every FS call of a run that appends and checkpoints (snapshot tmp written, synced,
 renamed, directory synced, WAL rotated, snapshots pruned, segments deleted: the SimFS marks, and every
-other call between them), under both crash models: recovery gives the state a reference model gets
+other call between them), under every crash model: recovery gives the state a reference model gets
 by replaying the surviving records into a fresh JobQueue, and the run then goes on to the end."""
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ from beaver_sim.core import records as R
 from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import Lease
-from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS, SimulatedCrash
+from beaver_sim.sim.fs import (
+    METADATA_FIRST,
+    POWER_LOSS,
+    POWER_LOSSES,
+    PROCESS,
+    TORN_BLOCKS,
+    SimFS,
+    SimulatedCrash,
+)
 
 DATA = "/data"
 CHECKPOINT = "checkpoint"
@@ -139,7 +147,7 @@ def check(plan: list[Any], fs: SimFS, run: Run, fsync: str, model: str, torn: in
     assert n >= run.checkpointed, where  # a completed checkpoint is never undone
     if model == PROCESS or fsync == "always":
         assert n >= run.acked, where  # flushed: written (process) or synced (always)
-    if model == POWER_LOSS:
+    if model in POWER_LOSSES:
         assert n >= run.claimed_durable, where
     # run on to the end from where recovery left off: the rest of the plan is still valid
     for rec in records[n:]:
@@ -152,6 +160,9 @@ def check(plan: list[Any], fs: SimFS, run: Run, fsync: str, model: str, torn: in
     end.close()
 
 
+MODELS = ((PROCESS, 0), (POWER_LOSS, 0), (POWER_LOSS, 40), (METADATA_FIRST, 0), (TORN_BLOCKS, 0))
+
+
 @pytest.mark.parametrize("fsync", ["always", "never"])
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a_crash_at_every_call_recovers_the_reference_state(fsync: str, seed: int) -> None:
@@ -162,7 +173,7 @@ def test_a_crash_at_every_call_recovers_the_reference_state(fsync: str, seed: in
     for crash_at in range(full.events + 1):
         for keep_seed in (0, 1 << 20) if crash_at % 2 else (11,):
             fs, run = execute(plan, fsync, crash_at, keep_seed)
-            for model, torn in ((PROCESS, 0), (POWER_LOSS, 0), (POWER_LOSS, 40)):
+            for model, torn in MODELS:
                 check(plan, fs, run, fsync, model, torn)
 
 

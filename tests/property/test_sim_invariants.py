@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from beaver_sim.core.types import Config
 from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import POINTS, CrashPlan
+from beaver_sim.sim.fs import CRASH_MODELS
 from beaver_sim.sim.workload import Workload
 
 configs = st.builds(
@@ -37,9 +38,7 @@ plans = st.one_of(
     st.builds(CrashPlan, st.just("record"), st.integers(0, 150)),
     st.builds(CrashPlan, st.just("point"), st.sampled_from(POINTS), st.integers(1, 3)),
     st.builds(CrashPlan, st.just("time"), st.floats(0, 4, allow_nan=False).map(lambda t: round(t, 3))),
-    st.builds(
-        CrashPlan, st.just("op"), st.integers(1, 400), model=st.sampled_from([None, "process", "power-loss"])
-    ),
+    st.builds(CrashPlan, st.just("op"), st.integers(1, 400), model=st.sampled_from([None, *CRASH_MODELS])),
 )
 
 
@@ -48,7 +47,7 @@ plans = st.one_of(
     workload=workloads,
     seed=st.integers(0, 2**16),
     crash=st.lists(plans, max_size=3),
-    model=st.sampled_from(["process", "power-loss"]),
+    model=st.sampled_from(CRASH_MODELS),
 )
 def test_no_crash_anywhere_breaks_an_invariant(
     config: Config, workload: Workload, seed: int, crash: list[CrashPlan], model: str

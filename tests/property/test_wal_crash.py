@@ -19,7 +19,15 @@ from hypothesis import currently_in_test_context, event, given, note, settings
 from hypothesis import strategies as st
 
 from beaver_sim.core import records as R
-from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSS, PROCESS, SimFS, SimulatedCrash
+from beaver_sim.sim.fs import (
+    CRASH_MODELS,
+    METADATA_FIRST,
+    POWER_LOSS,
+    PROCESS,
+    TORN_BLOCKS,
+    SimFS,
+    SimulatedCrash,
+)
 from beaver_sim.storage.wal import FSYNC_POLICIES, PREALLOCATE, WriteAheadLog, verify
 
 D = "/data/wal"
@@ -211,7 +219,14 @@ def test_a_crash_at_every_event_of_a_fixed_run(policy: str, prealloc: str) -> No
     for crash_at in range(events):
         for keep_seed in (0, 7, 1 << 20):  # nothing, a few bytes, or (mostly) a whole write
             fs, run = execute(FIXED_OPS, policy, 400, crash_at, keep_seed, prealloc)
-            for model, torn in ((PROCESS, 0), (POWER_LOSS, 0), (POWER_LOSS, 9), (POWER_LOSS, 1000)):
+            for model, torn in (
+                (PROCESS, 0),
+                (POWER_LOSS, 0),
+                (POWER_LOSS, 9),
+                (POWER_LOSS, 1000),
+                (METADATA_FIRST, 0),
+                (TORN_BLOCKS, 0),
+            ):
                 check(fs, run, model, torn, prealloc)
             if prealloc != "none":  # turning preallocation off cuts the zeros; nothing else changes
                 check(fs, run, POWER_LOSS, 9, "none")

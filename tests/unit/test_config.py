@@ -147,3 +147,10 @@ def test_bad_flag_names_the_flag() -> None:
 
 def test_an_empty_file_means_defaults(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "# nothing\n"), {}) == Config()
+
+
+def test_wal_recovery_is_a_known_mode() -> None:
+    assert Config().wal_recovery == "tolerate-tail" and not Config(wal_recovery="strict").problems()
+    assert Config(wal_recovery="lenient").problems() == [
+        "wal_recovery must be one of tolerate-tail, strict, got 'lenient'"
+    ]

@@ -9,6 +9,7 @@ from beaver_sim.core.types import BeaverError, Config
 from beaver_sim.sim.capture import wal_records
 from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import POINTS, CrashPlan, recovery_model_seconds
+from beaver_sim.sim.fs import CRASH_MODELS
 from beaver_sim.sim.workload import Workload
 
 QUICK = Config(data_dir="/sim", snapshot_interval=0.4, snapshot_log_ratio=0.3)
@@ -65,7 +66,7 @@ def test_lsns_run_on_across_segments_and_restarts() -> None:
 
 @pytest.mark.parametrize("point", POINTS)
 def test_every_named_point_is_reached_and_crashes_there(point: str) -> None:
-    for model in ("process", "power-loss"):
+    for model in CRASH_MODELS:
         r = run(CrashPlan("point", point, 1), model)
         assert r.crashes and r.crashes[0]["point"] == f"point {point}#1", point
         assert r.ok, r.violations[:3]

@@ -10,7 +10,17 @@ from dataclasses import dataclass
 
 import pytest
 
-from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSS, PROCESS, SimFS, SimulatedCrash
+from beaver_sim.sim.fs import (
+    BLOCK,
+    CRASH_MODELS,
+    METADATA_FIRST,
+    POWER_LOSS,
+    PROCESS,
+    SUBSETS,
+    TORN_BLOCKS,
+    SimFS,
+    SimulatedCrash,
+)
 from beaver_sim.storage.fs import FS, RealFS
 
 
@@ -286,6 +296,82 @@ def test_an_unsynced_create_over_a_durable_file_keeps_the_old_bytes_on_power_los
     assert fs.after_crash(POWER_LOSS).read_bytes("/d/a") == b"new"
 
 
+def test_metadata_first_persists_a_rename_before_the_data() -> None:
+    """ext4 delayed allocation, xfs, btrfs: a journal commit (another file's fsync, the commit
+    timer) carries the create and the rename, not the tmp file's unsynced bytes."""
+    fs = sim()
+    written(fs, "/d/snap", b"old", sync=True)
+    fs.sync_dir("/d")
+    written(fs, "/d/snap.tmp", b"new, not synced")
+    fs.replace("/d/snap.tmp", "/d/snap")
+    assert fs.after_crash(METADATA_FIRST).snapshot_files() == {"/d/snap": b""}  # the old one is gone
+    assert fs.after_crash(POWER_LOSS).snapshot_files() == {"/d/snap": b"old"}
+
+
+def test_metadata_first_keeps_unlinks_and_truncations_in_order_but_no_unsynced_data() -> None:
+    fs = sim()
+    written(fs, "/d/seg", b"x", sync=True)
+    written(fs, "/d/a", b"old, synced", sync=True)
+    fs.sync_dir("/d")
+    fs.remove("/d/seg")
+    f = fs.create("/d/a")  # O_TRUNC is metadata: committed; the new bytes are not
+    f.write(b"new")
+    written(fs, "/d/log", b"synced", sync=True)  # synced data under a name no dir fsync made durable
+    written(fs, "/d/log", b" lost")
+    assert fs.after_crash(METADATA_FIRST).snapshot_files() == {"/d/a": b"", "/d/log": b"synced"}
+    f.sync()
+    assert fs.after_crash(METADATA_FIRST).read_bytes("/d/a") == b"new"
+
+
+def test_torn_blocks_keeps_a_later_block_and_loses_an_earlier_one() -> None:
+    fs = sim()
+    written(fs, "/d/log", b"s" * 100, sync=True)
+    fs.sync_dir("/d")
+    written(fs, "/d/log", b"u" * (3 * BLOCK))  # unsynced: blocks 0 (from byte 100), 1, 2, 3 (to 1636)
+    data = fs.after_crash(TORN_BLOCKS).read_bytes("/d/log")
+    assert data == b"s" * 100 + bytes(BLOCK - 100) + b"u" * BLOCK + bytes(BLOCK) + b"u" * 100
+    assert (
+        fs.after_crash(TORN_BLOCKS).snapshot_files().keys()
+        == fs.after_crash(POWER_LOSS).snapshot_files().keys()
+    )
+
+
+def test_torn_blocks_tears_an_overwrite_in_place_into_old_and_new() -> None:
+    fs = sim()
+    written(fs, "/d/snap", b"o" * (2 * BLOCK), sync=True)
+    fs.sync_dir("/d")
+    f = fs.create("/d/snap")
+    f.write(b"n" * (2 * BLOCK + 10))
+    assert fs.after_crash(TORN_BLOCKS).read_bytes("/d/snap") == b"o" * BLOCK + b"n" * BLOCK
+    f.sync()
+    assert fs.after_crash(TORN_BLOCKS).read_bytes("/d/snap") == b"n" * (2 * BLOCK + 10)
+
+
+def test_subsets_keep_exactly_the_unsynced_units_a_mask_picks() -> None:
+    """A bounded exhaustive search's unit of choice: each name not yet durable and each unsynced
+    block. Mask 0 is the strict power loss, all bits a process crash, one bit at a time each unit
+    alone; every one of the 2**n masks gives another disk."""
+    fs = sim()
+    written(fs, "/d/log", b"s" * 100, sync=True)
+    fs.sync_dir("/d")
+    written(fs, "/d/log", b"u" * (2 * BLOCK))  # blocks 0 (from byte 100), 1, 2 unsynced
+    written(fs, "/d/new", b"n", sync=True)  # synced data, name not durable
+    units = fs.unsynced_units()
+    assert units == [
+        ("name", "/d/new"),
+        ("block", "/d/log", 0),
+        ("block", "/d/log", 1),
+        ("block", "/d/log", 2),
+    ]
+    assert fs.after_crash(SUBSETS, 0).snapshot_files() == fs.after_crash(POWER_LOSS).snapshot_files()
+    assert fs.after_crash(SUBSETS, 0b1111).snapshot_files() == fs.after_crash(PROCESS).snapshot_files()
+    only_block_1 = fs.after_crash(SUBSETS, 0b0100).read_bytes("/d/log")
+    assert only_block_1 == b"s" * 100 + bytes(BLOCK - 100) + b"u" * BLOCK  # a later block, an earlier lost
+    assert fs.after_crash(SUBSETS, 0b0001).snapshot_files() == {"/d/log": b"s" * 100, "/d/new": b"n"}
+    states = {tuple(fs.after_crash(SUBSETS, m).snapshot_files().items()) for m in range(16)}
+    assert len(states) == 16
+
+
 def test_the_survivor_is_all_durable() -> None:
     fs = sim()
     written(fs, "/d/a", b"123")
@@ -299,7 +385,7 @@ def test_the_survivor_is_all_durable() -> None:
 
 
 def test_unknown_crash_model() -> None:
-    assert set(CRASH_MODELS) == {"process", "power-loss"}
+    assert set(CRASH_MODELS) == {"process", "power-loss", "metadata-first", "torn-blocks"}
     with pytest.raises(ValueError, match="unknown crash model 'meteor'"):
         sim().after_crash("meteor")
 

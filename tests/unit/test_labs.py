@@ -4,9 +4,9 @@ mutants stand for, naming the invariant they break."""
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,9 +16,12 @@ import pytest
 from crc32c import crc32c
 
 from beaver_sim import labs
+from beaver_sim.core import records as R
 from beaver_sim.core.records import apply
-from beaver_sim.core.types import BeaverError
+from beaver_sim.core.types import BeaverError, IllegalTransition
 from beaver_sim.sim import mutants
+from beaver_sim.sim.fs import SimFS
+from beaver_sim.sim.sweep import violations
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -54,8 +57,9 @@ def test_the_reference_solution_passes(name: str, capsys: pytest.CaptureFixture[
     result = labs.check(lab, learner_function(NOTEBOOKS / f"{name}.ipynb", student=False), plot=False)
     out = capsys.readouterr().out
     assert result.passed and result.first is None, out
-    assert out.startswith("PASS: ") and f"all {len(result.sweep)} crash points" in out
-    assert len(result.sweep) > 100  # a real sweep, not a handful of points
+    models = labs.LABS[lab].models  # one sweep per crash model, of the same points
+    assert out.startswith("PASS: ") and f"all {len(result.sweep) * len(models)} crash points" in out
+    assert f"({', '.join(models)};" in out and len(result.sweep) > 100  # real sweeps, not a handful
 
 
 @pytest.mark.parametrize("name", sorted(LAB_OF))
@@ -71,28 +75,53 @@ def test_the_learner_version_says_not_implemented(name: str, capsys: pytest.Capt
     )
 
 
-# -- the broken versions: each one is a mutant's mistake, written as the learner's function ---------
+# -- the known-wrong answers: each lab's table, with the rule each must be failed for --------------
 
 
 def append_no_sync(f: Any, body: bytes, prev_crc: int) -> int:
-    """mutants.NoFsyncFS: written, never synced."""
+    """The seed's append (mutants.NoFsyncFS): written, never synced."""
     crc = crc32c(body, prev_crc)
     f.write(b"%08x %d %s\n" % (crc, len(body), body))
     return crc
 
 
 def append_no_checksum(f: Any, body: bytes, prev_crc: int) -> int:
-    """mutants.NoChecksumWAL: a zero checksum."""
+    """A zero checksum."""
     f.write(b"00000000 %d %s\n" % (len(body), body))
     f.sync()
     return 0
 
 
 def append_sync_first(f: Any, body: bytes, prev_crc: int) -> int:
-    """Syncs before the write: the record is durable only with the next one."""
+    """Syncs before the write: each record is acknowledged while it sits unsynced."""
     crc = crc32c(body, prev_crc)
     f.sync()
     f.write(b"%08x %d %s\n" % (crc, len(body), body))
+    return crc
+
+
+def append_unchained(f: Any, body: bytes, prev_crc: int) -> int:
+    """Checksums each record on its own."""
+    crc = crc32c(body)
+    f.write(b"%08x %d %s\n" % (crc, len(body), body))
+    f.sync()
+    return crc
+
+
+def append_crc_of_the_line(f: Any, body: bytes, prev_crc: int) -> int:
+    """A CRC over the wrong bytes: the length field and the body."""
+    line = b"%d %s" % (len(body), body)
+    crc = crc32c(line, prev_crc)
+    f.write(b"%08x %s\n" % (crc, line))
+    f.sync()
+    return crc
+
+
+def append_no_newline(f: Any, body: bytes, prev_crc: int) -> int:
+    """Forgets the newline that ends a record."""
+    crc = crc32c(body, prev_crc)
+    f.write(b"%08x %d %s" % (crc, len(body), body))
+    f.sync()
     return crc
 
 
@@ -123,6 +152,26 @@ def snapshot_no_file_sync(fs: Any, directory: str, name: str, data: bytes) -> No
     fs.sync_dir(directory)
 
 
+def snapshot_rename_before_fsync(fs: Any, directory: str, name: str, data: bytes) -> None:
+    """Renames the temporary file over the final name, then syncs it and the directory."""
+    path = posixpath.join(directory, name)
+    f = fs.create(path + ".tmp")
+    f.write(data)
+    fs.replace(path + ".tmp", path)
+    f.sync()
+    f.close()
+    fs.sync_dir(directory)
+
+
+def snapshot_straight_to_the_name(fs: Any, directory: str, name: str, data: bytes) -> None:
+    """No temporary file: create, write, sync, sync the directory."""
+    f = fs.create(posixpath.join(directory, name))
+    f.write(data)
+    f.sync()
+    f.close()
+    fs.sync_dir(directory)
+
+
 def snapshot_in_place(fs: Any, directory: str, name: str, data: bytes) -> None:
     """mutants.InPlaceSnapshots' one file, overwritten: not where the store looks for it."""
     f = fs.create(posixpath.join(directory, "snapshot.json"))
@@ -132,52 +181,169 @@ def snapshot_in_place(fs: Any, directory: str, name: str, data: bytes) -> None:
     fs.sync_dir(directory)
 
 
-def retry_seed(attempt: int, max_retry: int, reason: str) -> str:
+def replay_seed(state: Any, record: dict[str, Any]) -> None:
+    """The seed's replay: every record again, those that do not fit skipped."""
+    try:
+        labs.transition(state, record)
+    except (IllegalTransition, KeyError):
+        pass
+    state.last_seq = max(state.last_seq, record["seq"])
+
+
+def replay_swallowing(state: Any, record: dict[str, Any]) -> None:
+    """Whatever goes wrong, go on."""
+    try:
+        labs.transition(state, record)
+    except Exception:
+        pass
+    state.last_seq = max(state.last_seq, record["seq"])
+
+
+def replay_swallowing_apply(state: Any, record: dict[str, Any]) -> None:
+    """The strict `apply`, its every error swallowed: a replayed record and damage alike."""
+    try:
+        apply(state, record)
+    except Exception:
+        pass
+
+
+def replay_without_last_seq(state: Any, record: dict[str, Any]) -> None:
+    """Skips what the state holds, but never moves last_seq."""
+    if record["seq"] > state.last_seq:
+        labs.transition(state, record)
+
+
+@functools.cache
+def reference(notebook: str) -> Callable[..., Any]:
+    """A lab's reference solution, read from its notebook once."""
+    return learner_function(NOTEBOOKS / f"{notebook}.ipynb", student=False)
+
+
+def end_reference(job: str, attempt: int, max_retry: int, reason: str, error: str | None) -> Any:
+    """The reference solution of lab 4, as its notebook defines it."""
+    return reference("lab4-retry")(job, attempt, max_retry, reason, error)
+
+
+def end_seed(job: str, attempt: int, max_retry: int, reason: str, error: str | None) -> Any:
     """mutants.NoTimeoutLimitController: only failures count."""
     if reason == "timeout":
-        return "retry"
-    return "dead" if attempt >= max_retry else "retry"
+        return R.timeout(job, attempt)
+    return end_reference(job, attempt, max_retry, reason, error)
 
 
-def retry_never_after_timeout(attempt: int, max_retry: int, reason: str) -> str:
-    """Gives up at the first timeout."""
-    return "dead" if reason == "timeout" or attempt >= max_retry else "retry"
+def end_off_by_one(job: str, attempt: int, max_retry: int, reason: str, error: str | None) -> Any:
+    """Gives up one attempt too late."""
+    return end_reference(job, attempt, max_retry + 1, reason, error)
 
 
-BROKEN = [  # (lab, function, invariant of the first counterexample, its detail)
-    ("wal", append_no_sync, 1, r"acknowledged, but missing after recovery"),
-    ("wal", append_no_checksum, 5, r"the log does not verify: .*checksum mismatch"),
-    ("wal", append_sync_first, 6, r"recovery refused to start: .*synced records were lost"),
-    ("snapshot", snapshot_seed, 6, r"recovery refused to start: .*records 1\.\.\d+ are missing"),
-    ("snapshot", snapshot_no_dir_sync, 6, r"recovery refused to start: .*records 1\.\.\d+ are missing"),
-    ("snapshot", snapshot_no_file_sync, 6, r"recovery refused to start: .*records 1\.\.\d+ are missing"),
-    (
-        "replay",
-        mutants.replay_without_completed_check,
-        3,
-        r"its ACK was durable, but after recovery it is pending",
-    ),
-    ("replay", apply, 6, r"recovery refused to start: .*is not after the state's last seq"),
-    ("retry", retry_seed, 4, r"[4-9] attempts; max_retry is 3"),
-    ("retry", retry_never_after_timeout, 4, r"dead after 1 attempts; max_retry is 3"),
-]
+def end_crash_never_dead(job: str, attempt: int, max_retry: int, reason: str, error: str | None) -> Any:
+    """An attempt a crash interrupted is always requeued, even the last one allowed."""
+    if reason == "interrupted":
+        return R.requeue(job, attempt)
+    return end_reference(job, attempt, max_retry, reason, error)
 
 
-@pytest.mark.parametrize(("lab", "fn", "invariant", "detail"), BROKEN, ids=[b[1].__name__ for b in BROKEN])
-def test_the_check_catches_the_mistake(
-    lab: str, fn: Callable[..., Any], invariant: int, detail: str, capsys: pytest.CaptureFixture[str]
+def end_dead_at_once(job: str, attempt: int, max_retry: int, reason: str, error: str | None) -> Any:
+    """No retry at all."""
+    return R.dead(job, attempt, reason)
+
+
+def end_next_attempt(job: str, attempt: int, max_retry: int, reason: str, error: str | None) -> Any:
+    """Numbers the record with the attempt to come, not the one that ended."""
+    return end_reference(job, attempt + 1, max_retry, reason, error)
+
+
+LOG_VERIFIES = "invariant 5 log-order-broken: the log on disk verifies"
+SEQS_REUSED = "invariant 5 log-order-broken: sequence numbers"
+CONTRACT = "the contract of {}"
+WRONG = {  # lab -> (known-wrong answer, the rule its failure must name, the model it fails under)
+    "wal": [
+        (append_no_sync, "invariant 1 acknowledged-job-lost", "power-loss"),
+        (append_sync_first, SEQS_REUSED, "power-loss"),
+        (append_unchained, LOG_VERIFIES, "power-loss"),
+        (append_crc_of_the_line, LOG_VERIFIES, "power-loss"),
+        (append_no_newline, LOG_VERIFIES, "power-loss"),
+        (append_no_checksum, LOG_VERIFIES, "power-loss"),
+    ],
+    "snapshot": [
+        (snapshot_seed, "invariant 6 jobs-not-finished", "power-loss"),
+        (snapshot_no_dir_sync, "invariant 6 jobs-not-finished", "power-loss"),
+        (snapshot_no_file_sync, CONTRACT, "power-loss"),
+        (snapshot_rename_before_fsync, CONTRACT, "metadata-first"),
+        (snapshot_straight_to_the_name, CONTRACT, "metadata-first"),
+    ],
+    "replay": [
+        (replay_seed, "invariant 3 completed-job-redone", "process"),
+        (replay_swallowing, "invariant 3 completed-job-redone", "process"),
+        (apply, "invariant 6 jobs-not-finished", "process"),
+        (replay_without_last_seq, SEQS_REUSED, "process"),
+        (replay_swallowing_apply, CONTRACT, None),
+    ],
+    "retry": [
+        (end_seed, "invariant 4 retry-limit-broken", "process"),
+        (end_off_by_one, "invariant 4 retry-limit-broken", "process"),
+        (end_crash_never_dead, "invariant 4 retry-limit-broken", "process"),
+        (end_dead_at_once, "invariant 4 retry-limit-broken", "process"),
+        (end_next_attempt, "invariant 6 jobs-not-finished", "process"),
+    ],
+}
+CASES = [(lab, fn, rule, model) for lab, rows in WRONG.items() for fn, rule, model in rows]
+
+
+def test_every_lab_has_a_table_of_at_least_four_wrong_answers() -> None:
+    assert sorted(WRONG) == sorted(labs.LABS) and all(len(rows) >= 4 for rows in WRONG.values())
+
+
+@pytest.mark.parametrize(("lab", "fn", "rule", "model"), CASES, ids=[c[1].__name__ for c in CASES])
+def test_the_check_fails_the_wrong_answer_naming_the_rule(
+    lab: str, fn: Callable[..., Any], rule: str, model: str | None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     result = labs.check(lab, fn, plot=False)
     out = capsys.readouterr().out
-    assert not result.passed and not result.not_implemented and result.first is not None
+    assert not result.passed and not result.not_implemented and result.first is not None, out
+    rule = rule.format(fn.__name__)
+    assert result.names.startswith(rule), (result.names, out)
+    assert out.startswith(f"FAIL: {fn.__name__} ") and "0 of 0" not in out and rule in out
     first = result.first
-    assert (first["invariant"], re.search(detail, first["detail"]) is not None) == (invariant, True), first
-    assert out.startswith(f"FAIL: {fn.__name__} broke an invariant")
-    assert f"invariant {invariant}: " in out and first["token"] in out and first["crash"] in out
-    assert (result.sweep["violations"] > 0).any() or first["point"] < 0
+    if model is None:  # the function's own contract, checked once every sweep passed
+        assert "breaks its contract" in out and first["detail"] in out
+        return
+    assert first["model"] == model and first["token"] in out and first["crash"] in out
     again = labs.replay(lab, fn, first["token"])  # the token reproduces the failure
-    assert any(v.invariant == invariant for v in again.violations)
+    assert any(v.invariant == first["invariant"] for v in again.violations)
     assert f"lab-{lab}" not in mutants.MUTANTS  # registered only while the check ran
+
+
+def test_an_exhaustive_check_tries_every_subset_of_the_unsynced_writes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Bounded exhaustive search: at every crash point, every subset of the names and blocks not yet
+    durable, so every order of the writes since the last sync (lab 1: 4 states a point, lab 2: 32)."""
+    for lab, wrong in (("wal", append_sync_first), ("snapshot", snapshot_rename_before_fsync)):
+        notebook = next(n for n, name in LAB_OF.items() if name == lab)
+        reference = learner_function(NOTEBOOKS / f"{notebook}.ipynb", student=False)
+        result = labs.check(lab, reference, plot=False, exhaustive=True)
+        out = capsys.readouterr().out
+        assert result.passed and f"every subset of {labs.LABS[lab].subsets} unsynced units" in out, out
+        # the search finds it too (names come first among the units: 3 hold the failing state)
+        assert violations(labs.sweep(lab, wrong, subsets=min(3, labs.LABS[lab].subsets)))
+
+
+@pytest.mark.parametrize("lab", ["wal", "snapshot"])
+def test_the_exhaustive_bound_covers_every_crash_point(lab: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No crash point of the lab leaves more unsynced units than `Lab.subsets`: its search is
+    complete, not a sample."""
+    counts: list[int] = []
+    explore = SimFS._subset
+
+    def spy(fs: SimFS, out: SimFS, mask: int) -> None:
+        counts.append(len(fs.unsynced_units()))
+        explore(fs, out, mask)
+
+    monkeypatch.setattr(SimFS, "_subset", spy)
+    notebook = next(n for n, name in LAB_OF.items() if name == lab)
+    labs.sweep(lab, learner_function(NOTEBOOKS / f"{notebook}.ipynb", student=False), subsets=1)
+    assert counts and max(counts) == labs.LABS[lab].subsets
 
 
 def test_a_check_is_deterministic(capsys: pytest.CaptureFixture[str]) -> None:
@@ -191,13 +357,13 @@ def test_a_check_is_deterministic(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_counterexample_comes_with_a_picture(capsys: pytest.CaptureFixture[str]) -> None:
     plt.close("all")
     labs.check("snapshot", snapshot_seed)
-    labs.check("retry", retry_seed)  # too many attempts with no crash: the attempts of that run
+    labs.check("retry", end_seed)  # too many attempts with no crash: the attempts of that run
     labs.check("wal", append_no_checksum)  # broken with no crash: every point fails
     titles = [plt.figure(n).axes[0].get_title() for n in plt.get_fignums()]
     plt.close("all")
     assert titles == [
         "snapshot_seed: outcome of each crash point along the WAL",
-        "retry_seed: attempts per job in the run without a crash",
+        "end_seed: attempts per job in the run without a crash",
         "append_no_checksum: outcome of each crash point along the WAL",
     ]
 
@@ -207,8 +373,9 @@ def test_a_broken_contract_is_named(capsys: pytest.CaptureFixture[str]) -> None:
     cases = [
         (
             "retry",
-            lambda attempt, max_retry, reason: "maybe",
-            "next_action returned 'maybe'; it must return one of retry, dead",
+            lambda job, attempt, max_retry, reason, error: "maybe",
+            "next_record returned 'maybe'; it must return a record made by one of R.fail, R.timeout, "
+            "R.requeue, R.dead",
         ),
         (
             "wal",

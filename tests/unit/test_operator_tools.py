@@ -248,3 +248,29 @@ def test_inspection_changes_nothing() -> None:
     assert plan_repair(fs, "/data/wal", "/data/snap") is None
     assert found.ok and found.state.stats()["pending"] == 1
     assert calls == []
+
+
+def test_strict_recovery_makes_a_whole_damaged_last_record_a_repair(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One flipped bit in the last record, which ends with its newline: by default `wal verify`
+    calls it a torn tail (recovery cuts it); with `wal_recovery: strict` verify says recovery would
+    refuse, and `wal repair --yes` cuts it with a backup, after which strict recovery starts."""
+    d = compacted(tmp_path / "d")
+    storage = Storage.open(RealFS(), str(d))
+    storage.append(R.enqueue("last", {"n": 7}))
+    storage.wal.close()  # synced: "last" would have been acknowledged
+    last = sorted((d / "wal").glob("wal-*.log"))[-1]
+    data = bytearray(last.read_bytes())
+    data[data.rindex(b'"n":7') + 4] ^= 0x01  # 7 -> 6: the line still parses, its CRC fails
+    last.write_bytes(bytes(data))
+    args = ["--data-dir", str(d)]
+    assert main(["wal", "verify", *args]) == 0
+    assert "torn write" in capsys.readouterr().out
+    monkeypatch.setenv("BEAVER_WAL_RECOVERY", "strict")
+    assert main(["wal", "verify", *args]) == 1
+    assert "whole last record (wal_recovery: strict)" in capsys.readouterr().out
+    assert main(["wal", "repair", "--yes", *args]) == 0
+    capsys.readouterr()
+    assert main(["wal", "verify", *args]) == 0
+    Storage.open(RealFS(), str(d), recovery="strict").close()

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from beaver_sim.core import records as R
 from beaver_sim.core.recovery import apply_repair, plan_repair
 from beaver_sim.core.types import Config, CorruptLog
-from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS
+from beaver_sim.sim.fs import CRASH_MODELS, METADATA_FIRST, POWER_LOSS, PROCESS, TORN_BLOCKS, SimFS
 from beaver_sim.sim.sweep import (
     base_run,
     crash_sweep,
@@ -261,7 +261,10 @@ def test_the_simulated_run_writes_the_same_records_at_the_same_lsns() -> None:
     assert preallocated.result.files == appended.result.files  # the bytes written; the zeros aside
 
 
-@pytest.mark.parametrize(("model", "torn"), [("process", 0), ("power-loss", 0), ("power-loss", "random")])
+@pytest.mark.parametrize(
+    ("model", "torn"),
+    [("process", 0), ("power-loss", 0), ("power-loss", "random"), (METADATA_FIRST, 0), (TORN_BLOCKS, 0)],
+)
 def test_every_byte_of_a_preallocated_run_keeps_every_invariant(model: str, torn: int | str) -> None:
     """Every WAL byte and every persistence point of the life-cycle run (rotations, snapshots,
     segment deletion) with preallocated 4 KiB segments: each crash leaves a torn write over zeros,
@@ -276,10 +279,10 @@ def test_every_byte_of_a_preallocated_run_keeps_every_invariant(model: str, torn
     assert not failing(df), violations(df)[:3]
     assert set(df["outcome"]) == {"ok"}
     torn_cut = (df[df["kind"] == "lsn"]["bytes_truncated"] > 0).sum()
-    assert (torn_cut > 0) == (model == "process" or torn != 0)
+    assert (torn_cut > 0) == (model in (PROCESS, TORN_BLOCKS) or torn != 0)
 
 
-@pytest.mark.parametrize("model", [PROCESS, POWER_LOSS])
+@pytest.mark.parametrize("model", CRASH_MODELS)
 def test_a_crash_while_recovery_cuts_and_extends_again(model: str) -> None:
     sim = lifecycle(16, 3, model, wal_preallocate="zeros")
     torn = [p for p in enumerate_points(base_run(sim), "records") if p.kind == "lsn"][10::24]

@@ -16,7 +16,7 @@ from beaver_sim.core.recovery import Storage, decode_snapshot, inspect
 from beaver_sim.core.types import Config, JobStatus, Lease
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.experiment import Simulation
-from beaver_sim.sim.fs import POWER_LOSS, SimFS
+from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSS, SimFS
 from beaver_sim.sim.sweep import crash_sweep, violations
 from beaver_sim.sim.workers import SimWorkers
 from beaver_sim.sim.workload import Workload
@@ -187,7 +187,7 @@ def test_the_issues_retention_change_at_restart_opens(model: str) -> None:
     assert Storage.from_config(crashed, config).state.retention == 0  # the change, replayed
 
 
-@pytest.mark.parametrize("model", ["process", "power-loss"])
+@pytest.mark.parametrize("model", CRASH_MODELS)
 def test_every_invariant_at_every_record_with_retention(model: str) -> None:
     sim = Simulation(config=CONFIG, workload=Workload(jobs=24, rate=20.0, batch=6), seed=3, model=model)
     df = crash_sweep(sim, "records+io", executor="serial", progress=False)

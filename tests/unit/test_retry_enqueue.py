@@ -15,7 +15,7 @@ from beaver_sim.core import controller as C
 from beaver_sim.core.types import Config, DuplicateJob
 from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import CrashPlan
-from beaver_sim.sim.fs import IOFault, SimFS
+from beaver_sim.sim.fs import CRASH_MODELS, IOFault, SimFS
 from beaver_sim.sim.sweep import crash_sweep, violations
 from beaver_sim.sim.workload import Workload
 
@@ -23,7 +23,7 @@ CONFIG = Config(data_dir="/data", worker_count=4, task_timeout=1.0, snapshot_int
 SIM = Simulation(config=CONFIG, workload=Workload(jobs=24, rate=20.0, batch=6), seed=3)
 
 
-@pytest.mark.parametrize("model", ["process", "power-loss"])
+@pytest.mark.parametrize("model", CRASH_MODELS)
 def test_every_record_boundary_and_io_error_ends_with_every_job_exactly_once(model: str) -> None:
     df = crash_sweep(replace(SIM, model=model), "records+io", executor="serial")
     assert violations(df) == []

@@ -803,3 +803,79 @@ def test_a_flipped_crc_of_the_second_to_last_record_is_refused_not_truncated() -
     fs.files[path].data[:] = data
     with pytest.raises(CorruptLog, match="checksum mismatch at offset"):
         reopen(fs)
+
+
+def test_a_segment_spliced_in_from_another_log_is_refused_naming_the_chain() -> None:
+    """Two logs of the same shape (same seqs, same record lengths, so the same base LSNs): the second
+    segment of one, copied over the other's, continues its seq and LSN but not its checksum chain."""
+
+    def log(domain: str) -> dict[str, bytes]:
+        fs = SimFS()
+        wal, _, _ = reopen(fs)
+        for i in range(6):
+            wal.append(R.enqueue(f"job-{i}", {"to": f"user{i}@example.{domain}"}))
+            wal.flush()
+            if i == 2:
+                wal.rotate()
+        wal.close()
+        return all_files(fs)
+
+    mine, other = log("com"), log("org")
+    second = sorted(mine)[1]
+    assert header(mine[second])["base_lsn"] == header(other[second])["base_lsn"]
+    assert header(mine[second])["prev_crc"] != header(other[second])["prev_crc"]
+    fs, d = make_fs("SimFS", Path("/unused"), {**mine, second: other[second]})
+    with pytest.raises(CorruptLog, match=rf"{second}: segment breaks the checksum chain .* another log"):
+        reopen(fs, d)
+    s = verify(fs, d)
+    assert s.problem is not None and not s.problem.torn and s.problem.last_good_seq == 3
+    assert "missing" not in s.problem.reason
+
+
+@pytest.mark.parametrize(("hole_end", "torn"), [(512, True), (1024, True), (700, False)])
+def test_zeros_that_end_on_a_sector_are_a_lost_block_of_an_unsynced_write(hole_end: int, torn: bool) -> None:
+    """A power loss may keep a later block of an unsynced write and lose an earlier one (crash model
+    torn-blocks): zeros from the end of the synced log to a 512-byte boundary, then records. That
+    is a torn tail, cut whatever follows it; zeros over records that end elsewhere are damage."""
+    files, _ = _one_segment_log(30)
+    name, data = next(iter(files.items()))
+    start = record_spans(data)[2][0]  # records 1 and 2 synced, the rest written after the last sync
+    assert start < 512 and len(data) > hole_end + 200
+    fs, d = make_fs(
+        "SimFS", Path("/unused"), {name: data[:start] + bytes(hole_end - start) + data[hole_end:]}
+    )
+    s = verify(fs, d)
+    assert s.problem is not None and s.problem.offset == start and s.problem.torn is torn
+    if torn:
+        _, got, dropped = reopen(fs, d)
+        assert [r["seq"] for r, _ in got] == [1, 2] and dropped == len(data) - start
+    else:
+        with pytest.raises(CorruptLog, match="after seq 2"):
+            reopen(fs, d)
+
+
+@pytest.mark.parametrize("mode", ["tolerate-tail", "strict"])
+def test_a_bit_flip_in_the_whole_last_record_is_cut_or_refused_as_wal_recovery_says(mode: str) -> None:
+    """One flipped bit in the last record, which ends with its newline (it was written whole, and may
+    have been synced and acknowledged): `tolerate-tail` cuts it as a torn write, as etcd, LevelDB and
+    PostgreSQL treat a bad record at the end; `strict` refuses. A record cut short is torn under both."""
+    files, recs = _one_segment_log()
+    name, data = next(iter(files.items()))
+    start, end = record_spans(data)[-1]
+    flipped = bytearray(data)
+    flipped[end - 4] ^= 0x01  # a digit of the last payload's "n": the line still parses
+    fs, d = make_fs("SimFS", Path("/unused"), {name: bytes(flipped)})
+    s = verify(fs, d)
+    assert s.problem is not None and s.problem.torn and s.problem.whole
+    if mode == "strict":
+        with pytest.raises(CorruptLog, match=r"last record is whole .* wal_recovery: strict refuses it"):
+            reopen(fs, d, recovery=mode)
+        assert fs.read_bytes(posixpath.join(d, name)) == bytes(flipped)  # nothing changed
+    else:
+        _, got, dropped = reopen(fs, d, recovery=mode)
+        assert len(got) == len(recs) - 1 and dropped == end - start
+    fs, d = make_fs("SimFS", Path("/unused"), {name: data[: end - 5]})  # cut short: torn, whatever the mode
+    _, got, _ = reopen(fs, d, recovery=mode)
+    assert len(got) == len(recs) - 1
+    with pytest.raises(BeaverError, match="wal recovery 'lenient' is not one of tolerate-tail, strict"):
+        reopen(SimFS(), recovery="lenient")
