@@ -17,14 +17,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
 from beaver_sim import __version__
-from beaver_sim.config import load_config
-from beaver_sim.core.limits import check_job, loads_exact
+from beaver_sim.config import load_config, parse_duration
+from beaver_sim.core.limits import check_job, check_when, loads_exact
 from beaver_sim.core.recovery import Inspection, RepairPlan, apply_repair, inspect, plan_repair
 from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.errors import brief
@@ -188,19 +189,45 @@ def read_jobs(path: str, max_record_bytes: int = MAX_RECORD) -> list[Job]:
         missing = [k for k in ("id", "payload") if k not in item]
         if missing:
             raise BeaverError(f"{where}: missing {' and '.join(missing)}")
-        extra = sorted(set(item) - {"id", "payload"})
+        extra = sorted(set(item) - {"id", "payload", "delay", "not_before"})
         if extra:
-            raise BeaverError(f"{where}: unknown field {brief(extra[0])} (a job has id and payload)")
+            raise BeaverError(
+                f"{where}: unknown field {brief(extra[0])} (a job has id, payload and optionally "
+                "delay or not_before)"
+            )
         job_id, payload = item["id"], item["payload"]
         named = where if not isinstance(job_id, str) or not job_id else f"{where} ({brief(job_id)})"
         check_job(job_id, payload, max_record_bytes, named)
+        when = _when(item, named)
         canonical = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
         if seen.setdefault(job_id, canonical) != canonical:
             raise BeaverError(
                 f"{where}: id {brief(job_id)} appears earlier in the file with a different payload"
             )
-        jobs.append((job_id, payload))
+        jobs.append((job_id, payload) if when is None else (job_id, payload, when))
     return jobs
+
+
+def _when(item: dict[str, Any], where: str) -> dict[str, float] | None:
+    """A job's `delay` (a duration: `30s`, `1m30s`, seconds) or `not_before` (epoch seconds, or
+    an ISO 8601 time with its UTC offset) as the controller takes it; BeaverError naming the job."""
+    if "delay" in item and "not_before" in item:
+        raise BeaverError(f"{where}: give delay or not_before, not both")
+    try:
+        if "delay" in item:
+            return {"delay": check_when("delay", parse_duration(item["delay"]))}
+        if "not_before" in item:
+            at = item["not_before"]
+            if isinstance(at, str):
+                t = datetime.fromisoformat(at)
+                if t.tzinfo is None:
+                    raise ValueError("needs its UTC offset, e.g. 2026-12-07T10:00:00+00:00")
+                at = t.timestamp()
+            return {"not_before": check_when("not_before", at)}
+    except ValueError as e:
+        key = "delay" if "delay" in item else "not_before"
+        raise BeaverError(f"{where}: {key} {brief(item[key])} {e}") from None
+    return None
 
 
 def refuse_new_data_dir(data_dir: str, create: bool) -> None:
@@ -250,7 +277,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     who = f"running (pid {st['pid']})" if st.get("running") else "not running (read from the files)"
     say(f"{config.data_dir}: {who}")
-    for key in ("pending", "in_flight", "completed", "dead", "jobs", "last_seq"):
+    for key in ("pending", "in_flight", "completed", "dead", "delayed", "cancelled", "jobs", "last_seq"):
         say(f"  {key:<10}{st[key]:>10}")
     return 0
 
@@ -278,8 +305,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         say(orjson.dumps(rows).decode())
         return 0
     for r in rows:
-        reason = f" reason={orjson.dumps(r['reason']).decode()}" if "reason" in r else ""
-        say(f"{shown(r['id'])} {r['state']} attempts={r['attempts']}{reason}")
+        extra = "".join(
+            f" {key}={orjson.dumps(r[key]).decode()}"
+            for key in ("reason", "result", "not_before")
+            if r.get(key) is not None or (key == "reason" and key in r)
+        )
+        say(f"{shown(r['id'])} {r['state']} attempts={r['attempts']}{extra}")
     return 0
 
 
@@ -303,6 +334,10 @@ def cmd_job(args: argparse.Namespace) -> int:
     say(f"{'payload':<10}{orjson.dumps(job['payload']).decode()}")
     if job["state"] == JobStatus.DEAD:
         say(f"{'reason':<10}{job['reason'] if job['reason'] is not None else '(no longer in the log)'}")
+    if job.get("result") is not None:
+        say(f"{'result':<10}{orjson.dumps(job['result']).decode()}")
+    if job.get("not_before") is not None:
+        say(f"{'delayed':<10}until {job['not_before']:.3f} (epoch seconds)")
     if (lease := job["lease"]) is not None:
         at = f"attempt {lease['attempt']} on worker {lease['worker']}, deadline {lease['deadline']:.3f}"
         say(f"{'running':<10}{at}")
@@ -317,6 +352,35 @@ def cmd_job(args: argparse.Namespace) -> int:
         end = "running" if a["outcome"] is None else f"{a['outcome']} at seq {a['end_seq']}"
         error = f": {a['error']}" if a["error"] else ""
         say(f"  attempt {a['attempt']}: {began}; {end}{error}")
+    return 0
+
+
+# -- requeue, cancel ------------------------------------------------------------------------------
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    """Dead jobs back to pending with a fresh budget of attempts."""
+    return _operate(args, "requeue", "requeued")
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Pending or delayed jobs cancelled: they never run."""
+    return _operate(args, "cancel", "cancelled")
+
+
+def _operate(args: argparse.Namespace, op: str, done: str) -> int:
+    from beaver_sim.runtime.service import operate_on
+
+    config = config_from(args)
+    dead = getattr(args, "dead", False)
+    if not args.ids and not dead:
+        raise BeaverError("name the jobs (or --dead: every dead job)")
+    refuse_new_data_dir(config.data_dir, False)
+    n, how = operate_on(config, op, list(args.ids), dead)
+    if args.json:
+        say(orjson.dumps({done: n, "durable": True}).decode())
+    else:
+        say(f"{done} {n} job{'s' * (n != 1)} in {config.data_dir} ({how}); durable")
     return 0
 
 
@@ -780,7 +844,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_job_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """`beaver jobs` and `beaver job ID`."""
+    """`beaver jobs`, `beaver job ID`, `beaver requeue` and `beaver cancel`."""
     js = sub.add_parser(
         "jobs", parents=[common], help="one line per job: id, state, attempts (reason if dead)"
     )
@@ -794,6 +858,19 @@ def add_job_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     j.add_argument("id", help="the job id (one that starts with - goes after --: job -- -x)")
     j.add_argument("--json", action="store_true", help="one JSON object (docs/contracts.md)")
     j.set_defaults(func=cmd_job)
+    rq = sub.add_parser(
+        "requeue", parents=[common], help="dead jobs back to pending, with a fresh budget of attempts"
+    )
+    rq.add_argument("ids", nargs="*", metavar="ID", help="the dead jobs (after -- if one starts with -)")
+    rq.add_argument("--dead", action="store_true", help="every dead job")
+    rq.add_argument("--json", action="store_true", help='one JSON object: {"requeued": N, "durable": true}')
+    rq.set_defaults(func=cmd_requeue)
+    cn = sub.add_parser(
+        "cancel", parents=[common], help="pending or delayed jobs cancelled: they never run (not in flight)"
+    )
+    cn.add_argument("ids", nargs="+", metavar="ID", help="the jobs (after -- if one starts with -)")
+    cn.add_argument("--json", action="store_true", help='one JSON object: {"cancelled": N, "durable": true}')
+    cn.set_defaults(func=cmd_cancel)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,14 +16,14 @@ from typing import Any
 
 import yaml
 
-from beaver_sim.core.types import BeaverError, Config
+from beaver_sim.core.types import Backoff, BeaverError, Config
 
 DEFAULT_CONFIG = "configs/default.yaml"  # read from the working directory when present, as the seed did
 ENV_PREFIX = "BEAVER_"
 DURATION_KEYS = frozenset(
     {"task_timeout", "snapshot_interval", "fsync_interval", "work_min", "work_max", "restart_delay"}
 )
-SIZE_KEYS = frozenset({"segment_bytes", "max_record_bytes"})
+SIZE_KEYS = frozenset({"segment_bytes", "max_record_bytes", "max_result_bytes"})
 _TYPES = {f.name: f.type for f in fields(Config)}  # annotations are strings: "int", "float", ...
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -85,6 +85,23 @@ def parse_handlers(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def parse_backoff(value: Any) -> Backoff | None:
+    """`none`, `BASE..MAX` (durations; jitter 0.5) or a mapping {base, max, jitter}."""
+    if value is None or value == "none":
+        return None
+    if isinstance(value, str):
+        base, sep, top = value.partition("..")
+        if not sep:
+            raise ValueError("is not a backoff (use none, BASE..MAX such as 1s..5m, or {base, max, jitter})")
+        return Backoff(parse_duration(base), parse_duration(top))
+    if not isinstance(value, dict) or not {"base", "max"} <= set(value) <= {"base", "max", "jitter"}:
+        raise ValueError("must be none, BASE..MAX or a mapping with base, max and optionally jitter")
+    jitter = value.get("jitter", 0.5)
+    if isinstance(jitter, bool) or not isinstance(jitter, int | float):
+        raise ValueError("jitter must be a number in [0, 1]")
+    return Backoff(parse_duration(value["base"]), parse_duration(value["max"]), float(jitter))
+
+
 def _coerce(key: str, value: Any) -> Any:
     """The value of `key` as the type Config wants; ValueError with the reason otherwise."""
     if key in DURATION_KEYS:
@@ -93,6 +110,8 @@ def _coerce(key: str, value: Any) -> Any:
         return parse_size(value)
     if key == "handlers":
         return parse_handlers(value)
+    if key == "retry_backoff":
+        return parse_backoff(value)
     kind = _TYPES[key]
     if kind == "int":
         if isinstance(value, bool | float):
@@ -181,6 +200,8 @@ def load_config(
 def _blame(problem: str, sources: dict[str, str]) -> str:
     """Prefix a Config.problems() line with where its key was set."""
     key = problem.split(" ", 1)[0]
+    if key.startswith("retry_backoff"):
+        key = "retry_backoff"
     if key == "work":  # "work duration range must satisfy ..." is about work_min and work_max
         key = "work_max" if "work_max" in sources else "work_min"
     return f"{sources[key]}: {problem}" if key in sources else f"config: {problem}"

@@ -15,7 +15,13 @@ A worker slot is free only once its attempt is gone. At a timeout the workers ar
 the attempt: they either release the slot at once (the attempt runs on without one, as a detached
 thread) or hold it while they stop the attempt (kill its process, interrupt its thread), and its
 late `done` then frees the slot. So a hung handler never lets a new attempt start without a worker
-to run on, and no attempt's timeout is spent waiting for one."""
+to run on, and no attempt's timeout is spent waiting for one.
+
+A handler's result is kept in its ACK if it is JSON and fits `max_result_bytes` (and the record);
+otherwise the attempt fails, saying why. A delayed job (or a retry waiting out its backoff) has a
+timer for its `not_before`, which is wall time (the clock's `epoch`) so that it holds across
+restarts: when it fires a RELEASE record makes the job pending. `requeue` and `cancel` are the
+operator's transitions, each checked whole before a record is written."""
 
 from __future__ import annotations
 
@@ -29,9 +35,10 @@ from typing import Any
 import orjson
 
 from beaver_sim.core import records as R
-from beaver_sim.core.limits import check_job
+from beaver_sim.core.draws import Draws
+from beaver_sim.core.limits import PayloadRefused, check_job, check_when, result_json
 from beaver_sim.core.recovery import Storage
-from beaver_sim.core.types import BeaverError, Clock, Config, DuplicateJob, Workers
+from beaver_sim.core.types import BeaverError, Clock, Config, DuplicateJob, JobStatus, Workers
 from beaver_sim.errors import brief
 
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0)  # the seed's histogram buckets, seconds
@@ -44,6 +51,11 @@ def write_inline(storage: Storage, done: Callable[[bool], None]) -> None:
     """The snapshot written before returning (the simulator's and the tests' writer); a failure raises."""
     storage.save_snapshot()
     done(True)
+
+
+CANCEL_REFUSED = (
+    "only a pending or delayed job can be cancelled: an attempt in flight may already have had effects"
+)
 
 
 @dataclass(slots=True)
@@ -78,6 +90,20 @@ class Enqueued:
     already_present: int
 
 
+def _check_when(job_id: str, when: Any) -> None:
+    """None, {"delay": seconds} or {"not_before": epoch seconds} (limits.check_when), else
+    BeaverError naming the job."""
+    if when is None:
+        return
+    if not isinstance(when, dict) or len(when) != 1 or not {"delay", "not_before"} >= set(when):
+        raise BeaverError(f"job {brief(job_id)}: when must be {{delay: seconds}} or {{not_before: seconds}}")
+    key, value = next(iter(when.items()))
+    try:
+        check_when(key, value)
+    except ValueError as e:
+        raise BeaverError(f"job {brief(job_id)}: {key} {brief(value)} {e}") from None
+
+
 def _canonical(payload: dict[str, Any]) -> bytes:
     return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
 
@@ -103,6 +129,8 @@ class Controller:
         self.free_workers: deque[int] = deque(range(config.worker_count))
         self.stuck: dict[tuple[str, int], int] = {}  # (job, attempt) timed out, still holding worker
         self._timers: dict[str, Any] = {}
+        self._delays: dict[str, Any] = {}  # delayed jobs' release timers
+        self.draws = Draws(config.seed)  # the backoff's jitter: the same in both worlds
         self._to_start: list[tuple[str, int, int]] = []  # dispatched, waiting for their record
         self._acks: list[Callable[[], None]] = []  # enqueue acknowledgements waiting for a flush
         self._flush_handle: Any = None
@@ -130,15 +158,18 @@ class Controller:
     # -- life cycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Requeue what the previous process left in flight, then start dispatching."""
-        max_retry = self.config.max_retry
+        """Requeue what the previous process left in flight, arm the delayed jobs' timers (at their
+        recorded not_before, however long the controller was down), then start dispatching."""
+        max_retry, used = self.config.max_retry, self.state.budget_used
         for job_id, lease in list(self.state.leases.items()):
-            if lease.attempt >= max_retry:  # the crash ended its last attempt: dead, not requeued
+            if used(job_id, lease.attempt) >= max_retry:  # the crash ended its last attempt: dead
                 self._log(R.dead(job_id, lease.attempt, "interrupted"))
                 self.counters.dead += 1
             else:
                 self._log(R.requeue(job_id, lease.attempt))
                 self.counters.requeued_on_recovery += 1
+        for job_id, not_before in list(self.state.not_before.items()):
+            self._arm_release(job_id, not_before)
         self.started = True
         self._dispatch()
 
@@ -154,10 +185,17 @@ class Controller:
     def halt(self) -> None:
         """The first half of `stop`: no more dispatch, no timer, the log flushed and durable."""
         self.stopped = True
-        for handle in (self._flush_handle, self._sync_handle, self._snapshot_handle, *self._timers.values()):
+        for handle in (
+            self._flush_handle,
+            self._sync_handle,
+            self._snapshot_handle,
+            *self._timers.values(),
+            *self._delays.values(),
+        ):
             if handle is not None:
                 self.clock.cancel(handle)
         self._timers.clear()
+        self._delays.clear()
         self._flush_handle = self._sync_handle = self._snapshot_handle = None
         self._flush()
         self.storage.wal.sync()
@@ -174,23 +212,33 @@ class Controller:
 
     @property
     def idle(self) -> bool:
-        """Nothing pending, nothing in flight, nothing waiting to be written."""
-        return not (self.state.pending or self.state.leases or self._acks or self._to_start)
+        """Nothing pending, delayed or in flight, nothing waiting to be written."""
+        state = self.state
+        return not (state.pending or state.leases or state.not_before or self._acks or self._to_start)
 
     # -- the event handlers --------------------------------------------------------------------
 
     def enqueue(
-        self, jobs: Iterable[tuple[str, dict[str, Any]]], on_durable: Callable[[], None] | None = None
+        self, jobs: Iterable[tuple[Any, ...]], on_durable: Callable[[], None] | None = None
     ) -> Enqueued:
         """Log the new jobs of a batch; `on_durable` runs once the whole batch is durable under the
         fsync policy. Retry-safe: a job whose id is already known with the identical payload is
         already present (not logged again), so resending a batch whose answer was lost, or that
         failed half-written, is always right; the same id with another payload is a conflict.
         The whole batch is checked first (conflicts, and `limits.check_job`: ids, payloads stored
-        exactly, every later record within max_record_bytes): all or nothing."""
+        exactly, every later record within max_record_bytes): all or nothing. A job is
+        `(id, payload)`, or `(id, payload, when)` with `when` `{"delay": seconds}` or
+        `{"not_before": epoch seconds}`: delayed until then (made absolute here, on the clock's
+        epoch, so that it holds across restarts; a time already past is no delay)."""
         new, present = self._check_batch(jobs)
-        for job_id, payload in new:
-            self._log(R.enqueue(job_id, payload))
+        now = self.clock.epoch()
+        for job_id, payload, when in new:
+            not_before = None if when is None else when.get("not_before", now + when.get("delay", 0.0))
+            if not_before is not None and not_before <= now:
+                not_before = None
+            self._log(R.enqueue(job_id, payload, not_before))
+            if not_before is not None and self.started:  # else start() arms it
+                self._arm_release(job_id, not_before)
         self.counters.enqueued += len(new)
         if on_durable is not None:
             # also for jobs already present: their records may not be durable yet (another batch
@@ -201,28 +249,32 @@ class Controller:
         self._dispatch()
         return Enqueued(len(new), present)
 
-    def _check_batch(self, jobs: Iterable[tuple[str, dict[str, Any]]]) -> tuple[list[tuple[str, Any]], int]:
-        """(new jobs to log, in batch order, each once; how many ids were already present).
-        Payloads compare as canonical JSON (sorted keys), so 1 and true or 1 and 1.0 differ."""
-        new: dict[str, dict[str, Any]] = {}
+    def _check_batch(self, jobs: Iterable[tuple[Any, ...]]) -> tuple[list[tuple[str, Any, Any]], int]:
+        """(new jobs to log as (id, payload, when), in batch order, each once; how many ids were
+        already present). Payloads compare as canonical JSON (sorted keys), so 1 and true or 1
+        and 1.0 differ; a job's delay does not count (a resent batch is sent later)."""
+        new: dict[str, tuple[dict[str, Any], Any]] = {}
         present: set[str] = set()
         known = self.state.jobs
         limit = self.config.max_record_bytes
-        for job_id, payload in jobs:
+        for job in jobs:
+            job_id, payload, when = job if len(job) == 3 else (*job, None)
             check_job(job_id, payload, limit)  # every record it may ever have fits: it can run
-            earlier = known[job_id].payload if job_id in known else new.get(job_id)
+            _check_when(job_id, when)
+            earlier = known[job_id].payload if job_id in known else new.get(job_id, (None,))[0]
             if earlier is None:
-                new[job_id] = payload
+                new[job_id] = (payload, when)
             elif _canonical(earlier) != _canonical(payload):
                 where = "already enqueued" if job_id in known else "earlier in the same batch"
                 raise DuplicateJob(f"job id {brief(job_id)} is {where} with a different payload")
             elif job_id in known:
                 present.add(job_id)
-        return list(new.items()), len(present)
+        return [(k, p, w) for k, (p, w) in new.items()], len(present)
 
-    def on_result(self, job_id: str, attempt: int, ok: bool, error: object) -> None:
-        """A worker finished attempt `attempt` of `job_id`; `error` (when not ok) may be any object,
-        of any size: the record stores it as bounded text (`records.reason`)."""
+    def on_result(self, job_id: str, attempt: int, ok: bool, detail: object) -> None:
+        """A worker finished attempt `attempt` of `job_id`. Not ok: `detail` is the error, any object
+        of any size, which the record stores as bounded text (`records.reason`). Ok: it is the
+        handler's return value, kept in the ACK (`_result`); one that cannot be kept fails the attempt."""
         lease = self.state.leases.get(job_id)
         if lease is None or lease.attempt != attempt or self.stopped:
             self.counters.stale += 1  # its attempt timed out, or the job moved on
@@ -238,13 +290,33 @@ class Controller:
         counters.duration_buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1  # observe_duration: hot
         counters.duration_sum += seconds
         if ok:
-            self._log(R.ack(job_id, attempt))
+            result, detail = self._result(job_id, detail)
+            ok = detail is None
+        if ok:
+            self._log(R.ack(job_id, attempt, result))
             counters.completed += 1
         else:
             counters.failed += 1
-            text = "error" if error is None else R.reason(error) or "error"  # cut: a FAIL always fits
+            text = "error" if detail is None else R.reason(detail) or "error"  # cut: a FAIL always fits
             self._retry_or_bury(job_id, attempt, R.fail(job_id, attempt, text), "failed: " + text)
         self._dispatch()
+
+    def _result(self, job_id: str, value: object) -> tuple[Any, str | None]:
+        """(the result to keep, None), or (None, why it cannot be kept): not JSON as stored, or
+        larger than max_result_bytes or than the job's ACK record has room for. The kept value is
+        the JSON decoded again: the handler keeps no reference to it, and replay rebuilds the same."""
+        if value is None:
+            return None, None
+        try:
+            body = result_json(value)
+        except PayloadRefused as e:
+            return None, f"result refused: {e}"
+        limit = self.config.max_result_bytes
+        room = R.result_room(len(orjson.dumps(job_id)), self.storage.wal.max_record)
+        if len(body) > min(limit, room):
+            bound = f"max_result_bytes = {limit}" if limit <= room else f"the {room} bytes the ACK can hold"
+            return None, f"result refused: {len(body)} bytes of JSON, over {bound}"
+        return orjson.loads(body), None
 
     def _on_timeout(self, job_id: str, attempt: int) -> None:
         lease = self.state.leases[job_id]
@@ -262,12 +334,90 @@ class Controller:
         self._dispatch()
 
     def _retry_or_bury(self, job_id: str, attempt: int, retry: R.Record, why: str) -> None:
-        if attempt >= self.config.max_retry:
+        """Dead if `attempt` used the last attempt of the job's budget, else `retry` (its FAIL or
+        TIMEOUT): pending at once or, under `retry_backoff`, delayed until its `not_before`."""
+        if self.state.budget_used(job_id, attempt) >= self.config.max_retry:
             self._log(R.dead(job_id, attempt, why))
             self.counters.dead += 1
-        else:
-            self._log(retry)
-            self.counters.retried += 1
+            return
+        not_before = self._backoff(job_id, attempt)
+        if not_before is not None:
+            retry["not_before"] = not_before
+        self._log(retry)
+        if not_before is not None:
+            self._arm_release(job_id, not_before)
+        self.counters.retried += 1
+
+    def _backoff(self, job_id: str, attempt: int) -> float | None:
+        """When the retry after `attempt` may start (epoch seconds), or None without retry_backoff:
+        base x 2^(n-1), n the attempts of this budget so far, capped at max, times a jitter drawn
+        in [1 - jitter, 1] for (job, attempt): deterministic, and the same in both worlds."""
+        backoff = self.config.retry_backoff
+        if backoff is None:
+            return None
+        n = self.state.budget_used(job_id, attempt)
+        wait = min(backoff.max, backoff.base * 2 ** (n - 1))
+        wait *= 1 - backoff.jitter * self.draws.jitter(job_id, attempt)
+        return self.clock.epoch() + wait
+
+    def _arm_release(self, job_id: str, not_before: float) -> None:
+        """Release `job_id` once the clock's epoch reaches `not_before` (now, if it has)."""
+        clock = self.clock
+        when = clock.now() + max(0.0, not_before - clock.epoch())
+        self._delays[job_id] = clock.call_at(when, self._release, job_id)
+
+    def _release(self, job_id: str) -> None:
+        del self._delays[job_id]
+        not_before = self.state.not_before.get(job_id)
+        if self.stopped or not_before is None:
+            return
+        if self.clock.epoch() < not_before:  # the loop's clock ran ahead of the wall's: never early
+            self._arm_release(job_id, not_before)
+            return
+        self._log(R.release(job_id))
+        self._dispatch()
+
+    # -- the operator's transitions ------------------------------------------------------------
+
+    def requeue(self, ids: Iterable[str], on_durable: Callable[[], None] | None = None) -> int:
+        """Dead jobs back to pending, each with a fresh budget of max_retry attempts. All or
+        nothing: BeaverError naming the first id that is unknown or not dead. Returns how many."""
+        ids = list(dict.fromkeys(ids))
+        for job_id in ids:
+            self._check_op(job_id, "requeue", (JobStatus.DEAD,), "only a dead job can be requeued")
+        for job_id in ids:
+            self._log(R.revive(job_id))
+        self._when_durable(on_durable)
+        self._dispatch()
+        return len(ids)
+
+    def cancel(self, ids: Iterable[str], on_durable: Callable[[], None] | None = None) -> int:
+        """Pending or delayed jobs cancelled: they never run. All or nothing: BeaverError naming the
+        first id that is unknown, in flight (its handler is running and may have had effects: what
+        it did cannot be taken back, so it ends as it ends) or already ended. Returns how many."""
+        ids = list(dict.fromkeys(ids))
+        for job_id in ids:
+            self._check_op(job_id, "cancel", (JobStatus.PENDING, JobStatus.DELAYED), CANCEL_REFUSED)
+        for job_id in ids:
+            self._log(R.cancel(job_id))
+            handle = self._delays.pop(job_id, None)
+            if handle is not None:
+                self.clock.cancel(handle)
+        self._when_durable(on_durable)
+        return len(ids)
+
+    def _check_op(self, job_id: object, op: str, states: tuple[JobStatus, ...], why: str) -> None:
+        job = self.state.get(job_id) if isinstance(job_id, str) else None
+        if job is None:
+            raise BeaverError(f"cannot {op} job {brief(job_id)}: no such job")
+        if job.status not in states:
+            raise BeaverError(f"cannot {op} job {brief(job_id)}: it is {job.status.value} ({why})")
+
+    def _when_durable(self, on_durable: Callable[[], None] | None) -> None:
+        if on_durable is not None:
+            self._acks.append(on_durable)
+            if self._flush_handle is None:
+                self._flush_handle = self.clock.call_later(0, self._flush)
 
     def _dispatch(self) -> None:
         if self.stopped or not self.started:

@@ -25,10 +25,17 @@ _UNIT = 2.0**-53  # 53 random bits -> a float in [0, 1), as random.random() make
 class Draws:
     """Uniform numbers for attempts, keyed by `seed`."""
 
-    __slots__ = ("key",)
+    __slots__ = ("backoff_key", "key")
 
     def __init__(self, seed: int) -> None:
         self.key = blake2b(str(seed).encode(), digest_size=32, person=b"beaver-draws").digest()
+        self.backoff_key = blake2b(str(seed).encode(), digest_size=32, person=b"beaver-backoff").digest()
+
+    def jitter(self, job_id: str, attempt: int) -> float:
+        """A float in [0, 1) for the backoff after `attempt` (another key: independent of its work)."""
+        message = attempt.to_bytes(8, "little") + job_id.encode("utf-8", "surrogatepass")
+        digest = blake2b(message, key=self.backoff_key, digest_size=8).digest()
+        return (int.from_bytes(digest, "little") >> 11) * _UNIT
 
     def uniforms(self, job_id: str, attempt: int) -> tuple[float, float]:
         """Two independent floats in [0, 1): the duration's and the failure's."""

@@ -103,9 +103,37 @@ def check_payload(job_id: str, payload: Any, who: str = "") -> bytes:
     return body
 
 
-def _walk(who: str, payload: dict[str, Any]) -> None:
+MAX_DELAY = 10 * 366 * 86400.0  # seconds: a delay or not_before further off is a mistake
+
+
+def check_when(key: str, value: Any) -> float:
+    """A job's `delay` (seconds from its enqueue) or `not_before` (epoch seconds) as a float;
+    ValueError saying what is wrong: not a finite number, a negative delay, too far off."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError("is not a finite number of seconds")
+    if key == "delay" and not 0 <= value <= MAX_DELAY:
+        raise ValueError(f"must be in [0, {MAX_DELAY:.0f}] seconds")
+    if key == "not_before" and not 0 <= value <= 4e9 + MAX_DELAY:
+        raise ValueError("is not a time in epoch seconds")
+    return float(value)
+
+
+def result_json(value: Any) -> bytes:
+    """A handler's result as the ACK stores it: its JSON bytes, or PayloadRefused saying why not
+    (the payload's rules, but any JSON value: a tuple is stored as a list)."""
+    try:
+        body = orjson.dumps(value)
+    except TypeError as e:
+        _walk("result", value)
+        raise PayloadRefused(f"result is not storable JSON ({e})") from None
+    if body.count(b"{") + body.count(b"[") > MAX_DEPTH or b"null" in body:
+        _walk("result", value)
+    return body
+
+
+def _walk(who: str, payload: Any) -> None:
     """Find the first thing in `payload` that check_payload refuses and raise naming it."""
-    stack: list[tuple[Any, str, int]] = [(payload, "payload", 1)]
+    stack: list[tuple[Any, str, int]] = [(payload, "payload" if who != "result" else "value", 1)]
     while stack:
         value, where, depth = stack.pop()
         problem = ""

@@ -1,7 +1,13 @@
 """JobQueue: the whole state of the queue, pure and in memory.
 
 Rules: every job is in exactly one state; pending jobs leave in FIFO order; in-flight jobs hold a
-lease naming the current attempt; completed and dead are final. Every method is O(1).
+lease naming the current attempt; a delayed job waits outside the FIFO until its `not_before` (a
+RELEASE record moves it to the back); completed, dead and cancelled are ended, and only a REVIVE
+(`beaver requeue`) takes a dead job back to pending, with a fresh attempt budget: attempts keep
+counting up (an attempt number names one attempt for good, so a late result of an old attempt is
+stale), and `base` records where the new budget starts. A dead job's reason and a completed job's
+result are kept (`reasons`, `results`) for as long as the job is. Every method is O(1) but `cancel`
+of a pending job and `revive` under retention, O(n) operator commands.
 
 Retention: with `retention` N > 0, only the N most recently ended (completed or dead) jobs stay in
 memory, and so in the next snapshot; an older one is dropped as the next ends (counted in `dropped`).
@@ -24,23 +30,43 @@ import orjson
 from beaver_sim.core.types import IllegalTransition, Job, JobStatus, Lease
 from beaver_sim.errors import brief
 
-PENDING, IN_FLIGHT, COMPLETED, DEAD = (
+PENDING, IN_FLIGHT, COMPLETED, DEAD, DELAYED, CANCELLED = (
     JobStatus.PENDING,
     JobStatus.IN_FLIGHT,
     JobStatus.COMPLETED,
     JobStatus.DEAD,
+    JobStatus.DELAYED,
+    JobStatus.CANCELLED,
 )
-SCHEMA_VERSION = 2  # of the snapshot body: 2 is `to_columns`; 1 (`to_state`) is still read
+ENDED = (COMPLETED, DEAD, CANCELLED)
+# of the snapshot body: 3 is `to_columns` (2 without reasons, results, delays, budgets; still read),
+# 1 (`to_state`) is still read
+SCHEMA_VERSION = 3
 RETENTION_UNKNOWN = -1  # a snapshot written before the window was recorded: recovery sets it
 _id, _status = attrgetter("id"), attrgetter("status")
-_CODE = {PENDING: "p", IN_FLIGHT: "i", COMPLETED: "c", DEAD: "d"}  # a job's state in `to_columns`
+# a job's state in `to_columns`
+_CODE = {PENDING: "p", IN_FLIGHT: "i", COMPLETED: "c", DEAD: "d", DELAYED: "w", CANCELLED: "x"}
 _STATUS_OF = {c: s for s, c in _CODE.items()}.__getitem__
+_SPARSE = ("reasons", "results", "not_before", "base")  # JobQueue's tables by id, as snapshot keys
 
 
 class JobQueue:
     """Jobs by id, a FIFO of pending ids, leases of in-flight jobs, and the last applied seq."""
 
-    __slots__ = ("counts", "dropped", "ended", "jobs", "last_seq", "leases", "pending", "retention")
+    __slots__ = (
+        "base",
+        "counts",
+        "dropped",
+        "ended",
+        "jobs",
+        "last_seq",
+        "leases",
+        "not_before",
+        "pending",
+        "reasons",
+        "results",
+        "retention",
+    )
 
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
@@ -51,6 +77,11 @@ class JobQueue:
         self.retention = 0  # ended jobs kept in memory; 0 keeps them all
         self.ended: deque[str] = deque()  # with retention: the ended jobs kept, oldest end first
         self.dropped = 0  # ended jobs dropped from memory (retention)
+        # sparse, by job id: what most jobs never have costs nothing
+        self.reasons: dict[str, str] = {}  # a dead job's DEAD reason
+        self.results: dict[str, Any] = {}  # a completed job's result (the handler's return value, not None)
+        self.not_before: dict[str, float] = {}  # a delayed job's due time (epoch seconds)
+        self.base: dict[str, int] = {}  # a requeued job's attempts before its fresh budget
 
     def set_retention(self, n: int) -> None:
         """Keep only the `n` most recently ended jobs (0: all). A state loaded without its end order
@@ -60,14 +91,19 @@ class JobQueue:
             self.ended.clear()
             return
         if not self.ended:
-            self.ended.extend(k for k, j in self.jobs.items() if j.status is COMPLETED or j.status is DEAD)
+            self.ended.extend(k for k, j in self.jobs.items() if j.status in ENDED)
         while len(self.ended) > n:
             self._drop()
 
     def _drop(self) -> None:
-        job = self.jobs.pop(self.ended.popleft())
+        job_id = self.ended.popleft()
+        job = self.jobs.pop(job_id)
         self.counts[job.status] -= 1
         self.dropped += 1
+        if self.reasons or self.results or self.base:
+            self.reasons.pop(job_id, None)
+            self.results.pop(job_id, None)
+            self.base.pop(job_id, None)
 
     def _ended(self, job_id: str) -> None:
         self.ended.append(job_id)
@@ -104,15 +140,75 @@ class JobQueue:
     # Each is one flat function (no helper calls on the good path): replay runs one per record, and
     # every check stays, in the same order, so live operation and replay refuse the same records.
 
-    def enqueue(self, job_id: str, payload: dict[str, Any]) -> Job:
-        """Add a new job at the back of the pending FIFO."""
+    def enqueue(self, job_id: str, payload: dict[str, Any], not_before: float | None = None) -> Job:
+        """Add a new job at the back of the pending FIFO, or delayed until `not_before`."""
         jobs = self.jobs
         if job_id in jobs:
             raise IllegalTransition(job_id, jobs[job_id].status, "enqueue", "duplicate id")
-        jobs[job_id] = job = Job(job_id, payload)
-        self.pending.append(job_id)
-        self.counts[PENDING] += 1
+        if not_before is None:
+            jobs[job_id] = job = Job(job_id, payload)
+            self.pending.append(job_id)
+            self.counts[PENDING] += 1
+            return job
+        if type(not_before) is not float and type(not_before) is not int:
+            raise ValueError(f"not_before {brief(not_before)} is not a time")
+        jobs[job_id] = job = Job(job_id, payload, 0, DELAYED)
+        self.not_before[job_id] = not_before
+        self.counts[DELAYED] += 1
         return job
+
+    def delay(self, job_id: str, attempt: int, not_before: float) -> Job:
+        """The current attempt failed or timed out and its retry waits (backoff) until `not_before`."""
+        job = self.requeue(job_id, attempt)
+        if type(not_before) is not float and type(not_before) is not int:
+            raise ValueError(f"not_before {brief(not_before)} is not a time")
+        self.pending.pop()
+        self._move(job, DELAYED)
+        self.not_before[job_id] = not_before
+        return job
+
+    def release(self, job_id: str) -> Job:
+        """A delayed job is due: to the back of the pending FIFO."""
+        job = self.jobs.get(job_id)
+        if job is None or job.status is not DELAYED:
+            raise self._refuse(job_id, "release", DELAYED)
+        del self.not_before[job_id]
+        self._move(job, PENDING)
+        self.pending.append(job_id)
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """A pending or delayed job is cancelled: ended, it never runs (O(n) for a pending one: the
+        FIFO is searched; an operator's command, never the hot path)."""
+        job = self.jobs.get(job_id)
+        if job is None or (job.status is not PENDING and job.status is not DELAYED):
+            raise self._refuse(job_id, "cancel", PENDING)
+        if job.status is PENDING:
+            self.pending.remove(job_id)
+        else:
+            del self.not_before[job_id]
+        self._move(job, CANCELLED)
+        if self.retention:
+            self._ended(job_id)
+        return job
+
+    def revive(self, job_id: str) -> Job:
+        """A dead job goes back to pending with a fresh budget of attempts, counted from `base`
+        (its attempts so far); its reason goes (the next DEAD writes a new one)."""
+        job = self.jobs.get(job_id)
+        if job is None or job.status is not DEAD:
+            raise self._refuse(job_id, "requeue", DEAD)
+        if self.retention:
+            self.ended.remove(job_id)
+        self.reasons.pop(job_id, None)
+        self.base[job_id] = job.attempt
+        self._move(job, PENDING)
+        self.pending.append(job_id)
+        return job
+
+    def budget_used(self, job_id: str, attempt: int) -> int:
+        """How many attempts of its current budget `attempt` is (all of them, unless requeued)."""
+        return attempt - self.base[job_id] if self.base and job_id in self.base else attempt
 
     def peek(self) -> str | None:
         """The id of the next job to dispatch, or None."""
@@ -137,8 +233,8 @@ class JobQueue:
         job.status = IN_FLIGHT
         return job
 
-    def complete(self, job_id: str, attempt: int) -> Job:
-        """The current attempt succeeded: the job is completed for good."""
+    def complete(self, job_id: str, attempt: int, result: Any = None) -> Job:
+        """The current attempt succeeded: the job is completed for good, with its result."""
         job = self.jobs.get(job_id)
         leases = self.leases
         if job is None or job.status is not IN_FLIGHT or leases[job_id].attempt != attempt:
@@ -148,6 +244,8 @@ class JobQueue:
         counts[IN_FLIGHT] -= 1
         counts[COMPLETED] += 1
         job.status = COMPLETED
+        if result is not None:
+            self.results[job_id] = result
         if self.retention:
             self._ended(job_id)
         return job
@@ -166,8 +264,8 @@ class JobQueue:
         self.pending.append(job_id)
         return job
 
-    def kill(self, job_id: str, attempt: int) -> Job:
-        """The current attempt was the last one allowed: the job is dead for good."""
+    def kill(self, job_id: str, attempt: int, reason: str | None = None) -> Job:
+        """The current attempt was the last one allowed: the job is dead, and `reason` says why."""
         job = self.jobs.get(job_id)
         leases = self.leases
         if job is None or job.status is not IN_FLIGHT or leases[job_id].attempt != attempt:
@@ -177,6 +275,8 @@ class JobQueue:
         counts[IN_FLIGHT] -= 1
         counts[DEAD] += 1
         job.status = DEAD
+        if reason is not None:
+            self.reasons[job_id] = reason
         if self.retention:
             self._ended(job_id)
         return job
@@ -199,6 +299,8 @@ class JobQueue:
             "in_flight": c[IN_FLIGHT],
             "completed": c[COMPLETED],
             "dead": c[DEAD],
+            "delayed": c[DELAYED],
+            "cancelled": c[CANCELLED],
             "jobs": len(self.jobs),
             "last_seq": self.last_seq,
         }
@@ -245,10 +347,35 @@ class JobQueue:
                 raise AssertionError(f"{len(ended)} ended jobs kept, retention is {self.retention}")
             for job_id in ended:
                 job = jobs.get(job_id)
-                if job is None or (job.status is not COMPLETED and job.status is not DEAD):
+                if job is None or job.status not in ENDED:
                     raise AssertionError(f"job {brief(job_id)} is in the retention window but has not ended")
-            if len(ended) != self.counts[COMPLETED] + self.counts[DEAD]:
+            if len(ended) != sum(self.counts[s] for s in ENDED):
                 raise AssertionError("an ended job is missing from the retention window")
+        self._check_sparse()
+
+    def _check_sparse(self) -> None:
+        """Each kept reason is a dead job's, each result a completed job's, each due time a delayed
+        job's (all of them), each budget base a known job's at most its attempts."""
+        jobs = self.jobs
+        for field, table, states in (
+            ("reason", self.reasons, (DEAD,)),
+            ("result", self.results, (COMPLETED,)),
+            ("not_before", self.not_before, (DELAYED,)),
+        ):
+            for job_id, value in table.items():
+                job = jobs.get(job_id)
+                if job is None or job.status not in states:
+                    raise AssertionError(f"job {brief(job_id)} has a {field} but is not {states[0]}")
+                if field == "not_before" and type(value) is not float and type(value) is not int:
+                    raise AssertionError(f"job {brief(job_id)}: not_before {brief(value)} is not a time")
+                if field == "reason" and type(value) is not str:
+                    raise AssertionError(f"job {brief(job_id)}: reason {brief(value)} is not a string")
+        if len(self.not_before) != self.counts[DELAYED]:
+            raise AssertionError("a delayed job has no not_before")
+        for job_id, base in self.base.items():
+            job = jobs.get(job_id)
+            if job is None or type(base) is not int or not 0 <= base <= job.attempt:
+                raise AssertionError(f"job {brief(job_id)}: budget base {brief(base)} is past its attempts")
 
     # -- snapshot state ------------------------------------------------------------------------
 
@@ -287,9 +414,11 @@ class JobQueue:
         return q
 
     def to_columns(self) -> dict[str, Any]:
-        """The snapshot body of schema 2: a column per job field, each job's state one character,
+        """The snapshot body of schema 3: a column per job field, each job's state one character,
         each payload its JSON text. A million jobs decode as a few long lists of strings and
-        small ints, not a million lists and dicts, and payloads stay text until dispatched."""
+        small ints, not a million lists and dicts, and payloads stay text until dispatched. What few
+        jobs have (a reason, a result, a due time, a budget base) is an object by id, present only
+        when not empty (so a body of schema 2 reads as one of 3 without them)."""
         jobs = self.jobs.values()
         dumps, code = orjson.dumps, _CODE
         cols: dict[str, Any] = {
@@ -306,6 +435,9 @@ class JobQueue:
             cols["ended"] = list(self.ended)
             cols["dropped"] = self.dropped
             cols["retention"] = self.retention
+        for key in _SPARSE:
+            if table := getattr(self, key):
+                cols[key] = table
         return cols
 
     @classmethod
@@ -325,6 +457,11 @@ class JobQueue:
         q.pending.extend(cols["pending"])
         q.leases = {k: Lease(a, w, d) for k, a, w, d in cols["leases"]}
         q.last_seq = cols["last_seq"]
+        for key in _SPARSE:
+            table = cols.get(key, {})
+            if type(table) is not dict:
+                raise AssertionError(f"{key} is not an object")
+            setattr(q, key, table)
         q._window(cols)
         return q
 

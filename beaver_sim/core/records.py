@@ -9,6 +9,12 @@ queue at its first dispatch or failure: a FAIL error or DEAD reason is cut here,
 built, to MAX_REASON_BYTES with a visible marker, and `record_bound` gives the largest record a job
 can ever have, which the enqueue checks against the limit (core/limits.py).
 
+An ACK carries the handler's result (omitted when it returned None), bounded by `result_room` so the
+record fits whatever the job's id; a DEAD keeps its reason: both live in the state and its snapshots.
+An ENQUEUE, FAIL or TIMEOUT may carry `not_before` (epoch seconds: a delayed job, a retry's backoff):
+the job is then delayed, and a RELEASE record, logged once that time has come, makes it pending.
+REVIVE (`beaver requeue`) and CANCEL are an operator's transitions.
+
 A CONFIG record carries the settings that change what `apply` does (`completed_retention`), so replay
 follows the live run whatever the config file says at the next start: a change takes effect from
 its record onward."""
@@ -33,13 +39,19 @@ FAIL = "fail"  # attempt N failed with an error: back to pending
 TIMEOUT = "timeout"  # attempt N passed its deadline: back to pending
 REQUEUE = "requeue"  # attempt N was interrupted by a crash: back to pending
 DEAD = "dead"  # attempt N was the last allowed: dead
+RELEASE = "release"  # a delayed job's not_before has come: pending
+REVIVE = "revive"  # a dead job back to pending with a fresh attempt budget (`beaver requeue`)
+CANCEL = "cancel"  # a pending or delayed job cancelled: it never runs (`beaver cancel`)
 CONFIG = "config"  # settings replay depends on, in effect from this record on (job: "")
 
 MAX_REASON_BYTES = 2048  # a FAIL error or DEAD reason as stored: its JSON text, quotes included
 
 
-def enqueue(job_id: str, payload: dict[str, Any]) -> Record:
-    return {"seq": 0, "type": ENQUEUE, "job": job_id, "payload": payload}
+def enqueue(job_id: str, payload: dict[str, Any], not_before: float | None = None) -> Record:
+    rec = {"seq": 0, "type": ENQUEUE, "job": job_id, "payload": payload}
+    if not_before is not None:
+        rec["not_before"] = not_before
+    return rec
 
 
 def dispatch(job_id: str, attempt: int, worker: int, deadline: float) -> Record:
@@ -53,16 +65,25 @@ def dispatch(job_id: str, attempt: int, worker: int, deadline: float) -> Record:
     }
 
 
-def ack(job_id: str, attempt: int) -> Record:
-    return {"seq": 0, "type": ACK, "job": job_id, "attempt": attempt}
+def ack(job_id: str, attempt: int, result: Any = None) -> Record:
+    rec = {"seq": 0, "type": ACK, "job": job_id, "attempt": attempt}
+    if result is not None:
+        rec["result"] = result
+    return rec
 
 
-def fail(job_id: str, attempt: int, error: object) -> Record:
-    return {"seq": 0, "type": FAIL, "job": job_id, "attempt": attempt, "error": reason(error)}
+def fail(job_id: str, attempt: int, error: object, not_before: float | None = None) -> Record:
+    rec = {"seq": 0, "type": FAIL, "job": job_id, "attempt": attempt, "error": reason(error)}
+    if not_before is not None:
+        rec["not_before"] = not_before
+    return rec
 
 
-def timeout(job_id: str, attempt: int) -> Record:
-    return {"seq": 0, "type": TIMEOUT, "job": job_id, "attempt": attempt}
+def timeout(job_id: str, attempt: int, not_before: float | None = None) -> Record:
+    rec = {"seq": 0, "type": TIMEOUT, "job": job_id, "attempt": attempt}
+    if not_before is not None:
+        rec["not_before"] = not_before
+    return rec
 
 
 def requeue(job_id: str, attempt: int) -> Record:
@@ -71,6 +92,18 @@ def requeue(job_id: str, attempt: int) -> Record:
 
 def dead(job_id: str, attempt: int, why: object) -> Record:
     return {"seq": 0, "type": DEAD, "job": job_id, "attempt": attempt, "reason": reason(why)}
+
+
+def release(job_id: str) -> Record:
+    return {"seq": 0, "type": RELEASE, "job": job_id}
+
+
+def revive(job_id: str) -> Record:
+    return {"seq": 0, "type": REVIVE, "job": job_id}
+
+
+def cancel(job_id: str) -> Record:
+    return {"seq": 0, "type": CANCEL, "job": job_id}
 
 
 def config(completed_retention: int) -> Record:
@@ -115,10 +148,10 @@ def _widest() -> tuple[int, int]:
     """(bytes of the widest ENQUEUE, of the widest later record) of a job whose id and payload
     encode to nothing: every number at its widest, reasons at MAX_REASON_BYTES."""
     n, f = -(2**63), -2.2250738585072014e-308  # the longest int and float texts orjson writes
-    later = [dispatch("", n, n, f), ack("", n), timeout("", n), requeue("", n)]
-    later += [fail("", n, ""), dead("", n, "")]
+    later = [dispatch("", n, n, f), ack("", n), timeout("", n, f), requeue("", n)]
+    later += [fail("", n, "", f), dead("", n, ""), release(""), revive(""), cancel("")]
     sizes = []
-    for rec in [enqueue("", {}), *later]:
+    for rec in [enqueue("", {}, f), *later]:
         rec["seq"] = n
         text = len(orjson.dumps(rec)) - 2  # without the id's quotes
         sizes.append(text - 2 + MAX_REASON_BYTES if rec["type"] in (FAIL, DEAD) else text)
@@ -126,6 +159,13 @@ def _widest() -> tuple[int, int]:
 
 
 _ENQUEUE_BYTES, _LATER_BYTES = _widest()
+_ACK_BYTES = len(orjson.dumps(ack("", -(2**63)) | {"seq": -(2**63), "result": None})) - 2 - 4  # no "", null
+
+
+def result_room(id_json: int, max_record_bytes: int) -> int:
+    """The most bytes of JSON a job's result may take in its ACK record, which must fit
+    `max_record_bytes`, given the JSON size of the job's id."""
+    return max_record_bytes - _ACK_BYTES - id_json
 
 
 def record_bound(id_json: int, payload_json: int) -> int:
@@ -135,7 +175,7 @@ def record_bound(id_json: int, payload_json: int) -> int:
 
 
 def _enqueue(q: JobQueue, r: Record) -> None:
-    q.enqueue(r["job"], r["payload"])
+    q.enqueue(r["job"], r["payload"], r.get("not_before"))
 
 
 def _dispatch(q: JobQueue, r: Record) -> None:
@@ -143,15 +183,39 @@ def _dispatch(q: JobQueue, r: Record) -> None:
 
 
 def _ack(q: JobQueue, r: Record) -> None:
-    q.complete(r["job"], r["attempt"])
+    q.complete(r["job"], r["attempt"], r.get("result"))
 
 
 def _requeue(q: JobQueue, r: Record) -> None:
     q.requeue(r["job"], r["attempt"])
 
 
+def _retry(q: JobQueue, r: Record) -> None:
+    """FAIL or TIMEOUT: pending again, or delayed by its backoff."""
+    not_before = r.get("not_before")
+    if not_before is None:
+        q.requeue(r["job"], r["attempt"])
+    else:
+        q.delay(r["job"], r["attempt"], not_before)
+
+
 def _dead(q: JobQueue, r: Record) -> None:
-    q.kill(r["job"], r["attempt"])
+    reason = r["reason"]
+    if type(reason) is not str:
+        raise ValueError(f"reason {brief(reason)} is not a string")
+    q.kill(r["job"], r["attempt"], reason)
+
+
+def _release(q: JobQueue, r: Record) -> None:
+    q.release(r["job"])
+
+
+def _revive(q: JobQueue, r: Record) -> None:
+    q.revive(r["job"])
+
+
+def _cancel(q: JobQueue, r: Record) -> None:
+    q.cancel(r["job"])
 
 
 def _config(q: JobQueue, r: Record) -> None:
@@ -165,10 +229,13 @@ APPLY: dict[str, Callable[[JobQueue, Record], None]] = {
     ENQUEUE: _enqueue,
     DISPATCH: _dispatch,
     ACK: _ack,
-    FAIL: _requeue,
-    TIMEOUT: _requeue,
+    FAIL: _retry,
+    TIMEOUT: _retry,
     REQUEUE: _requeue,
     DEAD: _dead,
+    RELEASE: _release,
+    REVIVE: _revive,
+    CANCEL: _cancel,
     CONFIG: _config,
 }
 

@@ -74,7 +74,7 @@ def read_state(snap: Snapshot, path: str) -> JobQueue:
     return q
 
 
-_READERS = {1: JobQueue.from_state, 2: JobQueue.from_columns}  # v1: data directories written before v2
+_READERS = {1: JobQueue.from_state, 2: JobQueue.from_columns, 3: JobQueue.from_columns}  # 1, 2: older dirs
 
 
 def decode_snapshot(data: bytes, path: str) -> JobQueue:

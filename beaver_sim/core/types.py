@@ -17,12 +17,15 @@ from beaver_sim.errors import brief
 
 
 class JobStatus(StrEnum):
-    """The four states a job can be in; a job is in exactly one of them."""
+    """The states a job can be in; a job is in exactly one of them. Completed, dead and cancelled
+    are ended (only `beaver requeue` takes a dead job back to pending)."""
 
     PENDING = "pending"
     IN_FLIGHT = "in_flight"
     COMPLETED = "completed"
     DEAD = "dead"
+    DELAYED = "delayed"  # waits for its not_before, then pending
+    CANCELLED = "cancelled"  # cancelled while pending or delayed: never runs
 
 
 @dataclass(slots=True)
@@ -84,13 +87,15 @@ class Clock(Protocol):
     """Time as the controller sees it: the real asyncio loop or the simulator's VirtualClock."""
 
     def now(self) -> float: ...
+    def epoch(self) -> float: ...  # seconds since the Unix epoch, for times kept across restarts
     def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> Any: ...
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Any: ...
     def cancel(self, handle: Any) -> None: ...
 
 
-# on_result(job_id, attempt, ok, error): a worker's outcome, delivered on the clock's thread; error is
-# None or anything (a string, an exception): records.reason turns it into bounded text.
+# on_result(job_id, attempt, ok, detail): a worker's outcome, delivered on the clock's thread. Not ok:
+# detail is the error, None or anything (a string, an exception): records.reason turns it into
+# bounded text. Ok: detail is the handler's return value, which the ACK keeps if it is JSON and fits.
 OnResult = Callable[[str, int, bool, object], None]
 
 
@@ -117,6 +122,24 @@ class Workers(Protocol):
     ) -> None: ...
 
     def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """`retry_backoff`: the wait before the retry after the n-th failed or timed-out attempt of a
+    budget is min(max, base x 2^(n-1)) x (1 - jitter x u), u drawn in [0, 1) for (job, attempt)
+    (core.draws): exponential, spread so that jobs failing together do not retry together."""
+
+    base: float
+    max: float
+    jitter: float = 0.5
+
+    def problems(self) -> list[str]:
+        if not 0 < self.base <= self.max:
+            return [f"retry_backoff must satisfy 0 < base <= max, got {self.base}..{self.max}"]
+        if not 0 <= self.jitter <= 1:
+            return [f"retry_backoff jitter must be in [0, 1], got {self.jitter}"]
+        return []
 
 
 FSYNC_POLICIES = ("always", "interval", "never")
@@ -150,6 +173,7 @@ class Config:
         "tolerate-tail"  # tolerate-tail | strict: may a whole last record that fails its CRC be cut?
     )
     max_record_bytes: int = 1 << 20
+    max_result_bytes: int = 64 << 10  # a handler's return value, as JSON; larger fails the attempt
     snapshots_kept: int = 2
     completed_retention: int = 0  # ended jobs kept in memory and snapshots (0: all); see JobQueue
     seed: int = 42
@@ -158,6 +182,7 @@ class Config:
     work_max: float = 0.5
     executor: str = "thread"
     handlers: dict[str, str] = field(default_factory=dict)
+    retry_backoff: Backoff | None = None  # None: a failed attempt's retry is pending at once
     # the simulator only: seconds from a crash to the restarted controller's start, as measured for
     # `beaver run` (kill -9 to `ready`: median 0.19 s of 23, 0.11-0.48 s at load 2.4-4 on 2 cores;
     # python bench/bench_fidelity.py --restarts N)
@@ -192,6 +217,8 @@ class Config:
             out.append(f"segment_bytes must be >= 4096, got {self.segment_bytes}")
         if self.max_record_bytes < MIN_RECORD_BYTES:  # room for a FAIL with the longest reason
             out.append(f"max_record_bytes must be >= {MIN_RECORD_BYTES}, got {self.max_record_bytes}")
+        if self.max_result_bytes < 0:
+            out.append(f"max_result_bytes must be >= 0, got {self.max_result_bytes}")
         if self.wal_preallocate not in PREALLOCATE:
             out.append(
                 f"wal_preallocate must be one of {', '.join(PREALLOCATE)}, got {self.wal_preallocate!r}"
@@ -206,6 +233,8 @@ class Config:
             out.append(f"snapshots_kept must be >= 1, got {self.snapshots_kept}")
         if self.restart_delay < 0:
             out.append(f"restart_delay must be >= 0, got {self.restart_delay}")
+        if self.retry_backoff is not None:
+            out.extend(self.retry_backoff.problems())
         if self.executor not in ("thread", "process"):
             out.append(f"executor must be thread or process, got {self.executor!r}")
         return out

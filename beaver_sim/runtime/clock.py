@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -79,6 +80,11 @@ class RealClock:
 
     def now(self) -> float:
         return self.loop.time()
+
+    def epoch(self) -> float:
+        """Wall time, for what must hold across restarts (a delayed job's not_before): the loop's
+        monotonic time starts anew in each process."""
+        return time.time()
 
     def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> Entry:
         entry = [when, self._seq, fn, args]

@@ -2,11 +2,12 @@
 
 The state comes from the running controller over the control socket when one serves the data
 directory (the `job` and `jobs` requests, answered by `answer` on the loop thread), else from the
-files, read-only as `status` reads them (service.read_state). What the state does not keep, a dead
-job's reason and each attempt's dispatch and end, comes from the WAL records the log still holds
+files, read-only as `status` reads them (service.read_state). The state keeps a dead job's reason,
+a completed job's result and a delayed job's not_before (snapshots too, since schema 3). What it
+does not keep, each attempt's dispatch and end, comes from the WAL records the log still holds
 (core.recovery.inspect over every record): a checkpoint deletes the segments its snapshot covers,
-and those records with them, so then `reason` is null and `history` is partial
-(`history_complete` false)."""
+and those records with them, so then `history` is partial (`history_complete` false). A dead job
+whose reason only an older snapshot covered (schema 2 kept none) takes it from the log if it can."""
 
 from __future__ import annotations
 
@@ -35,14 +36,24 @@ OUTCOMES = {  # how a record ends an attempt
 }
 
 
-def row(job: Job) -> dict[str, Any]:
-    return {"id": job.id, "state": job.status.value, "attempts": job.attempt}
+def row(q: JobQueue, job: Job) -> dict[str, Any]:
+    """`id, state, attempts`, plus a dead job's `reason`, a completed job's `result` and a delayed
+    job's `not_before` (epoch seconds)."""
+    out: dict[str, Any] = {"id": job.id, "state": job.status.value, "attempts": job.attempt}
+    status = job.status
+    if status is JobStatus.DEAD:
+        out["reason"] = q.reasons.get(job.id)
+    elif status is JobStatus.COMPLETED:
+        out["result"] = q.results.get(job.id)
+    elif status is JobStatus.DELAYED:
+        out["not_before"] = q.not_before[job.id]
+    return out
 
 
 def select(q: JobQueue, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """The jobs in `state` (all when None), in the order they were enqueued, at most `limit`."""
     jobs = (j for j in q.jobs.values() if state is None or j.status == state)
-    return [row(j) for j in islice(jobs, limit)]
+    return [row(q, j) for j in islice(jobs, limit)]
 
 
 def describe(q: JobQueue, job_id: str) -> dict[str, Any] | None:
@@ -52,7 +63,7 @@ def describe(q: JobQueue, job_id: str) -> dict[str, Any] | None:
     if job is None:
         return None
     raw, lease = job.raw, q.leases.get(job_id)
-    return row(job) | {
+    return row(q, job) | {
         "payload": orjson.loads(raw) if isinstance(raw, str) else raw,
         "lease": None
         if lease is None
@@ -108,11 +119,11 @@ def _log_records(config: Config, keep: Callable[[], OnRecord]) -> None:
 
 
 def list_jobs(config: Config, state: str | None, limit: int | None) -> list[dict[str, Any]]:
-    """`beaver jobs`: rows of `id, state, attempts`, plus `reason` for dead jobs (null once the
-    log no longer holds their DEAD record)."""
+    """`beaver jobs`: rows of `id, state, attempts`, plus `reason` for dead jobs, `result` for
+    completed ones and `not_before` for delayed ones."""
     reply = _ask(config, {"op": "jobs", "state": state, "limit": limit})
     rows = select(_state(config), state, limit) if reply is None else reply["jobs"]
-    dead = {r["id"] for r in rows if r["state"] == JobStatus.DEAD}
+    dead = {r["id"] for r in rows if r["state"] == JobStatus.DEAD and r.get("reason") is None}
     if dead:
         reasons: dict[str, str] = {}
 
@@ -127,7 +138,7 @@ def list_jobs(config: Config, state: str | None, limit: int | None) -> list[dict
 
         _log_records(config, keep)
         for r in rows:
-            if r["state"] == JobStatus.DEAD:
+            if r["id"] in dead:
                 r["reason"] = reasons.get(r["id"])
     return rows
 
@@ -153,9 +164,12 @@ def find_job(config: Config, job_id: str) -> dict[str, Any] | None:
 
     _log_records(config, keep)
     complete, history = attempts(mine)
-    reason = history[-1].get("error") if job["state"] == JobStatus.DEAD and history else None
+    reason = job.get("reason")
+    if reason is None and job["state"] == JobStatus.DEAD and history:
+        reason = history[-1].get("error")
     return job | {
         "reason": reason,
+        "result": job.get("result"),
         "history": history,
         "history_complete": complete,
         "running": reply is not None,

@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from beaver_sim.core.controller import Controller, Enqueued
 from beaver_sim.core.recovery import Inspection, Storage, inspect
-from beaver_sim.core.types import Abandoned, BeaverError, Config, CorruptLog, OnResult
+from beaver_sim.core.types import Abandoned, BeaverError, Config, CorruptLog, JobStatus, OnResult
 from beaver_sim.metrics import MetricsServer, QueueMetrics, Sample, sample
 from beaver_sim.runtime import forks
 from beaver_sim.runtime.clock import RealClock, TimerLateness
@@ -36,7 +36,7 @@ from beaver_sim.runtime.workers import Handler, PoolWorkers
 from beaver_sim.storage import wal
 from beaver_sim.storage.fs import RealFS
 
-Job = tuple[str, dict[str, Any]]
+Job = tuple[Any, ...]  # (id, payload) or (id, payload, when): Controller.enqueue
 IDLE_POLL = 0.02  # seconds between idle checks for --exit-when-idle and the shutdown drain
 # `beaver run` waits this long for a lock held by anything but another `beaver run` (an offline
 # `beaver enqueue` holds it for one recovery and one fsync), polling every LOCK_POLL seconds
@@ -326,18 +326,23 @@ class Service:
             return {"ok": True, "status": self.status()}
         if op in ("job", "jobs"):
             return answer_jobs(self.controller.state, req)
-        if op != "enqueue":
+        if op not in ("enqueue", *OPERATIONS):
             return {"ok": False, "error": f"unknown request {op!r}"}
         if self.controller.stopped or self.fatal is not None:
             return {"ok": False, "retry": True, "error": "the controller is stopping"}
+        if op in OPERATIONS:
+            return await self._operate(req)
         jobs = req.get("jobs")
-        if not isinstance(jobs, list) or not all(isinstance(j, list) and len(j) == 2 for j in jobs):
-            return {"ok": False, "error": "bad request: jobs must be a list of [id, payload]"}
+        if not isinstance(jobs, list) or not all(isinstance(j, list) and len(j) in (2, 3) for j in jobs):
+            return {
+                "ok": False,
+                "error": "bad request: jobs must be a list of [id, payload] or [id, payload, when]",
+            }
         durable = self.loop.create_future()
         self._acks.add(durable)
         try:
             done = self.controller.enqueue(
-                ((i, p) for i, p in jobs), on_durable=lambda: durable.done() or durable.set_result(None)
+                map(tuple, jobs), on_durable=lambda: durable.done() or durable.set_result(None)
             )
             await durable
         except BeaverError as e:
@@ -345,6 +350,29 @@ class Service:
         finally:
             self._acks.discard(durable)
         return {"ok": True, "enqueued": done.new, "already_present": done.already_present}
+
+    async def _operate(self, req: dict[str, Any]) -> dict[str, Any]:
+        """`requeue` or `cancel`: answered once the records are durable."""
+        op, ids, dead = req["op"], req.get("ids"), req.get("dead") is True
+        if (
+            not isinstance(ids, list)
+            or not all(isinstance(i, str) for i in ids)
+            or (dead and op != "requeue")
+        ):
+            return {
+                "ok": False,
+                "error": "bad request: ids must be a list of job ids (or dead: true to requeue)",
+            }
+        durable = self.loop.create_future()
+        self._acks.add(durable)
+        try:
+            n = operate(self.controller, op, ids, dead, lambda: durable.done() or durable.set_result(None))
+            await durable
+        except BeaverError as e:
+            return {"ok": False, "error": str(e)}
+        finally:
+            self._acks.discard(durable)
+        return {"ok": True, OPERATIONS[op]: n}
 
 
 # -- without a running controller --------------------------------------------------------------
@@ -360,20 +388,34 @@ class _NeverStarted:
         raise AssertionError("an offline controller never dispatches")
 
 
-def enqueue_offline(config: Config, jobs: list[Job]) -> Enqueued:
-    """Log `jobs` with this process as the writer (the caller holds the lock): recover, append
-    the ENQUEUE records through Controller.enqueue (same checks as a running controller), sync."""
+T = TypeVar("T")
+OPERATIONS = {"requeue": "requeued", "cancel": "cancelled"}  # request op -> the answer's count
+
+
+def operate(
+    controller: Controller, op: str, ids: list[str], dead: bool, on_durable: Callable[[], None] | None = None
+) -> int:
+    """`requeue` the jobs `ids` (with `dead`, every dead job as well) or `cancel` them."""
+    if op == "cancel":
+        return controller.cancel(ids, on_durable)
+    if dead:
+        ids = [*ids, *(k for k, j in controller.state.jobs.items() if j.status is JobStatus.DEAD)]
+    return controller.requeue(ids, on_durable)
+
+
+def _offline(config: Config, act: Callable[[Controller], T]) -> T:
+    """`act` on a controller of this process, the writer (the caller holds the lock): recover, let
+    it log through the controller (same checks as a running one), sync. Never dispatches."""
     storage = Storage.from_config(RealFS(), config)
     loop = asyncio.new_event_loop()
     try:
         controller = Controller(config, RealClock(loop), storage, _NeverStarted())
         try:
-            done = controller.enqueue(jobs)
+            return act(controller)
         finally:
             controller.stop(snapshot=False)  # flush + fdatasync whatever the fsync policy, close
     finally:
         loop.close()
-    return done
 
 
 def enqueue(config: Config, jobs: list[Job], wait: float = 30.0) -> tuple[Enqueued, str]:
@@ -382,10 +424,36 @@ def enqueue(config: Config, jobs: list[Job], wait: float = 30.0) -> tuple[Enqueu
     timeout, sending the same jobs again is right (Controller.enqueue). Waits up to `wait` seconds
     for a controller that holds the lock but is not serving yet (recovering), then gives up
     naming its PID."""
-    deadline = time.monotonic() + wait
     payload = {"op": "enqueue", "jobs": [list(j) for j in jobs]}
+
+    def answered(answer: dict[str, Any]) -> Enqueued:
+        return Enqueued(answer["enqueued"], answer.get("already_present", 0))
+
+    return _write(config, payload, answered, lambda c: c.enqueue(jobs), wait)
+
+
+def operate_on(
+    config: Config, op: str, ids: list[str], dead: bool = False, wait: float = 30.0
+) -> tuple[int, str]:
+    """`beaver requeue` / `beaver cancel`: through the running controller, else directly under the
+    lock, exactly as `enqueue`. Returns (how many jobs, how)."""
+    payload = {"op": op, "ids": ids} | ({"dead": True} if dead else {})
+    return _write(config, payload, lambda a: a[OPERATIONS[op]], lambda c: operate(c, op, ids, dead), wait)
+
+
+def _write(
+    config: Config,
+    payload: dict[str, Any],
+    answered: Callable[[dict[str, Any]], T],
+    offline: Callable[[Controller], T],
+    wait: float,
+) -> tuple[T, str]:
+    """Send `payload` to the controller that holds the lock (`answered` reads its answer), or, when
+    none does, take the lock and run `offline` on a controller of our own."""
+    deadline = time.monotonic() + wait
+    op = payload["op"]
     while True:
-        lock = DataDirLock(config.data_dir, role="enqueue")
+        lock = DataDirLock(config.data_dir, role=op)
         try:
             lock.acquire()
         except DataDirLocked as locked:
@@ -399,14 +467,13 @@ def enqueue(config: Config, jobs: list[Job], wait: float = 30.0) -> tuple[Enqueu
                     raise
             else:
                 if answer.get("ok"):
-                    done = Enqueued(answer["enqueued"], answer.get("already_present", 0))
-                    return done, "via the running controller"
+                    return answered(answer), "via the running controller"
                 if not answer.get("retry") or time.monotonic() > deadline:
-                    raise BeaverError(answer.get("error", "the controller refused the jobs")) from None
+                    raise BeaverError(answer.get("error", f"the controller refused the {op}")) from None
             time.sleep(0.05)  # the holder is starting up or shutting down: ask again
             continue
         try:
-            return enqueue_offline(config, jobs), "written directly: no controller running"
+            return _offline(config, offline), "written directly: no controller running"
         finally:
             lock.release()
 

@@ -10,7 +10,11 @@ the simulator's SimWorkers draw the same numbers for the same attempt, whatever 
 and across restarts. What the real run adds is time: an attempt starts after its DISPATCH record
 is synced, its sleep and result arrive late by however busy the machine is, and so does the timeout
 timer, so an attempt that ends that close to its deadline may end the other way than simulated
-(borderline). A handler that raises is a failed attempt, with the exception as its error.
+(borderline). A handler that raises is a failed attempt, with the exception as its error; what it
+returns is the job's result (the controller keeps it if it is JSON and fits max_result_bytes: a
+process worker sends it as JSON, so a result that is not fails there). A handler whose signature
+takes a second positional argument (required, or named `ctx`) is called `(payload, ctx)`, with
+`ctx.job_id` and `ctx.attempt`: the attempt's identity, an idempotency key for its side effects.
 
 A timed-out attempt must not take a worker with it (the controller's slot rule, core.types.Workers):
 - processes: one process per running attempt, kept for the next one. At a timeout it is sent
@@ -32,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import importlib
+import inspect
 import multiprocessing
 import os
 import queue
@@ -43,16 +48,40 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+import orjson
+
 from beaver_sim.core.draws import Draws
+from beaver_sim.core.limits import PayloadRefused, result_json
 from beaver_sim.core.types import Abandoned, BeaverError, Config, OnResult
 from beaver_sim.runtime.clock import TimerLateness
 
-Handler = Callable[[dict[str, Any]], Any]
+Handler = Callable[..., Any]  # (payload) or (payload, ctx)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a handler taking `(payload, ctx)` learns about its attempt."""
+
+    job_id: str
+    attempt: int
+
+
+def takes_ctx(fn: Callable[..., Any]) -> bool:
+    """Whether `fn` is called (payload, ctx): its second positional parameter is required or named
+    `ctx` (so `def h(payload, retries=3)` keeps its default). Decided once per handler."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: one argument
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) >= 2:
+        return positional[1].default is inspect.Parameter.empty or positional[1].name == "ctx"
+    return False
 
 
 class SimulatedFailure(Exception):
@@ -82,9 +111,16 @@ def resolve(spec: str) -> Handler:
     return fn
 
 
-def call_spec(spec: str, payload: dict[str, Any]) -> Any:
+@cache
+def _resolved(spec: str) -> tuple[Handler, bool]:
+    fn = resolve(spec)
+    return fn, takes_ctx(fn)
+
+
+def call_spec(spec: str, payload: dict[str, Any], ctx: Context) -> Any:
     """Run `module:function` on `payload` in a pool process (functions travel by name)."""
-    return resolve(spec)(payload)
+    fn, with_ctx = _resolved(spec)
+    return fn(payload, ctx) if with_ctx else fn(payload)
 
 
 MAX_ERROR_CHARS = 1000  # a failed attempt's description; the rest is cut, with a marker
@@ -120,7 +156,7 @@ SPARE_THREADS = 64  # timed-out thread attempts that may run on without a slot (
 REAP_GRACE = 0.5  # seconds from SIGTERM to SIGKILL for a timed-out handler process
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 Key = tuple[str, int]  # (job, attempt)
-Report = Callable[[bool, "str | None"], None]  # an attempt's outcome, from any thread
+Report = Callable[[bool, object], None]  # an attempt's outcome (ok, error or result), from any thread
 _RELEASED = Abandoned(False)
 
 
@@ -152,13 +188,14 @@ class _Thread:
         while (task := self.inbox.get()) is not None:
             key, fn, args, report = task
             error: str | None = None
+            result: object = None
             try:
                 try:
                     with pool.lock:
                         self.key = key
                         if self.cancelled == key:
                             raise AttemptTimedOut("abandoned before it started")
-                    fn(*args)
+                    result = fn(*args)
                 except BaseException as e:  # SystemExit and KeyboardInterrupt too: an attempt's failure
                     error = describe_exception(e)
                 finally:
@@ -168,7 +205,7 @@ class _Thread:
             except BaseException as e:  # an interrupt that landed while the failure was described
                 error = describe_exception(e)
             keep = pool.ended(self, key)
-            report(error is None, error)
+            report(error is None, result if error is None else error)
             if not keep:
                 return
 
@@ -270,11 +307,17 @@ def _serve(conn: Connection) -> None:
         except EOFError:
             return
         try:
-            fn(*args)
+            result = fn(*args)
         except BaseException as e:  # SystemExit too; os._exit ends the process: _exited reports it
             conn.send((False, describe_exception(e)))
-        else:
+            continue
+        if result is None:
             conn.send((True, None))
+            continue
+        try:  # sent as JSON: any object may not pickle, and the controller keeps only JSON
+            conn.send((True, result_json(result)))
+        except PayloadRefused as e:
+            conn.send((False, f"result refused: {e}"))
 
 
 @dataclass(eq=False)
@@ -359,14 +402,14 @@ class _ProcessPool:
             if all(q.ready for q in self.procs):
                 self.all_ready.set()
             return
-        ok, error = message
+        ok, detail = message
         if p.stopping or p.key is None or p.report is None:
             return  # lost the race with the kill: reported once the process is gone
         key, report = p.key, p.report
         p.key = p.report = None
         del self.running[key]
         self.idle.append(p)
-        report(ok, error)
+        report(ok, orjson.loads(detail) if ok and detail is not None else detail)
 
     def _forget(self, p: _Proc) -> None:
         self.loop.remove_reader(p.proc.sentinel)
@@ -431,6 +474,7 @@ class PoolWorkers:
         self.handlers: dict[str, Handler] = {"noop": noop}
         self.handlers.update({kind: resolve(spec) for kind, spec in self.specs.items()})
         self.handlers.update(handlers or {})
+        self.with_ctx = {kind: takes_ctx(fn) for kind, fn in self.handlers.items()}
         self.process = config.executor == "process"
         self.pool = (
             _ProcessPool(loop, config.worker_count)
@@ -441,7 +485,7 @@ class PoolWorkers:
         self._dispatched_at: Callable[[str], float | None] | None = None
         self._due: dict[Key, float] = {}  # simulated work: when the simulator has its result
         # outcomes waiting for the loop; one wake-up of the loop delivers all that arrived meanwhile
-        self._results: deque[tuple[OnResult, str, int, bool, str | None]] = deque()
+        self._results: deque[tuple[OnResult, str, int, bool, object]] = deque()
         self._wake_lock = threading.Lock()
         self._wake_pending = False
 
@@ -455,7 +499,9 @@ class PoolWorkers:
                 self._due[(job_id, attempt)] = start + duration
             fn, args = simulated_work, (duration, not ok)
         elif self.process and kind in self.specs:
-            fn, args = call_spec, (self.specs[kind], payload)
+            fn, args = call_spec, (self.specs[kind], payload, Context(job_id, attempt))
+        elif self.with_ctx[kind]:
+            fn, args = handler, (payload, Context(job_id, attempt))
         else:
             fn, args = handler, (payload,)
         self.pool.start((job_id, attempt), fn, args, partial(self._report, done, job_id, attempt))
@@ -493,7 +539,7 @@ class PoolWorkers:
         """(job, attempt) of each timed-out attempt running on without a slot (threads only)."""
         return self.pool.detached_attempts() if isinstance(self.pool, _ThreadPool) else []
 
-    def _report(self, done: OnResult, job_id: str, attempt: int, ok: bool, error: str | None) -> None:
+    def _report(self, done: OnResult, job_id: str, attempt: int, ok: bool, error: object) -> None:
         """On the worker's thread (or the loop's, for processes): post the outcome to the loop."""
         self._results.append((done, job_id, attempt, ok, error))
         with self._wake_lock:

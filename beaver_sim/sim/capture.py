@@ -111,6 +111,8 @@ class Capture:
     acks: list[tuple[float, list[str]]]
     events: int
     open: dict[tuple[str, ...], None]
+    operator: tuple[dict[str, Any], ...] = ()  # the checker's view of delays, cancels, requeues
+    requeue_done: bool = True  # the operator's requeue was acknowledged (or there is none)
 
 
 def recovered_key(storage: Storage) -> tuple[Any, ...]:

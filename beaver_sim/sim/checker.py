@@ -29,12 +29,14 @@ INVARIANTS = {
     1: "every acknowledged enqueue survives every crash and recovery",
     2: "no job is in two states; the counts add up to the jobs known",
     3: "a durably completed job stays completed and is never dispatched again",
-    4: "no job has more than max_retry attempts; dead jobs have exactly max_retry",
+    4: "no job has more than max_retry attempts per budget (requeue: a fresh one); dead jobs used all",
     5: "sequence numbers and LSNs strictly increase across segments and restarts",
     6: "after recovery, running to quiescence ends with completed + dead == acknowledged jobs",
     7: "same inputs, same bytes (determinism)",
     8: "an unacknowledged batch leaves a prefix of its jobs, payloads exact; its retries end acknowledged",
     9: "a data directory `wal verify` passes is one recovery opens",
+    10: "a job whose cancel was acknowledged never runs after it, and ends cancelled",
+    11: "a delayed job never starts before its delay has passed",
 }
 CODES = {  # stable kebab-case names, printed next to the numbers and in JSON as "code"
     1: "acknowledged-job-lost",
@@ -46,8 +48,11 @@ CODES = {  # stable kebab-case names, printed next to the numbers and in JSON as
     7: "nondeterministic-run",
     8: "unacknowledged-batch-broken",
     9: "verify-ok-recovery-refused",
+    10: "cancelled-job-ran",
+    11: "delayed-job-ran-early",
 }
 NO_CRASH = "no crash"
+ENDED = (JobStatus.COMPLETED, JobStatus.DEAD, JobStatus.CANCELLED)
 Trace = list[tuple[R.Record, int, int]]  # (record, start LSN, end LSN) as the WAL appended them
 
 
@@ -99,6 +104,11 @@ class Checker:
         self.lost_in_window: set[str] = set()  # ... within the documented `interval` loss window
         self.violations: list[Violation] = []
         self._seen: set[tuple[int, str | None]] = set()
+        # the operator's side: what clients asked for and were told
+        self.whens: dict[str, dict[str, float]] = {}  # job -> its delay, as sent
+        self.earliest: dict[str, float] = {}  # delayed job -> first sent + its delay: no start before
+        self.cancels: dict[str, float] = {}  # job -> when its cancel was acknowledged
+        self.bases: dict[str, int] = {}  # job -> its attempts when its requeue was made
 
     @property
     def ok(self) -> bool:
@@ -112,11 +122,51 @@ class Checker:
 
     # -- what the clients see ------------------------------------------------------------------
 
-    def submit(self, batch: Iterable[tuple[str, dict[str, Any]]]) -> None:
+    def submit(self, batch: Iterable[tuple[Any, ...]], at: float = 0.0) -> None:
+        """Clients send `batch` at `at`: (id, payload) or (id, payload, {"delay": s})."""
         batch = list(batch)
-        self.submitted.update(batch)
+        for job in batch:
+            self.submitted[job[0]] = job[1]
+            if len(job) == 3:
+                self.whens[job[0]] = job[2]
+                self.earliest.setdefault(job[0], at + job[2]["delay"])
         if batch:
-            self.open[tuple(job_id for job_id, _ in batch)] = None
+            self.open[tuple(job[0] for job in batch)] = None
+
+    def batch(self, ids: Iterable[str]) -> list[tuple[Any, ...]]:
+        """The jobs `ids` as their clients send them again."""
+        return [
+            (j, self.submitted[j], self.whens[j]) if j in self.whens else (j, self.submitted[j]) for j in ids
+        ]
+
+    def cancelled(self, job_id: str, at: float) -> None:
+        """The operator was told `job_id` is cancelled, at `at`."""
+        self.cancels.setdefault(job_id, at)
+
+    def requeued(self, bases: Mapping[str, int]) -> None:
+        """The operator was told these dead jobs are pending again; each had `bases[id]` attempts."""
+        self.bases.update(bases)
+
+    def operator_view(self) -> tuple[dict[str, Any], ...]:
+        """Copies of what the operator asked for and was told (a sweep's capture keeps them)."""
+        return dict(self.whens), dict(self.earliest), dict(self.cancels), dict(self.bases)
+
+    def restore_operator_view(self, view: tuple[dict[str, Any], ...]) -> None:
+        if view:
+            self.whens, self.earliest, self.cancels, self.bases = (dict(v) for v in view)
+
+    def ran(self, attempts: Iterable[Any]) -> None:
+        """Invariants 10 and 11 on the attempts the workers started (`sim.workers.Attempt`)."""
+        earliest, cancels = self.earliest, self.cancels
+        if not earliest and not cancels:
+            return
+        for a in attempts:
+            due = earliest.get(a.job)
+            if due is not None and a.start < due - 1e-9:  # (float sums of virtual times)
+                self.violation(11, a.job, f"attempt {a.attempt} started at {a.start:.3f}, due at {due:.3f}")
+            at = cancels.get(a.job)
+            if at is not None and a.start >= at:
+                self.violation(10, a.job, f"cancelled at {at:.3f}, then attempt {a.attempt} at {a.start:.3f}")
 
     def acknowledge(self, jobs: Iterable[str], at: float = 0.0) -> None:
         jobs = tuple(jobs)
@@ -212,14 +262,18 @@ class Checker:
         """The controller raised while running (a state it could not apply)."""
         self.violation(6, None, f"the controller failed: {' '.join(str(error).split())}")
 
-    def life(self, attempts: Iterable[tuple[str, int]], completed_at_start: set[str]) -> None:
+    def life(
+        self, attempts: Iterable[tuple[str, int]], completed_at_start: set[str], bases: Mapping[str, int] = {}
+    ) -> None:
         """Check the attempts one life handed to workers (job, attempt number): none of a job that
-        was completed when the life began, none past max_retry."""
-        max_retry = self.max_retry
+        was completed when the life began, none past max_retry of its budget (`bases`: where the
+        life's state says each requeued job's budget starts; a requeue whose answer a crash cut
+        off may have happened)."""
+        max_retry, told = self.max_retry, self.bases
         for job_id, attempt in attempts:
             if job_id in completed_at_start:
                 self.violation(3, job_id, f"completed, then dispatched again (attempt {attempt})")
-            if attempt > max_retry:
+            if attempt - max(told.get(job_id, 0), bases.get(job_id, 0)) > max_retry:
                 self.violation(4, job_id, f"attempt {attempt} dispatched; max_retry is {max_retry}")
 
     # -- the end -------------------------------------------------------------------------------
@@ -229,7 +283,13 @@ class Checker:
         log on disk verifies from the oldest kept snapshot (`snapshot_seq`) to its end; `since`: the
         LSN where the last life began (the recovery that started it checked what came before, so
         only the segments from the one holding `since` are read again)."""
-        jobs, acked, submitted, max_retry = q.jobs, self.acked, self.submitted, self.max_retry
+        jobs, acked, submitted, max_retry, bases = (
+            q.jobs,
+            self.acked,
+            self.submitted,
+            self.max_retry,
+            self.bases,
+        )
         self._structure(q)
         missing = sorted(acked.keys() - jobs.keys())
         if len(missing) > q.dropped:  # with retention, ended jobs leave the state: not lost
@@ -240,18 +300,32 @@ class Checker:
             if job_id in acked:
                 if job.payload != submitted[job_id]:
                     self.violation(1, job_id, f"payload changed: {job.payload!r} != {submitted[job_id]!r}")
-                elif status is not JobStatus.COMPLETED and status is not JobStatus.DEAD:
+                elif status not in ENDED:
                     self.violation(6, job_id, f"ended {status.value}")
-            if job.attempt > max_retry:
-                self.violation(4, job_id, f"{job.attempt} attempts; max_retry is {max_retry}")
-            elif status is JobStatus.DEAD and job.attempt != max_retry:
-                self.violation(4, job_id, f"dead after {job.attempt} attempts; max_retry is {max_retry}")
+            base = max(bases.get(job_id, 0), q.base.get(job_id, 0))  # told, or done without an answer
+            if job.attempt - base > max_retry:
+                self.violation(4, job_id, f"{job.attempt - base} attempts; max_retry is {max_retry}")
+            elif status is JobStatus.DEAD and job.attempt - base != max_retry:
+                fresh = (
+                    f"requeued after {base} attempts, then dead after {job.attempt - base} more"
+                    if base
+                    else ""
+                )
+                self.violation(
+                    4, job_id, f"{fresh or f'dead after {job.attempt} attempts'}; max_retry is {max_retry}"
+                )
+        for job_id in self.cancels:
+            job = jobs.get(job_id)
+            if job is not None and job.status is not JobStatus.CANCELLED:
+                self.violation(10, job_id, f"its cancel was acknowledged, but it ended {job.status.value}")
         for batch in self.open:
             self.violation(8, batch[0], f"its batch of {len(batch)} was never acknowledged, retries or not")
-        ended = q.counts[JobStatus.COMPLETED] + q.counts[JobStatus.DEAD] + q.dropped
+        ended = sum(q.counts[s] for s in ENDED) + q.dropped
         if ended != len(acked):
             why = f" (+ {q.dropped} dropped by retention)" if q.dropped else ""
-            self.violation(6, None, f"completed + dead{why} = {ended}, acknowledged = {len(acked)}")
+            self.violation(
+                6, None, f"completed + dead + cancelled{why} = {ended}, acknowledged = {len(acked)}"
+            )
         view, first = _from(fs, wal_dir, since)
         s = scan(view, wal_dir, max(snapshot_seq, first - 1))
         if s.problem is not None:
@@ -284,7 +358,7 @@ class Checker:
         except AssertionError as e:
             self.violation(2, None, str(e))
         stats = q.stats()
-        if stats["pending"] + stats["in_flight"] + stats["completed"] + stats["dead"] != stats["jobs"]:
+        if sum(stats[s.value] for s in JobStatus) != stats["jobs"]:
             self.violation(2, None, f"state counts do not add up to the jobs: {stats}")
         submitted = self.submitted  # (keys() - keys() would walk every job ever submitted)
         for job_id in sorted(j for j in q.jobs if j not in submitted):

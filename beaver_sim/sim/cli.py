@@ -91,6 +91,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--misbehave",
         help="hostile handlers, comma separated: huge-reason, unprintable-reason, mutate-payload",
     )
+    p.add_argument("--delayed", type=int, default=0, metavar="N", help="every N-th job delayed 0.5-2.5 s")
+    p.add_argument("--cancel", type=int, default=0, metavar="N", help="every N-th delayed job cancelled")
+    p.add_argument("--requeue-at", type=float, default=0.0, metavar="T", help="requeue dead jobs at T s")
     p.add_argument(
         "--crash-model",
         choices=CRASH_MODELS,
@@ -176,6 +179,9 @@ def _simulation(args: argparse.Namespace, crash: Any = None) -> Any:
         rate=args.rate or 0.0,
         durations=args.durations or "uniform",
         misbehave=args.misbehave or "",
+        delayed=args.delayed,
+        cancel=args.cancel,
+        requeue_at=args.requeue_at,
     )
     return Simulation(
         config, workload, config.seed, crash=crash, model=args.crash_model or "process", mutant=args.mutant
@@ -190,7 +196,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from beaver_sim.sim.faults import CrashPlan
 
     if args.list_mutants:
-        for name, m in mutants.MUTANTS.items():
+        for name, m in {**mutants.MUTANTS, **mutants.OPERATOR_MUTANTS}.items():
             print(f"{name}  (checkpoint {m.checkpoint})\n    {m.doc}\n")
         return 0
     if args.replay:

@@ -32,6 +32,10 @@ class VirtualClock:
     def now(self) -> float:
         return self._now
 
+    def epoch(self) -> float:
+        """Simulated time is one timeline across crashes and restarts: its own epoch."""
+        return self._now
+
     def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> Entry:
         entry = [when if when > self._now else self._now, self._seq, fn, args]
         self._seq += 1

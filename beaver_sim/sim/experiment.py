@@ -170,6 +170,7 @@ class _Run:
         self.fs: SimFS = _archived(self.m.fs_cls)()
         self.now = 0.0
         self.next_batch = 0
+        self.requeue_done = not sim.workload.requeue_at  # the operator's requeue, acknowledged
         # the life running now (a sweep's capture reads them)
         self.clock: VirtualClock | None = None
         self.storage: Storage | None = None
@@ -238,6 +239,8 @@ class _Run:
                 clock.call_at(self.batches[i][0], self._arrive, controller, self.batches[i][1], i)
             if sim.sample_every > 0:
                 clock.call_at(self.now, self._sample, controller, life)
+            if not self.requeue_done:  # (again after a crash, until acknowledged)
+                clock.call_at(max(sim.workload.requeue_at, self.now), self._requeue, controller)
             clock.run()
             controller.stop()
         except (SimulatedCrash, BeaverError, OSError) as e:
@@ -267,8 +270,9 @@ class _Run:
         fs.hook = fs.fault = None
         life.end, life.events, life.fs = clock.now(), clock.events - self.samples, fs
         if index:
-            checker.life(self._attempts(life), completed_at_start)
+            checker.life(self._attempts(life), completed_at_start, storage.state.base)
         kept = storage.snapshots.seqs()
+        checker.ran(self.workers.attempts)
         checker.finished(storage.state, fs, cfg.wal_dir, kept[0] if kept else 0, life.start_lsn)
         out.fs, out.end_lsn, out.state = fs, storage.wal.lsn, storage.state
         return False
@@ -338,7 +342,8 @@ class _Run:
         if (plan.model or self.sim.model) in (*POWER_LOSSES, SUBSETS):
             self.checker.power_loss(crash_time)
         if life.index:
-            self.checker.life(self._attempts(life), completed_at_start)
+            bases = self.storage.state.base if self.storage is not None else {}
+            self.checker.life(self._attempts(life), completed_at_start, bases)
         self.now = crash_time + self.cfg.restart_delay  # the machine restarts, the process recovers
 
     def _attempts(self, life: Life) -> list[tuple[str, int]]:
@@ -363,7 +368,7 @@ class _Run:
         self.out.lives[life.index - 1].recovered_seq = state.last_seq
         life.recovered_key = recovered_key(storage)
         checker.recovered(state, storage.wal.lsn)
-        batches = [[(job_id, checker.submitted[job_id]) for job_id in batch] for batch in checker.open]
+        batches = [checker.batch(batch) for batch in checker.open]
         ids = [job_id for batch in checker.open for job_id in batch]
         life.recovery |= {"resubmitted": len(ids), "found_in_log": sum(1 for i in ids if i in state.jobs)}
         return batches
@@ -375,15 +380,36 @@ class _Run:
             self.next_batch = i + 1
             if i + 1 < len(self.batches):
                 clock.call_at(self.batches[i + 1][0], self._arrive, ctl, self.batches[i + 1][1], i + 1)
-        ids = [job_id for job_id, _ in batch]
+        ids = [job[0] for job in batch]
         out.sent.append((clock.now(), ids))
-        self.checker.submit(batch)
+        self.checker.submit(batch, clock.now())
 
         def acked() -> None:
             out.acks.append((clock.now(), ids))
             self.checker.acknowledge(ids, clock.now())
 
         ctl.enqueue(batch, on_durable=acked)
+        for job_id in self.sim.workload.cancels(batch):
+            clock.call_later(0.1, self._cancel, ctl, job_id)
+
+    def _cancel(self, ctl: Controller, job_id: str) -> None:
+        """The operator cancels a delayed job; refused (one no longer waiting) is left as it is."""
+        clock = ctl.clock
+        try:
+            ctl.cancel([job_id], on_durable=lambda: self.checker.cancelled(job_id, clock.now()))
+        except BeaverError:
+            pass
+
+    def _requeue(self, ctl: Controller) -> None:
+        """The operator requeues every dead job (`beaver requeue --dead`)."""
+        jobs = ctl.state.jobs
+        bases = {k: j.attempt for k, j in jobs.items() if j.status is JobStatus.DEAD}
+
+        def acked() -> None:
+            self.requeue_done = True
+            self.checker.requeued(bases)
+
+        ctl.requeue(list(bases), on_durable=acked)
 
     def _sample(self, ctl: Controller, life: Life) -> None:
         """One metrics sample; the next one only while work remains."""
@@ -460,6 +486,8 @@ class _Run:
             list(out.acks),
             self.clock.events - self.samples,
             dict(checker.open),
+            checker.operator_view(),
+            self.requeue_done,
         )
 
     @classmethod
@@ -471,6 +499,8 @@ class _Run:
         run.workers.attempts = base.workers.attempts[: cap.attempts]
         run.checker.submitted, run.checker.acked = dict(cap.submitted), dict(cap.acked)
         run.checker.open = dict(cap.open)
+        run.checker.restore_operator_view(cap.operator)
+        run.requeue_done = cap.requeue_done
         run.out.sent, run.out.acks = list(cap.sent), list(cap.acks)
         run.next_batch = cap.next_batch
         life = Life(0, 0.0, 0, fs=base.fs, trace=base.trace_until(cap.lsn))

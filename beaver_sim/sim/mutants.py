@@ -385,6 +385,40 @@ def apply_payloadless(q: JobQueue, r: R.Record) -> None:
     R.apply(q, r)
 
 
+# -- the operator's transitions -------------------------------------------------------------------
+
+
+class RequeueKeepsAttemptsController(Controller):
+    """Checkpoint 4 (how do you avoid infinite retries?), for a requeued job: `beaver requeue` moves
+    a dead job back to pending but keeps counting its attempts against max_retry from its first,
+    as a requeue that only flips the state does: its "fresh" budget is already spent, so its next
+    failure (or timeout) buries it after one attempt instead of max_retry."""
+
+    def requeue(self, ids: Any, on_durable: Any = None) -> int:
+        n = super().requeue(ids, on_durable)
+        self.state.base.clear()
+        return n
+
+
+def apply_requeue_keeps_attempts(q: JobQueue, r: R.Record) -> None:
+    """Replay of the same mistake: a REVIVE records no budget."""
+    R.apply(q, r)
+    if r["type"] == R.REVIVE:
+        q.base.pop(r["job"], None)
+
+
+class DelayLostOnRestartController(Controller):
+    """Checkpoint 5 (how does replay restore what the process knew?), for a delayed job: the delay
+    lives in the timer of the process that accepted the job, so a restarted controller measures it
+    from nothing and releases every delayed job it recovers at once: after a crash, a delayed job
+    runs before its time."""
+
+    def start(self) -> None:
+        for job_id in list(self.state.not_before):
+            self._log(R.release(job_id))
+        super().start()
+
+
 # -- the registry --------------------------------------------------------------------------------
 
 
@@ -488,6 +522,33 @@ MUTANTS: dict[str, Mutant] = {
 }
 
 
+# the operator's transitions' classic bugs: their sweeps need a workload that delays and requeues
+# jobs (`catch["workload"]`), so they are kept apart from the course's checkpoint mutants
+OPERATOR_MUTANTS: dict[str, Mutant] = {
+    m.name: m
+    for m in (
+        Mutant(
+            "requeue-keeps-attempts",
+            4,
+            controller_cls=RequeueKeepsAttemptsController,
+            apply_fn=apply_requeue_keeps_attempts,
+            catch={
+                "model": "process",
+                "points": "records",
+                "config": {"failure_rate": 0.5},
+                "workload": {"requeue_at": 2.0},
+            },
+        ),
+        Mutant(
+            "delay-lost-on-restart",
+            5,
+            controller_cls=DelayLostOnRestartController,
+            catch={"model": "process", "points": "records", "workload": {"delayed": 2}},
+        ),
+    )
+}
+
+
 # controller variants that break liveness, not durability: `sim.poison.run_poison` shows them
 LIVENESS: dict[str, type[Controller]] = {"free-slot-at-timeout": FreeSlotAtTimeoutController}
 
@@ -497,6 +558,7 @@ def get(name: str | None) -> Mutant | None:
     if name is None or name == "none":
         return None
     try:
-        return MUTANTS[name]
+        return MUTANTS[name] if name in MUTANTS else OPERATOR_MUTANTS[name]
     except KeyError:
-        raise BeaverError(f"unknown mutant {name!r}; known: {', '.join(MUTANTS)}") from None
+        known = ", ".join([*MUTANTS, *OPERATOR_MUTANTS])
+        raise BeaverError(f"unknown mutant {name!r}; known: {known}") from None

@@ -59,6 +59,7 @@ DRAWN = [
     "07-retry-distribution",
     "08-checkpoints",
     "09-metrics",
+    "11-operating",
 ]
 FUZZ = int(os.environ.get("NOTEBOOK_FUZZ", "0"))
 FUZZ_SEED = int(os.environ.get("NOTEBOOK_FUZZ_SEED", "1000"))

@@ -14,6 +14,10 @@ from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import IllegalTransition, JobStatus, Lease
 
 PENDING, IN_FLIGHT, COMPLETED, DEAD = "pending", "in_flight", "completed", "dead"
+DELAYED, CANCELLED = "delayed", "cancelled"
+OPERATOR_FROM = {"release": (DELAYED,), "cancel": (PENDING, DELAYED), "revive": (DEAD,)}
+OPERATOR_NAME = {"release": "release", "cancel": "cancel", "revive": "requeue"}
+times = st.floats(0, 4e9, allow_nan=False)
 ACTIONS = ("dispatch", "complete", "requeue", "kill", "enqueue")
 LEGAL_FROM = {"dispatch": PENDING, "complete": IN_FLIGHT, "requeue": IN_FLIGHT, "kill": IN_FLIGHT}
 ACTION_NAME = {"dispatch": "dispatch", "complete": "complete", "requeue": "requeue", "kill": "mark dead"}
@@ -33,6 +37,8 @@ class QueueMachine(RuleBasedStateMachine):
         self.jobs: dict[str, list[Any]] = {}
         self.fifo: list[str] = []
         self.leases: dict[str, tuple[int, int, float]] = {}
+        self.not_before: dict[str, float] = {}
+        self.base: dict[str, int] = {}
         self.next_id = 0
 
     def ids(self, status: str) -> list[str]:
@@ -48,6 +54,64 @@ class QueueMachine(RuleBasedStateMachine):
         self.q.enqueue(job_id, payload)
         self.jobs[job_id] = [PENDING, 0, payload]
         self.fifo.append(job_id)
+
+    @rule(payload=payloads, at=times)
+    def enqueue_delayed(self, payload: dict[str, Any], at: float) -> None:
+        job_id = f"job-{self.next_id:03d}"
+        self.next_id += 1
+        note(f"enqueue {job_id} not before {at}")
+        self.q.enqueue(job_id, payload, at)
+        self.jobs[job_id] = [DELAYED, 0, payload]
+        self.not_before[job_id] = at
+
+    def _pick(self, data: st.DataObject, *states: str) -> str | None:
+        ids = sorted(j for j, (s, _, _) in self.jobs.items() if s in states)
+        return data.draw(st.sampled_from(ids), label="job") if ids else None
+
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        if (job_id := self._pick(data, DELAYED)) is not None:
+            self.q.release(job_id)
+            del self.not_before[job_id]
+            self.jobs[job_id][0] = PENDING
+            self.fifo.append(job_id)
+
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        if (job_id := self._pick(data, PENDING, DELAYED)) is not None:
+            self.q.cancel(job_id)
+            if self.jobs[job_id][0] == PENDING:
+                self.fifo.remove(job_id)
+            self.not_before.pop(job_id, None)
+            self.jobs[job_id][0] = CANCELLED
+
+    @rule(data=st.data())
+    def revive(self, data: st.DataObject) -> None:
+        if (job_id := self._pick(data, DEAD)) is not None:
+            self.q.revive(job_id)
+            self.base[job_id] = self.jobs[job_id][1]
+            self.jobs[job_id][0] = PENDING
+            self.fifo.append(job_id)
+            assert self.q.budget_used(job_id, self.jobs[job_id][1] + 1) == 1
+
+    @precondition(lambda self: self.leases)
+    @rule(data=st.data(), at=times)
+    def retry_after_backoff(self, data: st.DataObject, at: float) -> None:
+        job_id = data.draw(st.sampled_from(self.ids(IN_FLIGHT)), label="job")
+        self.q.delay(job_id, self.jobs[job_id][1], at)
+        del self.leases[job_id]
+        self.jobs[job_id][0] = DELAYED
+        self.not_before[job_id] = at
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data(), action=st.sampled_from(sorted(OPERATOR_FROM)))
+    def operator_action_from_the_wrong_state(self, data: st.DataObject, action: str) -> None:
+        job_id = self._pick(
+            data, *({PENDING, IN_FLIGHT, COMPLETED, DEAD, DELAYED, CANCELLED} - set(OPERATOR_FROM[action]))
+        )
+        if job_id is not None:
+            call = lambda: getattr(self.q, action)(job_id)  # noqa: E731
+            self._refused(call, job_id, OPERATOR_NAME[action], self.jobs[job_id][0])
 
     @precondition(lambda self: self.fifo)
     @rule(worker=st.integers(0, 7), deadline=st.floats(0, 1e6, allow_nan=False))
@@ -87,7 +151,7 @@ class QueueMachine(RuleBasedStateMachine):
     # -- illegal rules ----------------------------------------------------------------------------
 
     def _refused(self, call: Any, job_id: str, action: str, state: str) -> None:
-        before = self.q.to_state()
+        before = self.q.to_columns()
         try:
             call()
         except IllegalTransition as e:
@@ -95,7 +159,7 @@ class QueueMachine(RuleBasedStateMachine):
             assert f"job {job_id!r}" in msg and f"cannot {action}" in msg and f"state={state}" in msg, msg
         else:
             raise AssertionError(f"{action} of {job_id} in state {state} was allowed")
-        assert self.q.to_state() == before
+        assert self.q.to_columns() == before
 
     @precondition(lambda self: self.jobs)
     @rule(data=st.data(), action=st.sampled_from(sorted(LEGAL_FROM)))
@@ -155,9 +219,9 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule()
     def round_trip_through_a_snapshot(self) -> None:
-        state = self.q.to_state()
-        self.q = JobQueue.from_state(orjson.loads(orjson.dumps(state)))
-        assert self.q.to_state() == state
+        state = self.q.to_columns()
+        self.q = JobQueue.from_columns(orjson.loads(orjson.dumps(state)))
+        assert self.q.to_columns() == state
 
     # -- invariants -----------------------------------------------------------------------------
 
@@ -167,7 +231,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @invariant()
     def stats_equal_the_model(self) -> None:
-        counts = {s: 0 for s in (PENDING, IN_FLIGHT, COMPLETED, DEAD)}
+        counts = {s: 0 for s in JobStatus}
         for status, _, _ in self.jobs.values():
             counts[status] += 1
         assert self.q.stats() == {**counts, "jobs": len(self.jobs), "last_seq": 0}
@@ -178,6 +242,7 @@ class QueueMachine(RuleBasedStateMachine):
         assert self.q.peek() == (self.fifo[0] if self.fifo else None)
         assert {k: (v.attempt, v.worker, v.deadline) for k, v in self.q.leases.items()} == self.leases
         assert {j.id: [j.status.value, j.attempt, j.payload] for j in self.q.jobs.values()} == self.jobs
+        assert self.q.not_before == self.not_before and self.q.base == self.base
         assert all(isinstance(j.status, JobStatus) for j in self.q.jobs.values())
 
 

@@ -170,7 +170,7 @@ def test_each_violation_is_reported_once_per_job() -> None:
 
 def test_same_bytes_names_the_files_that_differ() -> None:
     assert same_bytes({"/a": b"1", "/b": b"2"}, {"/a": b"1", "/b": b"3", "/c": b""}) == ["/b", "/c"]
-    assert set(INVARIANTS) == set(CODES) == set(range(1, 10))
+    assert set(INVARIANTS) == set(CODES) == set(range(1, 12))
 
 
 def test_an_unacknowledged_batch_may_leave_only_a_prefix_with_exact_payloads() -> None:

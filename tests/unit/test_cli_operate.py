@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import io
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 from beaver_sim.cli import build_parser, main
 from beaver_sim.core import records as R
 from beaver_sim.core.recovery import Storage
-from beaver_sim.core.types import BeaverError, Config
+from beaver_sim.core.types import Backoff, BeaverError, Config
 from beaver_sim.runtime import service as service_module
 from beaver_sim.runtime.jobs import answer
 from beaver_sim.runtime.server import request
@@ -67,7 +68,7 @@ def data_dir(tmp_path: Path) -> Path:
         R.timeout("b", 1),
         R.dispatch("c", 1, 2, 12.0),
         R.dispatch("a", 2, 0, 13.0),
-        R.ack("a", 2),
+        R.ack("a", 2, {"sum": 3}),
         R.dispatch("b", 2, 1, 14.0),
         R.dead("b", 2, "failed: OSError: disk"),
         R.enqueue("d", {"n": 4}),
@@ -85,7 +86,7 @@ def test_jobs_lists_every_job_with_its_state_attempts_and_a_dead_jobs_reason(
     code, out, _ = out_of(capsys, "jobs", "--json", *d)
     assert code == 0
     assert orjson.loads(out) == [
-        {"id": "a", "state": "completed", "attempts": 2},
+        {"id": "a", "state": "completed", "attempts": 2, "result": {"sum": 3}},
         {"id": "b", "state": "dead", "attempts": 2, "reason": "failed: OSError: disk"},
         {"id": "c", "state": "in_flight", "attempts": 1},
         {"id": "d", "state": "pending", "attempts": 0},
@@ -96,7 +97,7 @@ def test_jobs_lists_every_job_with_its_state_attempts_and_a_dead_jobs_reason(
     )
     code, out, _ = out_of(capsys, "jobs", *d)
     assert out.splitlines() == [
-        "a completed attempts=2",
+        'a completed attempts=2 result={"sum":3}',
         'b dead attempts=2 reason="failed: OSError: disk"',
         "c in_flight attempts=1",
         "d pending attempts=0",
@@ -118,6 +119,7 @@ def test_job_shows_one_job_and_its_attempts_from_the_log(
         "payload": {"n": 2},
         "lease": None,
         "reason": "failed: OSError: disk",
+        "result": None,
         "history": [
             {"attempt": 1, "worker": 1, "deadline": 11.0, "dispatch_seq": 6}
             | {"outcome": "timed_out", "end_seq": 7, "error": None},
@@ -131,7 +133,7 @@ def test_job_shows_one_job_and_its_attempts_from_the_log(
     assert job_c["lease"] == {"attempt": 1, "worker": 2, "deadline": 12.0}
     assert job_c["history"][0]["outcome"] is None and job_c["reason"] is None
     code, out, _ = out_of(capsys, "job", "a", *d)
-    assert code == 0 and "state     completed" in out
+    assert code == 0 and "state     completed" in out and 'result    {"sum":3}' in out
     assert (
         "attempt 1: dispatched at seq 4 to worker 0, deadline 10.500; failed at seq 5: ValueError: no" in out
     )
@@ -139,7 +141,7 @@ def test_job_shows_one_job_and_its_attempts_from_the_log(
     assert out_of(capsys, "job", "odd id", *d)[1].startswith("id        'odd id'\n")
 
 
-def test_a_dead_jobs_reason_is_null_once_checkpoints_deleted_its_records(
+def test_a_dead_jobs_reason_and_a_results_survive_checkpoints_that_deleted_their_records(
     data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     storage = Storage.open(RealFS(), str(data_dir))
@@ -150,11 +152,11 @@ def test_a_dead_jobs_reason_is_null_once_checkpoints_deleted_its_records(
     assert not (data_dir / "wal" / "wal-00000000000000000001.log").exists()
     d = ["--data-dir", str(data_dir)]
     rows = orjson.loads(out_of(capsys, "jobs", "--state", "dead", "--json", *d)[1])
-    assert rows == [{"id": "b", "state": "dead", "attempts": 2, "reason": None}]
+    assert rows == [{"id": "b", "state": "dead", "attempts": 2, "reason": "failed: OSError: disk"}]
     job = orjson.loads(out_of(capsys, "job", "b", "--json", *d)[1])
-    assert (job["state"], job["attempts"], job["reason"]) == ("dead", 2, None)
-    assert (job["history"], job["history_complete"]) == ([], False)
-    assert "reason    (no longer in the log)" in out_of(capsys, "job", "b", *d)[1]
+    assert (job["state"], job["attempts"], job["reason"]) == ("dead", 2, "failed: OSError: disk")
+    assert (job["history"], job["history_complete"]) == ([], False)  # the attempts went with the log
+    assert orjson.loads(out_of(capsys, "job", "a", "--json", *d)[1])["result"] == {"sum": 3}
 
 
 def test_an_unknown_id_is_one_line_and_exit_1(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -166,7 +168,7 @@ def test_an_unknown_id_is_one_line_and_exit_1(data_dir: Path, capsys: pytest.Cap
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
-        (["jobs", "--state", "delayed"], "beaver jobs: error: argument --state: invalid choice: 'delayed'"),
+        (["jobs", "--state", "waiting"], "beaver jobs: error: argument --state: invalid choice: 'waiting'"),
         (["jobs", "--limit", "-1"], "beaver jobs: error: argument --limit: expected a whole number"),
         (["job"], "beaver job: error: the following arguments are required: id"),
         (["jobs", "--data-dir", "nowhere"], "beaver jobs: error: nowhere: no such data directory"),
@@ -190,7 +192,7 @@ def test_bad_job_requests_on_the_socket_are_refused(data_dir: Path) -> None:
     q = storage.state
     storage.close()
     assert answer(q, {"op": "job", "id": 7}) == {"ok": False, "error": "bad request: id must be a string"}
-    assert "state must be one of" in answer(q, {"op": "jobs", "state": "delayed"})["error"]
+    assert "state must be one of" in answer(q, {"op": "jobs", "state": "waiting"})["error"]
     for limit in (-1, 1.5, True, "3"):
         assert answer(q, {"op": "jobs", "limit": limit})["ok"] is False
     assert answer(q, {"op": "job", "id": "nope"}) == {"ok": True, "job": None}
@@ -395,3 +397,145 @@ def test_any_job_id_is_listed_and_found_exactly(ids: list[str]) -> None:
         with _captured() as out:
             assert main(["jobs", *d]) == 0
         assert len(out.getvalue().splitlines()) == len(ids)
+
+
+def test_requeue_and_cancel_offline_write_under_the_lock_and_refuse_in_one_line(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = ["--data-dir", str(data_dir)]
+    assert out_of(capsys, "requeue", "b", *d)[1] == (
+        f"requeued 1 job in {data_dir} (written directly: no controller running); durable\n"
+    )
+    assert out_of(capsys, "cancel", "d", "odd id", "--json", *d)[1] == '{"cancelled":2,"durable":true}\n'
+    rows = {r["id"]: r for r in orjson.loads(out_of(capsys, "jobs", "--json", *d)[1])}
+    assert (rows["b"]["state"], rows["b"]["attempts"]) == ("pending", 2)
+    assert rows["d"]["state"] == rows["odd id"]["state"] == "cancelled"
+    st = orjson.loads(out_of(capsys, "status", "--json", *d)[1])
+    assert (st["pending"], st["cancelled"], st["dead"]) == (1, 2, 0)
+    dump = out_of(capsys, "wal", "dump", "--json", *d)[1]  # one JSON object per line
+    assert dump.count('"type":"revive"') == 1 and dump.count('"type":"cancel"') == 2
+    before = sorted(p.read_bytes() for p in (data_dir / "wal").iterdir())
+    for argv, fragment in [
+        (["cancel", "c"], "cannot cancel job 'c': it is in_flight"),
+        (["cancel", "a"], "cannot cancel job 'a': it is completed"),
+        (["requeue", "a"], "cannot requeue job 'a': it is completed (only a dead job can be requeued)"),
+        (["requeue", "zz"], "cannot requeue job 'zz': no such job"),
+        (["requeue"], "name the jobs (or --dead: every dead job)"),
+        (["cancel", "d", "--data-dir", str(data_dir / "typo")], "typo: no such data directory"),
+    ]:
+        code, out, err = out_of(capsys, argv[0], *d, *argv[1:])  # a later --data-dir wins
+        assert (code, out) == (2, "") and err.count("\n") == 1, err
+        assert err.startswith(f"beaver {argv[0]}: error: ") and fragment in err, err
+    assert sorted(p.read_bytes() for p in (data_dir / "wal").iterdir()) == before
+    assert not (data_dir / "typo").exists()
+
+
+def test_requeue_dead_and_cancel_go_through_a_running_controller(tmp_path: Path) -> None:
+    config = Config(
+        data_dir=str(tmp_path / "d"),
+        worker_count=1,
+        work_min=0.0,
+        work_max=0.001,
+        failure_rate=1.0,
+        max_retry=2,
+        metrics_port=0,
+    )
+
+    async def go() -> tuple[dict[str, Any], list[int], dict[str, Any]]:
+        service = Service(config, serve_metrics=False)
+        await service.start()
+        runner = asyncio.create_task(service.run())
+        await asyncio.to_thread(enqueue, config, [(f"j{i}", {"i": i}) for i in range(3)])
+        while (await asyncio.to_thread(status_of, config))["dead"] < 3:
+            await asyncio.sleep(0.01)
+        requeued, how = await asyncio.to_thread(service_module.operate_on, config, "requeue", [], True)
+        assert how == "via the running controller"
+        bad = await asyncio.to_thread(request, config.data_dir, {"op": "cancel", "ids": ["nope"]})
+        while (await asyncio.to_thread(status_of, config))["dead"] < 3:  # each runs its fresh budget
+            await asyncio.sleep(0.01)
+        attempts = [service.controller.state.jobs[f"j{i}"].attempt for i in range(3)]
+        service.request_stop()
+        await runner
+        await service.close()
+        return {"requeued": requeued}, attempts, bad
+
+    answer_, attempts, bad = asyncio.run(go())
+    assert answer_ == {"requeued": 3} and attempts == [4, 4, 4]
+    assert bad == {"ok": False, "error": "cannot cancel job 'nope': no such job"}
+
+
+def test_a_job_file_may_delay_a_job_and_bad_delays_are_one_line(tmp_path: Path) -> None:
+    from beaver_sim.cli import read_jobs
+    from beaver_sim.config import load_config
+
+    good = tmp_path / "jobs.json"
+    good.write_text(
+        '[{"id": "a", "payload": {}, "delay": "1m30s"},'
+        ' {"id": "b", "payload": {}, "not_before": "2030-01-01T00:00:00+00:00"},'
+        ' {"id": "c", "payload": {}, "not_before": 1900000000}, {"id": "d", "payload": {}}]'
+    )
+    assert read_jobs(str(good)) == [
+        ("a", {}, {"delay": 90.0}),
+        ("b", {}, {"not_before": 1893456000.0}),
+        ("c", {}, {"not_before": 1900000000.0}),
+        ("d", {}),
+    ]
+    for job, fragment in [
+        ('{"id": "x", "payload": {}, "delay": "soon"}', "job #1 ('x'): delay 'soon' is not a duration"),
+        ('{"id": "x", "payload": {}, "delay": -5}', "job #1 ('x'): delay -5 must be in [0, "),
+        ('{"id": "x", "payload": {}, "not_before": "2030-01-01T00:00"}', "needs its UTC offset"),
+        ('{"id": "x", "payload": {}, "delay": 1, "not_before": 2}', "give delay or not_before, not both"),
+        ('{"id": "x", "payload": {}, "when": 1}', "unknown field 'when'"),
+    ]:
+        bad = tmp_path / "bad.json"
+        bad.write_text(f"[{job}]")
+        with pytest.raises(BeaverError) as e:
+            read_jobs(str(bad))
+        assert str(e.value).startswith(f"{bad}: ") and fragment in str(e.value) and "\n" not in str(e.value)
+    assert load_config(None, {"retry_backoff": "1s..2m"}).retry_backoff == Backoff(1.0, 120.0, 0.5)
+    assert load_config(None, {"retry_backoff": {"base": "500ms", "max": 10, "jitter": 0}}).retry_backoff == (
+        Backoff(0.5, 10.0, 0.0)
+    )
+    assert load_config(None, {}).retry_backoff is None
+    for value, fragment in [
+        ("5s..1s", "0 < base <= max"),
+        ("fast", "is not a backoff"),
+        ({"base": 1}, "mapping"),
+    ]:
+        with pytest.raises(BeaverError, match="retry_backoff") as e:
+            load_config(None, {"retry_backoff": value})
+        assert fragment in str(e.value)
+
+
+def _wall_clock(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """A real handler: its result is when it ran (wall time) and which attempt it was."""
+    return {"ran_at": time.time(), "job": ctx.job_id, "attempt": ctx.attempt}
+
+
+def test_a_delayed_job_waits_on_the_wall_clock_across_a_restart_of_beaver_run(tmp_path: Path) -> None:
+    """Real mode: the delay is made absolute on wall time when accepted, survives a clean stop (the
+    job still delayed) and a new controller, runs no earlier, and its handler's result is kept."""
+    config = Config(data_dir=str(tmp_path / "d"), worker_count=1, metrics_port=0, snapshot_interval=0)
+
+    async def serve(until: Any) -> Service:
+        service = Service(config, serve_metrics=False, handlers={"clock": _wall_clock})
+        await service.start()
+        runner = asyncio.create_task(service.run())
+        while not until(service):
+            await asyncio.sleep(0.01)
+        service.request_stop()
+        await runner
+        await service.close()
+        return service
+
+    async def go() -> tuple[float, dict[str, Any], float]:
+        sent = time.time()
+        await asyncio.to_thread(enqueue, config, [("d", {"type": "clock"}, {"delay": 0.8})])
+        first = await serve(lambda s: "d" in s.controller.state.not_before)
+        not_before = first.controller.state.not_before["d"]
+        second = await serve(lambda s: s.controller.state.stats()["completed"] == 1)
+        return sent, second.controller.state.results["d"], not_before
+
+    sent, result, not_before = asyncio.run(go())
+    assert sent + 0.8 <= not_before <= time.time()
+    assert result["ran_at"] >= not_before and (result["job"], result["attempt"]) == ("d", 1)

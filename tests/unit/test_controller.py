@@ -391,6 +391,8 @@ def test_max_retry_one_means_no_retry() -> None:
         "in_flight": 0,
         "completed": 1,
         "dead": 2,
+        "delayed": 0,
+        "cancelled": 0,
         "jobs": 3,
         "last_seq": 9,
     }

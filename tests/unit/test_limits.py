@@ -89,13 +89,17 @@ def test_a_job_accepted_at_the_limit_has_every_later_record_within_it(job_id: st
             pad -= 1
     with pytest.raises(RecordTooLarge, match="max_record_bytes = 8192"):
         check_job(job_id, {"pad": "p" * (pad + 1)}, limit)
-    n, huge = 2**63 - 1, "\x00" * 3_000_000
+    n, huge, f = 2**63 - 1, "\x00" * 3_000_000, -2.2250738585072014e-308  # f: the widest float text
     later = [
-        R.enqueue(job_id, {"pad": "p" * pad}),
+        R.enqueue(job_id, {"pad": "p" * pad}, f),  # delayed: its not_before counted
         R.dispatch(job_id, n, n, 1.2345678901234567e300),
-        R.fail(job_id, n, huge),
+        R.fail(job_id, n, huge, f),
+        R.timeout(job_id, n, f),
         R.dead(job_id, n, "failed: " + R.reason(huge)),
         R.ack(job_id, n),
+        R.release(job_id),
+        R.revive(job_id),
+        R.cancel(job_id),
     ]
     for rec in later:
         rec["seq"] = n

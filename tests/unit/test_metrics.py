@@ -121,3 +121,14 @@ def test_served_over_http_on_a_free_port() -> None:
         server.close()
     names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     assert names >= SEED_NAMES
+
+
+def test_queue_jobs_counts_delayed_and_cancelled_jobs() -> None:
+    ctl, metrics = run_controller(jobs=10)
+    now = ctl.clock.now()
+    ctl.enqueue([("later", {}, {"not_before": now + 60}), ("never", {}, {"not_before": now + 60})])
+    ctl.cancel(["never"])
+    got = scrape(metrics)
+    assert got[("queue_jobs", (("state", "delayed"),))] == 1
+    assert got[("queue_jobs", (("state", "cancelled"),))] == 1
+    assert sum(v for (name, labels), v in got.items() if name == "queue_jobs") == len(ctl.state.jobs)

@@ -118,3 +118,43 @@ def test_a_mutant_fs_stays_broken_after_a_crash() -> None:
     fs.makedirs("/d")
     fs.create("/d/f").write(b"x")
     assert isinstance(fs.after_crash("process"), mutants.NoFsyncFS)
+
+
+OPERATOR_EXPECTED = {  # the operator's transitions' classic bugs, caught on every seed
+    "requeue-keeps-attempts": (4, "requeued after 3 attempts, then dead after 1 more"),
+    "delay-lost-on-restart": (11, "attempt 1 started at [\\d.]+, due at [\\d.]+"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(mutants.OPERATOR_MUTANTS))
+def test_a_sweep_with_delays_cancels_and_requeues_catches_the_operator_mutant(name: str) -> None:
+    """Their sweeps run a workload that delays, cancels and requeues jobs (`catch["workload"]`);
+    the correct design passes the same sweep, under both crash models."""
+    invariant, pattern = OPERATOR_EXPECTED[name]
+    catch = mutants.OPERATOR_MUTANTS[name].catch
+    assert mutants.get(name) is mutants.OPERATOR_MUTANTS[name] and name not in mutants.MUTANTS
+    for seed in SEEDS:
+        config = Config(data_dir="/sim", **catch.get("config", {}))
+        workload = Workload(JOBS, **catch["workload"])
+        sim = Simulation(config, workload, seed, model=catch["model"], mutant=name)
+        found = violations(crash_sweep(sim, catch["points"], executor="serial", progress=False))
+        assert any(v["invariant"] == invariant and re.search(pattern, v["detail"]) for v in found), found[:3]
+    both = Workload(JOBS, delayed=2, cancel=2, requeue_at=2.0)
+    for model in ("process", "power-loss"):
+        sim = Simulation(Config(data_dir="/sim", failure_rate=0.5), both, SEEDS[0], model=model)
+        correct = crash_sweep(sim, "records", executor="serial", progress=False)
+        assert not failing(correct) and (correct["outcome"] == "ok").all(), violations(correct)[:3]
+
+
+def test_the_checker_sees_a_cancelled_job_that_runs_and_a_delayed_job_that_starts_early() -> None:
+    """Invariants 10 and 11 on attempts the workers report (a checker that cannot fail is no check)."""
+    from beaver_sim.sim.checker import Checker
+    from beaver_sim.sim.workers import Attempt
+
+    checker = Checker(3, "token")
+    checker.submit([("d", {}, {"delay": 2.0}), ("c", {}, {"delay": 5.0})], at=1.0)
+    checker.cancelled("c", 1.5)
+    checker.ran([Attempt("d", 1, 0, 3.0, 0.1, True)])
+    assert checker.ok  # d when due
+    checker.ran([Attempt("d", 2, 0, 2.5, 0.1, True), Attempt("c", 2, 0, 7.0, 0.1, True)])
+    assert [(v.invariant, v.job) for v in checker.violations] == [(11, "d"), (10, "c")]

@@ -165,6 +165,8 @@ def test_stats_counts_every_state() -> None:
         "in_flight": 1,
         "completed": 2,
         "dead": 1,
+        "delayed": 0,
+        "cancelled": 0,
         "jobs": 6,
         "last_seq": 42,
     }
@@ -177,6 +179,8 @@ def test_stats_of_an_empty_queue() -> None:
         "in_flight": 0,
         "completed": 0,
         "dead": 0,
+        "delayed": 0,
+        "cancelled": 0,
         "jobs": 0,
         "last_seq": 0,
     }
@@ -224,11 +228,11 @@ def test_validate_names_the_broken_rule(damage, match: str) -> None:
 # -- snapshot state ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("schema", [1, 2])
+@pytest.mark.parametrize("schema", [1, 3])
 def test_snapshot_state_round_trip(schema: int) -> None:
     """Both bodies a snapshot may hold: schema 1 (`to_state`, one list per job, still read) and
-    schema 2 (`to_columns`, what snapshots are written as)."""
-    to, back_from = {1: ("to_state", JobQueue.from_state), 2: ("to_columns", JobQueue.from_columns)}[schema]
+    schema 3 (`to_columns`, what snapshots are written as)."""
+    to, back_from = {1: ("to_state", JobQueue.from_state), 3: ("to_columns", JobQueue.from_columns)}[schema]
     q = _busy()
     q.dispatch("j2", Lease(1, 7, 123.25))
     q.requeue("j2", 1)
@@ -236,7 +240,7 @@ def test_snapshot_state_round_trip(schema: int) -> None:
     q.enqueue("j4", {"nested": {"list": [1, 2.5, "x", None, True]}, "unicode": "ünï"})
     q.last_seq = 17
     state = getattr(q, to)()
-    assert state["schema"] == schema and state["last_seq"] == 17 and SCHEMA_VERSION == 2
+    assert state["schema"] == schema and state["last_seq"] == 17 and SCHEMA_VERSION == 3
     # through JSON bytes, as a snapshot stores it
     back = back_from(orjson.loads(orjson.dumps(state)))
     assert getattr(back, to)() == state and back.to_state() == q.to_state()

@@ -46,7 +46,11 @@ def test_builders_make_plain_json_records_with_seq_zero() -> None:
         "deadline": 3.5,
     }
     assert built[3]["error"] == "boom" and built[6]["reason"] == "max retries"
-    assert set(R.APPLY) == {R.ENQUEUE, R.DISPATCH, R.ACK, R.FAIL, R.TIMEOUT, R.REQUEUE, R.DEAD, R.CONFIG}
+    assert set(R.APPLY) == {R.ENQUEUE, R.DISPATCH, R.ACK, R.FAIL, R.TIMEOUT, R.REQUEUE, R.DEAD, R.CONFIG} | {
+        R.RELEASE,
+        R.REVIVE,
+        R.CANCEL,
+    }
 
 
 def test_apply_enqueue_keeps_the_payload() -> None:
@@ -136,4 +140,5 @@ def test_a_full_job_life_through_apply() -> None:
         R.apply(q, logged(r, seq))
     job = q.get("a")
     assert job is not None and job.status is JobStatus.DEAD and job.attempt == 4
-    assert q.stats() == {"pending": 0, "in_flight": 0, "completed": 0, "dead": 1, "jobs": 1, "last_seq": 9}
+    stats = {"pending": 0, "in_flight": 0, "completed": 0, "dead": 1, "delayed": 0, "cancelled": 0}
+    assert q.stats() == stats | {"jobs": 1, "last_seq": 9}

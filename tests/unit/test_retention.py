@@ -42,7 +42,17 @@ def test_only_the_newest_ended_jobs_stay() -> None:
     q = ended_queue(10, 4)
     assert list(q.jobs) == ["j6", "j7", "j8", "j9"] and list(q.ended) == list(q.jobs)
     assert q.dropped == 6
-    stats = {"pending": 0, "in_flight": 0, "completed": 2, "dead": 2, "jobs": 4, "last_seq": 0, "dropped": 6}
+    stats = {
+        "pending": 0,
+        "in_flight": 0,
+        "completed": 2,
+        "dead": 2,
+        "delayed": 0,
+        "cancelled": 0,
+        "jobs": 4,
+        "last_seq": 0,
+        "dropped": 6,
+    }
     assert q.stats() == stats
     q.validate()
     q.enqueue("j1", {"again": True})  # a dropped id is unknown again: a new job

@@ -26,7 +26,7 @@ from beaver_sim.runtime.clock import LATENESS_BUCKETS, RealClock, TimerLateness
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
 from beaver_sim.runtime.server import ControlUnavailable, request
 from beaver_sim.runtime.service import Service, enqueue, read_state, status_of
-from beaver_sim.runtime.workers import PoolWorkers
+from beaver_sim.runtime.workers import PoolWorkers, takes_ctx
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.workers import SimWorkers
 
@@ -180,7 +180,7 @@ def test_noop_and_user_handlers_by_payload_type() -> None:
     config = Config(worker_count=2, handlers={"dump": "json:dumps", "root": "math:sqrt"})
     got = run_attempts(config, [{"type": "noop"}, {"type": "dump"}, {"type": "root"}])
     assert got[0][1:] == (True, None)
-    assert got[1][1:] == (True, None)
+    assert got[1][1:] == (True, '{"type": "dump"}')  # what the handler returned: the job's result
     assert got[2][1] is False and got[2][2] is not None and got[2][2].startswith("TypeError: ")
 
 
@@ -423,3 +423,34 @@ def test_a_controller_that_dies_mid_request_is_a_lost_connection_not_a_silent_su
             request(str(data), req, timeout=10)
     t.join(5)
     listener.close()
+
+
+def with_ctx(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """A handler taking (payload, ctx): returns its attempt's identity as the result."""
+    return {"job": ctx.job_id, "attempt": ctx.attempt, "n": payload["n"]}
+
+
+def payload_only(payload: dict[str, Any], retries: int = 3) -> int:
+    return retries
+
+
+def opaque(payload: dict[str, Any]) -> object:
+    return object()
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_a_handler_may_take_ctx_and_its_return_value_is_the_result(executor: str) -> None:
+    specs = {"ctx": f"{__name__}:with_ctx", "one": f"{__name__}:payload_only", "bad": f"{__name__}:opaque"}
+    config = Config(worker_count=1, executor=executor, handlers=specs)
+    got = run_attempts(config, [{"type": "ctx", "n": 5}, {"type": "one"}, {"type": "bad"}])
+    assert got[0] == ("j000", True, {"job": "j000", "attempt": 1, "n": 5})
+    assert got[1] == ("j001", True, 3)  # a second parameter with a default is not ctx
+    if executor == "process":  # a result that is not JSON fails in the worker process
+        assert got[2][1] is False and got[2][2].startswith("result refused: result: value: a object")
+    else:  # threads hand the object over: the controller refuses it (test_operate)
+        assert got[2][1] is True and type(got[2][2]) is object
+
+
+def test_takes_ctx_decides_by_signature() -> None:
+    assert takes_ctx(with_ctx) and takes_ctx(lambda p, ctx=None: p) and not takes_ctx(payload_only)
+    assert not takes_ctx(len) and not takes_ctx(lambda p: p) and not takes_ctx(lambda *a: a)

@@ -91,9 +91,11 @@ def test_payloads_stay_json_text_until_read() -> None:
 
 
 @both
-def test_a_v1_snapshot_still_loads_and_the_next_checkpoint_writes_v2(kind: str, tmp_path: Path) -> None:
+def test_a_v1_snapshot_still_loads_and_the_next_checkpoint_writes_the_new_one(
+    kind: str, tmp_path: Path
+) -> None:
     """Data directories written before schema 2 open as they are (their snapshot body is
-    `to_state()`, one list per job); the next snapshot is schema 2."""
+    `to_state()`, one list per job); the next snapshot is the current schema."""
     fs, d = fs_dir(kind, tmp_path)
     data = posixpath.dirname(d)
     s = Storage.open(fs, data)
@@ -116,7 +118,7 @@ def test_a_v1_snapshot_still_loads_and_the_next_checkpoint_writes_v2(kind: str, 
     assert s.state.to_state() == live
     s.checkpoint()
     newest = SnapshotStore(fs, d).load(read_state)
-    assert orjson.loads(fs.read_bytes(newest.path).split(b"\n")[0])["v"] == SCHEMA_VERSION == 2
+    assert orjson.loads(fs.read_bytes(newest.path).split(b"\n")[0])["v"] == SCHEMA_VERSION == 3
     assert newest.state.to_state() == live
     s.close()
 
@@ -127,7 +129,7 @@ def test_a_v1_snapshot_still_loads_and_the_next_checkpoint_writes_v2(kind: str, 
         lambda c: c | {"status": c["status"][:-1]},
         lambda c: c | {"payloads": [{"i": 0}, *c["payloads"][1:]]},
         lambda c: c | {"ids": [c["ids"][0], *c["ids"][:-1]]},
-        lambda c: c | {"status": "x" + c["status"][1:]},
+        lambda c: c | {"status": "z" + c["status"][1:]},
     ],
     ids=["short-column", "payload-not-text", "duplicate-id", "unknown-state"],
 )
