@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from beaver_sim.cli import RECOVERED, RunProcess
 from beaver_sim.core.types import BeaverError, Config, JobStatus
+from beaver_sim.runtime.server import request
 from beaver_sim.runtime.service import read_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_env")]
@@ -66,11 +67,11 @@ def status(data_dir: str) -> dict[str, Any]:
     return orjson.loads(out.stdout)
 
 
-def wait_until(check: Any, timeout: float = 60.0) -> None:
+def wait_until(check: Any, timeout: float = 60.0, every: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+        time.sleep(every)
 
 
 def write_jobs(path: Path, n: int, prefix: str = "job") -> list[str]:
@@ -322,7 +323,9 @@ def test_clients_retrying_through_a_kill_9_enqueue_every_job_exactly_once(
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     clients = {name: client(name) for name in files}
-    wait_until(lambda: read_state(Config(data_dir=data_dir)).state.stats()["jobs"] > 0, 30)
+    # the first job is in: asked over the socket, which answers in a millisecond (reading the files,
+    # a preallocated segment's zeros included, takes long enough for every client to finish)
+    wait_until(lambda: request(data_dir, {"op": "status"}, timeout=5)["status"]["jobs"] > 0, 30, 0.002)
     unanswered_at_kill = sum(proc.poll() is None for proc in clients.values())
     run.proc.send_signal(signal.SIGKILL)  # some enqueues are answered, some in flight, some not sent
     run.proc.wait()
