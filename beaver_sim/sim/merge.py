@@ -1,0 +1,205 @@
+"""Merging a sweep's continuations whose logical state converges (`crash_sweep(merge=True)`).
+
+Two continuations of one sweep that, between two events of their second life, hold equal logical
+state run the same future: what happens next is a function of that state alone. `state_key` is
+that state, as bytes: the clock's live events in order (when, callback, arguments), the queue, the
+controller, the workers (their draws are a pure function of seed, job and attempt: core/draws.py),
+the WAL's position, segments and buffered record bodies, the snapshot files' bytes, the clients'
+view and everything the checker knows (its violations so far included), and what the end of the
+run reads from the lives before (their ends and first attempts). It leaves out only what differs
+between such continuations without steering what comes next: each WAL record's chained CRC (and so
+the segment bytes, and record order before the convergence), the bytes of the `.broken` copies a
+recovery keeps of what it cut (their names stay: no code reads them again), the crash's own label,
+the recovery's own figures and the clock's tie counters (replaced by event order).
+
+The one verdict that reads those bytes is the checker's last one: the log on disk must verify from
+the segment holding the last life's first LSN. After convergence both write the same record bodies
+at the same LSNs into the same segments, framed by the real WAL code as crc32c(body, chain), which
+passes the scan whatever the chain held; so the scan's verdict on what follows the convergence is
+the same in both, and a merge requires (`prefix_ok`) that the merged continuation's log verifies up
+to the convergence, from the segment its own final scan starts at, and that the one it merges with
+verified to its end. A mutant that replaces the WAL writer may frame otherwise: its continuations
+never merge. `crash_sweep(merge=False)` runs every continuation to its end instead; the
+test_sweep tests show both give the same rows on the lifecycle sweeps and on every mutant."""
+
+from __future__ import annotations
+
+import enum
+import posixpath
+from collections import deque
+from hashlib import blake2b
+from typing import Any
+
+import orjson
+
+from beaver_sim.sim.checker import _from
+from beaver_sim.sim.fs import SimFS
+from beaver_sim.storage.wal import SEGMENT_NAME, WriteAheadLog, scan
+
+PROBES = 3  # states compared per continuation: the first event boundaries once clients are settled
+SCAN_FAILED = "the log does not verify"  # the checker's detail when its last scan fails
+
+# attributes that steer nothing to come, or that are keyed apart (by name: the objects they name)
+_SKIP = {
+    "WriteAheadLog": {"crc", "_undo", "_file", "_buf", "fs", "timer", "on_sync", "syncs"},
+    "SnapshotStore": {"fs"},
+    "Storage": {"fs", "report"},
+    "Controller": {"counters"},  # metrics: counted, read by no decision
+    "Checker": {"token", "crash"},
+    "Violation": {"crash", "token"},
+}
+
+
+class Merged(BaseException):
+    """A continuation reached a state an earlier one ran on from: stop, and share its row."""
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        super().__init__()
+        self.row = row
+        self.result: Any = None  # the merged continuation's own SimResult so far (`_Run.resume`)
+
+
+class Merger:
+    """The states the finished continuations of one sweep task went through, and their rows."""
+
+    def __init__(self) -> None:
+        self.known: dict[bytes, dict[str, Any]] = {}
+        self.seen: list[bytes] = []  # the states the running continuation has been through
+
+    def arm(self, run: Any, controller: Any, completed_at_start: set[str]) -> None:
+        """Compare the states of a continuation's second life (`_Run.life` calls this once it has
+        scheduled its first events) with those of the finished ones."""
+        if run.m.wal_cls is not WriteAheadLog:
+            return
+        self.seen = []
+        clock, checker = controller.clock, run.checker
+        probes = [0]
+
+        def probe() -> None:
+            live = clock.peek()
+            if checker.open or controller._acks:  # clients still waiting: states rarely meet yet
+                if live < float("inf"):
+                    clock.call_at(live, probe)
+                return
+            key = state_key(run, controller, completed_at_start, probe)
+            row = self.known.get(key)
+            if row is not None and prefix_ok(run, controller.storage):
+                raise Merged(row)
+            self.seen.append(key)
+            probes[0] += 1
+            if probes[0] < PROBES and live < float("inf"):
+                clock.call_at(live, probe)
+
+        clock.call_at(clock.now(), probe)
+
+    def finished(self, row: dict[str, Any]) -> None:
+        """The running continuation ended with `row`: later ones may merge into its states, if its
+        log verified to the end."""
+        if not any(inv == 5 and detail.startswith(SCAN_FAILED) for inv, _j, detail in row["problems"]):
+            self.known.update(dict.fromkeys(self.seen, row))
+        self.seen = []
+
+
+def prefix_ok(run: Any, storage: Any) -> bool:
+    """Does the log written so far verify from where the checker's last scan will start?"""
+    life = run.out.lives[-1]
+    view, first = _from(run.fs, run.cfg.wal_dir, life.start_lsn)
+    kept = storage.snapshots.seqs()
+    return scan(view, run.cfg.wal_dir, max(kept[0] if kept else 0, first - 1)).problem is None
+
+
+def state_key(run: Any, controller: Any, completed_at_start: set[str], probe: Any) -> bytes:
+    """The logical state of `run` between two events (the module docstring lists what is in it)."""
+    clock, storage, checker = controller.clock, controller.storage, run.checker
+    heap = sorted(e for e in clock._heap if e[2] is not None and e[2] is not probe)
+    names: dict[int, Any] = {
+        id(run): "run",
+        id(run.out): "out",
+        id(controller): "controller",
+        id(clock): "clock",
+        id(storage): "storage",
+        id(run.workers): "workers",
+        id(checker): "checker",
+        id(run.fs): "fs",
+        id(run.sim): "sim",
+        id(run.cfg): "config",
+        id(controller.config): "config",
+    }
+    names |= {id(e): ["event", i] for i, e in enumerate(heap)}
+    c = _Canon(names)
+    wal_dir, files = SimFS._norm(run.cfg.wal_dir), []
+    for path, inode in sorted(run.fs.files.items()):
+        if posixpath.dirname(path) == wal_dir and SEGMENT_NAME.fullmatch(posixpath.basename(path)):
+            files.append([path, len(inode.data)])  # chained CRCs: the bytes differ, the layout not
+        elif path.endswith((".broken", ".removed")):
+            files.append([path])  # what a recovery cut, kept for people: nothing reads it again
+        else:
+            files.append([path, blake2b(bytes(inode.data), digest_size=16).hexdigest()])
+    wal = storage.wal
+    state = [
+        clock.now(),
+        [[e[0], c(e[2]), c(e[3])] for e in heap],
+        c.walk(controller),  # (the named parts are walked here, once; elsewhere, named)
+        c.walk(storage),
+        [line.split(b" ", 2)[2].decode() for line in wal._buf],  # bodies, without their CRCs
+        c.walk(run.workers),
+        c.walk(checker),
+        [run.now, run.next_batch, run.samples],
+        [[life.end, life.first_attempt] for life in run.out.lives],
+        sorted(completed_at_start),
+        files,
+        sorted(run.fs.dirs),
+    ]
+    return blake2b(orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS), digest_size=20).digest()
+
+
+class _Canon:
+    """Objects as plain JSON values, the run's own parts by name (see `state_key`)."""
+
+    def __init__(self, names: dict[int, Any]) -> None:
+        self.names = names
+        self.stack: set[int] = set()
+
+    def __call__(self, obj: Any) -> Any:
+        if obj is None or isinstance(obj, (bool, int, float, str)):
+            return obj
+        name = self.names.get(id(obj))
+        if name is not None:
+            return name
+        if isinstance(obj, enum.Enum):
+            return obj.value
+        if isinstance(obj, (bytes, bytearray)):
+            return blake2b(bytes(obj), digest_size=16).hexdigest()
+        if id(obj) in self.stack:
+            raise ValueError("a cycle outside the run's named parts")
+        self.stack.add(id(obj))
+        try:
+            return self.walk(obj)
+        finally:
+            self.stack.discard(id(obj))
+
+    def walk(self, obj: Any) -> Any:
+        """`obj`'s own value, even when it is one of the named parts."""
+        if isinstance(obj, (list, tuple, deque)):
+            if len(obj) == 4 and isinstance(obj, list) and isinstance(obj[1], int) and obj[2] is None:
+                return ["done-event", obj[0]]  # a clock entry run or cancelled: its tie counter aside
+            return [self(x) for x in obj]
+        if isinstance(obj, dict):
+            return [[self(k), self(v)] for k, v in obj.items()]
+        if isinstance(obj, (set, frozenset)):
+            return sorted((self(x) for x in obj), key=repr)
+        if hasattr(obj, "__func__"):  # a bound method
+            return ["method", obj.__func__.__qualname__, self(obj.__self__)]
+        if hasattr(obj, "__code__"):  # a function: a closure's cells are its state
+            cells = [self(cell.cell_contents) for cell in obj.__closure__ or ()]
+            return ["function", obj.__qualname__, cells]
+        if isinstance(obj, BaseException):
+            return ["error", type(obj).__name__, str(obj)]
+        skip: set[str] = set()
+        for cls in type(obj).__mro__:
+            skip |= _SKIP.get(cls.__name__, set())
+        attrs = [k for cls in type(obj).__mro__ for k in getattr(cls, "__slots__", ())]
+        attrs += list(getattr(obj, "__dict__", {}))
+        return [type(obj).__qualname__] + [
+            [k, self(getattr(obj, k))] for k in attrs if k not in skip and hasattr(obj, k)
+        ]
