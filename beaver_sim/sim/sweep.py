@@ -20,7 +20,16 @@ crash in the same write with the same whole records before them (or, under `powe
 torn, anywhere in the same write) leave files that differ at most in a torn tail: every one of them
 is recovered by the real code, and when its recovery rebuilds exactly the state and log of the first
 one (same snapshot, last seq, end LSN and checksum chain), the rest of the run is that one's too,
-by determinism; the row shares it, keeping its own recovery figures. Anything else runs on its own."""
+by determinism; the row shares it, keeping its own recovery figures. Anything else runs on its own.
+
+Continuations that recover different states may still meet later: the crashes inside one write
+recover different prefixes of it, and once the clients have resent what was never acknowledged
+their queues, clocks, workers and checkers are equal, only the log's byte order and CRC chain differ.
+With `merge=True` (the default) a continuation whose logical state, between two events, equals one
+an earlier continuation of the task went through stops there and takes that one's verdict, keeping
+its own crash and recovery columns; `merge=False` (`--no-merge`) runs each to its end and gives the
+same rows. Why no verdict depends on what the compared state leaves out (the CRCs, the records'
+order before the meeting point): sim/merge.py and docs/contracts.md."""
 
 from __future__ import annotations
 
@@ -334,8 +343,11 @@ class _SharingHook(CrashHook):
     def settle(self) -> None:
         """Take the points of the last write, now that its bytes are in the files."""
         pending, self.pending = self.pending, []
+        # continuations meet only those that crashed at the same moment: their restarts, and every
+        # event after, come at the same times (a write that holds one group's points alone has none)
+        meet = len({self.task.groups[i] for *_, (i,) in pending}) > 1
         for cap, path, size, keep, (i,) in pending:
-            self.task.take(i, cap, self.fs, (path, size + keep))
+            self.task.take(i, cap, self.fs, (path, size + keep), meet)
         self.task.done_yet()
 
 
@@ -352,9 +364,10 @@ class _Task:
     left: int = 0
     merger: Merger | None = None  # None: every continuation runs to its end (`merge=False`)
 
-    def take(self, i: int, cap: Capture, fs: SimFS, cut: tuple[str, int] | None) -> None:
+    def take(self, i: int, cap: Capture, fs: SimFS, cut: tuple[str, int] | None, meet: bool = False) -> None:
         """Crash target `i` at the captured moment: the files survive under the crash model (a
-        torn write keeps its bytes before the crash LSN), recovery runs, the run goes on."""
+        torn write keeps its bytes before the crash LSN), recovery runs, the run goes on. `meet`:
+        other groups crash at this moment too, so the continuation's state may meet theirs."""
         plan = self.targets[i][0]
         files = _crashed(fs, plan.model or self.sim.model, plan.torn, cut)
         self.left -= 1
@@ -375,7 +388,8 @@ class _Task:
                 return
             files = _crashed(fs, plan.model or self.sim.model, plan.torn, cut)  # that recovery changed them
         try:
-            result = _Run.resume(replace(self.sim, crash=plan), self.base, cap, files, self.merger)
+            merger = self.merger if meet else None
+            result = _Run.resume(replace(self.sim, crash=plan), self.base, cap, files, merger)
         except Merged as e:
             own = point_row(e.result)
             row = dict(e.row, problems=list(e.row["problems"]))
@@ -385,8 +399,8 @@ class _Task:
                 self.keys[group] = (e.result.lives[1].recovered_key, row)
             return
         row = self.rows[i] = point_row(result)
-        if self.merger is not None:
-            self.merger.finished(row)
+        if merger is not None:
+            merger.finished(row)
         if shared is None and len(result.lives) > 1 and result.lives[1].recovered_key is not None:
             self.keys[group] = (result.lives[1].recovered_key, row)
 
