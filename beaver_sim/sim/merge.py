@@ -20,7 +20,13 @@ the same in both, and a merge requires (`prefix_ok`) that the merged continuatio
 to the convergence, from the segment its own final scan starts at, and that the one it merges with
 verified to its end. A mutant that replaces the WAL writer may frame otherwise: its continuations
 never merge. `crash_sweep(merge=False)` runs every continuation to its end instead; the
-test_sweep tests show both give the same rows on the lifecycle sweeps and on every mutant."""
+test_sweep tests show both give the same rows on the lifecycle sweeps and on every mutant.
+
+Where to look is a matter of cost, not of soundness (a state not compared is only a merge missed):
+writing a state down costs O(jobs), so it is done at the first PROBES event boundaries where no
+client waits for an acknowledgement, and only for continuations that crashed at the same moment as
+another group's (their restarts and every event after come at the same times) with a batch to
+resend (otherwise what differed between them was durable, and stays)."""
 
 from __future__ import annotations
 
@@ -71,7 +77,6 @@ class Merger:
         scheduled its first events) with those of the finished ones."""
         if run.m.wal_cls is not WriteAheadLog or not run.checker.open:
             return  # (no batch to resend: what differed was durable, and the states stay apart)
-        self.seen = []
         clock, checker = controller.clock, run.checker
         probes, polls = [0], [0]
 
@@ -92,6 +97,10 @@ class Merger:
                 clock.call_at(live, probe)  # after the events already due then: between two
 
         clock.call_at(clock.now(), probe)
+
+    def start(self) -> None:
+        """A continuation begins: it has been through no state yet."""
+        self.seen = []
 
     def finished(self, row: dict[str, Any]) -> None:
         """The running continuation ended with `row`: later ones may merge into its states, if its

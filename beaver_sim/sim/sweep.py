@@ -387,8 +387,10 @@ class _Task:
                 self.rows[i] = row
                 return
             files = _crashed(fs, plan.model or self.sim.model, plan.torn, cut)  # that recovery changed them
+        merger = self.merger if meet else None
+        if merger is not None:
+            merger.start()
         try:
-            merger = self.merger if meet else None
             result = _Run.resume(replace(self.sim, crash=plan), self.base, cap, files, merger)
         except Merged as e:
             own = point_row(e.result)
