@@ -193,8 +193,8 @@ class _Canon:
     def walk(self, obj: Any) -> Any:
         """`obj`'s own value, even when it is one of the named parts."""
         plain = _PLAIN.get(type(obj).__name__)
-        if plain is not None and set(_attrs(obj)) == plain[0]:
-            return plain[1](self, obj)  # the large parts, written down directly
+        if plain is not None:
+            return plain(self, obj)
         if isinstance(obj, (list, tuple, deque)):
             if len(obj) == 4 and isinstance(obj, list) and isinstance(obj[1], int) and obj[2] is None:
                 return ["done-event", obj[0]]  # a clock entry run or cancelled: its tie counter aside
@@ -223,48 +223,30 @@ def _attrs(obj: Any) -> list[str]:
 
 
 def _queue(c: _Canon, q: Any) -> Any:
-    """A JobQueue: its jobs (payloads as stored: JSON, checked at enqueue), order and leases."""
+    """A JobQueue: its jobs (payloads as stored: JSON, checked at enqueue) and leases written down
+    directly, the rest of it walked."""
     jobs = [[j.id, j.status.value, j.attempt, j.raw] for j in q.jobs.values()]
     leases = [[k, v.attempt, v.worker, v.deadline] for k, v in q.leases.items()]
-    counts = [[k.value, v] for k, v in q.counts.items()]
-    return [
-        "JobQueue",
-        jobs,
-        list(q.pending),
-        leases,
-        counts,
-        q.last_seq,
-        q.retention,
-        list(q.ended),
-        q.dropped,
-    ]
+    return ["JobQueue", jobs, leases, _rest(c, q, {"jobs", "leases"})]
 
 
 def _checker(c: _Canon, k: Any) -> Any:
-    """A Checker: what the clients sent and were told, what the log claimed, what it found (not
-    the crash's label nor the token: they name the point, the rows do not carry them)."""
-    return [
-        "Checker",
-        [k.max_retry, k.window, k.loss_since, k.durable_seq, k.durable_lsn],
-        k.submitted,  # job -> payload: plain JSON, checked at enqueue
-        k.acked,  # job -> when
-        [list(batch) for batch in k.open],
-        sorted(k.completed),
-        sorted(k.lost),
-        sorted(k.lost_in_window),
-        [[v.invariant, v.job, v.detail] for v in k.violations],
-        sorted(k._seen, key=repr),
-    ]
+    """A Checker: the payloads clients sent (plain JSON), when each was acknowledged, the
+    violations so far (not the crash's label nor the token: they name the point, rows do not
+    carry them), and the rest of what it knows, walked."""
+    violations = [[v.invariant, v.job, v.detail] for v in k.violations]
+    rest = _rest(c, k, {"submitted", "acked", "violations", "token", "crash"})
+    return ["Checker", k.submitted, k.acked, violations, rest]
+
+
+def _rest(c: _Canon, obj: Any, done: set[str]) -> Any:
+    return [[n, c(getattr(obj, n))] for n in _attrs(obj) if n not in done]
 
 
 def _workers(c: _Canon, w: Any) -> Any:
     """Simulated workers: the attempts so far (plain tuples) and the rest of their state."""
-    rest = [[n, c(getattr(w, n))] for n in _attrs(w) if n not in ("attempts", "clock")]
-    return [type(w).__qualname__, [list(a) for a in w.attempts], rest]
+    return [type(w).__qualname__, [list(a) for a in w.attempts], _rest(c, w, {"attempts", "clock"})]
 
 
-_QUEUE = {"jobs", "pending", "leases", "counts", "last_seq", "retention", "ended", "dropped"}
-_CHECKER = {"max_retry", "token", "window", "loss_since", "submitted", "acked", "open", "completed"}
-_CHECKER |= {"durable_seq", "durable_lsn", "crash", "lost", "lost_in_window", "violations", "_seen"}
-# class name -> (its attributes, exactly; how to write it down): any other shape, the generic walk
-_PLAIN: dict[str, tuple[set[str], Any]] = {"JobQueue": (_QUEUE, _queue), "Checker": (_CHECKER, _checker)}
+# class name -> how to write its large parts down directly (its other attributes: walked)
+_PLAIN: dict[str, Any] = {"JobQueue": _queue, "Checker": _checker}
