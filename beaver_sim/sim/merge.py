@@ -156,7 +156,7 @@ def state_key(run: Any, controller: Any, completed_at_start: set[str], probe: An
         [line.split(b" ", 2)[2].decode() for line in wal._buf],  # bodies, without their CRCs
         _workers(c, run.workers),
         c.walk(checker),
-        [run.now, run.next_batch, run.samples],
+        _rest(c, run, _RUN_PARTS),  # what else the run keeps between lives (next batch, ...)
         [[life.end, life.first_attempt] for life in run.out.lives],
         sorted(completed_at_start),
         files,
@@ -248,5 +248,9 @@ def _workers(c: _Canon, w: Any) -> Any:
     return [type(w).__qualname__, [list(a) for a in w.attempts], _rest(c, w, {"attempts", "clock"})]
 
 
+# a `_Run`'s attributes written down above, the same in every continuation of a sweep (its inputs),
+# or only life 0's (the shared run's records, read as it went)
+_RUN_PARTS = {"sim", "cfg", "m", "checker", "batches", "workers", "out", "fs", "clock", "storage"}
+_RUN_PARTS |= {"watch", "merger", "_trace", "_ends", "_acks", "_read"}
 # class name -> how to write its large parts down directly (its other attributes: walked)
 _PLAIN: dict[str, Any] = {"JobQueue": _queue, "Checker": _checker}
