@@ -1,7 +1,7 @@
 """Simulator benchmarks (issue 4).
 
     .venv/bin/python bench/bench_sim.py [--jobs 100000] [--repeat 3] [--sweep-jobs 250,500,1000]
-                                        [--processes 2] [--profile] [--calibrate]
+                                        [--processes 2] [--merge on|off|both] [--profile] [--calibrate]
 
 (a) The seed's workload at scale (100,000 jobs at t=0, 8 workers, 100-500 ms, 10 % failure,
     max_retry 3, 3 s timeout) through `Simulation.run()` (the real Controller, JobQueue and WAL on
@@ -11,7 +11,8 @@
     `--repeat`. The bare controller loop (no Simulation around it) is timed too. Target: SimPy time /
     Simulation time >= 1.0 (2.0 stretch). `--profile` adds a cProfile breakdown of one run.
 (b) A `records` crash sweep (every record boundary plus a torn point in every record, each recovered,
-    checked and run to the end) of runs of `--sweep-jobs` jobs on a process pool of `--processes`.
+    checked and run to the end) of runs of `--sweep-jobs` jobs on a process pool of `--processes`;
+    `--merge both` times each size with converging continuations run to the end, then merged.
     Target: <= 15 s for 1,000 jobs on 2 cores (issue 8; 60 s in issue 4). The growth exponent comes
     from the sizes given. Wall time moves with the load; `cpu_seconds` (this process and its pool) less.
 `--calibrate` fits the recovery cost model (sim.faults.RECOVERY_COST) to measured recoveries.
@@ -185,28 +186,36 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def bench_sweeps(sizes: list[int], processes: int) -> list[dict[str, Any]]:
+def bench_sweeps(
+    sizes: list[int], processes: int, merges: tuple[bool, ...] = (True,)
+) -> list[dict[str, Any]]:
+    """Each size's sweep once per `merges` setting, in turn (before and after, side by side)."""
     out = []
     for n in sizes:
-        sim = Simulation(SEED, Workload(n), 42)
-        cpu0 = _cpu_seconds()
-        t0 = time.perf_counter()
-        df = crash_sweep(sim, "records", workers=processes, progress=False)
-        seconds = time.perf_counter() - t0
-        cpu = _cpu_seconds() - cpu0
-        out.append(
-            {
-                "jobs": n,
-                "points": len(df),
-                "runs_to_the_end": df.attrs["groups"],
-                "wal_bytes": df.attrs["wal_bytes"],
-                "violations": int(df["violations"].sum()),
-                "seconds": round(seconds, 1),
-                "cpu_seconds": round(cpu, 1),  # this process and its pool's: less noisy than wall time
-                "target_seconds": 15 if n == 1000 else None,
-            }
-        )
+        for merge in merges:
+            out.append(_sweep(n, processes, merge))
     return out
+
+
+def _sweep(n: int, processes: int, merge: bool) -> dict[str, Any]:
+    sim = Simulation(SEED, Workload(n), 42)
+    cpu0 = _cpu_seconds()
+    t0 = time.perf_counter()
+    df = crash_sweep(sim, "records", workers=processes, progress=False, merge=merge)
+    seconds = time.perf_counter() - t0
+    cpu = _cpu_seconds() - cpu0
+    return {
+        "jobs": n,
+        "merge": merge,
+        "points": len(df),
+        "groups": df.attrs["groups"],  # points needing a continuation of their own
+        "merged": df.attrs["merged"],  # of those continuations, stopped where an earlier one had been
+        "wal_bytes": df.attrs["wal_bytes"],
+        "violations": int(df["violations"].sum()),
+        "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu, 1),  # this process and its pool's: less noisy than wall time
+        "target_seconds": 15 if n == 1000 else None,
+    }
 
 
 def calibrate(sizes: tuple[int, ...] = (200, 1000, 4000, 16000)) -> dict[str, float]:
@@ -255,6 +264,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--sweep-jobs", default="250,500,1000", help="comma list; empty to skip")
     ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument(
+        "--merge", choices=("on", "off", "both"), default="on", help="merge converging continuations"
+    )
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--whole-process", action="store_true", help="time `beaver sim` and SimPy as processes")
@@ -272,8 +284,9 @@ def main() -> None:
         out["profile_percent_by_module"] = profile(args.jobs)
     sizes = [int(s) for s in args.sweep_jobs.split(",") if s.strip()]
     if sizes:
-        out["sweeps"] = bench_sweeps(sizes, args.processes)
-        if len(sizes) > 1:
+        merges = {"on": (True,), "off": (False,), "both": (False, True)}[args.merge]
+        out["sweeps"] = bench_sweeps(sizes, args.processes, merges)
+        if len(sizes) > 1 and len(merges) == 1:
             a, b = out["sweeps"][0], out["sweeps"][-1]
             out["sweep_growth_exponent"] = round(
                 math.log(b["seconds"] / a["seconds"]) / math.log(b["jobs"] / a["jobs"]), 2
@@ -303,13 +316,15 @@ def main() -> None:
         )
     if sizes:
         print()
-        print("| jobs | crash points | runs to the end | WAL bytes | seconds | CPU seconds |")
-        print("|---:|---:|---:|---:|---:|---:|")
+        print("| jobs | merge | crash points | groups | merged | WAL bytes | seconds | CPU seconds |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|")
         for w in out["sweeps"]:
             cells = (
                 w["jobs"],
+                "on" if w["merge"] else "off",
                 w["points"],
-                w["runs_to_the_end"],
+                w["groups"],
+                w["merged"],
                 w["wal_bytes"],
                 w["seconds"],
                 w["cpu_seconds"],

@@ -149,6 +149,11 @@ def register(subparsers: Any) -> None:
     sweep.add_argument("--out", help="write the DataFrame: FILE.csv or FILE.parquet")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep.add_argument("--no-minimize", action="store_true", help="skip the minimal counterexample search")
+    sweep.add_argument(
+        "--no-merge",
+        action="store_true",
+        help="run every continuation to its end, even once its state meets an earlier one's (same rows)",
+    )
     sweep.set_defaults(func=cmd_crash_sweep)
 
 
@@ -355,6 +360,7 @@ def cmd_crash_sweep(args: argparse.Namespace) -> int:
         "workers": args.processes,
         "scheduler": args.scheduler,
         "progress": False if args.no_progress or args.json else None,
+        "merge": not args.no_merge,
     }
     try:
         df = crash_sweep(sim, points, **options)

@@ -44,6 +44,7 @@ from beaver_sim.sim.checker import Checker, Trace
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.faults import IO_KINDS, CrashHook, CrashPlan, recovery_model_seconds, survivors
 from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSSES, SUBSETS, SimFS, SimulatedCrash
+from beaver_sim.sim.merge import Merged
 from beaver_sim.sim.results import Life, SimResult
 from beaver_sim.sim.workers import SimWorkers, misbehaving
 from beaver_sim.sim.workload import Batch, ExponentialWorkers, Workload
@@ -176,6 +177,7 @@ class _Run:
         self.storage: Storage | None = None
         self.samples = 0
         self.watch: Any = None  # a sweep's hook class (CrashHook subclass) for the first life
+        self.merger: Any = None  # a sweep's `merge.Merger`, armed in the second life
         self._trace: Trace = []  # what life 0 wrote so far, read incrementally (sweeps)
         self._ends: list[int] = []
         self._acks: list[tuple[int, str]] = []  # (end LSN, job) of its ACK records
@@ -241,6 +243,8 @@ class _Run:
                 clock.call_at(self.now, self._sample, controller, life)
             if not self.requeue_done:  # (again after a crash, until acknowledged)
                 clock.call_at(max(sim.workload.requeue_at, self.now), self._requeue, controller)
+            if index and self.merger is not None:
+                self.merger.arm(self, controller, completed_at_start)
             clock.run()
             controller.stop()
         except (SimulatedCrash, BeaverError, OSError) as e:
@@ -491,11 +495,13 @@ class _Run:
         )
 
     @classmethod
-    def resume(cls, sim: Simulation, base: _Run, cap: Capture, files: SimFS) -> SimResult:
+    def resume(cls, sim: Simulation, base: _Run, cap: Capture, files: SimFS, merger: Any = None) -> SimResult:
         """The result of `sim` (the base run's inputs with `cap.plan` as its crash), going on from
         the crash `cap` took in `base` (whose files, up to the crash LSN, are this run's too) with
-        the surviving `files`."""
+        the surviving `files`. With a `merge.Merger`, a continuation that reaches a state an earlier
+        one went through raises `Merged`, carrying the result so far (its crash and recovery)."""
         run = cls(sim, base.batches)
+        run.merger = merger
         run.workers.attempts = base.workers.attempts[: cap.attempts]
         run.checker.submitted, run.checker.acked = dict(cap.submitted), dict(cap.acked)
         run.checker.open = dict(cap.open)
@@ -511,6 +517,9 @@ class _Run:
         gc.disable()
         try:
             return run.loop()
+        except Merged as e:
+            e.result = run.out
+            raise
         finally:
             if enabled:
                 gc.enable()

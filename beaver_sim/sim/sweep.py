@@ -20,7 +20,16 @@ crash in the same write with the same whole records before them (or, under `powe
 torn, anywhere in the same write) leave files that differ at most in a torn tail: every one of them
 is recovered by the real code, and when its recovery rebuilds exactly the state and log of the first
 one (same snapshot, last seq, end LSN and checksum chain), the rest of the run is that one's too,
-by determinism; the row shares it, keeping its own recovery figures. Anything else runs on its own."""
+by determinism; the row shares it, keeping its own recovery figures. Anything else runs on its own.
+
+Continuations that recover different states may still meet later: the crashes inside one write
+recover different prefixes of it, and once the clients have resent what was never acknowledged
+their queues, clocks, workers and checkers are equal, only the log's byte order and CRC chain differ.
+With `merge=True` (the default) a continuation whose logical state, between two events, equals one
+an earlier continuation of the task went through stops there and takes that one's verdict, keeping
+its own crash and recovery columns; `merge=False` (`--no-merge`) runs each to its end and gives the
+same rows. Why no verdict depends on what the compared state leaves out (the CRCs, the records'
+order before the meeting point): sim/merge.py and docs/contracts.md."""
 
 from __future__ import annotations
 
@@ -50,6 +59,7 @@ from beaver_sim.sim.checker import CODES, INVARIANTS, same_bytes
 from beaver_sim.sim.experiment import Simulation, _Run
 from beaver_sim.sim.faults import IO_KINDS, POINTS, CrashHook, CrashPlan, recovery_model_seconds, survivors
 from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSS, SUBSETS, SimFS
+from beaver_sim.sim.merge import Merged, Merger
 from beaver_sim.sim.results import SimResult
 from beaver_sim.sim.workload import Workload
 from beaver_sim.storage.wal import SEGMENT_NAME
@@ -333,8 +343,11 @@ class _SharingHook(CrashHook):
     def settle(self) -> None:
         """Take the points of the last write, now that its bytes are in the files."""
         pending, self.pending = self.pending, []
+        # continuations meet only those that crashed at the same moment: their restarts, and every
+        # event after, come at the same times (a write that holds one group's points alone has none)
+        meet = len({self.task.groups[i] for *_, (i,) in pending}) > 1
         for cap, path, size, keep, (i,) in pending:
-            self.task.take(i, cap, self.fs, (path, size + keep))
+            self.task.take(i, cap, self.fs, (path, size + keep), meet)
         self.task.done_yet()
 
 
@@ -349,10 +362,12 @@ class _Task:
     keys: dict[int, tuple[tuple[Any, ...], dict[str, Any]]]  # group -> (recovered key, row)
     base: _Run | None = None
     left: int = 0
+    merger: Merger | None = None  # None: every continuation runs to its end (`merge=False`)
 
-    def take(self, i: int, cap: Capture, fs: SimFS, cut: tuple[str, int] | None) -> None:
+    def take(self, i: int, cap: Capture, fs: SimFS, cut: tuple[str, int] | None, meet: bool = False) -> None:
         """Crash target `i` at the captured moment: the files survive under the crash model (a
-        torn write keeps its bytes before the crash LSN), recovery runs, the run goes on."""
+        torn write keeps its bytes before the crash LSN), recovery runs, the run goes on. `meet`:
+        other groups crash at this moment too, so the continuation's state may meet theirs."""
         plan = self.targets[i][0]
         files = _crashed(fs, plan.model or self.sim.model, plan.torn, cut)
         self.left -= 1
@@ -364,13 +379,30 @@ class _Task:
             if key == shared[0]:
                 row = dict(shared[1], problems=list(shared[1]["problems"]))
                 row.update(
-                    report, offset=cap.lsn, record=record_before(self.base.trace_until(cap.lsn), cap.lsn)
+                    report,
+                    offset=cap.lsn,
+                    record=record_before(self.base.trace_until(cap.lsn), cap.lsn),
+                    merged=False,
                 )
                 self.rows[i] = row
                 return
             files = _crashed(fs, plan.model or self.sim.model, plan.torn, cut)  # that recovery changed them
-        result = _Run.resume(replace(self.sim, crash=plan), self.base, cap, files)
+        merger = self.merger if meet else None
+        if merger is not None:
+            merger.start()
+        try:
+            result = _Run.resume(replace(self.sim, crash=plan), self.base, cap, files, merger)
+        except Merged as e:
+            own = point_row(e.result)
+            row = dict(e.row, problems=list(e.row["problems"]))
+            row.update({k: own[k] for k in OWN}, merged=True)
+            self.rows[i] = row
+            if shared is None and e.result.lives[1].recovered_key is not None:
+                self.keys[group] = (e.result.lives[1].recovered_key, row)
+            return
         row = self.rows[i] = point_row(result)
+        if merger is not None:
+            merger.finished(row)
         if shared is None and len(result.lives) > 1 and result.lives[1].recovered_key is not None:
             self.keys[group] = (result.lives[1].recovered_key, row)
 
@@ -417,18 +449,20 @@ def _recover(sim: Simulation, files: SimFS) -> tuple[tuple[Any, ...], dict[str, 
     }
 
 
-def _run_shared(token: str, model: str, points: Points) -> dict[int, Any]:
+def _run_shared(token: str, model: str, points: Points, merge: bool = True) -> dict[int, Any]:
     """Run some crash points of one sweep from one shared run (in a worker process, a Dask worker or
-    here); `points` are (index, plan, crash LSN or None, group). I/O faults run on their own."""
+    here); `points` are (index, plan, crash LSN or None, group). I/O faults run on their own.
+    `merge`: continuations whose states converge share the rest of the run (sim/merge.py)."""
     alone = [p for p in points if p[1][0] in (*IO_KINDS, "op")]
     if alone:
         rows = _run_alone(token, model, alone)
         rest = [p for p in points if p[1][0] not in (*IO_KINDS, "op")]
-        return rows | (_run_shared(token, model, rest) if rest else {})
+        return rows | (_run_shared(token, model, rest, merge) if rest else {})
     base = Simulation.from_token(token, sample_every=0)
     sim = replace(base, model=model)
     targets = [(CrashPlan.from_list(p), x) for _i, p, x, _g in points]
     task = _Task(sim, targets, [g for *_, g in points], {}, {}, left=len(targets))
+    task.merger = Merger() if merge else None
     run = _Run(base)
     task.base = run
     run.watch = partial(_SharingHook, task=task)
@@ -445,6 +479,10 @@ def _run_shared(token: str, model: str, points: Points) -> dict[int, Any]:
         if enabled:
             gc.enable()
     return {points[i][0]: row for i, row in task.rows.items()}
+
+
+OWN = ("offset", "time", "record", "records_replayed", "bytes_truncated", "model_seconds", "recovery_seconds")
+# a merged row's own columns (its crash and recovery); the rest is the run it merged into
 
 
 def point_row(r: SimResult) -> dict[str, Any]:
@@ -559,6 +597,7 @@ def crash_sweep(
     progress: bool | None = None,
     chunk: int | None = None,
     share: bool = True,
+    merge: bool = True,
     torn: int | str = 0,
     subsets: int = 0,
 ) -> pd.DataFrame:
@@ -566,7 +605,8 @@ def crash_sweep(
 
     `executor`: an Executor, or "process" (default: a pool of `workers`), "dask" (a LocalCluster,
     or the scheduler at `scheduler`), "serial" (here). `progress`: a tqdm bar (default: on a TTY).
-    `share=False` runs every point from scratch (same rows, slower: the module docstring says why).
+    `share=False` runs every point from scratch (same rows, slower: the module docstring says why);
+    `merge=False` runs every continuation to its end (same rows, slower: sim/merge.py says why).
     `torn`: bytes of each file's unsynced tail that a power loss keeps at every point, or "random":
     a seeded draw in 1..TORN_MAX per point (a torn write ends anywhere in its first sector).
     `subsets`: instead, explore every subset of the first `subsets` unsynced units at each point
@@ -574,7 +614,8 @@ def crash_sweep(
     Column `at` is the plan's position as text (an LSN, a record, a point's name, a time; `offset`
     and `time` are the numbers); `problems` holds each point's violations as JSON ([invariant,
     job, detail] each); `violations(df)` lists them all. `df.attrs` holds `wal_bytes`, `seconds`,
-    `points`, `groups` (continuations run) and `base_violations`: those of the uncrashed run itself,
+    `points`, `groups` (points that need a continuation of their own), `merged` (continuations
+    stopped once their state met an earlier one's) and `base_violations`: those of the uncrashed run itself,
     as point -1 (a mutant may break an invariant with no crash at all; two runs that differ break
     invariant 7)."""
     t0 = time.perf_counter()
@@ -595,7 +636,7 @@ def crash_sweep(
         else:
             x = base.lsn(plan) if plan.kind in ("lsn", "record") else None
             todo.append((i, plan.as_list(), x, groups.setdefault(sig, len(groups))))
-    run = _run_shared if share else _run_alone
+    run = partial(_run_shared, merge=merge) if share else _run_alone
     n = workers or os.cpu_count() or 1
     size = chunk or max(1, min(64, len(todo) // (8 * n)))  # small tasks: the last ones end together
     chunks = _chunks(todo, size)
@@ -616,10 +657,11 @@ def crash_sweep(
             elapsed = time.perf_counter() - t0
             raise SweepInterrupted(len(plans), elapsed, base.result.violations, results) from None
     bar.close()
-    rows = []
+    rows, merged = [], 0
     for i, plan in enumerate(plans):
         row = dict(results[i])
         row.pop("record")
+        merged += row.pop("merged", False)
         row["problems"] = json.dumps(row["problems"])
         row.update(point=i, kind=plan.kind, at=str(plan.at), occurrence=plan.occurrence, model=sim.model)
         row["token"] = replace(sim, crash=plan).token()
@@ -636,6 +678,7 @@ def crash_sweep(
         seconds=time.perf_counter() - t0,
         points=len(plans),
         groups=len(groups),
+        merged=merged,
         base_violations=first,
     )
     return df

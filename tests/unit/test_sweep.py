@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from beaver_sim.core.types import BeaverError
+from beaver_sim.core.types import BeaverError, Config
+from beaver_sim.sim import mutants
 from beaver_sim.sim.cli import register
 from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import POINTS, CrashPlan
@@ -29,6 +30,7 @@ from beaver_sim.sim.sweep import (
     violations,
     with_torn,
 )
+from beaver_sim.sim.workload import Workload
 
 
 def sim(jobs: int = 16, model: str = "process", fsync: str = "always", **config: object) -> Simulation:
@@ -239,3 +241,40 @@ def test_shared_runs_give_the_rows_of_runs_from_scratch_with_torn_writes(
     shared = crash_sweep(s, "records+marks", **options)
     same_rows(shared, crash_sweep(s, "records+marks", share=False, **options))
     assert (shared["bytes_truncated"] > 0).any()
+
+
+@pytest.mark.parametrize(
+    ("model", "fsync", "points", "torn", "merges"),
+    [
+        ("process", "always", "records+marks", 0, True),
+        ("power-loss", "never", "records", 0, False),  # a write's points share one recovery anyway
+        ("power-loss", "always", "records+times:10", "random", True),
+        ("metadata-first", "interval", "records", 0, False),
+        ("torn-blocks", "always", "records", 0, True),
+    ],
+)
+def test_merged_continuations_give_the_rows_of_continuations_run_to_the_end(
+    model: str, fsync: str, points: str, torn: int | str, merges: bool
+) -> None:
+    """Continuations whose states meet share the rest of the run (sim/merge.py): the lifecycle
+    workload with its first 12 jobs in one batch (so the crashes inside that write recover
+    different prefixes of it and converge once the clients resend it) gives the rows of
+    `merge=False`, which runs every continuation to its end."""
+    s = sim(24, model, fsync)
+    s = replace(s, workload=replace(s.workload, batch=12))
+    options: dict[str, Any] = {"executor": "serial", "progress": False, "torn": torn}
+    merged = crash_sweep(s, points, **options)
+    same_rows(merged, crash_sweep(s, points, merge=False, **options))
+    assert (merged.attrs["merged"] > 0) == merges
+
+
+@pytest.mark.parametrize("name", sorted(mutants.MUTANTS))
+def test_every_mutant_is_judged_the_same_with_and_without_merging(name: str) -> None:
+    """Each mutant's own sweep (its crash model and points, 30 jobs at t=0: one first write that
+    many points crash inside) gives the same rows whether converging continuations merge or not."""
+    catch = mutants.MUTANTS[name].catch
+    config = Config(data_dir="/sim", **catch.get("config", {}))
+    s = Simulation(config, Workload(30), 11, model=catch["model"], mutant=name)
+    options: dict[str, Any] = {"executor": "serial", "progress": False}
+    merged = crash_sweep(s, catch["points"], **options)
+    same_rows(merged, crash_sweep(s, catch["points"], merge=False, **options))
