@@ -488,7 +488,13 @@ def read_state(config: Config, attempts: int = 3) -> Inspection:
     problem: wal.Problem | None = None
     for _ in range(attempts):
         try:
-            found = inspect(fs, config.wal_dir, config.snapshot_dir, retention=config.completed_retention)
+            found = inspect(
+                fs,
+                config.wal_dir,
+                config.snapshot_dir,
+                retention=config.completed_retention,
+                recovery=config.wal_recovery,
+            )
         except FileNotFoundError:
             continue  # pruned or deleted while we read it
         if found.ok:

@@ -270,6 +270,8 @@ def test_strict_recovery_makes_a_whole_damaged_last_record_a_repair(
     monkeypatch.setenv("BEAVER_WAL_RECOVERY", "strict")
     assert main(["wal", "verify", *args]) == 1
     assert "whole last record (wal_recovery: strict)" in capsys.readouterr().out
+    assert main(["status", *args]) == 2  # an offline status reads the directory as strict recovery would
+    assert "wal_recovery: strict" in capsys.readouterr().err
     assert main(["wal", "repair", "--yes", *args]) == 0
     capsys.readouterr()
     assert main(["wal", "verify", *args]) == 0
