@@ -194,7 +194,7 @@ def run_real(
     env = {k: v for k, v in os.environ.items() if not k.startswith("BEAVER_")}
     cwd = tempfile.gettempdir()  # no configs/default.yaml under it: the YAML file says everything
     common = ["--config", config_file]
-    t0 = time.monotonic()
+    t0 = time.monotonic()  # wall-clock ok: times the real processes, never the simulator
     enqueue = [*beaver, "enqueue", *common, "--create", "--file", jobs_path]
     subprocess.run(enqueue, check=True, capture_output=True, env=env, cwd=cwd)
     lateness: list[tuple[float, float]] = []  # (p99, max) per life that reported it

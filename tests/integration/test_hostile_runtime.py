@@ -32,6 +32,7 @@ from beaver_sim.runtime.server import MAX_REQUEST, request
 from beaver_sim.runtime.service import read_state
 from beaver_sim.storage import wal
 from beaver_sim.storage.fs import RealFS
+from tests import hostile_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_env")]
 
@@ -305,22 +306,8 @@ def test_the_default_executor_keeps_healthy_jobs_flowing_past_handlers_stuck_in_
 
 
 def raw(data_dir: str, data: bytes, timeout: float = 30) -> dict[str, Any] | None:
-    """Send `data` as a hostile client may (carrying on when refused); the answer, if any."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(os.path.join(data_dir, "beaver.sock"))
-        try:
-            s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        chunks = []
-        try:
-            while chunk := s.recv(1 << 16):
-                chunks.append(chunk)
-        except ConnectionResetError:
-            pass
-    return orjson.loads(b"".join(chunks)) if chunks else None
+    """A hostile client's request to the run serving `data_dir`; the answer, if any."""
+    return hostile_client.raw(os.path.join(data_dir, "beaver.sock"), data, timeout)
 
 
 def deep(levels: int) -> bytes:

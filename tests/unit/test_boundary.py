@@ -27,6 +27,7 @@ from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
 from beaver_sim.runtime.server import RequestTooLarge, request, too_deep
 from beaver_sim.runtime.service import Service
 from beaver_sim.runtime.workers import MAX_ERROR_CHARS, PoolWorkers, describe_exception
+from tests.hostile_client import raw
 
 # -- describe_exception ----------------------------------------------------------------------------
 
@@ -182,25 +183,6 @@ def test_a_request_over_the_size_bound_is_refused_before_it_is_sent(tmp_path: Pa
 
 def config(tmp_path: Path) -> Config:
     return Config(data_dir=str(tmp_path / "d"), metrics_port=0, work_min=0.0, work_max=0.01, failure_rate=0.0)
-
-
-def raw(path: str, data: bytes) -> dict[str, Any]:
-    """Send `data` as one request the way a hostile client may: keep sending even once refused."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(path)
-        try:
-            s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        chunks = []
-        try:
-            while chunk := s.recv(1 << 16):
-                chunks.append(chunk)
-        except ConnectionResetError:
-            pass
-    return orjson.loads(b"".join(chunks))
 
 
 def test_the_socket_refuses_by_size_by_depth_and_by_count(
