@@ -403,11 +403,6 @@ def _covered(found: Inspection) -> str:
     )
 
 
-def repair_config(config: Config) -> tuple[int, str]:
-    """What `plan_repair` replays the log with: the config's retention and wal_recovery."""
-    return config.completed_retention, config.wal_recovery
-
-
 def cmd_wal_verify(args: argparse.Namespace) -> int:
     """Read the data directory as recovery does: the newest good snapshot, then the log after it,
     replayed through the same `apply` with the same recorded configuration, so ok <=> run opens."""
@@ -488,7 +483,12 @@ def cmd_wal_repair(args: argparse.Namespace) -> int:
     config = config_from(args)
     directory = _wal_dir(config)
     fs = RealFS()
-    plan = plan_repair(fs, directory, config.snapshot_dir, *repair_config(config))
+
+    def planned() -> RepairPlan | None:  # replayed with the config's retention and wal_recovery
+        retention, recovery = config.completed_retention, config.wal_recovery
+        return plan_repair(fs, directory, config.snapshot_dir, retention, recovery)
+
+    plan = planned()
     if plan is None:
         if args.json:
             say(orjson.dumps({"ok": True, "plan": None, "repaired": False}).decode())
@@ -510,13 +510,13 @@ def cmd_wal_repair(args: argparse.Namespace) -> int:
             say("nothing changed; run again with --yes to cut the log as planned")
         return 1
     with DataDirLock(config.data_dir):  # never cut a log a running controller is writing
-        again = plan_repair(fs, directory, config.snapshot_dir, *repair_config(config))
+        again = planned()
         if again is None or again.as_dict() != plan.as_dict():
             raise BeaverError(f"{directory}: the log changed since the plan; nothing cut, run repair again")
         backups = apply_repair(fs, directory, plan)
     if not args.json:
         say(f"done: {plan.bytes_dropped} bytes dropped; backups: {', '.join(backups)}")
-        if (after := plan_repair(fs, directory, config.snapshot_dir, *repair_config(config))) is not None:
+        if (after := planned()) is not None:
             say(f"the log has another problem further on: {after.cut}; run `beaver wal repair` again")
     return 0
 
