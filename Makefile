@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup build test lint package-check demo bench clean metrics lab notebooks notebooks-fuzz student
+.PHONY: setup build test lint package-check demo bench clean metrics lab notebooks notebooks-fuzz student book
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 setup build: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check beaver_sim tests bench
-	$(BIN)/ruff format --check beaver_sim tests bench
+	$(BIN)/ruff check beaver_sim tests bench scripts
+	$(BIN)/ruff format --check beaver_sim tests bench scripts
 
 test: lint package-check
 	$(BIN)/python -m pytest
@@ -46,6 +46,11 @@ bench: $(STAMP)
 # The lab notebooks for learners: each solution block replaced by `raise NotImplementedError`.
 student: $(STAMP)
 	$(BIN)/python -m beaver_sim.labs notebooks/labs build/student
+
+# The course as a static site, read offline: each notebook's stored outputs (nothing is run), figures
+# embedded, the contents in course order (scripts/book.py; tests/integration/test_book.py opens it)
+book: $(STAMP)
+	$(BIN)/python scripts/book.py notebooks build/book
 
 metrics:
 	@echo "Metrics: http://127.0.0.1:9090/metrics (while beaver run is running)"

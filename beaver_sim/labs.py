@@ -22,7 +22,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,6 +32,7 @@ import pandas as pd
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
 from beaver_sim.core.queue import JobQueue
+from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import BeaverError, Config, CorruptLog
 from beaver_sim.sim import mutants
 from beaver_sim.sim.checker import CODES, INVARIANTS
@@ -324,6 +325,128 @@ def replay_contract(fn: Callable[[JobQueue, R.Record], None]) -> str | None:
     )
 
 
+class CheckpointSteps:
+    """What lab 5's `checkpoint(steps)` may do, each step one call into the run's real Storage (a
+    step that changes a name on disk ends at a named crash point). `seq` is N, the state's last seq
+    (nothing is logged while the checkpoint runs); `keep` is `snapshots_kept`, how many snapshots
+    the store keeps: recovery falls back on an older one when the newest is damaged, so the WAL must
+    hold every record after the oldest of them (after seq 0, while fewer than `keep` exist)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self.seq = storage.state.last_seq
+        self.keep = storage.snapshots.keep
+
+    def sync_wal(self) -> None:
+        """fdatasync the WAL segment being written: every record through seq N is durable."""
+        self._storage.wal.sync()
+
+    def write_snapshot(self) -> None:
+        """Write the state as snapshot N, durably (lab 2's tmp, fsync, rename, directory fsync)."""
+        self._storage.save_snapshot()
+
+    def rotate_wal(self) -> None:
+        """Close the segment being written (syncing it first) and start a new one at seq N + 1:
+        only a closed segment can ever be deleted."""
+        self._storage.wal.rotate()
+
+    def snapshots(self) -> list[int]:
+        """The seq of every snapshot on disk, oldest first."""
+        return self._storage.snapshots.seqs()
+
+    def delete_snapshot(self, seq: int) -> None:
+        """Delete snapshot `seq`, durably (its directory synced)."""
+        store = self._storage.snapshots
+        if seq not in store.seqs():
+            raise LabError(
+                f"delete_snapshot({seq!r}): there is no snapshot {seq!r} (on disk: {store.seqs()})"
+            )
+        self._storage.fs.remove(store.path(seq))
+        self._storage.fs.sync_dir(store.directory)
+        self._storage.fs.mark("snapshots-pruned")
+
+    def delete_segments(self, through: int) -> None:
+        """Delete, durably, every closed WAL segment whose records all have seq <= `through` (the
+        segment being written is never deleted)."""
+        self._storage.wal.delete_through(through)
+
+
+class LabCheckpointController(Controller):
+    """The real Controller, except that each checkpoint (every `snapshot_interval` once the log has
+    grown, and at a stop) is the learner's `checkpoint(steps)`, inline: once it returns, snapshot N
+    counts as taken. With `audit` set (a list), what the log and snapshot directory look like after
+    each checkpoint is checked against the real checkpoint's end state, and what differs is added."""
+
+    run_checkpoint: ClassVar[Callable[[CheckpointSteps], None]]
+    audit: ClassVar[list[str] | None] = None
+
+    def checkpoint(self) -> None:
+        steps = CheckpointSteps(self.storage)
+        type(self).run_checkpoint(steps)
+        if steps.seq not in self.storage.snapshots.seqs():
+            raise LabError(
+                f"checkpoint returned, but snapshot {steps.seq} is not on disk: "
+                "a checkpoint leaves the snapshot it took"
+            )
+        self.last_snapshot_seq = steps.seq
+        self.counters.snapshots += 1
+        audit = type(self).audit
+        if audit is not None and (problem := compaction_problem(self.storage, steps.seq)) is not None:
+            audit.append(problem)
+
+
+def compaction_problem(storage: Storage, seq: int) -> str | None:
+    """How the data directory after checkpoint `seq` differs from the one the real order leaves:
+    the newest `keep` snapshots, a live WAL segment from seq + 1 on, and the log starting exactly
+    where the fallback needs it (after the oldest kept snapshot once `keep` exist, else at seq 1)."""
+    keep, seqs, segments = storage.snapshots.keep, storage.snapshots.seqs(), storage.wal.segments
+    where = f"after the checkpoint at seq {seq}"
+    if len(seqs) > keep:
+        return f"{where} {len(seqs)} snapshots are on disk ({seqs}), but snapshots_kept is {keep}"
+    if segments[-1].first_seq != seq + 1:
+        return (
+            f"{where} the WAL segment being written starts at seq {segments[-1].first_seq}, not {seq + 1}: "
+            "records the snapshot covers stay in the live segment, which no checkpoint can delete"
+        )
+    fallback = seqs[0] if len(seqs) >= keep else 0
+    why = f"snapshot {fallback}" if fallback else f"replay from seq 1 (fewer than {keep} snapshots)"
+    if segments[0].first_seq > fallback + 1:
+        return (
+            f"{where} the WAL starts at seq {segments[0].first_seq}, but if snapshot {seqs[-1]} is damaged "
+            f"recovery falls back on {why}, which needs the log from seq {fallback + 1}"
+        )
+    if len(segments) > 1 and segments[1].first_seq - 1 <= fallback:
+        return (
+            f"{where} the WAL still starts at seq {segments[0].first_seq}: the segments through seq "
+            f"{fallback} are covered by {why} and never deleted, so the log grows for ever"
+        )
+    return None
+
+
+def _checkpoint(fn: Callable[[CheckpointSteps], None]) -> mutants.Mutant:
+    cls = _subclass(LabCheckpointController, "run_checkpoint", fn)
+    return mutants.Mutant("lab-checkpoint", 6, controller_cls=cls)
+
+
+def checkpoint_contract(fn: Callable[[CheckpointSteps], None]) -> str | None:
+    """Lab 5's contract, on the lab's run without a crash and with the default two snapshots kept
+    (the sweeps keep one): the run keeps every invariant, and after each checkpoint the snapshots
+    and WAL segments on disk are those the real order leaves (`compaction_problem`). None, or the
+    first difference."""
+    with plugged("checkpoint", fn) as spec:
+        cls = mutants.MUTANTS["lab-checkpoint"].controller_cls
+        cls.audit = found = []  # type: ignore[attr-defined]
+        sim = spec.simulation()
+        result = replace(sim, config=replace(sim.config, snapshots_kept=2)).run()
+    if found:
+        return found[0]
+    if result.violations:
+        v = result.violations[0]
+        rule = f"invariant {v.invariant} {CODES[v.invariant]}"
+        return f"with snapshots_kept 2, the run without a crash breaks {rule}: {v.detail}"
+    return None
+
+
 # -- the labs --------------------------------------------------------------------------------
 
 
@@ -402,6 +525,15 @@ LABS: dict[str, Lab] = {
             models=(PROCESS,),
             points="records",
             config={"task_timeout": 0.3},
+        ),
+        Lab(
+            "checkpoint",
+            "checkpoint",
+            _checkpoint,
+            models=(PROCESS, POWER_LOSS, METADATA_FIRST, TORN_BLOCKS),
+            points="records+marks",
+            config={**_QUICK_SNAPSHOTS, "snapshots_kept": 1, "fsync": "interval", "fsync_interval": 0.2},
+            contract=checkpoint_contract,
         ),
         Lab(
             "group-commit",

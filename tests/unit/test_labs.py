@@ -8,6 +8,7 @@ import functools
 import json
 import posixpath
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ LAB_OF = {
     "lab2-snapshot": "snapshot",
     "lab3-replay": "replay",
     "lab4-retry": "retry",
+    "lab5-checkpoint": "checkpoint",
     "lab6-group-commit": "group-commit",
 }
 
@@ -302,6 +304,113 @@ def commit_reversed(f: Any, lines: list[bytes], release: Callable[[], None]) -> 
     release()
 
 
+def _prune(steps: labs.CheckpointSteps) -> int:
+    """The reference's pruning: all but the newest `keep` snapshots go; returns the seq through
+    which the log may go (the oldest kept, once `keep` exist)."""
+    snapshots = steps.snapshots()
+    for seq in snapshots[: -steps.keep]:
+        steps.delete_snapshot(seq)
+    kept = snapshots[-steps.keep :]
+    return kept[0] if len(kept) == steps.keep else 0
+
+
+def checkpoint_snapshot_first(steps: labs.CheckpointSteps) -> None:
+    """Snapshot N before the WAL is durable through N."""
+    steps.write_snapshot()
+    steps.sync_wal()
+    steps.rotate_wal()
+    steps.delete_segments(_prune(steps))
+
+
+def checkpoint_without_sync(steps: labs.CheckpointSteps) -> None:
+    """No sync before the snapshot at all (the rotation after it syncs, too late)."""
+    steps.write_snapshot()
+    steps.rotate_wal()
+    steps.delete_segments(_prune(steps))
+
+
+def checkpoint_delete_first(steps: labs.CheckpointSteps) -> None:
+    """The segments through N deleted before snapshot N is written."""
+    steps.sync_wal()
+    steps.rotate_wal()
+    steps.delete_segments(steps.seq)
+    steps.write_snapshot()
+    _prune(steps)
+
+
+def checkpoint_prune_first(steps: labs.CheckpointSteps) -> None:
+    """Makes room first: all but keep - 1 old snapshots deleted (with keep 1: every one), then the
+    new one written."""
+    steps.sync_wal()
+    old = steps.snapshots()
+    for seq in old[: len(old) - (steps.keep - 1)]:
+        steps.delete_snapshot(seq)
+    steps.write_snapshot()
+    steps.rotate_wal()
+    steps.delete_segments(steps.snapshots()[0])
+
+
+def checkpoint_segments_first(steps: labs.CheckpointSteps) -> None:
+    """The right segments deleted before the old snapshots: a crash between leaves a snapshot
+    whose log is gone."""
+    steps.sync_wal()
+    steps.write_snapshot()
+    steps.rotate_wal()
+    snapshots = steps.snapshots()
+    kept = snapshots[-steps.keep :]
+    if len(kept) == steps.keep:
+        steps.delete_segments(kept[0])
+    for seq in snapshots[: -steps.keep]:
+        steps.delete_snapshot(seq)
+
+
+def checkpoint_never_prunes(steps: labs.CheckpointSteps) -> None:
+    """Deletes the segments the newest `keep` cover, never a snapshot."""
+    steps.sync_wal()
+    steps.write_snapshot()
+    steps.rotate_wal()
+    kept = steps.snapshots()[-steps.keep :]
+    if len(kept) == steps.keep:
+        steps.delete_segments(kept[0])
+
+
+def checkpoint_through_newest(steps: labs.CheckpointSteps) -> None:
+    """Deletes the segments snapshot N covers, not those the oldest kept one covers (the same with
+    keep 1, the sweeps' setting: only the contract's run with two kept sees it)."""
+    steps.sync_wal()
+    steps.write_snapshot()
+    steps.rotate_wal()
+    _prune(steps)
+    steps.delete_segments(steps.seq)
+
+
+def checkpoint_never_compacts(steps: labs.CheckpointSteps) -> None:
+    """Snapshots and rotates, deletes nothing: safe, and the log grows for ever."""
+    steps.sync_wal()
+    steps.write_snapshot()
+    steps.rotate_wal()
+
+
+def checkpoint_no_rotation(steps: labs.CheckpointSteps) -> None:
+    """Never rotates: the records N covers stay in the live segment, which is never deleted."""
+    steps.sync_wal()
+    steps.write_snapshot()
+    steps.delete_segments(_prune(steps))
+
+
+def checkpoint_one_too_many(steps: labs.CheckpointSteps) -> None:
+    """Keeps one snapshot more than `keep`, and the log the oldest of them needs: safe, and the
+    snapshot directory holds more than the config allows."""
+    steps.sync_wal()
+    steps.write_snapshot()
+    steps.rotate_wal()
+    for seq in steps.snapshots()[: -steps.keep - 1]:
+        steps.delete_snapshot(seq)
+    kept = steps.snapshots()
+    if len(kept) >= steps.keep:
+        steps.delete_segments(kept[0])
+
+
 LOG_VERIFIES = "invariant 5 log-order-broken: the log on disk verifies"
 SEQS_REUSED = "invariant 5 log-order-broken: sequence numbers"
 CONTRACT = "the contract of {}"
@@ -336,6 +445,18 @@ WRONG = {  # lab -> (known-wrong answer, the rule its failure must name, the mod
         (commit_sync_first, "invariant 1 acknowledged-job-lost", "power-loss"),
         (commit_reversed, LOG_VERIFIES, "power-loss"),
     ],
+    "checkpoint": [
+        (checkpoint_snapshot_first, "invariant 6 jobs-not-finished", "power-loss"),
+        (checkpoint_without_sync, "invariant 6 jobs-not-finished", "power-loss"),
+        (checkpoint_delete_first, "invariant 6 jobs-not-finished", "process"),
+        (checkpoint_prune_first, "invariant 6 jobs-not-finished", "process"),
+        (checkpoint_segments_first, LOG_VERIFIES, "process"),
+        (checkpoint_never_prunes, LOG_VERIFIES, "process"),
+        (checkpoint_through_newest, CONTRACT, None),
+        (checkpoint_never_compacts, CONTRACT, None),
+        (checkpoint_no_rotation, CONTRACT, None),
+        (checkpoint_one_too_many, CONTRACT, None),
+    ],
     "retry": [
         (end_seed, "invariant 4 retry-limit-broken", "process"),
         (end_off_by_one, "invariant 4 retry-limit-broken", "process"),
@@ -369,6 +490,61 @@ def test_the_check_fails_the_wrong_answer_naming_the_rule(
     again = labs.replay(lab, fn, first["token"])  # the token reproduces the failure
     assert any(v.invariant == first["invariant"] for v in again.violations)
     assert f"lab-{lab}" not in mutants.MUTANTS  # registered only while the check ran
+
+
+CONTRACT_CLAUSES = {  # lab 5: the clause of the contract each answer that survives every crash breaks
+    checkpoint_through_newest: "but if snapshot 28 is damaged recovery falls back on replay from seq 1 "
+    "(fewer than 2 snapshots), which needs the log from seq 1",
+    checkpoint_never_compacts: "the segments through seq 28 are covered by snapshot 28 and never deleted",
+    checkpoint_no_rotation: "the WAL segment being written starts at seq 1, not 29",
+    checkpoint_one_too_many: "3 snapshots are on disk ([28, 40, 52]), but snapshots_kept is 2",
+}
+
+
+@pytest.mark.parametrize("fn", list(CONTRACT_CLAUSES), ids=[f.__name__ for f in CONTRACT_CLAUSES])
+def test_the_checkpoint_contract_names_what_the_checkpoint_left(fn: Callable[..., Any]) -> None:
+    why = labs.checkpoint_contract(fn)
+    assert why is not None and CONTRACT_CLAUSES[fn] in why, why
+    assert labs.checkpoint_contract(reference("lab5-checkpoint")) is None
+    assert labs.LABS["checkpoint"].config["snapshots_kept"] == 1  # the sweeps keep one, the contract two
+
+
+def checkpoint_rotate_first(steps: labs.CheckpointSteps) -> None:
+    """The rotation syncs the segment it closes: as good as sync_wal."""
+    steps.rotate_wal()
+    steps.write_snapshot()
+    steps.delete_segments(_prune(steps))
+
+
+def checkpoint_compact_then_rotate(steps: labs.CheckpointSteps) -> None:
+    """`beaver run`'s order: the child compacts, the loop rotates after (docs/architecture.md)."""
+    steps.sync_wal()
+    steps.write_snapshot()
+    steps.delete_segments(_prune(steps))
+    steps.rotate_wal()
+
+
+@pytest.mark.parametrize("fn", [checkpoint_rotate_first, checkpoint_compact_then_rotate])
+def test_the_checkpoint_lab_passes_any_safe_order(
+    fn: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = labs.check("checkpoint", fn, plot=False)
+    assert result.passed, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_the_reference_checkpoint_leaves_the_bytes_the_real_one_does(keep: int) -> None:
+    """The steps are the real Storage's calls: in the real order, the lab's run leaves the same
+    files, byte for byte, as the same run with the controller's own checkpoint."""
+    sim = labs.LABS["checkpoint"].simulation()
+    sim = replace(sim, config=replace(sim.config, snapshots_kept=keep))
+    with labs.plugged("checkpoint", reference("lab5-checkpoint")):
+        lab = sim.run()
+    real = replace(sim, mutant=None).run()
+    assert lab.ok and real.ok
+    assert lab.summary["files_sha256"] == real.summary["files_sha256"]
+    snapshots = [p for p in lab.files if p.startswith("/data/snap/")]
+    assert len(snapshots) == keep and "/data/wal/wal-00000000000000000001.log" not in lab.files
 
 
 def test_an_exhaustive_check_tries_every_subset_of_the_unsynced_writes(
@@ -446,6 +622,16 @@ def test_a_broken_contract_is_named(capsys: pytest.CaptureFixture[str]) -> None:
             "the snapshot it was given",
         ),
         (
+            "checkpoint",
+            lambda steps: steps.sync_wal(),
+            "checkpoint returned, but snapshot 28 is not on disk: a checkpoint leaves the snapshot it took",
+        ),
+        (
+            "checkpoint",
+            lambda steps: steps.delete_snapshot(steps.seq),
+            "delete_snapshot(28): there is no snapshot 28 (on disk: [])",
+        ),
+        (
             "group-commit",
             lambda f, lines, release: f.write(b"".join(lines)),
             "commit_turn returned without calling release(): no enqueue is ever acknowledged",
@@ -457,7 +643,7 @@ def test_a_broken_contract_is_named(capsys: pytest.CaptureFixture[str]) -> None:
         assert capsys.readouterr().out == f"FAIL: {message}\n"
     assert not [name for name in mutants.MUTANTS if name.startswith("lab-")]
     with pytest.raises(
-        BeaverError, match="unknown lab 'nope'; known: wal, snapshot, replay, retry, group-commit"
+        BeaverError, match="unknown lab 'nope'; known: wal, snapshot, replay, retry, checkpoint, group-commit"
     ):
         labs.check("nope", apply)
 
