@@ -11,9 +11,7 @@ way recovery does."""
 
 from __future__ import annotations
 
-import gc
 import posixpath
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -27,9 +25,11 @@ from beaver_sim.core.queue import RETENTION_UNKNOWN, SCHEMA_VERSION, JobQueue
 from beaver_sim.core.records import Record, apply
 from beaver_sim.core.types import Config
 from beaver_sim.errors import BeaverError, CorruptLog
+from beaver_sim.speed import paused_gc
 from beaver_sim.storage import snapshot as S
 from beaver_sim.storage import wal as W
 from beaver_sim.storage.fs import FS
+from beaver_sim.storage.log_format import segment_seq
 from beaver_sim.storage.snapshot import Snapshot, SnapshotStore
 from beaver_sim.storage.wal import Problem, Scan, WriteAheadLog
 
@@ -58,17 +58,12 @@ def read_state(snap: Snapshot, path: str) -> JobQueue:
             f"{path}: snapshot schema version {snap.version} is not supported "
             f"(this version reads {', '.join(map(str, sorted(_READERS)))})"
         )
-    # A large state is millions of objects and no cycles: with the cyclic GC on, its passes would
-    # walk the growing heap again and again (half of the decode time at a million jobs), as in scan.
-    enabled = gc.isenabled()
-    gc.disable()
+    # a large state is millions of objects and no cycles (half the decode time with the GC on)
     try:
-        q = build(orjson.loads(snap.body))
+        with paused_gc():
+            q = build(orjson.loads(snap.body))
     except (ValueError, KeyError, TypeError, AssertionError) as e:
         raise CorruptLog(f"{path}: snapshot body is not a valid state ({e})") from e
-    finally:
-        if enabled:
-            gc.enable()
     if q.last_seq != snap.seq:
         raise CorruptLog(f"{path}: body seq {q.last_seq} differs from header")
     return q
@@ -227,8 +222,6 @@ def _legacy_window(q: JobQueue, retention: int) -> None:
 
 # -- the operator's view: read-only inspection and a planned repair -----------------------------
 
-_SNAPSHOT = re.compile(r"snap-(\d{20})\.json")
-
 
 @dataclass(slots=True)
 class Inspection:
@@ -270,7 +263,7 @@ def inspect(
     `completed_retention`, used as recovery uses it (`_legacy_window`). `recovery`: the
     `wal_recovery`; under "strict" a whole last record that fails its checksum is damage, not a
     torn tail."""
-    names = [n for n in fs.listdir(snap_dir) if _SNAPSHOT.fullmatch(n)] if fs.is_dir(snap_dir) else []
+    names = [n for n in fs.listdir(snap_dir) if S.snapshot_seq(n) is not None] if fs.is_dir(snap_dir) else []
     paths = [posixpath.join(snap_dir, n) for n in names]
     q, newest, broken = JobQueue(), None, []
     for path in reversed(paths):
@@ -393,7 +386,9 @@ def plan_repair(
 
 
 def _first_seq(path: str) -> int:
-    return int(posixpath.basename(path)[4:24])
+    seq = segment_seq(posixpath.basename(path))
+    assert seq is not None, path  # later_segments lists segments only
+    return seq
 
 
 def apply_repair(fs: FS, wal_dir: str, plan: RepairPlan) -> list[str]:

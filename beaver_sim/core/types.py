@@ -14,6 +14,8 @@ import orjson
 from beaver_sim.errors import BeaverError as BeaverError
 from beaver_sim.errors import CorruptLog as CorruptLog
 from beaver_sim.errors import brief
+from beaver_sim.storage import log_format
+from beaver_sim.storage.log_format import FSYNC_POLICIES
 
 
 class JobStatus(StrEnum):
@@ -142,10 +144,9 @@ class Backoff:
         return []
 
 
-FSYNC_POLICIES = ("always", "interval", "never")
-PREALLOCATE = ("auto", "none", "fallocate", "zeros")  # storage.wal.PREALLOCATE, and auto
+PREALLOCATE = ("auto", *log_format.PREALLOCATE)  # auto: fallocate where the file system can
 MIN_RECORD_BYTES = 4096  # records.MAX_REASON_BYTES plus a record's fields, with room for an id
-WAL_RECOVERY = ("tolerate-tail", "strict")  # storage.wal.RECOVERY
+WAL_RECOVERY = log_format.RECOVERY
 
 
 @dataclass(slots=True)

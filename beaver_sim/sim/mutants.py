@@ -26,9 +26,9 @@ from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import BeaverError, IllegalTransition, JobStatus
 from beaver_sim.sim.fs import SimFile, SimFS
 from beaver_sim.storage import snapshot as snap
-from beaver_sim.storage import wal
+from beaver_sim.storage.log_format import frame, header_line, parse_header, parse_line, segment_seq
 from beaver_sim.storage.snapshot import SnapshotStore
-from beaver_sim.storage.wal import SEGMENT_NAME, WriteAheadLog, frame, header_line, list_segments
+from beaver_sim.storage.wal import WriteAheadLog, list_segments
 
 Apply = Callable[[JobQueue, R.Record], None]
 
@@ -114,7 +114,7 @@ class BitRotFS(SimFS):
 
     def after_crash(self, model: str, torn_bytes: int = 0) -> SimFS:
         out = super().after_crash(model, torn_bytes)
-        names = sorted(p for p in out.files if SEGMENT_NAME.fullmatch(posixpath.basename(p)))
+        names = sorted(p for p in out.files if segment_seq(posixpath.basename(p)) is not None)
         for path in reversed(names):
             data = out.files[path].data
             at = data.find(b'"type":"enqueue"')
@@ -154,13 +154,13 @@ def _sign(fs: Any, path: str, crc: int | None) -> int | None:
     """Rewrite the CRCs of a segment's framed lines (and its header's chain) as if they had been
     right; stop at the first line that does not frame. Returns the chain at its end."""
     lines = fs.read_bytes(path).split(b"\n")
-    h = wal._header(lines[0])
+    h = parse_header(lines[0])
     if h is None:
         return crc
     crc = h["prev_crc"] if crc is None else crc
     out = [header_line(h["first_seq"], h["base_lsn"], crc)[:-1]]
     for i, line in enumerate(lines[1:], 1):
-        parsed = wal._parse_line(line, crc)  # a CRC that fails is all this reader forgives
+        parsed = parse_line(line, crc)  # a CRC that fails is all this reader forgives
         if i == len(lines) - 1 or (isinstance(parsed, str) and parsed != "checksum mismatch"):
             out += lines[i:]
             break
@@ -299,7 +299,7 @@ class ReplayWholeLogWAL(WriteAheadLog):
         cls, fs: Any, directory: str, *, after_seq: int = 0, on_record: Any = None, **options: Any
     ) -> tuple[WriteAheadLog, Any, int]:
         names = list_segments(fs, directory) if fs.is_dir(directory) else []
-        first = int(names[0][4:24]) if names else 1
+        first = segment_seq(names[0]) or 1 if names else 1
         after_seq = min(after_seq, first - 1)
         return super().open(fs, directory, after_seq=after_seq, on_record=on_record, **options)
 

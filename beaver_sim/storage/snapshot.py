@@ -27,7 +27,14 @@ T = TypeVar("T")
 
 
 def snapshot_name(seq: int) -> str:
+    """The file name of the snapshot that covers records 1..`seq`."""
     return f"snap-{seq:020d}.json"
+
+
+def snapshot_seq(name: str) -> int | None:
+    """The seq a snapshot's file name carries; None if `name` (a base name) is not a snapshot's."""
+    m = _SNAPSHOT.fullmatch(name)
+    return int(m.group(1)) if m else None
 
 
 @dataclass(slots=True)
@@ -98,7 +105,7 @@ class SnapshotStore:
     def seqs(self) -> list[int]:
         """last_included_seq of every snapshot file, oldest first."""
         names = self.fs.listdir(self.directory)
-        return [int(m.group(1)) for n in names if (m := _SNAPSHOT.fullmatch(n))]
+        return [seq for n in names if (seq := snapshot_seq(n)) is not None]
 
     def path(self, seq: int) -> str:
         return posixpath.join(self.directory, snapshot_name(seq))

@@ -32,7 +32,8 @@ from beaver_sim.sim.sweep import (
     with_torn,
 )
 from beaver_sim.storage.fs import FS, RealFS
-from beaver_sim.storage.wal import WriteAheadLog, _parse_line, frame, list_segments, scan
+from beaver_sim.storage.log_format import frame, parse_line
+from beaver_sim.storage.wal import WriteAheadLog, list_segments, scan
 
 SEG = 4096
 
@@ -113,8 +114,8 @@ def test_segments_are_full_size_and_the_zeros_are_the_end_of_the_log(
 
 def test_a_zero_header_is_never_a_record() -> None:
     for n in (1, 8, 9, 20, 100):
-        assert isinstance(_parse_line(bytes(n), 0), str)
-        assert isinstance(_parse_line(bytes(n), crc32c(bytes(n))), str)
+        assert isinstance(parse_line(bytes(n), 0), str)
+        assert isinstance(parse_line(bytes(n), crc32c(bytes(n))), str)
 
 
 @given(
