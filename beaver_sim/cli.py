@@ -26,7 +26,7 @@ import orjson
 from beaver_sim import __version__
 from beaver_sim.config import load_config, parse_duration
 from beaver_sim.core.limits import check_job, check_when, loads_exact
-from beaver_sim.core.recovery import Inspection, RepairPlan, apply_repair, inspect, plan_repair
+from beaver_sim.core.repair import Inspection, RepairPlan, apply_repair, inspect, plan_repair
 from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.errors import brief
 from beaver_sim.runtime.lock import DataDirLock

@@ -39,8 +39,9 @@ from typing import Any
 import orjson
 
 from beaver_sim.core import records as R
-from beaver_sim.core.queue import SCHEMA_VERSION, JobQueue
-from beaver_sim.core.recovery import Storage, state_body
+from beaver_sim.core.codec import SCHEMA_VERSION, state_body
+from beaver_sim.core.durable import Storage
+from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import Job, JobStatus, Lease
 from beaver_sim.storage.fs import RealFS
 from beaver_sim.storage.snapshot import SnapshotStore

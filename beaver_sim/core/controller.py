@@ -36,8 +36,8 @@ import orjson
 
 from beaver_sim.core import records as R
 from beaver_sim.core.draws import Draws
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.limits import PayloadRefused, check_job, check_when, result_json
-from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import BeaverError, Clock, Config, DuplicateJob, JobStatus, Workers
 from beaver_sim.errors import brief
 

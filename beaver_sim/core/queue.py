@@ -25,8 +25,6 @@ from collections import Counter, deque
 from operator import attrgetter
 from typing import Any
 
-import orjson
-
 from beaver_sim.core.types import IllegalTransition, Job, JobStatus, Lease
 from beaver_sim.errors import brief
 
@@ -39,15 +37,8 @@ PENDING, IN_FLIGHT, COMPLETED, DEAD, DELAYED, CANCELLED = (
     JobStatus.CANCELLED,
 )
 ENDED = (COMPLETED, DEAD, CANCELLED)
-# of the snapshot body: 3 is `to_columns` (2 without reasons, results, delays, budgets; still read),
-# 1 (`to_state`) is still read
-SCHEMA_VERSION = 3
 RETENTION_UNKNOWN = -1  # a snapshot written before the window was recorded: recovery sets it
-_id, _status = attrgetter("id"), attrgetter("status")
-# a job's state in `to_columns`
-_CODE = {PENDING: "p", IN_FLIGHT: "i", COMPLETED: "c", DEAD: "d", DELAYED: "w", CANCELLED: "x"}
-_STATUS_OF = {c: s for s, c in _CODE.items()}.__getitem__
-_SPARSE = ("reasons", "results", "not_before", "base")  # JobQueue's tables by id, as snapshot keys
+_status = attrgetter("status")
 
 
 class JobQueue:
@@ -314,10 +305,11 @@ class JobQueue:
         seen.update(Counter(map(_status, self.jobs.values())))
         if seen != self.counts:
             raise AssertionError(f"state counts {self.counts} differ from the jobs {seen}")
-        self._check_links()
+        self.check_links()
 
-    def _check_links(self) -> None:
-        """The pending FIFO and the leases agree with the jobs' states, given counts that are right.
+    def check_links(self) -> None:
+        """The pending FIFO and the leases agree with the jobs' states, given counts that are right
+        (core/codec.py builds them in bulk from the jobs, then checks only this).
         O(pending + in flight): each pending id is a pending job and each lease an in-flight job
         with its attempt, and there are as many of each as the counts say."""
         jobs, leases, pending = self.jobs, self.leases, self.pending
@@ -377,11 +369,12 @@ class JobQueue:
             if job is None or type(base) is not int or not 0 <= base <= job.attempt:
                 raise AssertionError(f"job {brief(job_id)}: budget base {brief(base)} is past its attempts")
 
-    # -- snapshot state ------------------------------------------------------------------------
+    # -- the state as plain data -----------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:
         """Everything needed to rebuild this queue, as plain JSON-ready data (with retention, the
-        end order and the dropped count too: replay after this snapshot drops what the live run did)."""
+        end order and the dropped count too: replay after this snapshot drops what the live run did).
+        The body of a schema-1 snapshot, which core/codec.py still reads; compare two states with it."""
         state = {
             "schema": 1,
             "last_seq": self.last_seq,
@@ -394,84 +387,3 @@ class JobQueue:
             state["dropped"] = self.dropped
             state["retention"] = self.retention
         return state
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> JobQueue:
-        """Rebuild a queue from `to_state()` output and check it. Built in bulk (a million jobs is a
-        recovery's hot path); the counts come from the jobs themselves, so only the links need checking."""
-        q = cls()
-        rows = state["jobs"]
-        status_of = {s.value: s for s in JobStatus}.__getitem__
-        jobs = [Job(job_id, payload, attempt, status_of(status)) for job_id, status, attempt, payload in rows]
-        q.jobs = dict(zip(map(_id, jobs), jobs))
-        if len(q.jobs) != len(jobs):
-            raise AssertionError("a job id appears twice in the snapshot")
-        q.counts.update(Counter(map(_status, jobs)))
-        q.pending.extend(state["pending"])
-        q.leases = {k: Lease(a, w, d) for k, a, w, d in state["leases"]}
-        q.last_seq = state["last_seq"]
-        q._window(state)
-        return q
-
-    def to_columns(self) -> dict[str, Any]:
-        """The snapshot body of schema 3: a column per job field, each job's state one character,
-        each payload its JSON text. A million jobs decode as a few long lists of strings and
-        small ints, not a million lists and dicts, and payloads stay text until dispatched. What few
-        jobs have (a reason, a result, a due time, a budget base) is an object by id, present only
-        when not empty (so a body of schema 2 reads as one of 3 without them)."""
-        jobs = self.jobs.values()
-        dumps, code = orjson.dumps, _CODE
-        cols: dict[str, Any] = {
-            "schema": SCHEMA_VERSION,
-            "last_seq": self.last_seq,
-            "ids": list(self.jobs),
-            "status": "".join([code[j.status] for j in jobs]),
-            "attempts": [j.attempt for j in jobs],
-            "payloads": [r if type(r := j.raw) is str else dumps(r).decode() for j in jobs],
-            "pending": list(self.pending),
-            "leases": [[k, v.attempt, v.worker, v.deadline] for k, v in self.leases.items()],
-        }
-        if self.retention or self.dropped:
-            cols["ended"] = list(self.ended)
-            cols["dropped"] = self.dropped
-            cols["retention"] = self.retention
-        for key in _SPARSE:
-            if table := getattr(self, key):
-                cols[key] = table
-        return cols
-
-    @classmethod
-    def from_columns(cls, cols: dict[str, Any]) -> JobQueue:
-        """Rebuild a queue from `to_columns()` output and check it, like `from_state`."""
-        q = cls()
-        ids, status, attempts, payloads = cols["ids"], cols["status"], cols["attempts"], cols["payloads"]
-        if not len(ids) == len(status) == len(attempts) == len(payloads):
-            raise AssertionError("the job columns differ in length")
-        if not set(map(type, ids)) <= {str} or not set(map(type, payloads)) <= {str}:
-            raise AssertionError("a job id or payload is not a string")
-        jobs = list(map(Job, ids, payloads, attempts, map(_STATUS_OF, status)))
-        q.jobs = dict(zip(ids, jobs))
-        if len(q.jobs) != len(jobs):
-            raise AssertionError("a job id appears twice in the snapshot")
-        q.counts.update({s: status.count(c) for s, c in _CODE.items()})
-        q.pending.extend(cols["pending"])
-        q.leases = {k: Lease(a, w, d) for k, a, w, d in cols["leases"]}
-        q.last_seq = cols["last_seq"]
-        for key in _SPARSE:
-            table = cols.get(key, {})
-            if type(table) is not dict:
-                raise AssertionError(f"{key} is not an object")
-            setattr(q, key, table)
-        q._window(cols)
-        return q
-
-    def _window(self, body: dict[str, Any]) -> None:
-        """The retention window of a snapshot body, then the links checked. A body with an end
-        order but no `retention` predates recording it: RETENTION_UNKNOWN, for recovery to set."""
-        self.ended.extend(body.get("ended", ()))
-        self.dropped = body.get("dropped", 0)
-        retention = body.get("retention", RETENTION_UNKNOWN if "ended" in body else 0)
-        if type(retention) is not int or retention < RETENTION_UNKNOWN:
-            raise AssertionError(f"retention {retention!r} is not a count")
-        self.retention = retention
-        self._check_links()

@@ -23,7 +23,8 @@ from functools import partial
 from typing import Any, TypeVar
 
 from beaver_sim.core.controller import Controller, Enqueued
-from beaver_sim.core.recovery import Inspection, Storage, inspect
+from beaver_sim.core.durable import Storage
+from beaver_sim.core.repair import Inspection, inspect
 from beaver_sim.core.types import Abandoned, BeaverError, Config, CorruptLog, JobStatus, OnResult
 from beaver_sim.metrics import MetricsServer, QueueMetrics, Sample, sample
 from beaver_sim.runtime import forks
@@ -479,7 +480,7 @@ def _write(
 
 
 def read_state(config: Config, attempts: int = 3) -> Inspection:
-    """Rebuild the state as recovery would (core.recovery.inspect) without changing any file or
+    """Rebuild the state as recovery would (core.repair.inspect) without changing any file or
     taking the lock. A torn tail (a writer mid-append) ends the replay; other damage is CorruptLog.
     A running writer may delete segments or snapshots under us during a checkpoint: try again then."""
     fs = RealFS()

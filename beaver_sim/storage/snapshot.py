@@ -2,7 +2,7 @@
 
 File `snap-<N:020d>.json`: a header line `{"magic","v","last_included_seq","body_len","body_crc32c"}`
 and the body. The store checks the header and the body's checksum; what the body means (and which
-versions `v` exist) is its reader's business (core/recovery.py). Written as tmp, fsync, os.replace,
+versions `v` exist) is its reader's business (core/codec.py). Written as tmp, fsync, os.replace,
 fsync of the directory (the seed's WriteFile + Rename had neither fsync). The two newest are kept; a
 newest that fails its checksum, or that its reader calls corrupt, is renamed `.broken` and the older
 one is used."""

@@ -574,7 +574,7 @@ def verify(fs: FS, directory: str) -> Scan:
 
 def repair(fs: FS, directory: str) -> tuple[Scan, int, list[str]]:
     """Point-in-time repair of the log alone: cut it at its first bad record (see `cut`). The
-    operator's `beaver wal repair` plans first, with the snapshots in view (core.recovery)."""
+    operator's `beaver wal repair` plans first, with the snapshots in view (core.repair)."""
     s = scan(fs, directory)
     if s.problem is None:
         return s, 0, []

@@ -19,14 +19,9 @@ from hypothesis import strategies as st
 from beaver_sim.cli import read_jobs
 from beaver_sim.config import load_config
 from beaver_sim.core import records as R
-from beaver_sim.core.recovery import (
-    Storage,
-    decode_snapshot,
-    encode_snapshot,
-    inspect,
-    plan_repair,
-    read_state,
-)
+from beaver_sim.core.codec import decode_snapshot, encode_snapshot, read_state
+from beaver_sim.core.durable import Storage
+from beaver_sim.core.repair import inspect, plan_repair
 from beaver_sim.core.types import BeaverError
 from beaver_sim.runtime import server
 from beaver_sim.runtime.service import Service

@@ -18,7 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from beaver_sim.core import records as R
-from beaver_sim.core.recovery import Storage, apply_repair, plan_repair
+from beaver_sim.core.durable import Storage
+from beaver_sim.core.repair import apply_repair, plan_repair
 from beaver_sim.core.types import Config, CorruptLog
 from beaver_sim.sim.fs import CRASH_MODELS, METADATA_FIRST, POWER_LOSS, PROCESS, TORN_BLOCKS, SimFS
 from beaver_sim.sim.sweep import (
