@@ -116,14 +116,10 @@ class SnapshotStore:
         path = self.path(seq)
         f = fs.create(path + ".tmp")
         f.write(encode(seq, version, body))
-        fs.mark("snapshot-tmp-written")
         f.sync()
         f.close()
-        fs.mark("snapshot-tmp-synced")
         fs.replace(path + ".tmp", path)
-        fs.mark("snapshot-renamed")
         fs.sync_dir(self.directory)
-        fs.mark("snapshot-dir-synced")
         return path
 
     def prune(self) -> int:
@@ -135,7 +131,6 @@ class SnapshotStore:
             self.fs.remove(self.path(seq))
         if doomed:
             self.fs.sync_dir(self.directory)
-            self.fs.mark("snapshots-pruned")
         return kept[0] if len(kept) >= self.keep else 0
 
     def load(self, read: Callable[[Snapshot, str], T]) -> Loaded[T]:

@@ -538,7 +538,6 @@ class WriteAheadLog:
                 removed += 1
         if removed:
             self.fs.sync_dir(self.directory)
-            self.fs.mark("wal-segments-deleted")
         del self.segments[: len(doomed)]
         return len(doomed)
 
@@ -563,7 +562,6 @@ def create_segment(
     f.close()
     fs.replace(path + ".tmp", path)
     fs.sync_dir(directory)
-    fs.mark("wal-rotated")
     return path
 
 
