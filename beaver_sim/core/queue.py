@@ -110,8 +110,10 @@ class JobQueue:
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
 
-    def _move(self, job: Job, to: JobStatus) -> None:
-        """Change a job's state and the counts (the mutants' replay handlers move jobs with it)."""
+    def move(self, job: Job, to: JobStatus) -> None:
+        """Change a job's state and the counts, and nothing else: no rule checked, no FIFO or lease
+        touched. The transitions' building block; a replay handler that moves jobs as the seed did
+        (sim/mutants.py, lab 3) must keep the FIFO and leases in step itself."""
         counts = self.counts
         counts[job.status] -= 1
         counts[to] += 1
@@ -154,7 +156,7 @@ class JobQueue:
         if type(not_before) is not float and type(not_before) is not int:
             raise ValueError(f"not_before {brief(not_before)} is not a time")
         self.pending.pop()
-        self._move(job, DELAYED)
+        self.move(job, DELAYED)
         self.not_before[job_id] = not_before
         return job
 
@@ -164,7 +166,7 @@ class JobQueue:
         if job is None or job.status is not DELAYED:
             raise self._refuse(job_id, "release", DELAYED)
         del self.not_before[job_id]
-        self._move(job, PENDING)
+        self.move(job, PENDING)
         self.pending.append(job_id)
         return job
 
@@ -178,7 +180,7 @@ class JobQueue:
             self.pending.remove(job_id)
         else:
             del self.not_before[job_id]
-        self._move(job, CANCELLED)
+        self.move(job, CANCELLED)
         if self.retention:
             self._ended(job_id)
         return job
@@ -193,7 +195,7 @@ class JobQueue:
             self.ended.remove(job_id)
         self.reasons.pop(job_id, None)
         self.base[job_id] = job.attempt
-        self._move(job, PENDING)
+        self.move(job, PENDING)
         self.pending.append(job_id)
         return job
 

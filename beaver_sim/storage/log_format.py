@@ -75,9 +75,8 @@ def parse_header(line: bytes) -> dict[str, Any] | None:
     return h
 
 
-def parse_line(line: bytes, prev_crc: int) -> tuple[int, bytes] | str:
-    """(stored crc, body) of a good record line (without its newline) chained from `prev_crc`, or
-    the reason it is bad."""
+def _framing(line: bytes) -> tuple[int, bytes] | str:
+    """(stored crc, body) of a record line whose framing holds, or the reason it does not."""
     parts = line.split(b" ", 2)
     if len(parts) != 3 or len(parts[0]) != 8 or not parts[1].isdigit():
         return "malformed record"
@@ -85,12 +84,27 @@ def parse_line(line: bytes, prev_crc: int) -> tuple[int, bytes] | str:
     if int(parts[1]) != len(body):
         return "record length mismatch"
     try:
-        stored = int(parts[0], 16)
+        return int(parts[0], 16), body
     except ValueError:
         return "malformed checksum"
-    if crc32c(body, prev_crc) != stored:
+
+
+def parse_line(line: bytes, prev_crc: int) -> tuple[int, bytes] | str:
+    """(stored crc, body) of a good record line (without its newline) chained from `prev_crc`, or
+    the reason it is bad."""
+    got = _framing(line)
+    if isinstance(got, str):
+        return got
+    if crc32c(got[1], prev_crc) != got[0]:
         return "checksum mismatch"
-    return stored, body
+    return got
+
+
+def unframe(line: bytes) -> bytes | None:
+    """The body of a record line (without its newline) whose framing holds, its CRC not checked;
+    None if `parse_line` would call it malformed."""
+    got = _framing(line)
+    return None if isinstance(got, str) else got[1]
 
 
 def records(data: bytes) -> Iterator[tuple[Record, int, int]]:

@@ -424,11 +424,10 @@ class WriteAheadLog:
 
     def append(self, rec: Record) -> int:
         """Assign the next seq to `rec`, encode and buffer it; returns the seq. Not yet durable."""
-        if self._failed is not None:
-            raise WALFailed(f"{self.directory}: the log failed earlier ({self._failed}); restart")
+        self.ensure_open()
         seq = self.next_seq
         rec["seq"] = seq
-        body = orjson.dumps(rec)
+        body = self.encode(rec)
         if len(body) > self.max_record:
             rec["seq"] = 0
             raise RecordTooLarge(
@@ -436,11 +435,58 @@ class WriteAheadLog:
             )
         self._undo = (self.crc, self.lsn)
         self.crc = crc = crc32c(body, self.crc)
-        line = frame(body, crc)
+        line = self.frame(body, crc)
         self._buf.append(line)
         self.lsn += len(line)
         self.next_seq = seq + 1
         return seq
+
+    # Extension points: a subclass (the simulator's broken variants, a lab's learner code) may
+    # override these, within what each docstring says it must keep; the rest of the class is fixed.
+
+    def encode(self, rec: Record) -> bytes:
+        """The body logged for `rec` (its seq already set): its JSON. A subclass may log other bytes
+        for it (a mutant renumbers seqs); it must return one JSON object without a newline, which the
+        CRC then covers and the size limit checks. Replay decodes what this returns."""
+        return orjson.dumps(rec)
+
+    def frame(self, body: bytes, crc: int) -> bytes:
+        """The line that carries `body`, whose chained CRC is `crc`: log_format.frame. A subclass may
+        frame it otherwise (a mutant writes no checksum); the line must end with its newline, and
+        its length is what the LSN advances by. The chain (`crc`) goes on from `crc` whatever the
+        line says."""
+        return frame(body, crc)
+
+    def take_pending(self) -> list[bytes]:
+        """The framed lines appended and not yet written, in log order, handed over: the caller
+        must write them to `segment_file` in that order (and sync them before it acknowledges any),
+        then call `mark_durable`. For a subclass or a controller that commits a turn its own way
+        (the labs); `flush` is the log's own way."""
+        lines, self._buf = self._buf, []
+        return lines
+
+    @property
+    def segment_file(self) -> FileHandle:
+        """The live segment's open file, positioned at the end of the log: where lines taken with
+        `take_pending` go. Closed and replaced by `rotate`."""
+        return self._file
+
+    def mark_durable(self) -> None:
+        """Everything appended was written and synced by the caller (see `take_pending`): the log
+        counts it durable, as `sync` would have made it."""
+        self.written_lsn = self.durable_lsn = self.lsn
+
+    def rotate_if_full(self) -> None:
+        """Start a new segment once the written part of the live one reaches `segment_bytes` (the
+        end of every flush, the log's own or a subclass's)."""
+        if self.written_lsn - self.segments[-1].base_lsn >= self.segment_bytes:
+            self.rotate()
+
+    def ensure_open(self) -> None:
+        """WALFailed if a write or sync failed earlier: a failed log stays failed, so no later
+        append or flush is ever reported done (fsync(2), PostgreSQL's fsyncgate)."""
+        if self._failed is not None:
+            raise WALFailed(f"{self.directory}: the log failed earlier ({self._failed}); restart")
 
     def discard_last(self) -> None:
         """Take back the record just appended (still buffered): its apply was refused."""
@@ -455,25 +501,19 @@ class WriteAheadLog:
 
     def flush(self) -> None:
         """Write what is buffered (one write); under `always`, make it durable (one fdatasync)."""
-        if self._failed is not None:  # a failed log stays failed: never report a later flush as done
-            raise WALFailed(f"{self.directory}: the log failed earlier ({self._failed}); restart")
+        self.ensure_open()
         if self._buf:
             data = b"".join(self._buf)
             self._buf.clear()
-            try:  # self._io, inlined: one flush per event-loop turn
-                self._file.write(data)
-            except OSError as e:
-                self._fail(e)
+            self._io(self._file.write, data)
             self.written_lsn = self.lsn
         if self.fsync == "always":
             self.sync()
-        if self.written_lsn - self.segments[-1].base_lsn >= self.segment_bytes:
-            self.rotate()
+        self.rotate_if_full()
 
     def sync(self) -> None:
         """Make everything written durable (fdatasync), whatever the policy."""
-        if self._failed is not None:  # a failed log stays failed: never report a later flush as done
-            raise WALFailed(f"{self.directory}: the log failed earlier ({self._failed}); restart")
+        self.ensure_open()
         if self._buf:
             self._io(self._file.write, b"".join(self._buf))
             self._buf.clear()
@@ -485,16 +525,12 @@ class WriteAheadLog:
             self._io(self._file.sync)
             self.on_sync(self.timer() - t0)
         else:
-            try:  # self._io, inlined: one sync per flush under `always`
-                self._file.sync()
-            except OSError as e:
-                self._fail(e)
+            self._io(self._file.sync)
         self.syncs += 1
         self.durable_lsn = self.written_lsn
 
     def _io(self, fn: Callable[..., None], *args: Any) -> None:
-        if self._failed is not None:
-            raise WALFailed(f"{self.directory}: the log failed earlier ({self._failed}); restart")
+        """`fn(*args)`, a write or sync of the live segment: an OSError fails the log for good."""
         try:
             fn(*args)
         except OSError as e:

@@ -100,3 +100,12 @@ def test_paused_gc_restores_the_collector() -> None:
     with pytest.raises(ValueError), paused_gc():
         raise ValueError
     assert gc.isenabled()
+
+
+def test_unframe_trusts_the_framing_not_the_crc() -> None:
+    body = b'{"seq":1}'
+    line = F.frame(body, 12345)[:-1]  # a CRC that is wrong for any chain
+    assert isinstance(F.parse_line(line, 0), str)
+    assert F.unframe(line) == body
+    assert F.unframe(line.replace(b" 9 ", b" 8 ")) is None  # the length field no longer holds
+    assert F.unframe(b"zzzzzzzz 9 " + body) is None  # not a hex checksum
