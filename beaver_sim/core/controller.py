@@ -376,7 +376,7 @@ class Controller:
         if backoff is None:
             return None
         n = self.state.budget_used(job_id, attempt)
-        wait = min(backoff.max, backoff.base * 2 ** (n - 1))
+        wait: float = min(backoff.max, backoff.base * 2 ** (n - 1))
         wait *= 1 - backoff.jitter * self.draws.jitter(job_id, attempt)
         return self.clock.epoch() + wait
 

@@ -159,7 +159,9 @@ def plan_repair(
         why = f"the damage is in records {found.snapshot} covers (seq <= {covered}) and in later ones"
         return RepairPlan(found, p, [], 0, {}, 0, 0, 0, 0, refused=why)
     kinds: Counter[str] = Counter()
-    enqueued, acked, dead = set(), set(), set()
+    enqueued: set[Any] = set()  # job ids as the records hold them (verified, yet any JSON value)
+    acked: set[Any] = set()
+    dead: set[Any] = set()
     good, unreadable = W.records_from(fs, p, found.scan.crc, later)  # only what verifies is counted
     for rec in good:
         kind, job, seq = rec.get("type"), rec.get("job"), rec.get("seq")

@@ -44,16 +44,18 @@ class Job:
     @property
     def payload(self) -> dict[str, Any]:
         raw = self.raw
-        if type(raw) is str:
-            self.raw = raw = orjson.loads(raw)
-        return raw  # type: ignore[return-value]
+        if isinstance(raw, str):
+            decoded: dict[str, Any] = orjson.loads(raw)
+            self.raw = raw = decoded
+        return raw
 
     def copy_payload(self) -> dict[str, Any]:
         """A fresh copy of the payload for one attempt: a handler that changes its dict changes
         neither the stored job (its snapshot, its retries) nor the duplicate check. Decoded from the
         snapshot's text, or copied through JSON (a payload is plain JSON: checked at enqueue)."""
         raw = self.raw
-        return orjson.loads(raw if type(raw) is str else orjson.dumps(raw))
+        copy: dict[str, Any] = orjson.loads(raw if type(raw) is str else orjson.dumps(raw))
+        return copy
 
 
 @dataclass(slots=True)
