@@ -25,7 +25,8 @@ from collections import Counter, deque
 from operator import attrgetter
 from typing import Any
 
-from beaver_sim.core.types import IllegalTransition, Job, JobStatus, Lease
+from beaver_sim.core import types as T
+from beaver_sim.core.types import STARTS, IllegalTransition, Job, JobStatus, Lease
 from beaver_sim.errors import brief
 
 PENDING, IN_FLIGHT, COMPLETED, DEAD, DELAYED, CANCELLED = (
@@ -119,13 +120,14 @@ class JobQueue:
         counts[to] += 1
         job.status = to
 
-    def _refuse(self, job_id: str, action: str, expected: JobStatus, why: str = "") -> IllegalTransition:
-        """The error of a transition its job's state does not allow (the slow path: the transitions
-        below test the same conditions inline, and only call this to name what is wrong)."""
+    def _refuse(self, job_id: str, action: str, kind: str, why: str = "") -> IllegalTransition:
+        """The error of a transition (`action`, by a record of type `kind`) that the job's state does
+        not allow (the slow path: the transitions below test the states of `STARTS[kind]` inline,
+        and only call this to name what is wrong); `why` when the state allows it but not the rest."""
         job = self.jobs.get(job_id)
         if job is None:
             return IllegalTransition(job_id, None, action, "no such job")
-        if job.status is not expected:
+        if job.status not in STARTS[kind]:
             return IllegalTransition(job_id, job.status, action)
         return IllegalTransition(job_id, job.status, action, why)
 
@@ -164,7 +166,7 @@ class JobQueue:
         """A delayed job is due: to the back of the pending FIFO."""
         job = self.jobs.get(job_id)
         if job is None or job.status is not DELAYED:
-            raise self._refuse(job_id, "release", DELAYED)
+            raise self._refuse(job_id, "release", T.RELEASE)
         del self.not_before[job_id]
         self.move(job, PENDING)
         self.pending.append(job_id)
@@ -175,7 +177,7 @@ class JobQueue:
         FIFO is searched; an operator's command, never the hot path)."""
         job = self.jobs.get(job_id)
         if job is None or (job.status is not PENDING and job.status is not DELAYED):
-            raise self._refuse(job_id, "cancel", PENDING)
+            raise self._refuse(job_id, "cancel", T.CANCEL)
         if job.status is PENDING:
             self.pending.remove(job_id)
         else:
@@ -190,7 +192,7 @@ class JobQueue:
         (its attempts so far); its reason goes (the next DEAD writes a new one)."""
         job = self.jobs.get(job_id)
         if job is None or job.status is not DEAD:
-            raise self._refuse(job_id, "requeue", DEAD)
+            raise self._refuse(job_id, "requeue", T.REVIVE)
         if self.retention:
             self.ended.remove(job_id)
         self.reasons.pop(job_id, None)
@@ -212,11 +214,11 @@ class JobQueue:
         job = self.jobs.get(job_id)
         pending = self.pending
         if job is None or job.status is not PENDING:
-            raise self._refuse(job_id, "dispatch", PENDING)
+            raise self._refuse(job_id, "dispatch", T.DISPATCH)
         if pending[0] != job_id:
-            raise self._refuse(job_id, "dispatch", PENDING, "not at the head of the queue")
+            raise self._refuse(job_id, "dispatch", T.DISPATCH, "not at the head of the queue")
         if lease.attempt != job.attempt + 1:
-            raise self._refuse(job_id, "dispatch", PENDING, f"attempt {lease.attempt} after {job.attempt}")
+            raise self._refuse(job_id, "dispatch", T.DISPATCH, f"attempt {lease.attempt} after {job.attempt}")
         pending.popleft()
         job.attempt = lease.attempt
         self.leases[job_id] = lease
@@ -231,7 +233,7 @@ class JobQueue:
         job = self.jobs.get(job_id)
         leases = self.leases
         if job is None or job.status is not IN_FLIGHT or leases[job_id].attempt != attempt:
-            raise self._stale(job_id, attempt, "complete")
+            raise self._stale(job_id, attempt, "complete", T.ACK)
         del leases[job_id]
         counts = self.counts
         counts[IN_FLIGHT] -= 1
@@ -248,7 +250,7 @@ class JobQueue:
         job = self.jobs.get(job_id)
         leases = self.leases
         if job is None or job.status is not IN_FLIGHT or leases[job_id].attempt != attempt:
-            raise self._stale(job_id, attempt, "requeue")
+            raise self._stale(job_id, attempt, "requeue", T.REQUEUE)
         del leases[job_id]
         counts = self.counts
         counts[IN_FLIGHT] -= 1
@@ -262,7 +264,7 @@ class JobQueue:
         job = self.jobs.get(job_id)
         leases = self.leases
         if job is None or job.status is not IN_FLIGHT or leases[job_id].attempt != attempt:
-            raise self._stale(job_id, attempt, "mark dead")
+            raise self._stale(job_id, attempt, "mark dead", T.DEAD)
         del leases[job_id]
         counts = self.counts
         counts[IN_FLIGHT] -= 1
@@ -274,12 +276,12 @@ class JobQueue:
             self._ended(job_id)
         return job
 
-    def _stale(self, job_id: str, attempt: int, action: str) -> IllegalTransition:
+    def _stale(self, job_id: str, attempt: int, action: str, kind: str) -> IllegalTransition:
         """Why an attempt cannot end: no such job, not in flight, or not its current attempt."""
         lease = self.leases.get(job_id)
         current = lease.attempt if lease is not None else None
         why = f"attempt {attempt} is not the current attempt {current}"
-        return self._refuse(job_id, action, IN_FLIGHT, why)
+        return self._refuse(job_id, action, kind, why)
 
     # -- inspection ----------------------------------------------------------------------------
 

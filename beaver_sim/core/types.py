@@ -1,4 +1,5 @@
-"""The nouns of the queue: job states, jobs, leases and the errors that name them.
+"""The nouns of the queue: job states, jobs, leases, the record types and the state machine that
+says which job states each record may start from, and the errors that name them.
 
 Everything here is plain data and interfaces; no clock, no I/O. `beaver_sim.config` loads `Config`."""
 
@@ -66,6 +67,37 @@ class Lease:
     attempt: int
     worker: int
     deadline: float
+
+
+# The record types (core/records.py builds and applies them; docs/contracts.md documents them).
+ENQUEUE = "enqueue"  # a new job, with its payload
+DISPATCH = "dispatch"  # attempt N of a job handed to a worker, with its deadline
+ACK = "ack"  # attempt N succeeded: completed
+FAIL = "fail"  # attempt N failed with an error: back to pending
+TIMEOUT = "timeout"  # attempt N passed its deadline: back to pending
+REQUEUE = "requeue"  # attempt N was interrupted by a crash: back to pending
+DEAD = "dead"  # attempt N was the last allowed: dead
+RELEASE = "release"  # a delayed job's not_before has come: pending
+REVIVE = "revive"  # a dead job back to pending with a fresh attempt budget (`beaver requeue`)
+CANCEL = "cancel"  # a pending or delayed job cancelled: it never runs (`beaver cancel`)
+CONFIG = "config"  # settings replay depends on, in effect from this record on (job: "")
+
+# The state machine: the job states each record type may start from. ENQUEUE starts from none (its
+# id must be new); CONFIG concerns no job. JobQueue's transitions test these inline (one flat
+# function each, the replay path) and `IllegalTransition` is raised against them;
+# tests/unit/test_state_machine.py holds the transitions and docs/contracts.md's table to this one.
+STARTS: dict[str, tuple[JobStatus, ...]] = {
+    ENQUEUE: (),
+    DISPATCH: (JobStatus.PENDING,),
+    ACK: (JobStatus.IN_FLIGHT,),
+    FAIL: (JobStatus.IN_FLIGHT,),
+    TIMEOUT: (JobStatus.IN_FLIGHT,),
+    REQUEUE: (JobStatus.IN_FLIGHT,),
+    DEAD: (JobStatus.IN_FLIGHT,),
+    RELEASE: (JobStatus.DELAYED,),
+    REVIVE: (JobStatus.DEAD,),
+    CANCEL: (JobStatus.PENDING, JobStatus.DELAYED),
+}
 
 
 class IllegalTransition(BeaverError):
