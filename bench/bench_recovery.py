@@ -44,8 +44,8 @@ from beaver_sim.core.durable import Storage
 from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import Job, JobStatus, Lease
 from beaver_sim.storage.fs import RealFS
+from beaver_sim.storage.log_format import header_line, segment_name
 from beaver_sim.storage.snapshot import SnapshotStore
-from beaver_sim.storage.wal import header_line, segment_name
 
 WORKERS = 64
 MAX_RETRY = 3

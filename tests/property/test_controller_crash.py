@@ -25,7 +25,8 @@ from beaver_sim.core.types import Config, JobStatus
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSS, PROCESS, SimFS, SimulatedCrash
 from beaver_sim.sim.workers import SimWorkers
-from beaver_sim.storage.wal import FSYNC_POLICIES, scan
+from beaver_sim.storage.log_format import FSYNC_POLICIES
+from beaver_sim.storage.wal import scan
 
 DATA = "/data"
 WAL = f"{DATA}/wal"

@@ -26,8 +26,9 @@ from beaver_sim.core.types import BeaverError
 from beaver_sim.runtime import server
 from beaver_sim.runtime.service import Service
 from beaver_sim.sim.fs import SimFS
+from beaver_sim.storage.log_format import segment_name
 from beaver_sim.storage.snapshot import SnapshotStore
-from beaver_sim.storage.wal import scan, segment_name
+from beaver_sim.storage.wal import scan
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 SEGMENT = "/data/wal/" + segment_name(1)

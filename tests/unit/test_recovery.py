@@ -15,8 +15,9 @@ from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import BeaverError, CorruptLog, IllegalTransition, JobStatus
 from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS
 from beaver_sim.storage.fs import FS, RealFS
+from beaver_sim.storage.log_format import segment_name
 from beaver_sim.storage.snapshot import snapshot_name
-from beaver_sim.storage.wal import RecordTooLarge, list_segments, scan, segment_name
+from beaver_sim.storage.wal import RecordTooLarge, list_segments, scan
 from tests.denied import DeniedRealFS
 
 DATA = "/data"
