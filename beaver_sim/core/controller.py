@@ -239,7 +239,7 @@ class Controller:
             # of this turn, a recovered tail not yet synced), so they wait for the same flush
             self._acks.append(on_durable)
             if self._flush_handle is None:  # nothing logged, but still answered after a flush
-                self._flush_handle = self.clock.call_later(0, self._end_turn)
+                self._flush_handle = self.clock.call_later(0, self._flush)
         self._dispatch()
         return Enqueued(len(new), present)
 
@@ -437,7 +437,7 @@ class Controller:
         if on_durable is not None:
             self._acks.append(on_durable)
             if self._flush_handle is None:
-                self._flush_handle = self.clock.call_later(0, self._end_turn)
+                self._flush_handle = self.clock.call_later(0, self._flush)
 
     def _dispatch(self) -> None:
         if self.stopped or not self.started:
@@ -462,7 +462,7 @@ class Controller:
         turn's flush and the snapshot timer are armed."""
         self.append(rec)
         if self._flush_handle is None:
-            self._flush_handle = self.clock.call_later(0, self._end_turn)
+            self._flush_handle = self.clock.call_later(0, self._flush)
         if self._snapshot_handle is None and self.config.snapshot_interval > 0:
             self._snapshot_handle = self.clock.call_later(self.config.snapshot_interval, self._snapshot)
 
@@ -474,7 +474,8 @@ class Controller:
         `flush` writes the turn."""
         self.storage.append(rec)
 
-    def _end_turn(self) -> None:
+    def _flush(self) -> None:
+        """The end-of-turn timer (its name is what the clock's event log shows)."""
         self._flush_handle = None
         self.flush()
 
@@ -486,7 +487,7 @@ class Controller:
         wal = self.storage.wal
         wal.flush()
         if wal.fsync == "interval" and self._sync_handle is None and wal.durable_lsn < wal.written_lsn:
-            self._sync_handle = self.clock.call_later(self.config.fsync_interval, self._interval_timer)
+            self._sync_handle = self.clock.call_later(self.config.fsync_interval, self._sync)
         self.release_turn()
 
     def release_turn(self) -> None:
@@ -501,7 +502,8 @@ class Controller:
         for ack in acks:
             ack()
 
-    def _interval_timer(self) -> None:
+    def _sync(self) -> None:
+        """The `fsync_interval` timer."""
         self._sync_handle = None
         self.interval_sync()
 
