@@ -51,7 +51,7 @@ from typing import Any
 
 import pandas as pd
 
-from beaver_sim.core.recovery import Storage
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.types import BeaverError, Config
 from beaver_sim.sim import mutants
 from beaver_sim.sim.capture import Capture, record_before, recovered_key
