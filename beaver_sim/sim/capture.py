@@ -1,13 +1,17 @@
-"""Reading a run's log back and going on from a crash point. `wal_records` reads the records from
-a SimFS's segment bytes (deleted segments too, which `_Archive` keeps), `_RecordEnds` notes where
-each record ends so a crash can land there, `Capture` is what a crash at one moment leaves besides
-the files. Sweeps share one run up to each crash point with these (through `_Run.capture`,
-`trace_until` and `resume`, which stay in experiment.py as they read the run's own state); apart from
-the run loop, which only arms them."""
+"""Reading a run's log back, and what a crash at one moment of a run leaves besides the files.
+
+`wal_records` reads the records from a SimFS's segment bytes (deleted segments too, which an
+`archived` file system keeps); `LogReader` reads one growing log as its run writes it, each byte
+once (a sweep's shared run asks it, at every crash point, what came before). `with_ends` notes
+where each record ends so a crash can land there. `Capture` is what a crash at one moment leaves
+besides the files: `Run.capture` takes it, `Run.resume` goes on from it. Below the run loop
+(sim/experiment.py), which only arms these."""
 
 from __future__ import annotations
 
+import bisect
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -16,7 +20,7 @@ import orjson
 
 from beaver_sim.core import records as R
 from beaver_sim.core.recovery import Storage
-from beaver_sim.sim.checker import Trace
+from beaver_sim.sim.checker import ClientView, Trace
 from beaver_sim.sim.faults import CrashPlan
 from beaver_sim.sim.fs import SimFS
 from beaver_sim.storage.wal import SEGMENT_NAME, WriteAheadLog
@@ -54,65 +58,138 @@ class _Archive:
 
 
 @cache
-def _with_ends(cls: type[WriteAheadLog]) -> type[WriteAheadLog]:
+def with_ends(cls: type[WriteAheadLog]) -> type[WriteAheadLog]:
+    """`cls`, noting the end LSN of every record it appends in `ends`."""
     return type(f"{cls.__name__}WithEnds", (_RecordEnds, cls), {})
 
 
 @cache
-def _archived(cls: type[SimFS]) -> type[SimFS]:
+def archived(cls: type[SimFS]) -> type[SimFS]:
+    """`cls`, keeping the files the run deletes in `archive`."""
     return type(f"Archived{cls.__name__}", (_Archive, cls), {})
+
+
+def _segments(fs: SimFS, wal_dir: str) -> list[tuple[str, Any]]:
+    """(path, inode) of every WAL segment of `fs`, deleted ones too (if it archives them)."""
+    wal_dir = SimFS._norm(wal_dir)
+    files = [*fs.files.items(), *getattr(fs, "archive", [])]
+    return [
+        (path, inode)
+        for path, inode in files
+        if posixpath.dirname(path) == wal_dir and SEGMENT_NAME.fullmatch(posixpath.basename(path))
+    ]
+
+
+def _base(data: bytes) -> tuple[int, int] | None:
+    """The base LSN of one segment's bytes and the offset of its first record (None: no readable
+    header, so nothing in the file can be placed in the log)."""
+    nl = data.find(b"\n")
+    try:
+        return orjson.loads(data[:nl].split(b" ", 2)[2])["base_lsn"], nl + 1
+    except (ValueError, IndexError, KeyError, TypeError):
+        return None
+
+
+def _records(data: bytes, base: int, offset: int) -> Iterator[tuple[R.Record, int, int]]:
+    """(record, start LSN, end LSN) of each whole record in a segment's bytes (based at LSN `base`)
+    from file offset `offset` on, up to the first line that does not decode. CRCs are not checked:
+    what the log wrote, not what it should have."""
+    for line in data[offset:].split(b"\n")[:-1]:  # the last piece is cut short, or empty
+        start, offset = base + offset, offset + len(line) + 1
+        try:
+            rec = orjson.loads(line.split(b" ", 2)[2])
+        except (ValueError, IndexError):
+            return
+        yield rec, start, base + offset
 
 
 def wal_records(fs: SimFS, wal_dir: str, since: int = 0) -> Trace:
     """Every complete record in the WAL segments of `fs` (deleted ones too, if it archives them)
     that starts at LSN `since` or later, as (record, start LSN, end LSN), in LSN order. Read from
     the bytes themselves: what the log wrote, not what the process meant to write."""
-    wal_dir = SimFS._norm(wal_dir)
-    files = [*fs.files.items(), *getattr(fs, "archive", [])]
     out: Trace = []
-    for path, inode in files:
-        if posixpath.dirname(path) != wal_dir or not SEGMENT_NAME.fullmatch(posixpath.basename(path)):
-            continue
+    for _path, inode in _segments(fs, wal_dir):
         data = bytes(inode.data)
-        nl = data.find(b"\n")
-        try:
-            base = orjson.loads(data[:nl].split(b" ", 2)[2])["base_lsn"]
-        except (ValueError, IndexError, KeyError, TypeError):
-            continue  # no readable header: nothing in this file can be placed in the log
-        offset = nl + 1
-        for line in data[offset:].split(b"\n")[:-1]:  # the last piece is cut short, or empty
-            start, offset = base + offset, offset + len(line) + 1
-            if start < since:
-                continue
-            try:
-                rec = orjson.loads(line.split(b" ", 2)[2])
-            except (ValueError, IndexError):
-                break
-            out.append((rec, start, base + offset))
+        found = _base(data)
+        if found is not None:
+            out += [t for t in _records(data, *found) if t[1] >= since]
     out.sort(key=lambda t: t[1])
     return out
 
 
+class LogReader:
+    """The records of one run's growing log, read from its files as the run writes them (each
+    byte once): a sweep's shared run asks, at each of its crash points, what came before it."""
+
+    def __init__(self, fs: SimFS, wal_dir: str) -> None:
+        self.fs, self.wal_dir = fs, wal_dir
+        self.trace: Trace = []  # the records read so far, in LSN order
+        self.ends: list[int] = []  # their end LSNs
+        self.acks: list[tuple[int, str]] = []  # (end LSN, job) of the ACK records among them
+        self._read: dict[str, int] = {}  # segment path -> file offset read up to
+
+    def _read_new(self) -> None:
+        for path, inode in sorted(_segments(self.fs, self.wal_dir), key=lambda pi: pi[0]):
+            data = inode.data
+            read = self._read.get(path)
+            if read is None:
+                read = _base(bytes(data))
+                if read is None:
+                    continue  # (no whole header yet)
+                self._read[path] = read
+            base, offset = read
+            if offset >= len(data):
+                continue
+            for rec, start, end in _records(bytes(data[offset:]), base + offset, 0):
+                self.trace.append((rec, start, end))
+                self.ends.append(end)
+                if rec["type"] == R.ACK:
+                    self.acks.append((end, rec["job"]))
+                offset = end - base
+            self._read[path] = (base, offset)
+
+    def until(self, lsn: int | None) -> Trace:
+        """The records that end at or before LSN `lsn` (None: all so far)."""
+        self._read_new()
+        return list(self.trace) if lsn is None else self.trace[: bisect.bisect_right(self.ends, lsn)]
+
+    def record_before(self, lsn: int | None) -> list[Any] | None:
+        """`record_before(self.until(lsn), lsn)`, by bisection (no copy of the trace per point)."""
+        if lsn is None:
+            return None
+        self._read_new()
+        i = bisect.bisect_right(self.ends, lsn)
+        return [self.trace[i - 1][0][k] for k in ("seq", "type", "job")] if i else None
+
+    def claim(self, durable: int) -> tuple[list[str], int]:
+        """What the log claimed durable once synced to LSN `durable`: the jobs whose ACK record
+        was synced, and the last synced seq (`Checker.claim`, without a walk of the trace)."""
+        self._read_new()
+        synced = bisect.bisect_right(self.ends, durable)
+        acks = self.acks[: bisect.bisect_right(self.acks, (durable, "\uffff"))]
+        return [job for _end, job in acks], self.trace[synced - 1][0]["seq"] if synced else 0
+
+
 @dataclass
 class Capture:
-    """What a crash at one moment of a run leaves besides the files: the clients' view, the
-    attempts so far, the checker's claims (the workers' draws depend on nothing that came before).
-    `_Run.resume` goes on from it (sweeps share the run up to their crash points that way)."""
+    """What a crash at one moment of a run leaves besides the files, as `Run.capture` copies it:
+    when and where it hit, how far the log had synced, the clients' and the operator's view (the
+    checker's), the workers' attempts so far (their draws depend on nothing that came before) and
+    the events counted. `Run.resume` goes on from it: sweeps share the run up to their crash points
+    that way, one capture per moment for every point that crashes then."""
 
     plan: CrashPlan
     time: float
     lsn: int | None
-    durable: int | None
+    durable: int | None  # how far the WAL had synced (None: it was not open yet)
+    batches: list[Any]  # the workload's (time, batch) list: the run's own, shared and never changed
     next_batch: int
-    attempts: int
-    submitted: dict[str, dict[str, Any]]
-    acked: dict[str, None]
+    attempts: list[Any]  # `sim.workers.Attempt`s
     sent: list[tuple[float, list[str]]]
     acks: list[tuple[float, list[str]]]
     events: int
-    open: dict[tuple[str, ...], None]
-    operator: tuple[dict[str, Any], ...] = ()  # the checker's view of delays, cancels, requeues
-    requeue_done: bool = True  # the operator's requeue was acknowledged (or there is none)
+    checker: ClientView
+    requeue_done: bool  # the operator's requeue was acknowledged (or there is none)
 
 
 def recovered_key(storage: Storage) -> tuple[Any, ...]:

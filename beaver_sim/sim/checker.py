@@ -83,6 +83,20 @@ class Violation:
         return f"invariant {self.invariant} {CODES[self.invariant]} ({self.crash}):{job} {self.detail}"
 
 
+@dataclass(frozen=True, slots=True)
+class ClientView:
+    """What a checker knows before the first crash of its run: what the clients sent and were
+    told, and what the operator asked for and was told (`Checker.capture`, `Checker.restore`)."""
+
+    submitted: dict[str, dict[str, Any]]
+    acked: dict[str, float]
+    open: dict[tuple[str, ...], None]
+    whens: dict[str, dict[str, float]]
+    earliest: dict[str, float]
+    cancels: dict[str, float]
+    bases: dict[str, int]
+
+
 class Checker:
     """Follows one run: `submitted` / `acknowledged` as the clients see them, `crashed` with what
     the log claimed durable, `recovered` with the rebuilt state, `finished` at quiescence."""
@@ -147,13 +161,25 @@ class Checker:
         """The operator was told these dead jobs are pending again; each had `bases[id]` attempts."""
         self.bases.update(bases)
 
-    def operator_view(self) -> tuple[dict[str, Any], ...]:
-        """Copies of what the operator asked for and was told (a sweep's capture keeps them)."""
-        return dict(self.whens), dict(self.earliest), dict(self.cancels), dict(self.bases)
+    def capture(self) -> ClientView:
+        """What the clients and the operator were told so far, copied (a sweep captures it at a
+        crash point and restores it into each continuation's own checker)."""
+        return ClientView(
+            dict(self.submitted),
+            dict(self.acked),
+            dict(self.open),
+            dict(self.whens),
+            dict(self.earliest),
+            dict(self.cancels),
+            dict(self.bases),
+        )
 
-    def restore_operator_view(self, view: tuple[dict[str, Any], ...]) -> None:
-        if view:
-            self.whens, self.earliest, self.cancels, self.bases = (dict(v) for v in view)
+    def restore(self, view: ClientView) -> None:
+        """Start from `view` (a capture of another checker of the same inputs, before any crash):
+        copies, as one view starts many continuations."""
+        self.submitted, self.acked, self.open = dict(view.submitted), dict(view.acked), dict(view.open)
+        self.whens, self.earliest = dict(view.whens), dict(view.earliest)
+        self.cancels, self.bases = dict(view.cancels), dict(view.bases)
 
     def ran(self, attempts: Iterable[Any]) -> None:
         """Invariants 10 and 11 on the attempts the workers started (`sim.workers.Attempt`)."""

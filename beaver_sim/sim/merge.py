@@ -62,7 +62,7 @@ class Merged(BaseException):
     def __init__(self, row: dict[str, Any]) -> None:
         super().__init__()
         self.row = row
-        self.result: Any = None  # the merged continuation's own SimResult so far (`_Run.resume`)
+        self.result: Any = None  # the merged continuation's own SimResult so far (`Run.resume`)
 
 
 class Merger:
@@ -73,7 +73,7 @@ class Merger:
         self.seen: list[bytes] = []  # the states the running continuation has been through
 
     def arm(self, run: Any, controller: Any, completed_at_start: set[str]) -> None:
-        """Compare the states of a continuation's second life (`_Run.life` calls this once it has
+        """Compare the states of a continuation's second life (`Run.life` calls this once it has
         scheduled its first events) with those of the finished ones."""
         if run.m.wal_cls is not WriteAheadLog or not run.checker.open:
             return  # (no batch to resend: what differed was durable, and the states stay apart)
@@ -248,9 +248,9 @@ def _workers(c: _Canon, w: Any) -> Any:
     return [type(w).__qualname__, [list(a) for a in w.attempts], _rest(c, w, {"attempts", "clock"})]
 
 
-# a `_Run`'s attributes written down above, the same in every continuation of a sweep (its inputs),
-# or only life 0's (the shared run's records, read as it went)
+# a `Run`'s attributes written down above, or the same in every continuation of a sweep (its inputs
+# and the sweep's hooks)
 _RUN_PARTS = {"sim", "cfg", "m", "checker", "batches", "workers", "out", "fs", "clock", "storage"}
-_RUN_PARTS |= {"watch", "merger", "_trace", "_ends", "_acks", "_read"}
+_RUN_PARTS |= {"watch", "merger"}
 # class name -> how to write its large parts down directly (its other attributes: walked)
 _PLAIN: dict[str, Any] = {"JobQueue": _queue, "Checker": _checker}
