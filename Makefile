@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup build test lint package-check demo bench clean metrics lab notebooks notebooks-fuzz student
+.PHONY: setup build test lint typecheck package-check demo bench clean metrics lab notebooks notebooks-fuzz student
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check beaver_sim tests bench
 	$(BIN)/ruff format --check beaver_sim tests bench
 
-test: lint package-check
+# mypy --strict on core/, storage/, speed.py and errors.py ([tool.mypy] in pyproject.toml)
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck package-check
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks
 

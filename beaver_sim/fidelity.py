@@ -29,12 +29,12 @@ import orjson
 import pandas as pd
 import yaml
 
-from beaver_sim.cli import RunProcess
 from beaver_sim.config import load_config
 from beaver_sim.core.draws import Draws
 from beaver_sim.core.queue import JobQueue
-from beaver_sim.core.recovery import Inspection, inspect
+from beaver_sim.core.repair import Inspection, inspect
 from beaver_sim.core.types import BeaverError, Config, Job
+from beaver_sim.demo import RunProcess
 from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import CrashPlan
 from beaver_sim.sim.workload import Workload

@@ -43,6 +43,7 @@ from beaver_sim.sim.results import SimResult
 from beaver_sim.sim.sweep import crash_sweep, violations
 from beaver_sim.sim.workload import Workload
 from beaver_sim.storage.fs import FS, FileHandle
+from beaver_sim.storage.log_format import unframe
 from beaver_sim.storage.snapshot import Loaded, Snapshot, SnapshotStore, decode, encode, snapshot_name
 from beaver_sim.storage.wal import WriteAheadLog
 
@@ -77,19 +78,18 @@ class LabWAL(WriteAheadLog):
 
     def flush(self) -> None:
         self.sync()
-        if self.written_lsn - self.segments[-1].base_lsn >= self.segment_bytes:
-            self.rotate()
+        self.rotate_if_full()
 
     def sync(self) -> None:
-        if self._failed is not None:
-            super().sync()  # raises WALFailed
-        lines, self._buf = self._buf, []
-        for line in lines:
-            crc = type(self).append_record(self._file, line.split(b" ", 2)[2][:-1], self.disk_crc)
+        self.ensure_open()
+        for line in self.take_pending():
+            body = unframe(line[:-1])  # framed by the log itself
+            assert body is not None, line
+            crc = type(self).append_record(self.segment_file, body, self.disk_crc)
             if not isinstance(crc, int):
                 raise LabError(f"append_record returned {crc!r}; it must return the record's CRC (an int)")
             self.disk_crc = crc
-        self.written_lsn = self.durable_lsn = self.lsn
+        self.mark_durable()
 
 
 class _MarkedFile:
@@ -175,14 +175,11 @@ class LabController(Controller):
 
     next_record: ClassVar[Callable[[str, int, int, str, str | None], R.Record]]
 
-    def start(self) -> None:
-        for job_id, lease in list(self.state.leases.items()):
-            if self._end(job_id, lease.attempt, "interrupted", None)["type"] != R.DEAD:
-                self.counters.requeued_on_recovery += 1
-        self.started = True
-        self._dispatch()
+    def end_interrupted(self, job_id: str, attempt: int) -> None:
+        if self._end(job_id, attempt, "interrupted", None)["type"] != R.DEAD:
+            self.counters.requeued_on_recovery += 1
 
-    def _retry_or_bury(self, job_id: str, attempt: int, retry: R.Record, why: str) -> None:
+    def retry_or_bury(self, job_id: str, attempt: int, retry: R.Record, why: str) -> None:
         reason = "timeout" if retry["type"] == R.TIMEOUT else "failed"
         self._end(job_id, attempt, reason, retry.get("error"))
 
@@ -193,7 +190,7 @@ class LabController(Controller):
                 f"next_record returned {rec!r}; it must return a record made by one of "
                 "R.fail, R.timeout, R.requeue, R.dead"
             )
-        self._log(rec)
+        self.log(rec)
         if rec["type"] == R.DEAD:
             self.counters.dead += 1
         else:
@@ -227,41 +224,27 @@ class LabGroupController(Controller):
     commit_turn: ClassVar[Callable[[FileHandle, list[bytes], Callable[[], None]], None]]
     counts: ClassVar[Counter[str]]
 
-    def _flush(self) -> None:
-        self._flush_handle = None
+    def flush(self) -> None:
         wal, counts = self.storage.wal, type(self).counts
-        lines, wal._buf = wal._buf, []
+        lines = wal.take_pending()
         if not lines:  # a turn that logged nothing (a stop) has nothing to commit
-            self._release()
+            self.release_turn()
             return
         released: list[bool] = []
 
         def release() -> None:
             if not released:
                 released.append(True)
-                self._release()
+                self.release_turn()
                 self.storage.fs.mark("group-commit-released")  # a crash point: acknowledged, then
 
         counts["records"] += len(lines)
         counts["turns"] += 1
-        type(self).commit_turn(_CountedFile(wal._file, counts), lines, release)
+        type(self).commit_turn(_CountedFile(wal.segment_file, counts), lines, release)
         if not released:
             raise LabError("commit_turn returned without calling release(): no enqueue is ever acknowledged")
-        wal.written_lsn = wal.durable_lsn = wal.lsn
-        if wal.written_lsn - wal.segments[-1].base_lsn >= wal.segment_bytes:
-            wal.rotate()
-
-    def _release(self) -> None:
-        """The rest of the real _flush: start the dispatched attempts, acknowledge the enqueues."""
-        to_start, self._to_start = self._to_start, []
-        acks, self._acks = self._acks, []
-        if not self.stopped:
-            for job_id, attempt, worker in to_start:
-                self.workers.submit(
-                    job_id, attempt, worker, self.state.jobs[job_id].copy_payload(), self.on_result
-                )
-        for ack in acks:
-            ack()
+        wal.mark_durable()
+        wal.rotate_if_full()
 
 
 def _group_commit(fn: Callable[..., None]) -> mutants.Mutant:

@@ -45,7 +45,7 @@ from functools import partial
 from typing import Any
 
 from beaver_sim.core.controller import Controller
-from beaver_sim.core.recovery import Storage
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.types import PREALLOCATE, Config
 from beaver_sim.runtime.clock import RealClock
 from beaver_sim.runtime.workers import PoolWorkers

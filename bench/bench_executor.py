@@ -17,7 +17,7 @@ import tempfile
 import time
 
 from beaver_sim.core.controller import Controller
-from beaver_sim.core.recovery import Storage
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.types import Config
 from beaver_sim.runtime.clock import RealClock
 from beaver_sim.runtime.workers import PoolWorkers

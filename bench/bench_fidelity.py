@@ -32,8 +32,8 @@ from typing import Any
 
 import orjson
 
-from beaver_sim.cli import RunProcess
 from beaver_sim.core.types import Config
+from beaver_sim.demo import RunProcess
 from beaver_sim.fidelity import BEAVER, READY, compare, job_file, run_real, simulate
 from beaver_sim.sim.workload import Workload
 

@@ -39,12 +39,13 @@ from typing import Any
 import orjson
 
 from beaver_sim.core import records as R
-from beaver_sim.core.queue import SCHEMA_VERSION, JobQueue
-from beaver_sim.core.recovery import Storage, state_body
+from beaver_sim.core.codec import SCHEMA_VERSION, state_body
+from beaver_sim.core.durable import Storage
+from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import Job, JobStatus, Lease
 from beaver_sim.storage.fs import RealFS
+from beaver_sim.storage.log_format import header_line, segment_name
 from beaver_sim.storage.snapshot import SnapshotStore
-from beaver_sim.storage.wal import header_line, segment_name
 
 WORKERS = 64
 MAX_RETRY = 3

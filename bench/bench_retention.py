@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from beaver_sim.core.controller import Controller
-from beaver_sim.core.recovery import Storage
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.types import Config
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import SimFS

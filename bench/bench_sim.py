@@ -40,7 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 from beaver_sim.core.controller import Controller
-from beaver_sim.core.recovery import Storage
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.types import Config
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.experiment import Simulation

@@ -10,7 +10,7 @@ so at the default rate the backlog stays small: the state holds the jobs in the 
 events or so (a seeded draw: 0.5x to 1.5x that), in the middle of a WAL write, each under a random
 model (`process` or `power-loss`) keeping 0-512 random torn bytes. Every recovery is checked by the
 invariant checker, as in any simulated run; at the end the data directory must pass `wal verify`
-(core.recovery.inspect finds no problem and plan_repair has nothing to do). Not part of the test
+(core.repair.inspect finds no problem and plan_repair has nothing to do). Not part of the test
 run: it takes minutes. Prints the figures as JSON."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
-from beaver_sim.core.recovery import inspect, plan_repair
+from beaver_sim.core.repair import inspect, plan_repair
 from beaver_sim.core.types import Config, JobStatus
 from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import CrashPlan

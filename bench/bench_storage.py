@@ -37,9 +37,10 @@ import orjson
 from crc32c import crc32c
 
 from beaver_sim.core import records as R
-from beaver_sim.core.recovery import Storage
+from beaver_sim.core.durable import Storage
 from beaver_sim.storage.fs import RealFS
-from beaver_sim.storage.wal import PREALLOCATE, WriteAheadLog, create_segment, list_segments
+from beaver_sim.storage.log_format import PREALLOCATE
+from beaver_sim.storage.wal import WriteAheadLog, create_segment, list_segments
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 

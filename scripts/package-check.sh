@@ -28,6 +28,8 @@ mkdir "$work/elsewhere"
 cd "$work/elsewhere"  # no checkout, no configs/ or data/ here: only what the package carries
 test "$(command -v beaver)" = "$work/venv/bin/beaver"
 beaver --version
+python -c "import beaver_sim, pathlib, sys; sys.exit(not (pathlib.Path(beaver_sim.__file__).parent / 'py.typed').is_file())" \
+    || { echo "package-check: the wheel has no beaver_sim/py.typed"; exit 1; }
 
 step "beaver demo"
 beaver demo

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from beaver_sim.cli import RunProcess
+from beaver_sim.demo import RunProcess
 
 BEAVER = [sys.executable, "-m", "beaver_sim.cli"]
 

@@ -36,9 +36,9 @@ import orjson
 
 from beaver_sim.core import records as R
 from beaver_sim.core.draws import Draws
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.limits import PayloadRefused, check_job, check_when, result_json
-from beaver_sim.core.recovery import Storage
-from beaver_sim.core.types import BeaverError, Clock, Config, DuplicateJob, JobStatus, Workers
+from beaver_sim.core.types import Abandoned, BeaverError, Clock, Config, DuplicateJob, JobStatus, Workers
 from beaver_sim.errors import brief
 
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0)  # the seed's histogram buckets, seconds
@@ -142,7 +142,7 @@ class Controller:
         self.started = False
         self.stopped = False
         if self.state.retention != config.completed_retention:  # replay must not read the config file
-            self._log(R.config(config.completed_retention))  # in effect from here on, live and replayed
+            self.log(R.config(config.completed_retention))  # in effect from here on, live and replayed
         self._fit_accepted()
 
     def _fit_accepted(self) -> None:
@@ -160,14 +160,8 @@ class Controller:
     def start(self) -> None:
         """Requeue what the previous process left in flight, arm the delayed jobs' timers (at their
         recorded not_before, however long the controller was down), then start dispatching."""
-        max_retry, used = self.config.max_retry, self.state.budget_used
         for job_id, lease in list(self.state.leases.items()):
-            if used(job_id, lease.attempt) >= max_retry:  # the crash ended its last attempt: dead
-                self._log(R.dead(job_id, lease.attempt, "interrupted"))
-                self.counters.dead += 1
-            else:
-                self._log(R.requeue(job_id, lease.attempt))
-                self.counters.requeued_on_recovery += 1
+            self.end_interrupted(job_id, lease.attempt)
         for job_id, not_before in list(self.state.not_before.items()):
             self._arm_release(job_id, not_before)
         self.started = True
@@ -197,7 +191,7 @@ class Controller:
         self._timers.clear()
         self._delays.clear()
         self._flush_handle = self._sync_handle = self._snapshot_handle = None
-        self._flush()
+        self.flush()
         self.storage.wal.sync()
 
     @property
@@ -236,7 +230,7 @@ class Controller:
             not_before = None if when is None else when.get("not_before", now + when.get("delay", 0.0))
             if not_before is not None and not_before <= now:
                 not_before = None
-            self._log(R.enqueue(job_id, payload, not_before))
+            self.log(R.enqueue(job_id, payload, not_before))
             if not_before is not None and self.started:  # else start() arms it
                 self._arm_release(job_id, not_before)
         self.counters.enqueued += len(new)
@@ -293,12 +287,12 @@ class Controller:
             result, detail = self._result(job_id, detail)
             ok = detail is None
         if ok:
-            self._log(R.ack(job_id, attempt, result))
+            self.log(R.ack(job_id, attempt, result))
             counters.completed += 1
         else:
             counters.failed += 1
             text = "error" if detail is None else R.reason(detail) or "error"  # cut: a FAIL always fits
-            self._retry_or_bury(job_id, attempt, R.fail(job_id, attempt, text), "failed: " + text)
+            self.retry_or_bury(job_id, attempt, R.fail(job_id, attempt, text), "failed: " + text)
         self._dispatch()
 
     def _result(self, job_id: str, value: object) -> tuple[Any, str | None]:
@@ -321,7 +315,7 @@ class Controller:
     def _on_timeout(self, job_id: str, attempt: int) -> None:
         lease = self.state.leases[job_id]
         del self._timers[job_id]
-        held, how = self.workers.abandon(job_id, attempt, lease.worker)  # its result will be stale
+        held, how = self.abandon(job_id, attempt, lease.worker)  # its result will be stale
         if held:
             self.stuck[(job_id, attempt)] = lease.worker
             self.counters.killed += 1
@@ -330,23 +324,49 @@ class Controller:
             self.counters.abandoned += 1
         self.counters.timeouts += 1
         why = f"timeout: {how}" if how else "timeout"
-        self._retry_or_bury(job_id, attempt, R.timeout(job_id, attempt), why)
+        self.retry_or_bury(job_id, attempt, R.timeout(job_id, attempt), why)
         self._dispatch()
 
-    def _retry_or_bury(self, job_id: str, attempt: int, retry: R.Record, why: str) -> None:
-        """Dead if `attempt` used the last attempt of the job's budget, else `retry` (its FAIL or
-        TIMEOUT): pending at once or, under `retry_backoff`, delayed until its `not_before`."""
+    # -- extension points ------------------------------------------------------------------------
+    # A subclass (the simulator's broken variants, a lab's learner code) may override these, within
+    # what each docstring says it must keep; every other method is fixed.
+
+    def retry_or_bury(self, job_id: str, attempt: int, retry: R.Record, why: str) -> None:
+        """An attempt failed or timed out (`retry`: its FAIL or TIMEOUT record; `why`: the reason a
+        DEAD record would give): dead if `attempt` used the last attempt of the job's budget, else
+        `retry`, pending at once or, under `retry_backoff`, delayed until its `not_before`. A
+        subclass may decide otherwise; it must `log` exactly one record that ends the attempt
+        (FAIL, TIMEOUT, REQUEUE or DEAD) and count it (`counters.dead` or `counters.retried`)."""
         if self.state.budget_used(job_id, attempt) >= self.config.max_retry:
-            self._log(R.dead(job_id, attempt, why))
+            self.log(R.dead(job_id, attempt, why))
             self.counters.dead += 1
             return
         not_before = self._backoff(job_id, attempt)
         if not_before is not None:
             retry["not_before"] = not_before
-        self._log(retry)
+        self.log(retry)
         if not_before is not None:
             self._arm_release(job_id, not_before)
         self.counters.retried += 1
+
+    def end_interrupted(self, job_id: str, attempt: int) -> None:
+        """At `start`, attempt `attempt` that the previous process left in flight: the crash ended
+        it, and it counts (as SQS's maxReceiveCount does), so the job is dead if that was the last
+        of its budget, else requeued. A subclass may decide otherwise; like `retry_or_bury`, it
+        must `log` exactly one record that ends the attempt, and count it."""
+        if self.state.budget_used(job_id, attempt) >= self.config.max_retry:
+            self.log(R.dead(job_id, attempt, "interrupted"))
+            self.counters.dead += 1
+        else:
+            self.log(R.requeue(job_id, attempt))
+            self.counters.requeued_on_recovery += 1
+
+    def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned:
+        """At its deadline, what becomes of attempt `attempt` and its slot `worker`: the workers'
+        answer (`Workers.abandon`: the slot held until the attempt is gone, or free now). A subclass
+        may answer for them (a mutant frees the slot and never tells them); whatever it returns, the
+        attempt's result is stale from here on and a held slot is freed only by its `done`."""
+        return self.workers.abandon(job_id, attempt, worker)
 
     def _backoff(self, job_id: str, attempt: int) -> float | None:
         """When the retry after `attempt` may start (epoch seconds), or None without retry_backoff:
@@ -356,7 +376,7 @@ class Controller:
         if backoff is None:
             return None
         n = self.state.budget_used(job_id, attempt)
-        wait = min(backoff.max, backoff.base * 2 ** (n - 1))
+        wait: float = min(backoff.max, backoff.base * 2 ** (n - 1))
         wait *= 1 - backoff.jitter * self.draws.jitter(job_id, attempt)
         return self.clock.epoch() + wait
 
@@ -374,7 +394,7 @@ class Controller:
         if self.clock.epoch() < not_before:  # the loop's clock ran ahead of the wall's: never early
             self._arm_release(job_id, not_before)
             return
-        self._log(R.release(job_id))
+        self.log(R.release(job_id))
         self._dispatch()
 
     # -- the operator's transitions ------------------------------------------------------------
@@ -386,7 +406,7 @@ class Controller:
         for job_id in ids:
             self._check_op(job_id, "requeue", (JobStatus.DEAD,), "only a dead job can be requeued")
         for job_id in ids:
-            self._log(R.revive(job_id))
+            self.log(R.revive(job_id))
         self._when_durable(on_durable)
         self._dispatch()
         return len(ids)
@@ -399,7 +419,7 @@ class Controller:
         for job_id in ids:
             self._check_op(job_id, "cancel", (JobStatus.PENDING, JobStatus.DELAYED), CANCEL_REFUSED)
         for job_id in ids:
-            self._log(R.cancel(job_id))
+            self.log(R.cancel(job_id))
             handle = self._delays.pop(job_id, None)
             if handle is not None:
                 self.clock.cancel(handle)
@@ -424,7 +444,7 @@ class Controller:
             return
         pending, jobs, free = self.state.pending, self.state.jobs, self.free_workers
         timeout, now = self.config.task_timeout, self.clock.now()
-        log, call_at, on_timeout = self._log, self.clock.call_at, self._on_timeout
+        log, call_at, on_timeout = self.log, self.clock.call_at, self._on_timeout
         timers, to_start, counters = self._timers, self._to_start, self.counters
         while free and pending:
             job_id = pending[0]
@@ -437,21 +457,42 @@ class Controller:
 
     # -- the log -------------------------------------------------------------------------------
 
-    def _log(self, rec: R.Record) -> None:
-        self.storage.append(rec)
+    def log(self, rec: R.Record) -> None:
+        """The one way the controller changes the state: `append` the record, and see that this
+        turn's flush and the snapshot timer are armed."""
+        self.append(rec)
         if self._flush_handle is None:
             self._flush_handle = self.clock.call_later(0, self._flush)
         if self._snapshot_handle is None and self.config.snapshot_interval > 0:
             self._snapshot_handle = self.clock.call_later(self.config.snapshot_interval, self._snapshot)
 
+    def append(self, rec: R.Record) -> None:
+        """Put `rec` in the log and the state: `Storage.append`, logged then applied, under the
+        controller's one thread. A subclass may change how records reach the log within a turn (a
+        mutant reorders them, as a lock left out would); it must apply each record to `state` once,
+        keep `state.last_seq` the highest seq logged, and have every record appended by the time
+        `flush` writes the turn."""
+        self.storage.append(rec)
+
     def _flush(self) -> None:
-        """One write (and, under `always`, one fdatasync) for everything logged this turn; then
-        start the dispatched attempts and acknowledge the enqueues."""
+        """The end-of-turn timer (its name is what the clock's event log shows)."""
         self._flush_handle = None
+        self.flush()
+
+    def flush(self) -> None:
+        """The end of a turn: one write (and, under `always`, one fdatasync) for everything logged
+        in it (`WriteAheadLog.flush`), then `release_turn`. A subclass may commit the turn another
+        way (a lab hands the lines to the learner: `WriteAheadLog.take_pending`); it must call
+        `release_turn` only once the turn's records are as durable as the fsync policy promises."""
         wal = self.storage.wal
         wal.flush()
         if wal.fsync == "interval" and self._sync_handle is None and wal.durable_lsn < wal.written_lsn:
             self._sync_handle = self.clock.call_later(self.config.fsync_interval, self._sync)
+        self.release_turn()
+
+    def release_turn(self) -> None:
+        """What waited for the turn's records: start the attempts dispatched in it, acknowledge its
+        enqueues (and operator commands). Called by `flush` once they are written."""
         to_start, self._to_start = self._to_start, []
         acks, self._acks = self._acks, []
         if not self.stopped:
@@ -462,7 +503,15 @@ class Controller:
             ack()
 
     def _sync(self) -> None:
+        """The `fsync_interval` timer."""
         self._sync_handle = None
+        self.interval_sync()
+
+    def interval_sync(self) -> None:
+        """Under `fsync: interval`, `fsync_interval` after a flush left records not durable: sync
+        the log, which bounds what a power loss may lose to that window. A subclass may leave it
+        out (the mutant that shows what the window is for); nothing else syncs until a rotation,
+        snapshot or stop."""
         self.storage.wal.sync()
 
     def _snapshot(self) -> None:

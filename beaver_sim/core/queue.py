@@ -25,9 +25,8 @@ from collections import Counter, deque
 from operator import attrgetter
 from typing import Any
 
-import orjson
-
-from beaver_sim.core.types import IllegalTransition, Job, JobStatus, Lease
+from beaver_sim.core import types as T
+from beaver_sim.core.types import STARTS, IllegalTransition, Job, JobStatus, Lease
 from beaver_sim.errors import brief
 
 PENDING, IN_FLIGHT, COMPLETED, DEAD, DELAYED, CANCELLED = (
@@ -39,15 +38,8 @@ PENDING, IN_FLIGHT, COMPLETED, DEAD, DELAYED, CANCELLED = (
     JobStatus.CANCELLED,
 )
 ENDED = (COMPLETED, DEAD, CANCELLED)
-# of the snapshot body: 3 is `to_columns` (2 without reasons, results, delays, budgets; still read),
-# 1 (`to_state`) is still read
-SCHEMA_VERSION = 3
 RETENTION_UNKNOWN = -1  # a snapshot written before the window was recorded: recovery sets it
-_id, _status = attrgetter("id"), attrgetter("status")
-# a job's state in `to_columns`
-_CODE = {PENDING: "p", IN_FLIGHT: "i", COMPLETED: "c", DEAD: "d", DELAYED: "w", CANCELLED: "x"}
-_STATUS_OF = {c: s for s, c in _CODE.items()}.__getitem__
-_SPARSE = ("reasons", "results", "not_before", "base")  # JobQueue's tables by id, as snapshot keys
+_status = attrgetter("status")
 
 
 class JobQueue:
@@ -119,20 +111,23 @@ class JobQueue:
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
 
-    def _move(self, job: Job, to: JobStatus) -> None:
-        """Change a job's state and the counts (the mutants' replay handlers move jobs with it)."""
+    def move(self, job: Job, to: JobStatus) -> None:
+        """Change a job's state and the counts, and nothing else: no rule checked, no FIFO or lease
+        touched. The transitions' building block; a replay handler that moves jobs as the seed did
+        (sim/mutants.py, lab 3) must keep the FIFO and leases in step itself."""
         counts = self.counts
         counts[job.status] -= 1
         counts[to] += 1
         job.status = to
 
-    def _refuse(self, job_id: str, action: str, expected: JobStatus, why: str = "") -> IllegalTransition:
-        """The error of a transition its job's state does not allow (the slow path: the transitions
-        below test the same conditions inline, and only call this to name what is wrong)."""
+    def _refuse(self, job_id: str, action: str, kind: str, why: str = "") -> IllegalTransition:
+        """The error of a transition (`action`, by a record of type `kind`) that the job's state does
+        not allow (the slow path: the transitions below test the states of `STARTS[kind]` inline,
+        and only call this to name what is wrong); `why` when the state allows it but not the rest."""
         job = self.jobs.get(job_id)
         if job is None:
             return IllegalTransition(job_id, None, action, "no such job")
-        if job.status is not expected:
+        if job.status not in STARTS[kind]:
             return IllegalTransition(job_id, job.status, action)
         return IllegalTransition(job_id, job.status, action, why)
 
@@ -163,7 +158,7 @@ class JobQueue:
         if type(not_before) is not float and type(not_before) is not int:
             raise ValueError(f"not_before {brief(not_before)} is not a time")
         self.pending.pop()
-        self._move(job, DELAYED)
+        self.move(job, DELAYED)
         self.not_before[job_id] = not_before
         return job
 
@@ -171,9 +166,9 @@ class JobQueue:
         """A delayed job is due: to the back of the pending FIFO."""
         job = self.jobs.get(job_id)
         if job is None or job.status is not DELAYED:
-            raise self._refuse(job_id, "release", DELAYED)
+            raise self._refuse(job_id, "release", T.RELEASE)
         del self.not_before[job_id]
-        self._move(job, PENDING)
+        self.move(job, PENDING)
         self.pending.append(job_id)
         return job
 
@@ -182,12 +177,12 @@ class JobQueue:
         FIFO is searched; an operator's command, never the hot path)."""
         job = self.jobs.get(job_id)
         if job is None or (job.status is not PENDING and job.status is not DELAYED):
-            raise self._refuse(job_id, "cancel", PENDING)
+            raise self._refuse(job_id, "cancel", T.CANCEL)
         if job.status is PENDING:
             self.pending.remove(job_id)
         else:
             del self.not_before[job_id]
-        self._move(job, CANCELLED)
+        self.move(job, CANCELLED)
         if self.retention:
             self._ended(job_id)
         return job
@@ -197,12 +192,12 @@ class JobQueue:
         (its attempts so far); its reason goes (the next DEAD writes a new one)."""
         job = self.jobs.get(job_id)
         if job is None or job.status is not DEAD:
-            raise self._refuse(job_id, "requeue", DEAD)
+            raise self._refuse(job_id, "requeue", T.REVIVE)
         if self.retention:
             self.ended.remove(job_id)
         self.reasons.pop(job_id, None)
         self.base[job_id] = job.attempt
-        self._move(job, PENDING)
+        self.move(job, PENDING)
         self.pending.append(job_id)
         return job
 
@@ -219,11 +214,11 @@ class JobQueue:
         job = self.jobs.get(job_id)
         pending = self.pending
         if job is None or job.status is not PENDING:
-            raise self._refuse(job_id, "dispatch", PENDING)
+            raise self._refuse(job_id, "dispatch", T.DISPATCH)
         if pending[0] != job_id:
-            raise self._refuse(job_id, "dispatch", PENDING, "not at the head of the queue")
+            raise self._refuse(job_id, "dispatch", T.DISPATCH, "not at the head of the queue")
         if lease.attempt != job.attempt + 1:
-            raise self._refuse(job_id, "dispatch", PENDING, f"attempt {lease.attempt} after {job.attempt}")
+            raise self._refuse(job_id, "dispatch", T.DISPATCH, f"attempt {lease.attempt} after {job.attempt}")
         pending.popleft()
         job.attempt = lease.attempt
         self.leases[job_id] = lease
@@ -238,7 +233,7 @@ class JobQueue:
         job = self.jobs.get(job_id)
         leases = self.leases
         if job is None or job.status is not IN_FLIGHT or leases[job_id].attempt != attempt:
-            raise self._stale(job_id, attempt, "complete")
+            raise self._stale(job_id, attempt, "complete", T.ACK)
         del leases[job_id]
         counts = self.counts
         counts[IN_FLIGHT] -= 1
@@ -255,7 +250,7 @@ class JobQueue:
         job = self.jobs.get(job_id)
         leases = self.leases
         if job is None or job.status is not IN_FLIGHT or leases[job_id].attempt != attempt:
-            raise self._stale(job_id, attempt, "requeue")
+            raise self._stale(job_id, attempt, "requeue", T.REQUEUE)
         del leases[job_id]
         counts = self.counts
         counts[IN_FLIGHT] -= 1
@@ -269,7 +264,7 @@ class JobQueue:
         job = self.jobs.get(job_id)
         leases = self.leases
         if job is None or job.status is not IN_FLIGHT or leases[job_id].attempt != attempt:
-            raise self._stale(job_id, attempt, "mark dead")
+            raise self._stale(job_id, attempt, "mark dead", T.DEAD)
         del leases[job_id]
         counts = self.counts
         counts[IN_FLIGHT] -= 1
@@ -281,12 +276,12 @@ class JobQueue:
             self._ended(job_id)
         return job
 
-    def _stale(self, job_id: str, attempt: int, action: str) -> IllegalTransition:
+    def _stale(self, job_id: str, attempt: int, action: str, kind: str) -> IllegalTransition:
         """Why an attempt cannot end: no such job, not in flight, or not its current attempt."""
         lease = self.leases.get(job_id)
         current = lease.attempt if lease is not None else None
         why = f"attempt {attempt} is not the current attempt {current}"
-        return self._refuse(job_id, action, IN_FLIGHT, why)
+        return self._refuse(job_id, action, kind, why)
 
     # -- inspection ----------------------------------------------------------------------------
 
@@ -314,10 +309,11 @@ class JobQueue:
         seen.update(Counter(map(_status, self.jobs.values())))
         if seen != self.counts:
             raise AssertionError(f"state counts {self.counts} differ from the jobs {seen}")
-        self._check_links()
+        self.check_links()
 
-    def _check_links(self) -> None:
-        """The pending FIFO and the leases agree with the jobs' states, given counts that are right.
+    def check_links(self) -> None:
+        """The pending FIFO and the leases agree with the jobs' states, given counts that are right
+        (core/codec.py builds them in bulk from the jobs, then checks only this).
         O(pending + in flight): each pending id is a pending job and each lease an in-flight job
         with its attempt, and there are as many of each as the counts say."""
         jobs, leases, pending = self.jobs, self.leases, self.pending
@@ -377,11 +373,12 @@ class JobQueue:
             if job is None or type(base) is not int or not 0 <= base <= job.attempt:
                 raise AssertionError(f"job {brief(job_id)}: budget base {brief(base)} is past its attempts")
 
-    # -- snapshot state ------------------------------------------------------------------------
+    # -- the state as plain data -----------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:
         """Everything needed to rebuild this queue, as plain JSON-ready data (with retention, the
-        end order and the dropped count too: replay after this snapshot drops what the live run did)."""
+        end order and the dropped count too: replay after this snapshot drops what the live run did).
+        The body of a schema-1 snapshot, which core/codec.py still reads; compare two states with it."""
         state = {
             "schema": 1,
             "last_seq": self.last_seq,
@@ -394,84 +391,3 @@ class JobQueue:
             state["dropped"] = self.dropped
             state["retention"] = self.retention
         return state
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> JobQueue:
-        """Rebuild a queue from `to_state()` output and check it. Built in bulk (a million jobs is a
-        recovery's hot path); the counts come from the jobs themselves, so only the links need checking."""
-        q = cls()
-        rows = state["jobs"]
-        status_of = {s.value: s for s in JobStatus}.__getitem__
-        jobs = [Job(job_id, payload, attempt, status_of(status)) for job_id, status, attempt, payload in rows]
-        q.jobs = dict(zip(map(_id, jobs), jobs))
-        if len(q.jobs) != len(jobs):
-            raise AssertionError("a job id appears twice in the snapshot")
-        q.counts.update(Counter(map(_status, jobs)))
-        q.pending.extend(state["pending"])
-        q.leases = {k: Lease(a, w, d) for k, a, w, d in state["leases"]}
-        q.last_seq = state["last_seq"]
-        q._window(state)
-        return q
-
-    def to_columns(self) -> dict[str, Any]:
-        """The snapshot body of schema 3: a column per job field, each job's state one character,
-        each payload its JSON text. A million jobs decode as a few long lists of strings and
-        small ints, not a million lists and dicts, and payloads stay text until dispatched. What few
-        jobs have (a reason, a result, a due time, a budget base) is an object by id, present only
-        when not empty (so a body of schema 2 reads as one of 3 without them)."""
-        jobs = self.jobs.values()
-        dumps, code = orjson.dumps, _CODE
-        cols: dict[str, Any] = {
-            "schema": SCHEMA_VERSION,
-            "last_seq": self.last_seq,
-            "ids": list(self.jobs),
-            "status": "".join([code[j.status] for j in jobs]),
-            "attempts": [j.attempt for j in jobs],
-            "payloads": [r if type(r := j.raw) is str else dumps(r).decode() for j in jobs],
-            "pending": list(self.pending),
-            "leases": [[k, v.attempt, v.worker, v.deadline] for k, v in self.leases.items()],
-        }
-        if self.retention or self.dropped:
-            cols["ended"] = list(self.ended)
-            cols["dropped"] = self.dropped
-            cols["retention"] = self.retention
-        for key in _SPARSE:
-            if table := getattr(self, key):
-                cols[key] = table
-        return cols
-
-    @classmethod
-    def from_columns(cls, cols: dict[str, Any]) -> JobQueue:
-        """Rebuild a queue from `to_columns()` output and check it, like `from_state`."""
-        q = cls()
-        ids, status, attempts, payloads = cols["ids"], cols["status"], cols["attempts"], cols["payloads"]
-        if not len(ids) == len(status) == len(attempts) == len(payloads):
-            raise AssertionError("the job columns differ in length")
-        if not set(map(type, ids)) <= {str} or not set(map(type, payloads)) <= {str}:
-            raise AssertionError("a job id or payload is not a string")
-        jobs = list(map(Job, ids, payloads, attempts, map(_STATUS_OF, status)))
-        q.jobs = dict(zip(ids, jobs))
-        if len(q.jobs) != len(jobs):
-            raise AssertionError("a job id appears twice in the snapshot")
-        q.counts.update({s: status.count(c) for s, c in _CODE.items()})
-        q.pending.extend(cols["pending"])
-        q.leases = {k: Lease(a, w, d) for k, a, w, d in cols["leases"]}
-        q.last_seq = cols["last_seq"]
-        for key in _SPARSE:
-            table = cols.get(key, {})
-            if type(table) is not dict:
-                raise AssertionError(f"{key} is not an object")
-            setattr(q, key, table)
-        q._window(cols)
-        return q
-
-    def _window(self, body: dict[str, Any]) -> None:
-        """The retention window of a snapshot body, then the links checked. A body with an end
-        order but no `retention` predates recording it: RETENTION_UNKNOWN, for recovery to set."""
-        self.ended.extend(body.get("ended", ()))
-        self.dropped = body.get("dropped", 0)
-        retention = body.get("retention", RETENTION_UNKNOWN if "ended" in body else 0)
-        if type(retention) is not int or retention < RETENTION_UNKNOWN:
-            raise AssertionError(f"retention {retention!r} is not a count")
-        self.retention = retention
-        self._check_links()

@@ -27,22 +27,22 @@ from typing import Any
 import orjson
 
 from beaver_sim.core.queue import JobQueue
+from beaver_sim.core.types import ACK as ACK
+from beaver_sim.core.types import CANCEL as CANCEL
+from beaver_sim.core.types import CONFIG as CONFIG
+from beaver_sim.core.types import DEAD as DEAD
+from beaver_sim.core.types import DISPATCH as DISPATCH
+from beaver_sim.core.types import ENQUEUE as ENQUEUE
+from beaver_sim.core.types import FAIL as FAIL
+from beaver_sim.core.types import RELEASE as RELEASE
+from beaver_sim.core.types import REQUEUE as REQUEUE
+from beaver_sim.core.types import REVIVE as REVIVE
+from beaver_sim.core.types import STARTS as STARTS
+from beaver_sim.core.types import TIMEOUT as TIMEOUT
 from beaver_sim.core.types import BeaverError, Lease
 from beaver_sim.errors import brief
 
 Record = dict[str, Any]
-
-ENQUEUE = "enqueue"  # a new job, with its payload
-DISPATCH = "dispatch"  # attempt N of a job handed to a worker, with its deadline
-ACK = "ack"  # attempt N succeeded: completed
-FAIL = "fail"  # attempt N failed with an error: back to pending
-TIMEOUT = "timeout"  # attempt N passed its deadline: back to pending
-REQUEUE = "requeue"  # attempt N was interrupted by a crash: back to pending
-DEAD = "dead"  # attempt N was the last allowed: dead
-RELEASE = "release"  # a delayed job's not_before has come: pending
-REVIVE = "revive"  # a dead job back to pending with a fresh attempt budget (`beaver requeue`)
-CANCEL = "cancel"  # a pending or delayed job cancelled: it never runs (`beaver cancel`)
-CONFIG = "config"  # settings replay depends on, in effect from this record on (job: "")
 
 MAX_REASON_BYTES = 2048  # a FAIL error or DEAD reason as stored: its JSON text, quotes included
 

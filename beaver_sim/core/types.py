@@ -1,4 +1,5 @@
-"""The nouns of the queue: job states, jobs, leases and the errors that name them.
+"""The nouns of the queue: job states, jobs, leases, the record types and the state machine that
+says which job states each record may start from, and the errors that name them.
 
 Everything here is plain data and interfaces; no clock, no I/O. `beaver_sim.config` loads `Config`."""
 
@@ -14,6 +15,8 @@ import orjson
 from beaver_sim.errors import BeaverError as BeaverError
 from beaver_sim.errors import CorruptLog as CorruptLog
 from beaver_sim.errors import brief
+from beaver_sim.storage import log_format
+from beaver_sim.storage.log_format import FSYNC_POLICIES
 
 
 class JobStatus(StrEnum):
@@ -42,16 +45,18 @@ class Job:
     @property
     def payload(self) -> dict[str, Any]:
         raw = self.raw
-        if type(raw) is str:
-            self.raw = raw = orjson.loads(raw)
-        return raw  # type: ignore[return-value]
+        if isinstance(raw, str):
+            decoded: dict[str, Any] = orjson.loads(raw)
+            self.raw = raw = decoded
+        return raw
 
     def copy_payload(self) -> dict[str, Any]:
         """A fresh copy of the payload for one attempt: a handler that changes its dict changes
         neither the stored job (its snapshot, its retries) nor the duplicate check. Decoded from the
         snapshot's text, or copied through JSON (a payload is plain JSON: checked at enqueue)."""
         raw = self.raw
-        return orjson.loads(raw if type(raw) is str else orjson.dumps(raw))
+        copy: dict[str, Any] = orjson.loads(raw if type(raw) is str else orjson.dumps(raw))
+        return copy
 
 
 @dataclass(slots=True)
@@ -62,6 +67,37 @@ class Lease:
     attempt: int
     worker: int
     deadline: float
+
+
+# The record types (core/records.py builds and applies them; docs/contracts.md documents them).
+ENQUEUE = "enqueue"  # a new job, with its payload
+DISPATCH = "dispatch"  # attempt N of a job handed to a worker, with its deadline
+ACK = "ack"  # attempt N succeeded: completed
+FAIL = "fail"  # attempt N failed with an error: back to pending
+TIMEOUT = "timeout"  # attempt N passed its deadline: back to pending
+REQUEUE = "requeue"  # attempt N was interrupted by a crash: back to pending
+DEAD = "dead"  # attempt N was the last allowed: dead
+RELEASE = "release"  # a delayed job's not_before has come: pending
+REVIVE = "revive"  # a dead job back to pending with a fresh attempt budget (`beaver requeue`)
+CANCEL = "cancel"  # a pending or delayed job cancelled: it never runs (`beaver cancel`)
+CONFIG = "config"  # settings replay depends on, in effect from this record on (job: "")
+
+# The state machine: the job states each record type may start from. ENQUEUE starts from none (its
+# id must be new); CONFIG concerns no job. JobQueue's transitions test these inline (one flat
+# function each, the replay path) and `IllegalTransition` is raised against them;
+# tests/unit/test_state_machine.py holds the transitions and docs/contracts.md's table to this one.
+STARTS: dict[str, tuple[JobStatus, ...]] = {
+    ENQUEUE: (),
+    DISPATCH: (JobStatus.PENDING,),
+    ACK: (JobStatus.IN_FLIGHT,),
+    FAIL: (JobStatus.IN_FLIGHT,),
+    TIMEOUT: (JobStatus.IN_FLIGHT,),
+    REQUEUE: (JobStatus.IN_FLIGHT,),
+    DEAD: (JobStatus.IN_FLIGHT,),
+    RELEASE: (JobStatus.DELAYED,),
+    REVIVE: (JobStatus.DEAD,),
+    CANCEL: (JobStatus.PENDING, JobStatus.DELAYED),
+}
 
 
 class IllegalTransition(BeaverError):
@@ -142,10 +178,9 @@ class Backoff:
         return []
 
 
-FSYNC_POLICIES = ("always", "interval", "never")
-PREALLOCATE = ("auto", "none", "fallocate", "zeros")  # storage.wal.PREALLOCATE, and auto
+PREALLOCATE = ("auto", *log_format.PREALLOCATE)  # auto: fallocate where the file system can
 MIN_RECORD_BYTES = 4096  # records.MAX_REASON_BYTES plus a record's fields, with room for an id
-WAL_RECOVERY = ("tolerate-tail", "strict")  # storage.wal.RECOVERY
+WAL_RECOVERY = log_format.RECOVERY
 
 
 @dataclass(slots=True)

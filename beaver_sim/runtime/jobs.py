@@ -5,7 +5,7 @@ directory (the `job` and `jobs` requests, answered by `answer` on the loop threa
 files, read-only as `status` reads them (service.read_state). The state keeps a dead job's reason,
 a completed job's result and a delayed job's not_before (snapshots too, since schema 3). What it
 does not keep, each attempt's dispatch and end, comes from the WAL records the log still holds
-(core.recovery.inspect over every record): a checkpoint deletes the segments its snapshot covers,
+(core.repair.inspect over every record): a checkpoint deletes the segments its snapshot covers,
 and those records with them, so then `history` is partial (`history_complete` false). A dead job
 whose reason only an older snapshot covered (schema 2 kept none) takes it from the log if it can."""
 
@@ -20,7 +20,7 @@ import orjson
 from beaver_sim.core import records as R
 from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.records import Record
-from beaver_sim.core.recovery import inspect
+from beaver_sim.core.repair import inspect
 from beaver_sim.core.types import BeaverError, Config, Job, JobStatus
 from beaver_sim.runtime.server import ControlUnavailable, request
 from beaver_sim.storage.fs import RealFS

@@ -1,11 +1,13 @@
-"""Service: one data directory served for real. It wires the config, RealFS, Storage, the
-Controller on a RealClock, the worker pool, the data-directory lock, the /metrics server and the
-control socket; `beaver run` is `Service.start`, `run`, `close` on an asyncio loop, and tests use it
-the same way in-process.
+"""One data directory served for real, and reached with or without its server.
 
-Also here: what the CLI does without a running controller. `enqueue` takes the lock, recovers and
-logs the jobs itself; `read_state` rebuilds the state read-only (newest valid snapshot + WAL scan,
-no truncation, no rename, no lock), so `status` can look at a directory another process writes."""
+`Service` wires the config, RealFS, Storage, the Controller on a RealClock, the worker pool, the
+data-directory lock, the /metrics server and the control socket; `beaver run` is `Service.start`,
+`run`, `close` on an asyncio loop, and tests use it the same way in-process. The commands that talk
+to a directory go through the same module because they must agree with the server on the lock and
+the socket: `enqueue` (and the operator's `operate_on`) hand their records to a running controller
+over its socket, or take the lock, recover and log them themselves; `status_of` asks it, or reads
+the files with `read_state`, which rebuilds the state read-only (newest valid snapshot + WAL scan,
+no truncation, no rename, no lock) while another process may be writing them."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from functools import partial
 from typing import Any, TypeVar
 
 from beaver_sim.core.controller import Controller, Enqueued
-from beaver_sim.core.recovery import Inspection, Storage, inspect
+from beaver_sim.core.durable import Storage
+from beaver_sim.core.repair import Inspection, inspect
 from beaver_sim.core.types import Abandoned, BeaverError, Config, CorruptLog, JobStatus, OnResult
 from beaver_sim.metrics import MetricsServer, QueueMetrics, Sample, sample
 from beaver_sim.runtime import forks
@@ -479,7 +482,7 @@ def _write(
 
 
 def read_state(config: Config, attempts: int = 3) -> Inspection:
-    """Rebuild the state as recovery would (core.recovery.inspect) without changing any file or
+    """Rebuild the state as recovery would (core.repair.inspect) without changing any file or
     taking the lock. A torn tail (a writer mid-append) ends the replay; other damage is CorruptLog.
     A running writer may delete segments or snapshots under us during a checkpoint: try again then."""
     fs = RealFS()

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from beaver_sim.core.controller import write_inline
-from beaver_sim.core.recovery import Storage
+from beaver_sim.core.durable import Storage
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)  # resolved here, never in a child (dlopen after fork can hang)

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from beaver_sim.core import records as R
-from beaver_sim.core.recovery import Storage
+from beaver_sim.core.durable import Storage
 from beaver_sim.sim.checker import ClientView, Trace
 from beaver_sim.sim.faults import CrashPlan
 from beaver_sim.sim.fs import SimFS

@@ -31,7 +31,8 @@ import orjson
 
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
-from beaver_sim.core.recovery import Storage, inspect
+from beaver_sim.core.durable import Storage
+from beaver_sim.core.repair import inspect
 from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.sim import mutants
 from beaver_sim.sim.capture import Capture, LogReader, archived, record_before, recovered_key, with_ends

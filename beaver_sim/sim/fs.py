@@ -22,7 +22,13 @@ unsynced `BLOCK` of each file; `after_crash(SUBSETS, mask)` keeps exactly the un
 set (any subset, so any order of the writes between two syncs, as CrashMonkey explores).
 
 A `hook` can stop the world before any call or in the middle of any write: that is how crash
-points are placed. A `fault`
+points are placed. Besides the calls, it sees the persistence points of the storage protocol as op
+"mark", reached right after the call that completes them, which SimFS recognises by the file names
+(log_format.segment_seq, snapshot.snapshot_seq); the production code names no point itself:
+`snapshot-tmp-written` / `-synced` (a snapshot's temp file written, synced), `snapshot-renamed`,
+`snapshot-dir-synced`, `snapshots-pruned` (a directory sync after a snapshot was renamed into it,
+after snapshots were removed from it), `wal-rotated` and `wal-segments-deleted` (the same for WAL
+segments). Sim-side code names its own with `mark`. A `fault`
 (IOFault) makes the n-th write, sync, rename or directory sync fail with an OSError, as a full or
 failing disk does.
 
@@ -39,6 +45,9 @@ import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from beaver_sim.storage.log_format import segment_seq
+from beaver_sim.storage.snapshot import snapshot_seq
 
 PROCESS = "process"
 POWER_LOSS = "power-loss"
@@ -147,15 +156,19 @@ class _Inode:
 
 
 class SimFile:
-    """An open SimFS file; appends go to the end, as with O_APPEND."""
+    """An open SimFS file; appends go to the end, as with O_APPEND. `snapshot_tmp`: a snapshot's
+    temp file, whose write and sync are persistence points (`SimFS.points`)."""
 
-    __slots__ = ("fs", "inode", "path")
+    __slots__ = ("fs", "inode", "path", "snapshot_tmp")
 
-    def __init__(self, fs: SimFS, path: str, inode: _Inode) -> None:
-        self.fs, self.path, self.inode = fs, path, inode
+    def __init__(self, fs: SimFS, path: str, inode: _Inode, snapshot_tmp: bool = False) -> None:
+        self.fs, self.path, self.inode, self.snapshot_tmp = fs, path, inode, snapshot_tmp
 
     def write(self, data: bytes) -> None:
         fs = self.fs
+        fs._echo = None
+        if fs._at_dir_sync:
+            fs._at_dir_sync.clear()
         if fs.hook is not None:
             keep = fs.hook("write", self.path, len(data))
             if keep is not None:
@@ -173,6 +186,8 @@ class SimFile:
         fs.write_calls += 1
         self.inode.data += data
         fs.bytes_written += len(data)
+        if self.snapshot_tmp:
+            fs._point("snapshot-tmp-written")
 
     def preallocate(self, size: int, zeros: bool = False) -> None:
         """Zeros up to `size` (fallocate and written zeros read the same); a crash point before,
@@ -185,12 +200,17 @@ class SimFile:
 
     def sync(self) -> None:
         fs = self.fs
+        fs._echo = None
+        if fs._at_dir_sync:
+            fs._at_dir_sync.clear()
         if fs.hook is not None:
             fs._call("sync", self.path)
         if fs.fault is not None:
             fs.fault.check("sync", self.path)
         self.inode.sync()
         fs.syncs += 1
+        if self.snapshot_tmp:
+            fs._point("snapshot-tmp-synced")
 
     def close(self) -> None:
         pass
@@ -210,6 +230,8 @@ class SimFS:
         self.syncs = 0
         self.dir_syncs = 0
         self.renames = 0
+        self._at_dir_sync: dict[str, list[str]] = {}  # directory -> the points its next sync reaches
+        self._echo: str | None = None  # the point just reached, with no call since
 
     @staticmethod
     def _norm(path: str) -> str:
@@ -217,8 +239,34 @@ class SimFS:
         return posixpath.normpath(posixpath.join("/", path.removeprefix(SCHEME)))
 
     def _call(self, op: str, path: str) -> None:
+        self._echo = None
+        if self._at_dir_sync and op != "remove" and op != "replace":
+            self._at_dir_sync.clear()  # the directory sync that completes a point comes next, or never
         if self.hook is not None and self.hook(op, path, 0) is not None:
             raise SimulatedCrash(f"crash before {op} {path}")
+
+    # -- persistence points ----------------------------------------------------------------------
+
+    def _point(self, name: str) -> None:
+        """Reach the named persistence point `name` (a crash point the hook sees as op "mark")."""
+        self._call("mark", name)
+        self._echo = name
+
+    def _pend(self, directory: str, name: str) -> None:
+        """`name` is reached if the next call that is not a rename or unlink syncs `directory`, and
+        succeeds (as the storage code syncs a directory right after the names it changed there)."""
+        names = self._at_dir_sync.setdefault(directory, [])
+        if name not in names:
+            names.append(name)
+
+    def mark(self, point: str) -> None:
+        """A persistence point named by sim-side code (a mutant's or a lab's own steps). Right after
+        the same point reached by the call it follows (a wrapper naming what SimFS already saw),
+        it is that point, not a second one."""
+        if self._echo == point:
+            self._echo = None
+            return
+        self._call("mark", point)
 
     def _parent_exists(self, path: str) -> None:
         parent = posixpath.dirname(path)
@@ -268,7 +316,8 @@ class SimFS:
             inode = self.files[p] = _Inode()
         else:
             inode.cut(0)
-        return SimFile(self, p, inode)
+        name = posixpath.basename(p)
+        return SimFile(self, p, inode, name.endswith(".tmp") and snapshot_seq(name[:-4]) is not None)
 
     def read_bytes(self, path: str) -> bytes:
         inode = self._inode(path)
@@ -313,12 +362,23 @@ class SimFS:
         self._parent_exists(d)
         del self.files[s]
         self.files[d] = inode
+        name, directory = posixpath.basename(d), posixpath.dirname(d)
+        if snapshot_seq(name) is not None:
+            self._point("snapshot-renamed")
+            self._pend(directory, "snapshot-dir-synced")
+        elif segment_seq(name) is not None:
+            self._pend(directory, "wal-rotated")
 
     def remove(self, path: str) -> None:
         p = self._norm(path)
         self._call("remove", p)
         self._inode(p)
         del self.files[p]
+        name, directory = posixpath.basename(p), posixpath.dirname(p)
+        if snapshot_seq(name) is not None:
+            self._pend(directory, "snapshots-pruned")
+        elif segment_seq(name) is not None:
+            self._pend(directory, "wal-segments-deleted")
 
     def truncate(self, path: str, size: int) -> None:
         p = self._norm(path)
@@ -334,16 +394,20 @@ class SimFS:
 
     def sync_dir(self, path: str) -> None:
         p = self._norm(path)
+        points = self._at_dir_sync.pop(p, [])
         self._call("sync_dir", p)
+        self._persist_dir(p)
+        self.dir_syncs += 1
+        for name in points:
+            self._point(name)
+
+    def _persist_dir(self, p: str) -> None:
+        """What a directory fsync makes durable: the entries of `p` as they are now."""
         if self.fault is not None:
             self.fault.check("dirsync", p)
         durable = {k: v for k, v in self.durable_names.items() if posixpath.dirname(k) != p}
         durable.update((k, v) for k, v in self.files.items() if posixpath.dirname(k) == p)
         self.durable_names = dict(sorted(durable.items()))
-        self.dir_syncs += 1
-
-    def mark(self, point: str) -> None:
-        self._call("mark", point)
 
     # -- crashes -------------------------------------------------------------------------------
 

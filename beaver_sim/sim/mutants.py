@@ -23,12 +23,12 @@ from crc32c import crc32c
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
 from beaver_sim.core.queue import JobQueue
-from beaver_sim.core.types import BeaverError, IllegalTransition, JobStatus
+from beaver_sim.core.types import Abandoned, BeaverError, IllegalTransition, JobStatus
 from beaver_sim.sim.fs import SimFile, SimFS
 from beaver_sim.storage import snapshot as snap
-from beaver_sim.storage import wal
+from beaver_sim.storage.log_format import frame, header_line, parse_header, segment_seq, unframe
 from beaver_sim.storage.snapshot import SnapshotStore
-from beaver_sim.storage.wal import SEGMENT_NAME, WriteAheadLog, frame, header_line, list_segments
+from beaver_sim.storage.wal import WriteAheadLog, list_segments
 
 Apply = Callable[[JobQueue, R.Record], None]
 
@@ -47,27 +47,23 @@ class AppendOutsideLockController(Controller):
 
     _held: R.Record | None = None  # applied; its caller has not reached the log yet
 
-    def _log(self, rec: R.Record) -> None:
+    def append(self, rec: R.Record) -> None:
         R.APPLY[rec["type"]](self.state, rec)  # under the lock: seq is only known once appended
         held, self._held = self._held, None
         if held is None:
             self._held = rec
         else:
-            self._append(rec)
-            self._append(held)
-        if self._flush_handle is None:
-            self._flush_handle = self.clock.call_later(0, self._flush)
-        if self._snapshot_handle is None and self.config.snapshot_interval > 0:
-            self._snapshot_handle = self.clock.call_later(self.config.snapshot_interval, self._snapshot)
+            self._to_log(rec)
+            self._to_log(held)
 
-    def _append(self, rec: R.Record) -> None:
+    def _to_log(self, rec: R.Record) -> None:
         self.state.last_seq = max(self.state.last_seq, self.storage.wal.append(rec))
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         held, self._held = self._held, None
         if held is not None:  # a caller alone in its turn reaches the log before the flush
-            self._append(held)
-        super()._flush()
+            self._to_log(held)
+        super().flush()
 
 
 # -- checkpoint 2: fsync and checksums -----------------------------------------------------------
@@ -102,9 +98,8 @@ class NoDirFsyncFS(SimFS):
     of their directory, which this variant leaves out. Files are synced, but after a power loss the
     new WAL segment or snapshot may not be there at all: a rename is atomic, not durable."""
 
-    def sync_dir(self, path: str) -> None:
-        self._call("sync_dir", self._norm(path))
-        self.dir_syncs += 1
+    def _persist_dir(self, p: str) -> None:
+        pass
 
 
 class BitRotFS(SimFS):
@@ -114,7 +109,7 @@ class BitRotFS(SimFS):
 
     def after_crash(self, model: str, torn_bytes: int = 0) -> SimFS:
         out = super().after_crash(model, torn_bytes)
-        names = sorted(p for p in out.files if SEGMENT_NAME.fullmatch(posixpath.basename(p)))
+        names = sorted(p for p in out.files if segment_seq(posixpath.basename(p)) is not None)
         for path in reversed(names):
             data = out.files[path].data
             at = data.find(b'"type":"enqueue"')
@@ -134,10 +129,8 @@ class NoChecksumWAL(WriteAheadLog):
     that flips a bit (`BitRotFS`) the damaged record parses, and recovery replays an altered job
     where the CRC would have refused the log."""
 
-    def append(self, rec: R.Record) -> int:
-        seq = super().append(rec)
-        self._buf[-1] = b"00000000" + self._buf[-1][8:]
-        return seq
+    def frame(self, body: bytes, crc: int) -> bytes:
+        return b"00000000" + super().frame(body, crc)[8:]
 
     @classmethod
     def open(
@@ -154,17 +147,16 @@ def _sign(fs: Any, path: str, crc: int | None) -> int | None:
     """Rewrite the CRCs of a segment's framed lines (and its header's chain) as if they had been
     right; stop at the first line that does not frame. Returns the chain at its end."""
     lines = fs.read_bytes(path).split(b"\n")
-    h = wal._header(lines[0])
+    h = parse_header(lines[0])
     if h is None:
         return crc
     crc = h["prev_crc"] if crc is None else crc
     out = [header_line(h["first_seq"], h["base_lsn"], crc)[:-1]]
     for i, line in enumerate(lines[1:], 1):
-        parsed = wal._parse_line(line, crc)  # a CRC that fails is all this reader forgives
-        if i == len(lines) - 1 or (isinstance(parsed, str) and parsed != "checksum mismatch"):
+        body = unframe(line)  # a CRC that fails is all this reader forgives
+        if i == len(lines) - 1 or body is None:
             out += lines[i:]
             break
-        body = line.split(b" ", 2)[2]
         crc = crc32c(body, crc)
         out.append(frame(body, crc)[:-1])
     f = fs.create(path)
@@ -250,12 +242,12 @@ class NoTimeoutLimitController(Controller):
     its number, as the seed's timeout loop did (`job.Attempt++; Requeue`): only failures count
     toward max_retry, so a job that keeps timing out runs forever."""
 
-    def _retry_or_bury(self, job_id: str, attempt: int, retry: R.Record, why: str) -> None:
+    def retry_or_bury(self, job_id: str, attempt: int, retry: R.Record, why: str) -> None:
         if retry["type"] == R.TIMEOUT:
-            self._log(retry)
+            self.log(retry)
             self.counters.retried += 1
         else:
-            super()._retry_or_bury(job_id, attempt, retry, why)
+            super().retry_or_bury(job_id, attempt, retry, why)
 
 
 class NoIntervalSyncController(Controller):
@@ -264,8 +256,8 @@ class NoIntervalSyncController(Controller):
     A power loss then loses jobs acknowledged long before it, outside the documented window of
     `fsync_interval` seconds that `interval` may lose."""
 
-    def _sync(self) -> None:
-        self._sync_handle = None
+    def interval_sync(self) -> None:
+        pass
 
 
 class FreeSlotAtTimeoutController(Controller):
@@ -274,14 +266,8 @@ class FreeSlotAtTimeoutController(Controller):
     that hangs keeps its thread forever. Once hung attempts hold every thread of the pool, each new
     attempt waits for a thread, the wait counts toward its timeout, and healthy jobs die unrun."""
 
-    def _on_timeout(self, job_id: str, attempt: int) -> None:
-        lease = self.state.leases[job_id]
-        del self._timers[job_id]
-        self.free_workers.append(lease.worker)
-        self.counters.timeouts += 1
-        self.counters.abandoned += 1
-        self._retry_or_bury(job_id, attempt, R.timeout(job_id, attempt), "timeout")
-        self._dispatch()
+    def abandon(self, job_id: str, attempt: int, worker: int) -> Abandoned:
+        return Abandoned(held=False)
 
 
 # -- checkpoint 5: idempotent replay -------------------------------------------------------------
@@ -299,7 +285,7 @@ class ReplayWholeLogWAL(WriteAheadLog):
         cls, fs: Any, directory: str, *, after_seq: int = 0, on_record: Any = None, **options: Any
     ) -> tuple[WriteAheadLog, Any, int]:
         names = list_segments(fs, directory) if fs.is_dir(directory) else []
-        first = int(names[0][4:24]) if names else 1
+        first = segment_seq(names[0]) or 1 if names else 1
         after_seq = min(after_seq, first - 1)
         return super().open(fs, directory, after_seq=after_seq, on_record=on_record, **options)
 
@@ -314,7 +300,7 @@ def seed_transition(q: JobQueue, r: R.Record) -> None:
     if r["type"] in (R.FAIL, R.TIMEOUT, R.REQUEUE) and job is not None:
         if job.status is not JobStatus.PENDING:
             q.leases.pop(job.id, None)
-            q._move(job, JobStatus.PENDING)
+            q.move(job, JobStatus.PENDING)
             q.pending.append(job.id)
         return
     R.APPLY[r["type"]](q, r)
@@ -352,15 +338,10 @@ class SeqResetWAL(WriteAheadLog):
         if len(self.segments) > before:
             self.seq_base = self.next_seq - 1
 
-    def append(self, rec: R.Record) -> int:
-        seq = super().append(rec)
+    def encode(self, rec: R.Record) -> bytes:
         if self.seq_base:
-            prev_crc, start = self._undo
-            body = orjson.dumps({**rec, "seq": seq - self.seq_base})
-            self.crc = crc = crc32c(body, prev_crc)
-            self._buf[-1] = frame(body, crc)
-            self.lsn = start + len(self._buf[-1])
-        return seq
+            return orjson.dumps({**rec, "seq": rec["seq"] - self.seq_base})
+        return super().encode(rec)
 
 
 class PayloadlessEnqueueWAL(WriteAheadLog):
@@ -415,7 +396,7 @@ class DelayLostOnRestartController(Controller):
 
     def start(self) -> None:
         for job_id in list(self.state.not_before):
-            self._log(R.release(job_id))
+            self.log(R.release(job_id))
         super().start()
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from beaver_sim.core.controller import Controller
-from beaver_sim.core.recovery import Storage
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.types import Config, JobStatus
 from beaver_sim.sim import mutants
 from beaver_sim.sim.clock import VirtualClock

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from beaver_sim.core.recovery import Storage
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.types import BeaverError
 from beaver_sim.sim import mutants
 from beaver_sim.sim.capture import Capture, LogReader, recovered_key

@@ -30,7 +30,8 @@ from typing import Any
 import orjson
 
 from beaver_sim.core import records as R
-from beaver_sim.core.recovery import Storage, inspect
+from beaver_sim.core.durable import Storage
+from beaver_sim.core.repair import inspect
 from beaver_sim.errors import BeaverError
 from beaver_sim.sim.checker import Checker, Violation
 from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS

@@ -46,7 +46,6 @@ class FS(Protocol):
     def truncate(self, path: str, size: int) -> None: ...
     def sync_dir(self, path: str) -> None: ...
     def can_fallocate(self, directory: str) -> bool: ...
-    def mark(self, point: str) -> None: ...
 
 
 _ZEROS = bytes(1 << 20)
@@ -174,6 +173,3 @@ class RealFS:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-    def mark(self, point: str) -> None:
-        """A named persistence point: nothing to do on a real disk (SimFS can crash here)."""

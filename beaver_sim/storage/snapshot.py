@@ -2,7 +2,7 @@
 
 File `snap-<N:020d>.json`: a header line `{"magic","v","last_included_seq","body_len","body_crc32c"}`
 and the body. The store checks the header and the body's checksum; what the body means (and which
-versions `v` exist) is its reader's business (core/recovery.py). Written as tmp, fsync, os.replace,
+versions `v` exist) is its reader's business (core/codec.py). Written as tmp, fsync, os.replace,
 fsync of the directory (the seed's WriteFile + Rename had neither fsync). The two newest are kept; a
 newest that fails its checksum, or that its reader calls corrupt, is renamed `.broken` and the older
 one is used."""
@@ -27,7 +27,14 @@ T = TypeVar("T")
 
 
 def snapshot_name(seq: int) -> str:
+    """The file name of the snapshot that covers records 1..`seq`."""
     return f"snap-{seq:020d}.json"
+
+
+def snapshot_seq(name: str) -> int | None:
+    """The seq a snapshot's file name carries; None if `name` (a base name) is not a snapshot's."""
+    m = _SNAPSHOT.fullmatch(name)
+    return int(m.group(1)) if m else None
 
 
 @dataclass(slots=True)
@@ -98,7 +105,7 @@ class SnapshotStore:
     def seqs(self) -> list[int]:
         """last_included_seq of every snapshot file, oldest first."""
         names = self.fs.listdir(self.directory)
-        return [int(m.group(1)) for n in names if (m := _SNAPSHOT.fullmatch(n))]
+        return [seq for n in names if (seq := snapshot_seq(n)) is not None]
 
     def path(self, seq: int) -> str:
         return posixpath.join(self.directory, snapshot_name(seq))
@@ -109,14 +116,10 @@ class SnapshotStore:
         path = self.path(seq)
         f = fs.create(path + ".tmp")
         f.write(encode(seq, version, body))
-        fs.mark("snapshot-tmp-written")
         f.sync()
         f.close()
-        fs.mark("snapshot-tmp-synced")
         fs.replace(path + ".tmp", path)
-        fs.mark("snapshot-renamed")
         fs.sync_dir(self.directory)
-        fs.mark("snapshot-dir-synced")
         return path
 
     def prune(self) -> int:
@@ -128,7 +131,6 @@ class SnapshotStore:
             self.fs.remove(self.path(seq))
         if doomed:
             self.fs.sync_dir(self.directory)
-            self.fs.mark("snapshots-pruned")
         return kept[0] if len(kept) >= self.keep else 0
 
     def load(self, read: Callable[[Snapshot, str], T]) -> Loaded[T]:

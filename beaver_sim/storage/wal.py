@@ -1,10 +1,11 @@
 """WriteAheadLog: the source of truth, one checksummed record per line, in numbered segments.
 
-Line format, readable with `cat`:  `<crc32c:8 hex> <body length> <body JSON>\\n`. The CRC covers the
-exact body bytes and is chained (crc_i = crc32c(body_i, crc_{i-1})), as etcd's WAL does, so a stale
-or reordered record cannot pass. Each segment `wal-<first seq>.log` starts with a header line that
-carries the chain and the segment's base LSN. seq starts at 1 and never resets; an LSN is a byte
-offset counted across all segments since the data directory was created.
+Line format (its bytes are storage/log_format.py's), readable with `cat`: `<crc32c:8 hex> <body
+length> <body JSON>\\n`. The CRC covers the exact body bytes and is chained (crc_i = crc32c(body_i,
+crc_{i-1})), as etcd's WAL does, so a stale or reordered record cannot pass. Each segment
+`wal-<first seq>.log` starts with a header line that carries the chain and the segment's base LSN.
+seq starts at 1 and never resets; an LSN is a byte offset counted across all segments since the data
+directory was created.
 
 Recovery (see `scan`): a bad record at the end of the last segment is a torn write, truncated with a
 `.broken` copy kept; a bad record followed by good ones, a seq gap or a missing segment is corruption
@@ -25,10 +26,8 @@ record bytes only, never the zeros."""
 from __future__ import annotations
 
 import contextlib
-import gc
 import itertools
 import posixpath
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,43 +36,31 @@ import orjson
 from crc32c import crc32c
 
 from beaver_sim.errors import BeaverError, CorruptLog, brief
+from beaver_sim.speed import paused_gc
+from beaver_sim.storage import log_format
 from beaver_sim.storage.fs import FS, FileHandle
+from beaver_sim.storage.log_format import (
+    FSYNC_POLICIES,
+    PREALLOCATE,
+    RECOVERY,
+    SECTOR,
+    VERSION,
+    Record,
+    frame,
+    header_line,
+    parse_header,
+    parse_line,
+    segment_name,
+    segment_seq,
+)
 
-MAGIC = "beaver-wal"
-VERSION = 1
 MAX_RECORD = 1 << 20
 SEGMENT_BYTES = 64 << 20
-FSYNC_POLICIES = ("always", "interval", "never")
-PREALLOCATE = ("none", "fallocate", "zeros")  # and "auto" when opening: fallocate where the FS can
-RECOVERY = ("tolerate-tail", "strict")  # what a whole last record that fails its CRC is: torn, or damage
-SEGMENT_NAME = re.compile(r"wal-(\d{20})\.log")  # a segment file; its first seq
-SECTOR = 512  # the unit a disk writes whole: a block lost to a power loss ends on a multiple of it
 
-Record = dict[str, Any]
 OnRecord = Callable[[Record, int], None]  # (record, its LSN)
-
-
-def segment_name(first_seq: int) -> str:
-    return f"wal-{first_seq:020d}.log"
-
-
-def frame(body: bytes, crc: int) -> bytes:
-    """One line of the log; `crc` is the chained CRC of `body`."""
-    return b"%08x %d %s\n" % (crc, len(body), body)
-
-
-def header_line(first_seq: int, base_lsn: int, prev_crc: int) -> bytes:
-    body = orjson.dumps(
-        {
-            "magic": MAGIC,
-            "v": VERSION,
-            "first_seq": first_seq,
-            "base_lsn": base_lsn,
-            "prev_crc": prev_crc,
-            "crc": "crc32c",
-        }
-    )
-    return frame(body, crc32c(body))
+# Compatibility for the sim/ modules that still match names with it (use log_format.segment_seq);
+# goes once they are merged onto log_format.
+SEGMENT_NAME = log_format._SEGMENT_NAME
 
 
 class RecordTooLarge(BeaverError):
@@ -126,23 +113,6 @@ class Scan:
     problem: Problem | None = None
 
 
-def _parse_line(line: bytes, prev_crc: int) -> tuple[int, bytes] | str:
-    """(stored crc, body) of a good line, or the reason it is bad."""
-    parts = line.split(b" ", 2)
-    if len(parts) != 3 or len(parts[0]) != 8 or not parts[1].isdigit():
-        return "malformed record"
-    body = parts[2]
-    if int(parts[1]) != len(body):
-        return "record length mismatch"
-    try:
-        stored = int(parts[0], 16)
-    except ValueError:
-        return "malformed checksum"
-    if crc32c(body, prev_crc) != stored:
-        return "checksum mismatch"
-    return stored, body
-
-
 def _valid_follows(lines: list[bytes], crc_before: int) -> bool:
     """Is any line after the bad one (`lines[0]`) a good record, chained to the line before it?
     Then the bad record is corruption in the middle, not a torn tail (etcd/LevelDB: only the
@@ -158,7 +128,7 @@ def _valid_follows(lines: list[bytes], crc_before: int) -> bool:
                 candidates.append(int(parts[0], 16))
             except ValueError:
                 pass
-        if any(not isinstance(_parse_line(line, c), str) for c in candidates):
+        if any(not isinstance(parse_line(line, c), str) for c in candidates):
             return True
     return False
 
@@ -178,21 +148,9 @@ def _lost_block(line: bytes, offset: int) -> bool:
     return False
 
 
-def _header(line: bytes) -> dict[str, Any] | None:
-    parts = line.split(b" ", 2)
-    try:
-        if len(parts) != 3 or int(parts[1]) != len(parts[2]) or crc32c(parts[2]) != int(parts[0], 16):
-            return None
-        h = orjson.loads(parts[2])
-    except ValueError:
-        return None
-    if not isinstance(h, dict) or h.get("magic") != MAGIC:
-        return None
-    return h
-
-
 def list_segments(fs: FS, directory: str) -> list[str]:
-    return [n for n in fs.listdir(directory) if SEGMENT_NAME.fullmatch(n)]
+    """The segment file names in `directory`, in seq order (a file name sorts as its seq)."""
+    return [n for n in fs.listdir(directory) if segment_seq(n) is not None]
 
 
 def log_bytes(fs: FS, path: str) -> bytes:
@@ -220,16 +178,9 @@ def scan(
     Records 1..`covered_seq` (default `after_seq`) may be missing from the front of the log: a
     snapshot covers them and their segments were deleted. Stops at the first problem and
     describes it; never changes a file."""
-    # Replay allocates a few long-lived objects per record (jobs, payloads, leases) and no cycles:
-    # the cyclic GC would walk the growing heap again and again for nothing (~25 % of replay time).
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with paused_gc():  # replay allocates long-lived objects per record (jobs, payloads, leases)
         covered = after_seq if covered_seq is None else covered_seq
         return _scan(fs, directory, after_seq, covered, on_record)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _scan(fs: FS, directory: str, after_seq: int, covered: int, on_record: OnRecord | None) -> Scan:
@@ -242,7 +193,7 @@ def _scan(fs: FS, directory: str, after_seq: int, covered: int, on_record: OnRec
         s.bytes_total += len(data)
         last = index == len(names) - 1
         nl = data.find(b"\n")
-        h = _header(data[:nl]) if nl >= 0 else None
+        h = parse_header(data[:nl]) if nl >= 0 else None
         good = s.next_seq - 1 if s.segments else covered  # the last seq known good before this segment
         if h is None:
             s.problem = Problem(path, 0, s.end_lsn, good, "bad segment header")
@@ -251,7 +202,7 @@ def _scan(fs: FS, directory: str, after_seq: int, covered: int, on_record: OnRec
         if h.get("v") != VERSION:
             s.problem = Problem(path, 0, base, good, f"unsupported WAL version {h.get('v')}")
             return s
-        if int(SEGMENT_NAME.fullmatch(name).group(1)) != first:  # type: ignore[union-attr]
+        if segment_seq(name) != first:
             s.problem = Problem(path, 0, base, good, f"header says first seq {first}")
             return s
         if not s.segments:
@@ -290,8 +241,8 @@ def _scan(fs: FS, directory: str, after_seq: int, covered: int, on_record: OnRec
         bad_index = -1
         replayed = 0
         for i, line in enumerate(lines):
-            # _parse_line's checks, inlined for speed (replay is this loop); on a bad line,
-            # _parse_line itself says what is wrong
+            # parse_line's checks, inlined for speed (replay is this loop); on a bad line,
+            # parse_line itself says what is wrong
             try:
                 head, length, body = line.split(b" ", 2)
                 good = len(head) == 8 and length.isdigit() and int(length) == len(body)
@@ -299,7 +250,7 @@ def _scan(fs: FS, directory: str, after_seq: int, covered: int, on_record: OnRec
             except ValueError:
                 stored = -1
             if stored < 0 or crc32c(body, crc) != stored:
-                why = _parse_line(line, crc)
+                why = parse_line(line, crc)
                 reason, bad_index = (why if isinstance(why, str) else "checksum mismatch"), i
                 break
             try:
@@ -473,11 +424,10 @@ class WriteAheadLog:
 
     def append(self, rec: Record) -> int:
         """Assign the next seq to `rec`, encode and buffer it; returns the seq. Not yet durable."""
-        if self._failed is not None:
-            raise WALFailed(f"{self.directory}: the log failed earlier ({self._failed}); restart")
+        self.ensure_open()
         seq = self.next_seq
         rec["seq"] = seq
-        body = orjson.dumps(rec)
+        body = self.encode(rec)
         if len(body) > self.max_record:
             rec["seq"] = 0
             raise RecordTooLarge(
@@ -485,11 +435,58 @@ class WriteAheadLog:
             )
         self._undo = (self.crc, self.lsn)
         self.crc = crc = crc32c(body, self.crc)
-        line = b"%08x %d %s\n" % (crc, len(body), body)
+        line = self.frame(body, crc)
         self._buf.append(line)
         self.lsn += len(line)
         self.next_seq = seq + 1
         return seq
+
+    # Extension points: a subclass (the simulator's broken variants, a lab's learner code) may
+    # override these, within what each docstring says it must keep; the rest of the class is fixed.
+
+    def encode(self, rec: Record) -> bytes:
+        """The body logged for `rec` (its seq already set): its JSON. A subclass may log other bytes
+        for it (a mutant renumbers seqs); it must return one JSON object without a newline, which the
+        CRC then covers and the size limit checks. Replay decodes what this returns."""
+        return orjson.dumps(rec)
+
+    def frame(self, body: bytes, crc: int) -> bytes:
+        """The line that carries `body`, whose chained CRC is `crc`: log_format.frame. A subclass may
+        frame it otherwise (a mutant writes no checksum); the line must end with its newline, and
+        its length is what the LSN advances by. The chain (`crc`) goes on from `crc` whatever the
+        line says."""
+        return frame(body, crc)
+
+    def take_pending(self) -> list[bytes]:
+        """The framed lines appended and not yet written, in log order, handed over: the caller
+        must write them to `segment_file` in that order (and sync them before it acknowledges any),
+        then call `mark_durable`. For a subclass or a controller that commits a turn its own way
+        (the labs); `flush` is the log's own way."""
+        lines, self._buf = self._buf, []
+        return lines
+
+    @property
+    def segment_file(self) -> FileHandle:
+        """The live segment's open file, positioned at the end of the log: where lines taken with
+        `take_pending` go. Closed and replaced by `rotate`."""
+        return self._file
+
+    def mark_durable(self) -> None:
+        """Everything appended was written and synced by the caller (see `take_pending`): the log
+        counts it durable, as `sync` would have made it."""
+        self.written_lsn = self.durable_lsn = self.lsn
+
+    def rotate_if_full(self) -> None:
+        """Start a new segment once the written part of the live one reaches `segment_bytes` (the
+        end of every flush, the log's own or a subclass's)."""
+        if self.written_lsn - self.segments[-1].base_lsn >= self.segment_bytes:
+            self.rotate()
+
+    def ensure_open(self) -> None:
+        """WALFailed if a write or sync failed earlier: a failed log stays failed, so no later
+        append or flush is ever reported done (fsync(2), PostgreSQL's fsyncgate)."""
+        if self._failed is not None:
+            raise WALFailed(f"{self.directory}: the log failed earlier ({self._failed}); restart")
 
     def discard_last(self) -> None:
         """Take back the record just appended (still buffered): its apply was refused."""
@@ -504,25 +501,19 @@ class WriteAheadLog:
 
     def flush(self) -> None:
         """Write what is buffered (one write); under `always`, make it durable (one fdatasync)."""
-        if self._failed is not None:  # a failed log stays failed: never report a later flush as done
-            raise WALFailed(f"{self.directory}: the log failed earlier ({self._failed}); restart")
+        self.ensure_open()
         if self._buf:
             data = b"".join(self._buf)
             self._buf.clear()
-            try:  # self._io, inlined: one flush per event-loop turn
-                self._file.write(data)
-            except OSError as e:
-                self._fail(e)
+            self._io(self._file.write, data)
             self.written_lsn = self.lsn
         if self.fsync == "always":
             self.sync()
-        if self.written_lsn - self.segments[-1].base_lsn >= self.segment_bytes:
-            self.rotate()
+        self.rotate_if_full()
 
     def sync(self) -> None:
         """Make everything written durable (fdatasync), whatever the policy."""
-        if self._failed is not None:  # a failed log stays failed: never report a later flush as done
-            raise WALFailed(f"{self.directory}: the log failed earlier ({self._failed}); restart")
+        self.ensure_open()
         if self._buf:
             self._io(self._file.write, b"".join(self._buf))
             self._buf.clear()
@@ -534,16 +525,12 @@ class WriteAheadLog:
             self._io(self._file.sync)
             self.on_sync(self.timer() - t0)
         else:
-            try:  # self._io, inlined: one sync per flush under `always`
-                self._file.sync()
-            except OSError as e:
-                self._fail(e)
+            self._io(self._file.sync)
         self.syncs += 1
         self.durable_lsn = self.written_lsn
 
     def _io(self, fn: Callable[..., None], *args: Any) -> None:
-        if self._failed is not None:
-            raise WALFailed(f"{self.directory}: the log failed earlier ({self._failed}); restart")
+        """`fn(*args)`, a write or sync of the live segment: an OSError fails the log for good."""
         try:
             fn(*args)
         except OSError as e:
@@ -587,7 +574,6 @@ class WriteAheadLog:
                 removed += 1
         if removed:
             self.fs.sync_dir(self.directory)
-            self.fs.mark("wal-segments-deleted")
         del self.segments[: len(doomed)]
         return len(doomed)
 
@@ -612,7 +598,6 @@ def create_segment(
     f.close()
     fs.replace(path + ".tmp", path)
     fs.sync_dir(directory)
-    fs.mark("wal-rotated")
     return path
 
 
@@ -623,7 +608,7 @@ def verify(fs: FS, directory: str) -> Scan:
 
 def repair(fs: FS, directory: str) -> tuple[Scan, int, list[str]]:
     """Point-in-time repair of the log alone: cut it at its first bad record (see `cut`). The
-    operator's `beaver wal repair` plans first, with the snapshots in view (core.recovery)."""
+    operator's `beaver wal repair` plans first, with the snapshots in view (core.repair)."""
     s = scan(fs, directory)
     if s.problem is None:
         return s, 0, []
@@ -671,13 +656,13 @@ def records_from(fs: FS, p: Problem, crc: int, later: list[str]) -> tuple[list[R
     for line in lines:
         if not line:
             continue
-        h = _header(line)
+        h = parse_header(line)
         if h is not None:  # a segment starts: the chain goes on from what its header says
             chains = [h["prev_crc"]]
             continue
         rec = None
         for chain in chains:
-            got = _parse_line(line, chain)
+            got = parse_line(line, chain)
             if not isinstance(got, str):
                 try:
                     rec = orjson.loads(got[1])

@@ -21,9 +21,9 @@ from typing import Any
 import orjson
 import pytest
 
-from beaver_sim.cli import RunProcess
-from beaver_sim.core.recovery import Storage
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.types import BeaverError, Config, JobStatus
+from beaver_sim.demo import RunProcess
 from beaver_sim.runtime.service import read_state
 from beaver_sim.storage.fs import RealFS
 

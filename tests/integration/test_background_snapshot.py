@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from beaver_sim.cli import RunProcess
 from beaver_sim.core import records as R
-from beaver_sim.core.recovery import Storage
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.types import Config
+from beaver_sim.demo import RunProcess
 from beaver_sim.runtime.service import read_state
 from beaver_sim.storage.fs import RealFS
 

@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 import pytest
 
-from beaver_sim.cli import RunProcess
 from beaver_sim.core import records as R
 from beaver_sim.core.types import Config, JobStatus
+from beaver_sim.demo import RunProcess
 from beaver_sim.runtime.server import request
 from beaver_sim.runtime.service import read_state
 from beaver_sim.storage import wal

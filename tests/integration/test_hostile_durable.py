@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from beaver_sim.cli import RunProcess
 from beaver_sim.core import records as R
+from beaver_sim.demo import RunProcess
 from tests.integration.test_real_processes import beaver, runs, start  # noqa: F401 (runs: a fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_env")]

@@ -25,9 +25,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from beaver_sim.cli import RunProcess
 from beaver_sim.core import records as R
 from beaver_sim.core.types import Config, JobStatus
+from beaver_sim.demo import RunProcess
 from beaver_sim.runtime.server import MAX_REQUEST, request
 from beaver_sim.runtime.service import read_state
 from beaver_sim.storage import wal

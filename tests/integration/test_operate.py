@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from beaver_sim.cli import RunProcess
+from beaver_sim.demo import RunProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_env")]
 

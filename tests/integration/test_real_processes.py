@@ -19,8 +19,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from beaver_sim.cli import RECOVERED, RunProcess
 from beaver_sim.core.types import BeaverError, Config, JobStatus
+from beaver_sim.demo import RECOVERED, RunProcess
 from beaver_sim.runtime.server import request
 from beaver_sim.runtime.service import read_state
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from beaver_sim.core import records as R
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.queue import JobQueue
-from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import Lease
 from beaver_sim.sim.fs import (
     METADATA_FIRST,

@@ -19,13 +19,14 @@ from hypothesis import strategies as st
 
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.queue import JobQueue
-from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import Config, JobStatus
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSS, PROCESS, SimFS, SimulatedCrash
 from beaver_sim.sim.workers import SimWorkers
-from beaver_sim.storage.wal import FSYNC_POLICIES, scan
+from beaver_sim.storage.log_format import FSYNC_POLICIES
+from beaver_sim.storage.wal import scan
 
 DATA = "/data"
 WAL = f"{DATA}/wal"

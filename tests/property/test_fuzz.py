@@ -19,20 +19,16 @@ from hypothesis import strategies as st
 from beaver_sim.cli import read_jobs
 from beaver_sim.config import load_config
 from beaver_sim.core import records as R
-from beaver_sim.core.recovery import (
-    Storage,
-    decode_snapshot,
-    encode_snapshot,
-    inspect,
-    plan_repair,
-    read_state,
-)
+from beaver_sim.core.codec import decode_snapshot, encode_snapshot, read_state
+from beaver_sim.core.durable import Storage
+from beaver_sim.core.repair import inspect, plan_repair
 from beaver_sim.core.types import BeaverError
 from beaver_sim.runtime import server
 from beaver_sim.runtime.service import Service
 from beaver_sim.sim.fs import SimFS
+from beaver_sim.storage.log_format import segment_name
 from beaver_sim.storage.snapshot import SnapshotStore
-from beaver_sim.storage.wal import scan, segment_name
+from beaver_sim.storage.wal import scan
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 SEGMENT = "/data/wal/" + segment_name(1)

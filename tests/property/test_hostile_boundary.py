@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 from beaver_sim.cli import read_jobs
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.limits import MAX_DEPTH
-from beaver_sim.core.recovery import Storage, inspect
+from beaver_sim.core.repair import inspect
 from beaver_sim.core.types import MIN_RECORD_BYTES, Abandoned, BeaverError, Config, JobStatus, OnResult
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import PROCESS, SimFS

@@ -10,6 +10,7 @@ from hypothesis import note
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from beaver_sim.core import codec
 from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import IllegalTransition, JobStatus, Lease
 
@@ -151,7 +152,7 @@ class QueueMachine(RuleBasedStateMachine):
     # -- illegal rules ----------------------------------------------------------------------------
 
     def _refused(self, call: Any, job_id: str, action: str, state: str) -> None:
-        before = self.q.to_columns()
+        before = codec.to_columns(self.q)
         try:
             call()
         except IllegalTransition as e:
@@ -159,7 +160,7 @@ class QueueMachine(RuleBasedStateMachine):
             assert f"job {job_id!r}" in msg and f"cannot {action}" in msg and f"state={state}" in msg, msg
         else:
             raise AssertionError(f"{action} of {job_id} in state {state} was allowed")
-        assert self.q.to_columns() == before
+        assert codec.to_columns(self.q) == before
 
     @precondition(lambda self: self.jobs)
     @rule(data=st.data(), action=st.sampled_from(sorted(LEGAL_FROM)))
@@ -219,9 +220,9 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule()
     def round_trip_through_a_snapshot(self) -> None:
-        state = self.q.to_columns()
-        self.q = JobQueue.from_columns(orjson.loads(orjson.dumps(state)))
-        assert self.q.to_columns() == state
+        state = codec.to_columns(self.q)
+        self.q = codec.from_columns(orjson.loads(orjson.dumps(state)))
+        assert codec.to_columns(self.q) == state
 
     # -- invariants -----------------------------------------------------------------------------
 

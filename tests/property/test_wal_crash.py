@@ -28,7 +28,8 @@ from beaver_sim.sim.fs import (
     SimFS,
     SimulatedCrash,
 )
-from beaver_sim.storage.wal import FSYNC_POLICIES, PREALLOCATE, WriteAheadLog, verify
+from beaver_sim.storage.log_format import FSYNC_POLICIES, PREALLOCATE
+from beaver_sim.storage.wal import WriteAheadLog, verify
 
 D = "/data/wal"
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from beaver_sim.core import records as R
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.queue import JobQueue
-from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.sim import experiment
 from beaver_sim.sim.checker import CODES, INVARIANTS, Checker, Violation, same_bytes

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from beaver_sim.cli import build_parser, main
 from beaver_sim.core import records as R
-from beaver_sim.core.recovery import Storage
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.types import Backoff, BeaverError, Config
 from beaver_sim.runtime import service as service_module
 from beaver_sim.runtime.jobs import answer

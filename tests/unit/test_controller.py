@@ -16,8 +16,8 @@ import pytest
 
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import DURATION_BUCKETS, Controller
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.queue import JobQueue
-from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import Abandoned, BeaverError, Config, DuplicateJob, JobStatus, OnResult
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS

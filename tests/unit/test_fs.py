@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from beaver_sim.core import records as R
 from beaver_sim.sim.fs import (
     BLOCK,
     CRASH_MODELS,
@@ -22,6 +23,8 @@ from beaver_sim.sim.fs import (
     SimulatedCrash,
 )
 from beaver_sim.storage.fs import FS, RealFS
+from beaver_sim.storage.snapshot import SnapshotStore
+from beaver_sim.storage.wal import WriteAheadLog
 
 
 @dataclass
@@ -174,14 +177,13 @@ class TestFSContract:
         with pytest.raises(FileNotFoundError):
             call(env.fs, env.p("missing"))
 
-    def test_sync_sync_dir_and_mark_succeed(self, env: Env) -> None:
+    def test_sync_and_sync_dir_succeed(self, env: Env) -> None:
         f = env.fs.create(env.p("a"))
         f.write(b"x")
         f.sync()
         f.sync()  # nothing new: still fine
         f.close()
         env.fs.sync_dir(env.root)
-        env.fs.mark("snapshot-renamed")
         assert env.fs.read_bytes(env.p("a")) == b"x"
 
 
@@ -474,6 +476,38 @@ def test_mark_triggers_the_hook_with_op_mark() -> None:
     fs.mark("snapshot-renamed")
     with pytest.raises(SimulatedCrash, match="crash before mark wal-rotated"):
         fs.mark("wal-rotated")
+
+
+def test_the_storage_protocol_names_no_point_simfs_sees_them() -> None:
+    """The production FS has no `mark`: SimFS recognises the persistence points of the snapshot and
+    WAL protocols from the calls themselves, right after the call that completes each."""
+    assert not hasattr(RealFS, "mark") and "mark" not in FS.__dict__
+    fs = sim()
+    seen: list[str] = []
+    fs.hook = lambda op, path, n: seen.append(path) if op == "mark" else None  # type: ignore[func-returns-value]
+    store = SnapshotStore(fs, "/d/snap", keep=1)
+    store.save(5, 3, b"{}")
+    assert seen == ["snapshot-tmp-written", "snapshot-tmp-synced", "snapshot-renamed", "snapshot-dir-synced"]
+    seen.clear()
+    store.save(9, 3, b"{}")
+    store.prune()
+    assert seen[-1] == "snapshots-pruned" and seen.count("snapshots-pruned") == 1
+    seen.clear()
+    wal, _, _ = WriteAheadLog.open(fs, "/d/wal")
+    assert seen == ["wal-rotated"]  # the first segment, created
+    wal.append(R.enqueue("a", {}))
+    wal.rotate()
+    assert seen == ["wal-rotated"] * 2
+    wal.delete_through(1)
+    assert seen == ["wal-rotated"] * 2 + ["wal-segments-deleted"]
+    seen.clear()
+    fs.create("/d/snap/snap-00000000000000000012.json.tmp").write(b"x")  # a point: then the same
+    fs.mark("snapshot-tmp-written")  # point named again by a wrapper is not a second one
+    fs.mark("snapshot-tmp-written")  # ... but named again after that, it is
+    fs.replace("/d/snap/snap-00000000000000000012.json.tmp", "/d/snap/snap-00000000000000000012.json")
+    fs.create("/d/other")  # not the directory sync right after the rename: no point there
+    fs.sync_dir("/d/snap")
+    assert seen == ["snapshot-tmp-written", "snapshot-tmp-written", "snapshot-renamed"]
 
 
 def test_counters_and_paths_are_normalised() -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
-from beaver_sim.core.recovery import Storage
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.types import Abandoned, Config, JobStatus
 from beaver_sim.metrics import QueueMetrics, sample
 from beaver_sim.runtime import workers as workers_module

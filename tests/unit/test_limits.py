@@ -15,8 +15,8 @@ import pytest
 from beaver_sim.cli import main
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.limits import MAX_DEPTH, PayloadRefused, check_job, check_payload, loads_exact
-from beaver_sim.core.recovery import Storage
 from beaver_sim.core.types import Abandoned, Config, DuplicateJob, JobStatus, OnResult
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import PROCESS, SimFS

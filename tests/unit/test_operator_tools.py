@@ -13,7 +13,8 @@ import pytest
 
 from beaver_sim.cli import main
 from beaver_sim.core import records as R
-from beaver_sim.core.recovery import Storage, apply_repair, inspect, plan_repair
+from beaver_sim.core.durable import Storage
+from beaver_sim.core.repair import apply_repair, inspect, plan_repair
 from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS
 from beaver_sim.storage.fs import RealFS
 from tests.property.test_checkpoint_crash import CHECKPOINT, execute, workload
@@ -275,4 +276,4 @@ def test_strict_recovery_makes_a_whole_damaged_last_record_a_repair(
     assert main(["wal", "repair", "--yes", *args]) == 0
     capsys.readouterr()
     assert main(["wal", "verify", *args]) == 0
-    Storage.open(RealFS(), str(d), recovery="strict").close()
+    Storage.open(RealFS(), str(d), wal_recovery="strict").close()

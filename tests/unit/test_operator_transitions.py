@@ -10,10 +10,12 @@ from typing import Any
 import orjson
 import pytest
 
+from beaver_sim.core import codec
 from beaver_sim.core import records as R
+from beaver_sim.core.codec import decode_snapshot
 from beaver_sim.core.controller import Controller
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.queue import JobQueue
-from beaver_sim.core.recovery import Storage, decode_snapshot
 from beaver_sim.core.types import Abandoned, Backoff, BeaverError, Config, JobStatus, OnResult
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import SimFS
@@ -79,9 +81,9 @@ class World:
 
 def _same_after_restarts(w: World) -> None:
     """The state replayed from the log alone, and loaded from a snapshot, is the live state."""
-    live = w.state.to_columns()
-    assert w.restart(snapshot=False).state.to_columns() | {"last_seq": 0} == live | {"last_seq": 0}
-    assert w.restart(snapshot=True).state.to_columns() | {"last_seq": 0} == live | {"last_seq": 0}
+    live = codec.to_columns(w.state)
+    assert codec.to_columns(w.restart(snapshot=False).state) | {"last_seq": 0} == live | {"last_seq": 0}
+    assert codec.to_columns(w.restart(snapshot=True).state) | {"last_seq": 0} == live | {"last_seq": 0}
 
 
 # -- results and reasons ---------------------------------------------------------------------------

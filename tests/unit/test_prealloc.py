@@ -18,7 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from beaver_sim.core import records as R
-from beaver_sim.core.recovery import Storage, apply_repair, plan_repair
+from beaver_sim.core.durable import Storage
+from beaver_sim.core.repair import apply_repair, plan_repair
 from beaver_sim.core.types import Config, CorruptLog
 from beaver_sim.sim.fs import CRASH_MODELS, METADATA_FIRST, POWER_LOSS, PROCESS, TORN_BLOCKS, SimFS
 from beaver_sim.sim.sweep import (
@@ -32,7 +33,8 @@ from beaver_sim.sim.sweep import (
     with_torn,
 )
 from beaver_sim.storage.fs import FS, RealFS
-from beaver_sim.storage.wal import WriteAheadLog, _parse_line, frame, list_segments, scan
+from beaver_sim.storage.log_format import frame, parse_line
+from beaver_sim.storage.wal import WriteAheadLog, list_segments, scan
 
 SEG = 4096
 
@@ -113,8 +115,8 @@ def test_segments_are_full_size_and_the_zeros_are_the_end_of_the_log(
 
 def test_a_zero_header_is_never_a_record() -> None:
     for n in (1, 8, 9, 20, 100):
-        assert isinstance(_parse_line(bytes(n), 0), str)
-        assert isinstance(_parse_line(bytes(n), crc32c(bytes(n))), str)
+        assert isinstance(parse_line(bytes(n), 0), str)
+        assert isinstance(parse_line(bytes(n), crc32c(bytes(n))), str)
 
 
 @given(

@@ -5,7 +5,9 @@ from collections import deque
 import orjson
 import pytest
 
-from beaver_sim.core.queue import SCHEMA_VERSION, JobQueue
+from beaver_sim.core import codec
+from beaver_sim.core.codec import SCHEMA_VERSION
+from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import BeaverError, IllegalTransition, Job, JobStatus, Lease
 
 
@@ -232,18 +234,20 @@ def test_validate_names_the_broken_rule(damage, match: str) -> None:
 def test_snapshot_state_round_trip(schema: int) -> None:
     """Both bodies a snapshot may hold: schema 1 (`to_state`, one list per job, still read) and
     schema 3 (`to_columns`, what snapshots are written as)."""
-    to, back_from = {1: ("to_state", JobQueue.from_state), 3: ("to_columns", JobQueue.from_columns)}[schema]
+    to, back_from = {1: (JobQueue.to_state, codec.from_state), 3: (codec.to_columns, codec.from_columns)}[
+        schema
+    ]
     q = _busy()
     q.dispatch("j2", Lease(1, 7, 123.25))
     q.requeue("j2", 1)
     q.dispatch("j3", Lease(1, 2, 99.5))
     q.enqueue("j4", {"nested": {"list": [1, 2.5, "x", None, True]}, "unicode": "ünï"})
     q.last_seq = 17
-    state = getattr(q, to)()
+    state = to(q)
     assert state["schema"] == schema and state["last_seq"] == 17 and SCHEMA_VERSION == 3
     # through JSON bytes, as a snapshot stores it
     back = back_from(orjson.loads(orjson.dumps(state)))
-    assert getattr(back, to)() == state and back.to_state() == q.to_state()
+    assert to(back) == state and back.to_state() == q.to_state()
     assert back.stats() == q.stats()
     assert list(back.pending) == list(q.pending)
     assert back.leases == q.leases
@@ -257,12 +261,12 @@ def test_snapshot_state_round_trip(schema: int) -> None:
 
 
 def test_from_state_of_an_empty_queue() -> None:
-    assert JobQueue.from_state(JobQueue().to_state()).to_state() == JobQueue().to_state()
-    assert JobQueue.from_columns(JobQueue().to_columns()).to_columns() == JobQueue().to_columns()
+    assert codec.from_state(JobQueue().to_state()).to_state() == JobQueue().to_state()
+    assert codec.to_columns(codec.from_columns(codec.to_columns(JobQueue()))) == codec.to_columns(JobQueue())
 
 
 def test_from_state_refuses_an_inconsistent_state() -> None:
     state = _busy().to_state()
     state["pending"].append("j1")  # a completed job listed as pending
     with pytest.raises(AssertionError):
-        JobQueue.from_state(state)
+        codec.from_state(state)

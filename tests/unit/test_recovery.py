@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from beaver_sim.core import records as R
+from beaver_sim.core.durable import RecoveryReport, Storage
 from beaver_sim.core.queue import JobQueue
-from beaver_sim.core.recovery import RecoveryReport, Storage
 from beaver_sim.core.types import BeaverError, CorruptLog, IllegalTransition, JobStatus
 from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS
 from beaver_sim.storage.fs import FS, RealFS
+from beaver_sim.storage.log_format import segment_name
 from beaver_sim.storage.snapshot import snapshot_name
-from beaver_sim.storage.wal import RecordTooLarge, list_segments, scan, segment_name
+from beaver_sim.storage.wal import RecordTooLarge, list_segments, scan
 from tests.denied import DeniedRealFS
 
 DATA = "/data"
@@ -123,7 +124,7 @@ def test_append_rolls_back_the_record_when_apply_refuses(bad: R.Record) -> None:
 
 def test_a_record_too_large_changes_nothing() -> None:
     fs = SimFS()
-    s = Storage.open(fs, DATA, max_record=200)
+    s = Storage.open(fs, DATA, max_record_bytes=200)
     s.append(R.enqueue("a", {}))
     with pytest.raises(RecordTooLarge, match="record for job 'big'"):
         s.append(R.enqueue("big", {"blob": "x" * 300}))

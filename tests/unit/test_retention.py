@@ -9,10 +9,13 @@ from dataclasses import replace
 import orjson
 import pytest
 
+from beaver_sim.core import codec
 from beaver_sim.core import records as R
+from beaver_sim.core.codec import decode_snapshot
 from beaver_sim.core.controller import Controller, Enqueued
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.queue import RETENTION_UNKNOWN, JobQueue
-from beaver_sim.core.recovery import Storage, decode_snapshot, inspect
+from beaver_sim.core.repair import inspect
 from beaver_sim.core.types import Config, JobStatus, Lease
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.experiment import Simulation
@@ -68,12 +71,12 @@ def test_off_by_default_keeps_every_job_and_the_snapshot_format() -> None:
 def test_the_window_survives_a_snapshot_round_trip() -> None:
     q = ended_queue(10, 4)
     q.last_seq = 30
-    back = JobQueue.from_state(q.to_state())
+    back = codec.from_state(q.to_state())
     back.set_retention(4)
     assert back.to_state() == q.to_state() and back.dropped == 6
     for bad in (["j6", "j6"], ["nope"]):
         with pytest.raises(AssertionError):
-            JobQueue.from_state(q.to_state() | {"ended": bad})
+            codec.from_state(q.to_state() | {"ended": bad})
 
 
 def test_turning_it_on_for_a_state_without_an_end_order_is_deterministic() -> None:
@@ -156,7 +159,7 @@ def test_a_snapshot_from_before_the_window_was_recorded_takes_the_config() -> No
     f = fs.create(path)  # rewritten in place, durably
     f.write(S.encode(snap.seq, snap.version, orjson.dumps(body)))
     f.sync()
-    assert JobQueue.from_columns(body).retention == RETENTION_UNKNOWN
+    assert codec.from_columns(body).retention == RETENTION_UNKNOWN
     back = Storage.from_config(fs.after_crash(POWER_LOSS), replace(CONFIG, completed_retention=3)).state
     assert back.retention == 3 and len(back.ended) == 3
     back.validate()

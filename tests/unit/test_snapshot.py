@@ -10,9 +10,11 @@ import orjson
 import pytest
 from crc32c import crc32c
 
+from beaver_sim.core import codec
 from beaver_sim.core import records as R
-from beaver_sim.core.queue import SCHEMA_VERSION, JobQueue
-from beaver_sim.core.recovery import Storage, decode_snapshot, encode_snapshot, read_state, state_body
+from beaver_sim.core.codec import SCHEMA_VERSION, decode_snapshot, encode_snapshot, read_state, state_body
+from beaver_sim.core.durable import Storage
+from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import BeaverError, CorruptLog, Lease
 from beaver_sim.sim.fs import POWER_LOSS, SimFS
 from beaver_sim.storage.fs import FS, RealFS
@@ -77,7 +79,7 @@ def test_the_file_is_a_checked_header_and_a_body() -> None:
     assert header["magic"] == "beaver-snap" and header["v"] == SCHEMA_VERSION
     assert header["last_included_seq"] == 9
     assert header["body_len"] == len(body) and header["body_crc32c"] == crc32c(body)
-    assert orjson.loads(body) == state(5, 9).to_columns()  # payloads of jobs in every state
+    assert orjson.loads(body) == codec.to_columns(state(5, 9))  # payloads of jobs in every state
 
 
 def test_payloads_stay_json_text_until_read() -> None:
@@ -134,7 +136,7 @@ def test_a_v1_snapshot_still_loads_and_the_next_checkpoint_writes_the_new_one(
     ids=["short-column", "payload-not-text", "duplicate-id", "unknown-state"],
 )
 def test_a_v2_body_that_is_not_a_state_is_corrupt(edit) -> None:
-    body = orjson.dumps(edit(state(5, 9).to_columns()))
+    body = orjson.dumps(edit(codec.to_columns(state(5, 9))))
     with pytest.raises(CorruptLog, match="not a valid state"):
         decode_snapshot(encode(9, 2, body), "/x/snap-9.json")
 

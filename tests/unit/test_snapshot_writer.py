@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from beaver_sim.core.controller import Controller
-from beaver_sim.core.recovery import Storage
+from beaver_sim.core.durable import Storage
 from beaver_sim.core.types import Config
 from beaver_sim.runtime.server import request
 from beaver_sim.runtime.service import Service, read_state

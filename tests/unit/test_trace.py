@@ -11,7 +11,7 @@ from crc32c import crc32c
 
 from beaver_sim.sim.fs import POWER_LOSS, PROCESS
 from beaver_sim.sim.trace import METADATA_FIRST, TORN, Claim, Disk, Op, TraceError, check, parse
-from beaver_sim.storage.wal import frame, header_line
+from beaver_sim.storage.log_format import frame, header_line
 
 ACK = re.compile(rb"^done")
 

@@ -12,7 +12,7 @@ import pytest
 
 from beaver_sim.cli import main
 from beaver_sim.core import records as R
-from beaver_sim.core.recovery import Storage
+from beaver_sim.core.durable import Storage
 from beaver_sim.errors import CorruptLog
 from beaver_sim.storage.fs import RealFS
 from beaver_sim.storage.wal import WriteAheadLog

@@ -18,15 +18,14 @@ from beaver_sim.core import records as R
 from beaver_sim.core.types import BeaverError, CorruptLog
 from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS
 from beaver_sim.storage.fs import FS, RealFS
+from beaver_sim.storage.log_format import frame, segment_name
 from beaver_sim.storage.wal import (
     MAX_RECORD,
     RecordTooLarge,
     WALFailed,
     WriteAheadLog,
-    frame,
     list_segments,
     repair,
-    segment_name,
     verify,
 )
 
