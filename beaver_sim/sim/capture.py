@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import bisect
 import posixpath
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
-
-import orjson
 
 from beaver_sim.core import records as R
 from beaver_sim.core.durable import Storage
 from beaver_sim.sim.checker import ClientView, Trace
 from beaver_sim.sim.faults import CrashPlan
 from beaver_sim.sim.fs import SimFS
-from beaver_sim.storage.wal import SEGMENT_NAME, WriteAheadLog
+from beaver_sim.storage.log_format import records, segment_seq
+from beaver_sim.storage.wal import WriteAheadLog
 
 
 class _RecordEnds:
@@ -76,43 +74,18 @@ def _segments(fs: SimFS, wal_dir: str) -> list[tuple[str, Any]]:
     return [
         (path, inode)
         for path, inode in files
-        if posixpath.dirname(path) == wal_dir and SEGMENT_NAME.fullmatch(posixpath.basename(path))
+        if posixpath.dirname(path) == wal_dir and segment_seq(posixpath.basename(path)) is not None
     ]
-
-
-def _base(data: bytes) -> tuple[int, int] | None:
-    """The base LSN of one segment's bytes and the offset of its first record (None: no readable
-    header, so nothing in the file can be placed in the log)."""
-    nl = data.find(b"\n")
-    try:
-        return orjson.loads(data[:nl].split(b" ", 2)[2])["base_lsn"], nl + 1
-    except (ValueError, IndexError, KeyError, TypeError):
-        return None
-
-
-def _records(data: bytes, base: int, offset: int) -> Iterator[tuple[R.Record, int, int]]:
-    """(record, start LSN, end LSN) of each whole record in a segment's bytes (based at LSN `base`)
-    from file offset `offset` on, up to the first line that does not decode. CRCs are not checked:
-    what the log wrote, not what it should have."""
-    for line in data[offset:].split(b"\n")[:-1]:  # the last piece is cut short, or empty
-        start, offset = base + offset, offset + len(line) + 1
-        try:
-            rec = orjson.loads(line.split(b" ", 2)[2])
-        except (ValueError, IndexError):
-            return
-        yield rec, start, base + offset
 
 
 def wal_records(fs: SimFS, wal_dir: str, since: int = 0) -> Trace:
     """Every complete record in the WAL segments of `fs` (deleted ones too, if it archives them)
     that starts at LSN `since` or later, as (record, start LSN, end LSN), in LSN order. Read from
-    the bytes themselves: what the log wrote, not what the process meant to write."""
+    the bytes themselves (`log_format.records`, no CRC checked): what the log wrote, not what the
+    process meant to write."""
     out: Trace = []
     for _path, inode in _segments(fs, wal_dir):
-        data = bytes(inode.data)
-        found = _base(data)
-        if found is not None:
-            out += [t for t in _records(data, *found) if t[1] >= since]
+        out += [t for t in records(bytes(inode.data)) if t[1] >= since]
     out.sort(key=lambda t: t[1])
     return out
 
@@ -129,24 +102,24 @@ class LogReader:
         self._read: dict[str, int] = {}  # segment path -> file offset read up to
 
     def _read_new(self) -> None:
+        """Read the whole lines written since the last call. `log_format.records` reads a segment
+        from its header on, so it is handed the header and the bytes not read yet, and the LSNs it
+        gives are moved back by the bytes skipped: each byte is read once, whatever the segment's
+        size."""
         for path, inode in sorted(_segments(self.fs, self.wal_dir), key=lambda pi: pi[0]):
             data = inode.data
-            read = self._read.get(path)
-            if read is None:
-                read = _base(bytes(data))
-                if read is None:
-                    continue  # (no whole header yet)
-                self._read[path] = read
-            base, offset = read
-            if offset >= len(data):
+            head = data.find(b"\n") + 1  # (0: no whole header yet)
+            offset = self._read.get(path, head)
+            if not head or offset >= len(data):
                 continue
-            for rec, start, end in _records(bytes(data[offset:]), base + offset, 0):
-                self.trace.append((rec, start, end))
-                self.ends.append(end)
+            skipped = offset - head
+            for rec, start, end in records(bytes(data[:head] + data[offset:])):
+                self.trace.append((rec, start + skipped, end + skipped))
+                self.ends.append(end + skipped)
                 if rec["type"] == R.ACK:
-                    self.acks.append((end, rec["job"]))
-                offset = end - base
-            self._read[path] = (base, offset)
+                    self.acks.append((end + skipped, rec["job"]))
+                offset += end - start
+            self._read[path] = offset
 
     def until(self, lsn: int | None) -> Trace:
         """The records that end at or before LSN `lsn` (None: all so far)."""

@@ -17,12 +17,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from beaver_sim.core import records as R
 from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import JobStatus
 from beaver_sim.storage.fs import FS
+from beaver_sim.storage.log_format import parse_header, segment_seq
 from beaver_sim.storage.wal import list_segments, scan
 
 INVARIANTS = {
@@ -413,13 +412,15 @@ def _from(fs: FS, wal_dir: str, since: int) -> tuple[Any, int]:
     keep = 0
     for i, name in enumerate(names):
         data = fs.read_bytes(posixpath.join(wal_dir, name))
-        try:
-            base = orjson.loads(data[: data.find(b"\n")].split(b" ", 2)[2])["base_lsn"]
-        except (ValueError, IndexError, KeyError, TypeError):
+        header = parse_header(data[: data.find(b"\n")])
+        base = header.get("base_lsn") if header is not None else None
+        if type(base) is not int:
             return fs, 1  # let the full scan name the problem
         if base <= since:
             keep = i
-    return _Tail(fs, names[keep:]), int(names[keep][4:24])
+    first = segment_seq(names[keep])
+    assert first is not None  # (list_segments lists segments only)
+    return _Tail(fs, names[keep:]), first
 
 
 def same_bytes(a: Mapping[str, bytes], b: Mapping[str, bytes]) -> list[str]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import gc
 import time
 import zlib
 from collections.abc import Sequence
@@ -44,6 +43,7 @@ from beaver_sim.sim.merge import Merged
 from beaver_sim.sim.results import Life, SimResult
 from beaver_sim.sim.workers import SimWorkers, misbehaving
 from beaver_sim.sim.workload import Batch, ExponentialWorkers, Workload
+from beaver_sim.speed import paused_gc
 from beaver_sim.storage.snapshot import SnapshotStore
 from beaver_sim.storage.wal import WriteAheadLog
 
@@ -119,13 +119,8 @@ class Simulation:
     def run(self) -> SimResult:
         """Run to quiescence through every planned crash. The cyclic GC is paused meanwhile: a run
         allocates many long-lived objects and no garbage cycles worth walking the heap for."""
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with paused_gc():
             return Run(self).loop()
-        finally:
-            if enabled:
-                gc.enable()
 
 
 class Run:
@@ -463,16 +458,12 @@ class Run:
         run.out.lives.append(life)
         run._crashed(life, cap.plan, cap.time, cap.lsn, cap.durable, cap.events, set(), log)
         run.fs = files
-        enabled = gc.isenabled()
-        gc.disable()
         try:
-            return run.loop()
+            with paused_gc():
+                return run.loop()
         except Merged as e:
             e.result = run.out
             raise
-        finally:
-            if enabled:
-                gc.enable()
 
 
 def _changed(obj: Any, default: Any) -> dict[str, Any]:

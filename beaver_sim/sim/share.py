@@ -10,7 +10,7 @@ I/O faults and FS-call crashes (`op`) run from scratch (`run_alone`): they need 
 
 from __future__ import annotations
 
-import gc
+import contextlib
 import time
 from dataclasses import dataclass, replace
 from functools import partial
@@ -25,6 +25,7 @@ from beaver_sim.sim.faults import IO_KINDS, CrashHook, CrashPlan, recovery_model
 from beaver_sim.sim.frames import OWN, point_row
 from beaver_sim.sim.fs import SimFS
 from beaver_sim.sim.merge import Merged, Merger
+from beaver_sim.speed import paused_gc
 
 Points = list[tuple[int, list[Any], int | None, int]]  # (index, plan, crash LSN or None, group)
 
@@ -219,16 +220,9 @@ def run_shared(token: str, model: str, points: Points, merge: bool = True) -> di
     run = Run(base)
     task.log = LogReader(run.fs, base.config.wal_dir)
     run.watch = partial(SharingHook, task=task)
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with paused_gc(), contextlib.suppress(_Done):
         run.loop()
         hook = run.out.lives[0].hook
         if isinstance(hook, SharingHook) and hook.pending:
             hook.settle()
-    except _Done:
-        pass
-    finally:
-        if enabled:
-            gc.enable()
     return {points[i][0]: row for i, row in task.rows.items()}

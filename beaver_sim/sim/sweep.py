@@ -69,7 +69,7 @@ from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSS, SUBSETS
 from beaver_sim.sim.results import SimResult
 from beaver_sim.sim.share import Points, run_alone, run_shared
 from beaver_sim.sim.workload import Workload
-from beaver_sim.storage.wal import SEGMENT_NAME
+from beaver_sim.storage.log_format import segment_seq
 
 __all__ = [  # (violations and failing read a sweep's frame: sim/frames.py; importable from here too)
     "TORN_MAX",
@@ -473,7 +473,7 @@ def recovery_points(sim: Simulation, first: CrashPlan) -> list[tuple[str, CrashP
     calls, opened = hook.calls, life.recovery_ops
 
     def is_wal_sync(op: str, path: str) -> bool:
-        return op == "sync" and SEGMENT_NAME.fullmatch(posixpath.basename(path)) is not None
+        return op == "sync" and segment_seq(posixpath.basename(path)) is not None
 
     synced = next((k + 1 for k in range(opened, len(calls)) if is_wal_sync(*calls[k])), len(calls))
     out = [("recovery" if k <= opened else "first-write", CrashPlan("op", k)) for k in range(1, synced + 1)]
