@@ -1,25 +1,27 @@
-"""Reading a run's log back and going on from a crash point. `wal_records` reads the records from
-a SimFS's segment bytes (deleted segments too, which `_Archive` keeps), `_RecordEnds` notes where
-each record ends so a crash can land there, `Capture` is what a crash at one moment leaves besides
-the files. Sweeps share one run up to each crash point with these (through `_Run.capture`,
-`trace_until` and `resume`, which stay in experiment.py as they read the run's own state); apart from
-the run loop, which only arms them."""
+"""Reading a run's log back, and what a crash at one moment of a run leaves besides the files.
+
+`wal_records` reads the records from a SimFS's segment bytes (deleted segments too, which an
+`archived` file system keeps); `LogReader` reads one growing log as its run writes it, each byte
+once (a sweep's shared run asks it, at every crash point, what came before). `with_ends` notes
+where each record ends so a crash can land there. `Capture` is what a crash at one moment leaves
+besides the files: `Run.capture` takes it, `Run.resume` goes on from it. Below the run loop
+(sim/experiment.py), which only arms these."""
 
 from __future__ import annotations
 
+import bisect
 import posixpath
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-import orjson
-
 from beaver_sim.core import records as R
 from beaver_sim.core.durable import Storage
-from beaver_sim.sim.checker import Trace
+from beaver_sim.sim.checker import ClientView, Trace
 from beaver_sim.sim.faults import CrashPlan
 from beaver_sim.sim.fs import SimFS
-from beaver_sim.storage.wal import SEGMENT_NAME, WriteAheadLog
+from beaver_sim.storage.log_format import records, segment_seq
+from beaver_sim.storage.wal import WriteAheadLog
 
 
 class _RecordEnds:
@@ -54,65 +56,113 @@ class _Archive:
 
 
 @cache
-def _with_ends(cls: type[WriteAheadLog]) -> type[WriteAheadLog]:
+def with_ends(cls: type[WriteAheadLog]) -> type[WriteAheadLog]:
+    """`cls`, noting the end LSN of every record it appends in `ends`."""
     return type(f"{cls.__name__}WithEnds", (_RecordEnds, cls), {})
 
 
 @cache
-def _archived(cls: type[SimFS]) -> type[SimFS]:
+def archived(cls: type[SimFS]) -> type[SimFS]:
+    """`cls`, keeping the files the run deletes in `archive`."""
     return type(f"Archived{cls.__name__}", (_Archive, cls), {})
+
+
+def _segments(fs: SimFS, wal_dir: str) -> list[tuple[str, Any]]:
+    """(path, inode) of every WAL segment of `fs`, deleted ones too (if it archives them)."""
+    wal_dir = SimFS._norm(wal_dir)
+    files = [*fs.files.items(), *getattr(fs, "archive", [])]
+    return [
+        (path, inode)
+        for path, inode in files
+        if posixpath.dirname(path) == wal_dir and segment_seq(posixpath.basename(path)) is not None
+    ]
 
 
 def wal_records(fs: SimFS, wal_dir: str, since: int = 0) -> Trace:
     """Every complete record in the WAL segments of `fs` (deleted ones too, if it archives them)
     that starts at LSN `since` or later, as (record, start LSN, end LSN), in LSN order. Read from
-    the bytes themselves: what the log wrote, not what the process meant to write."""
-    wal_dir = SimFS._norm(wal_dir)
-    files = [*fs.files.items(), *getattr(fs, "archive", [])]
+    the bytes themselves (`log_format.records`, no CRC checked): what the log wrote, not what the
+    process meant to write."""
     out: Trace = []
-    for path, inode in files:
-        if posixpath.dirname(path) != wal_dir or not SEGMENT_NAME.fullmatch(posixpath.basename(path)):
-            continue
-        data = bytes(inode.data)
-        nl = data.find(b"\n")
-        try:
-            base = orjson.loads(data[:nl].split(b" ", 2)[2])["base_lsn"]
-        except (ValueError, IndexError, KeyError, TypeError):
-            continue  # no readable header: nothing in this file can be placed in the log
-        offset = nl + 1
-        for line in data[offset:].split(b"\n")[:-1]:  # the last piece is cut short, or empty
-            start, offset = base + offset, offset + len(line) + 1
-            if start < since:
-                continue
-            try:
-                rec = orjson.loads(line.split(b" ", 2)[2])
-            except (ValueError, IndexError):
-                break
-            out.append((rec, start, base + offset))
+    for _path, inode in _segments(fs, wal_dir):
+        out += [t for t in records(bytes(inode.data)) if t[1] >= since]
     out.sort(key=lambda t: t[1])
     return out
 
 
+class LogReader:
+    """The records of one run's growing log, read from its files as the run writes them (each
+    byte once): a sweep's shared run asks, at each of its crash points, what came before it."""
+
+    def __init__(self, fs: SimFS, wal_dir: str) -> None:
+        self.fs, self.wal_dir = fs, wal_dir
+        self.trace: Trace = []  # the records read so far, in LSN order
+        self.ends: list[int] = []  # their end LSNs
+        self.acks: list[tuple[int, str]] = []  # (end LSN, job) of the ACK records among them
+        self._read: dict[str, int] = {}  # segment path -> file offset read up to
+
+    def _read_new(self) -> None:
+        """Read the whole lines written since the last call. `log_format.records` reads a segment
+        from its header on, so it is handed the header and the bytes not read yet, and the LSNs it
+        gives are moved back by the bytes skipped: each byte is read once, whatever the segment's
+        size."""
+        for path, inode in sorted(_segments(self.fs, self.wal_dir), key=lambda pi: pi[0]):
+            data = inode.data
+            head = data.find(b"\n") + 1  # (0: no whole header yet)
+            offset = self._read.get(path, head)
+            if not head or offset >= len(data):
+                continue
+            skipped = offset - head
+            for rec, start, end in records(bytes(data[:head] + data[offset:])):
+                self.trace.append((rec, start + skipped, end + skipped))
+                self.ends.append(end + skipped)
+                if rec["type"] == R.ACK:
+                    self.acks.append((end + skipped, rec["job"]))
+                offset += end - start
+            self._read[path] = offset
+
+    def until(self, lsn: int | None) -> Trace:
+        """The records that end at or before LSN `lsn` (None: all so far)."""
+        self._read_new()
+        return list(self.trace) if lsn is None else self.trace[: bisect.bisect_right(self.ends, lsn)]
+
+    def record_before(self, lsn: int | None) -> list[Any] | None:
+        """`record_before(self.until(lsn), lsn)`, by bisection (no copy of the trace per point)."""
+        if lsn is None:
+            return None
+        self._read_new()
+        i = bisect.bisect_right(self.ends, lsn)
+        return [self.trace[i - 1][0][k] for k in ("seq", "type", "job")] if i else None
+
+    def claim(self, durable: int) -> tuple[list[str], int]:
+        """What the log claimed durable once synced to LSN `durable`: the jobs whose ACK record
+        was synced, and the last synced seq (`Checker.claim`, without a walk of the trace)."""
+        self._read_new()
+        synced = bisect.bisect_right(self.ends, durable)
+        acks = self.acks[: bisect.bisect_right(self.acks, (durable, "\uffff"))]
+        return [job for _end, job in acks], self.trace[synced - 1][0]["seq"] if synced else 0
+
+
 @dataclass
 class Capture:
-    """What a crash at one moment of a run leaves besides the files: the clients' view, the
-    attempts so far, the checker's claims (the workers' draws depend on nothing that came before).
-    `_Run.resume` goes on from it (sweeps share the run up to their crash points that way)."""
+    """What a crash at one moment of a run leaves besides the files, as `Run.capture` copies it:
+    when and where it hit, how far the log had synced, the clients' and the operator's view (the
+    checker's), the workers' attempts so far (their draws depend on nothing that came before) and
+    the events counted. `Run.resume` goes on from it: sweeps share the run up to their crash points
+    that way, one capture per moment for every point that crashes then."""
 
     plan: CrashPlan
     time: float
     lsn: int | None
-    durable: int | None
+    durable: int | None  # how far the WAL had synced (None: it was not open yet)
+    batches: list[Any]  # the workload's (time, batch) list: the run's own, shared and never changed
     next_batch: int
-    attempts: int
-    submitted: dict[str, dict[str, Any]]
-    acked: dict[str, None]
+    attempts: list[Any]  # `sim.workers.Attempt`s
     sent: list[tuple[float, list[str]]]
     acks: list[tuple[float, list[str]]]
     events: int
-    open: dict[tuple[str, ...], None]
-    operator: tuple[dict[str, Any], ...] = ()  # the checker's view of delays, cancels, requeues
-    requeue_done: bool = True  # the operator's requeue was acknowledged (or there is none)
+    checker: ClientView
+    requeue_done: bool  # the operator's requeue was acknowledged (or there is none)
 
 
 def recovered_key(storage: Storage) -> tuple[Any, ...]:

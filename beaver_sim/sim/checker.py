@@ -17,12 +17,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from beaver_sim.core import records as R
 from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import JobStatus
 from beaver_sim.storage.fs import FS
+from beaver_sim.storage.log_format import parse_header, segment_seq
 from beaver_sim.storage.wal import list_segments, scan
 
 INVARIANTS = {
@@ -81,6 +80,20 @@ class Violation:
     def __str__(self) -> str:
         job = f" job {self.job}:" if self.job else ""
         return f"invariant {self.invariant} {CODES[self.invariant]} ({self.crash}):{job} {self.detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientView:
+    """What a checker knows before the first crash of its run: what the clients sent and were
+    told, and what the operator asked for and was told (`Checker.capture`, `Checker.restore`)."""
+
+    submitted: dict[str, dict[str, Any]]
+    acked: dict[str, float]
+    open: dict[tuple[str, ...], None]
+    whens: dict[str, dict[str, float]]
+    earliest: dict[str, float]
+    cancels: dict[str, float]
+    bases: dict[str, int]
 
 
 class Checker:
@@ -147,13 +160,25 @@ class Checker:
         """The operator was told these dead jobs are pending again; each had `bases[id]` attempts."""
         self.bases.update(bases)
 
-    def operator_view(self) -> tuple[dict[str, Any], ...]:
-        """Copies of what the operator asked for and was told (a sweep's capture keeps them)."""
-        return dict(self.whens), dict(self.earliest), dict(self.cancels), dict(self.bases)
+    def capture(self) -> ClientView:
+        """What the clients and the operator were told so far, copied (a sweep captures it at a
+        crash point and restores it into each continuation's own checker)."""
+        return ClientView(
+            dict(self.submitted),
+            dict(self.acked),
+            dict(self.open),
+            dict(self.whens),
+            dict(self.earliest),
+            dict(self.cancels),
+            dict(self.bases),
+        )
 
-    def restore_operator_view(self, view: tuple[dict[str, Any], ...]) -> None:
-        if view:
-            self.whens, self.earliest, self.cancels, self.bases = (dict(v) for v in view)
+    def restore(self, view: ClientView) -> None:
+        """Start from `view` (a capture of another checker of the same inputs, before any crash):
+        copies, as one view starts many continuations."""
+        self.submitted, self.acked, self.open = dict(view.submitted), dict(view.acked), dict(view.open)
+        self.whens, self.earliest = dict(view.whens), dict(view.earliest)
+        self.cancels, self.bases = dict(view.cancels), dict(view.bases)
 
     def ran(self, attempts: Iterable[Any]) -> None:
         """Invariants 10 and 11 on the attempts the workers started (`sim.workers.Attempt`)."""
@@ -387,13 +412,15 @@ def _from(fs: FS, wal_dir: str, since: int) -> tuple[Any, int]:
     keep = 0
     for i, name in enumerate(names):
         data = fs.read_bytes(posixpath.join(wal_dir, name))
-        try:
-            base = orjson.loads(data[: data.find(b"\n")].split(b" ", 2)[2])["base_lsn"]
-        except (ValueError, IndexError, KeyError, TypeError):
+        header = parse_header(data[: data.find(b"\n")])
+        base = header.get("base_lsn") if header is not None else None
+        if type(base) is not int:
             return fs, 1  # let the full scan name the problem
         if base <= since:
             keep = i
-    return _Tail(fs, names[keep:]), int(names[keep][4:24])
+    first = segment_seq(names[keep])
+    assert first is not None  # (list_segments lists segments only)
+    return _Tail(fs, names[keep:]), first
 
 
 def same_bytes(a: Mapping[str, bytes], b: Mapping[str, bytes]) -> list[str]:

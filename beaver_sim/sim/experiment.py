@@ -8,17 +8,18 @@ recovery code, the checker compares what came back with what clients were told, 
 what was never acknowledged, and a new controller on a new clock runs on from the crash time, until
 the run is quiescent (nothing left to happen) and the controller stops.
 
-Workload and ExponentialWorkers live in sim/workload.py, SimResult and Life in sim/results.py, the
-log readers and `Capture` that sweeps go on from in sim/capture.py; Workload, ExponentialWorkers and
-SimResult can still be imported from here (the notebooks import Simulation and Workload so)."""
+`Run` is one simulation in progress. Its seams for sweeps (sim/share.py) are public: `Run.capture`
+copies what a crash at the current moment would leave besides the files (a `capture.Capture`), and
+`Run.resume` starts a run from such a capture and the files the crash left, each part restoring
+itself (`Checker.restore`). Workload and ExponentialWorkers live in sim/workload.py, SimResult and
+Life in sim/results.py (which imports nothing from here), the log readers and `Capture` in
+sim/capture.py; Workload, ExponentialWorkers and SimResult can still be imported from here (the
+notebooks import Simulation, Workload and ExponentialWorkers so)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import bisect
-import gc
-import posixpath
 import time
 import zlib
 from collections.abc import Sequence
@@ -33,15 +34,8 @@ from beaver_sim.core.durable import Storage
 from beaver_sim.core.repair import inspect
 from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.sim import mutants
-from beaver_sim.sim.capture import (
-    Capture,
-    _archived,
-    _with_ends,
-    record_before,
-    recovered_key,
-    wal_records,
-)
-from beaver_sim.sim.checker import Checker, Trace
+from beaver_sim.sim.capture import Capture, LogReader, archived, record_before, recovered_key, with_ends
+from beaver_sim.sim.checker import Checker
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.faults import IO_KINDS, CrashHook, CrashPlan, recovery_model_seconds, survivors
 from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSSES, SUBSETS, SimFS, SimulatedCrash
@@ -49,8 +43,9 @@ from beaver_sim.sim.merge import Merged
 from beaver_sim.sim.results import Life, SimResult
 from beaver_sim.sim.workers import SimWorkers, misbehaving
 from beaver_sim.sim.workload import Batch, ExponentialWorkers, Workload
+from beaver_sim.speed import paused_gc
 from beaver_sim.storage.snapshot import SnapshotStore
-from beaver_sim.storage.wal import SEGMENT_NAME, WriteAheadLog
+from beaver_sim.storage.wal import WriteAheadLog
 
 TOKEN_VERSION = 1
 
@@ -124,31 +119,16 @@ class Simulation:
     def run(self) -> SimResult:
         """Run to quiescence through every planned crash. The cyclic GC is paused meanwhile: a run
         allocates many long-lived objects and no garbage cycles worth walking the heap for."""
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return self._run()
-        finally:
-            if enabled:
-                gc.enable()
-
-    def _records(self, life: Life) -> Trace:
-        """The records `life` wrote, read back from its files."""
-        if life.trace is not None:
-            return life.trace
-        if life.fs is None:
-            return []
-        trace = wal_records(life.fs, self.config.wal_dir, life.start_lsn)
-        if life.end_lsn is not None:
-            trace = [t for t in trace if t[2] <= life.end_lsn]
-        return trace
-
-    def _run(self) -> SimResult:
-        return _Run(self).loop()
+        with paused_gc():
+            return Run(self).loop()
 
 
-class _Run:
-    """One simulation in progress: its files, clients, workers and checker, life after life."""
+class Run:
+    """One simulation in progress: its files, clients, workers and checker, life after life.
+
+    `loop` runs it to the end. A sweep arms two hooks before that: `watch`, the CrashHook class of
+    the first life (it calls `capture` at each crash point), and `merger`, which compares a
+    continuation's states with those other continuations went through (sim/merge.py)."""
 
     def __init__(self, sim: Simulation, batches: list[tuple[float, Batch]] | None = None) -> None:
         cfg = sim.config
@@ -169,7 +149,7 @@ class _Run:
             VirtualClock(), sim.seed, cfg.failure_rate, cfg.work_min, cfg.work_max, record=True
         )
         self.out = SimResult(sim, self.checker, self.workers)
-        self.fs: SimFS = _archived(self.m.fs_cls)()
+        self.fs: SimFS = archived(self.m.fs_cls)()
         self.now = 0.0
         self.next_batch = 0
         self.requeue_done = not sim.workload.requeue_at  # the operator's requeue, acknowledged
@@ -179,10 +159,6 @@ class _Run:
         self.samples = 0
         self.watch: Any = None  # a sweep's hook class (CrashHook subclass) for the first life
         self.merger: Any = None  # a sweep's `merge.Merger`, armed in the second life
-        self._trace: Trace = []  # what life 0 wrote so far, read incrementally (sweeps)
-        self._ends: list[int] = []
-        self._acks: list[tuple[int, str]] = []  # (end LSN, job) of its ACK records
-        self._read: dict[str, int] = {}  # segment path -> offset read up to
 
     def loop(self) -> SimResult:
         """Lives until one ends without a crash (or recovery refuses, or the controller fails)."""
@@ -218,7 +194,7 @@ class _Run:
                 fs,
                 cfg,
                 timer=time.perf_counter if index else None,
-                wal_cls=_with_ends(m.wal_cls) if plan is not None and plan.kind == "record" else m.wal_cls,
+                wal_cls=with_ends(m.wal_cls) if plan is not None and plan.kind == "record" else m.wal_cls,
                 snapshot_cls=m.snapshot_cls,
                 apply_fn=m.apply_fn,
             )
@@ -321,12 +297,12 @@ class _Run:
         durable: int | None,
         events: int,
         completed_at_start: set[str],
-        base: _Run | None = None,
+        log: LogReader | None = None,
     ) -> None:
         """The books of a crash: where it hit, what the log claimed durable, what this life wrote
-        (`base`: the shared run it was captured in, whose records are already read)."""
+        (`log`: the reader of the shared run it was captured in, which has read those records)."""
         life.end, life.events, life.end_lsn = crash_time, events, lsn
-        trace = self.sim._records(life)
+        trace = self.out.life_records(life)
         life.crash = {
             "point": plan.describe(),
             "kind": plan.kind,
@@ -337,11 +313,9 @@ class _Run:
             "record": record_before(trace, lsn),
             "durable_lsn": durable,  # how far the WAL had synced (None: it was not open yet)
         }
-        if base is not None and durable is not None:
-            synced = bisect.bisect_right(base._ends, durable)
-            acks = base._acks[: bisect.bisect_right(base._acks, (durable, "\uffff"))]
-            seq = base._trace[synced - 1][0]["seq"] if synced else 0
-            self.checker.claim(plan.describe(), [job for _end, job in acks], seq, durable)
+        if log is not None and durable is not None:
+            acked, seq = log.claim(durable)
+            self.checker.claim(plan.describe(), acked, seq, durable)
         else:
             self.checker.crashed(plan.describe(), trace, durable)
         if (plan.model or self.sim.model) in (*POWER_LOSSES, SUBSETS):
@@ -439,91 +413,57 @@ class _Run:
         if not ctl.idle or self.next_batch < len(self.batches):
             ctl.clock.call_later(self.sim.sample_every, self._sample, ctl, life)
 
-    # -- sharing a run up to its crash points (sweeps) -----------------------------------------
-
-    def trace_until(self, lsn: int | None) -> Trace:
-        """The records life 0 wrote that end at or before `lsn`, read from the files once."""
-        wal_dir = SimFS._norm(self.cfg.wal_dir)
-        fs = self.fs
-        segs = sorted(
-            (p, inode)
-            for p, inode in [*fs.files.items(), *getattr(fs, "archive", [])]
-            if posixpath.dirname(p) == wal_dir and SEGMENT_NAME.fullmatch(posixpath.basename(p))
-        )
-        for path, inode in segs:
-            offset = self._read.get(path)
-            data = inode.data
-            if offset is None:
-                nl = data.find(b"\n")
-                if nl < 0:
-                    continue
-                offset = nl + 1
-            if offset >= len(data):
-                continue
-            base = orjson.loads(bytes(data[: data.find(b"\n")]).split(b" ", 2)[2])["base_lsn"]
-            chunk = bytes(data[offset:])
-            for line in chunk.split(b"\n")[:-1]:
-                start, offset = base + offset, offset + len(line) + 1
-                rec = orjson.loads(line.split(b" ", 2)[2])
-                self._trace.append((rec, start, base + offset))
-                self._ends.append(base + offset)
-                if rec["type"] == R.ACK:
-                    self._acks.append((base + offset, rec["job"]))
-            self._read[path] = offset
-        if lsn is None:
-            return list(self._trace)
-        return self._trace[: bisect.bisect_right(self._ends, lsn)]
+    # -- going on from a crash point (sweeps share a run so) -------------------------------------
 
     def capture(self, plan: CrashPlan, lsn: int | None) -> Capture:
-        """Everything but the files that a crash now would leave (the run itself goes on)."""
+        """What a crash now, at log position `lsn`, would leave besides the files, copied (the run
+        itself goes on)."""
         assert self.clock is not None
-        checker, out = self.checker, self.out
         return Capture(
             plan,
             self.clock.now(),
             lsn,
             None if self.storage is None else self.storage.wal.durable_lsn,
+            self.batches,
             self.next_batch,
-            len(self.workers.attempts),
-            dict(checker.submitted),
-            dict(checker.acked),
-            list(out.sent),
-            list(out.acks),
+            list(self.workers.attempts),
+            list(self.out.sent),
+            list(self.out.acks),
             self.clock.events - self.samples,
-            dict(checker.open),
-            checker.operator_view(),
+            self.checker.capture(),
             self.requeue_done,
         )
 
+    def restore(self, cap: Capture) -> None:
+        """Take the clients', the operator's and the workers' side of a captured moment (a fresh
+        run of the same inputs, before its first life)."""
+        self.workers.attempts = list(cap.attempts)
+        self.checker.restore(cap.checker)
+        self.requeue_done = cap.requeue_done
+        self.out.sent, self.out.acks = list(cap.sent), list(cap.acks)
+        self.next_batch = cap.next_batch
+
     @classmethod
-    def resume(cls, sim: Simulation, base: _Run, cap: Capture, files: SimFS, merger: Any = None) -> SimResult:
-        """The result of `sim` (the base run's inputs with `cap.plan` as its crash), going on from
-        the crash `cap` took in `base` (whose files, up to the crash LSN, are this run's too) with
-        the surviving `files`. With a `merge.Merger`, a continuation that reaches a state an earlier
-        one went through raises `Merged`, carrying the result so far (its crash and recovery)."""
-        run = cls(sim, base.batches)
+    def resume(
+        cls, sim: Simulation, cap: Capture, log: LogReader, files: SimFS, merger: Any = None
+    ) -> SimResult:
+        """The result of `sim` (the captured run's inputs with `cap.plan` as its crash), going on
+        from the crash `cap` took (the captured run's log, read by `log`, is this run's up to the
+        crash LSN) with the surviving `files`. With a `merge.Merger`, a continuation that reaches a
+        state an earlier one went through raises `Merged`, carrying the result so far."""
+        run = cls(sim, cap.batches)
         run.merger = merger
-        run.workers.attempts = base.workers.attempts[: cap.attempts]
-        run.checker.submitted, run.checker.acked = dict(cap.submitted), dict(cap.acked)
-        run.checker.open = dict(cap.open)
-        run.checker.restore_operator_view(cap.operator)
-        run.requeue_done = cap.requeue_done
-        run.out.sent, run.out.acks = list(cap.sent), list(cap.acks)
-        run.next_batch = cap.next_batch
-        life = Life(0, 0.0, 0, fs=base.fs, trace=base.trace_until(cap.lsn))
+        run.restore(cap)
+        life = Life(0, 0.0, 0, fs=log.fs, trace=log.until(cap.lsn))
         run.out.lives.append(life)
-        run._crashed(life, cap.plan, cap.time, cap.lsn, cap.durable, cap.events, set(), base)
+        run._crashed(life, cap.plan, cap.time, cap.lsn, cap.durable, cap.events, set(), log)
         run.fs = files
-        enabled = gc.isenabled()
-        gc.disable()
         try:
-            return run.loop()
+            with paused_gc():
+                return run.loop()
         except Merged as e:
             e.result = run.out
             raise
-        finally:
-            if enabled:
-                gc.enable()
 
 
 def _changed(obj: Any, default: Any) -> dict[str, Any]:

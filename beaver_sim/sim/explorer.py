@@ -51,7 +51,9 @@ def summary(r: SimResult, wal: pd.DataFrame | None = None) -> str:
     `wal`: the uncrashed run's log, to name the record hit (default: run it)."""
     c, rec = r.summary["crash"], r.summary["recovery"]
     if wal is None:
-        wal = replace(r.sim, crash=None).run().wal
+        sim = r.sim
+        assert isinstance(sim, Simulation)  # (results.py types it by what a result reads of it)
+        wal = replace(sim, crash=None).run().wal
     kept = c["lsn"] if c["model"] == "process" else c["durable_lsn"]
     verdict = "invariants held" if r.ok else f"{len(r.violations)} violation(s), first: {r.violations[0]}"
     return (

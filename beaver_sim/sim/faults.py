@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import errno
 import posixpath
-import re
 from dataclasses import dataclass
 from typing import Any
-
-import orjson
 
 from beaver_sim.core.types import BeaverError
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import CRASH_MODELS, SUBSETS, IOFault, SimFS
-from beaver_sim.storage.wal import SEGMENT_NAME
+from beaver_sim.storage.log_format import parse_header, segment_seq
 
 IO_KINDS = {  # kind -> (op, errno, bytes of the failing write kept)
     "enospc": ("write", errno.ENOSPC, 0),
@@ -49,7 +46,6 @@ POINTS = (  # the SimFS marks, in the order a checkpoint reaches them
     "wal-segments-deleted",
 )
 LAB_POINTS = ("group-commit-released",)  # reached only with a lab plugged in (beaver_sim.labs, lab 6)
-_TMP_SEGMENT = re.compile(r"wal-\d{20}\.log\.tmp")
 
 # The recovery cost model, seconds per unit of work: a fixed cost for opening the directories; every
 # WAL byte read (recovery reads, CRC-checks and decodes every line of every kept segment, replayed or
@@ -199,12 +195,13 @@ class CrashHook:
 
     def _write(self, path: str, nbytes: int) -> int | None:
         name = posixpath.basename(path)
-        if SEGMENT_NAME.fullmatch(name):
+        if segment_seq(name) is not None:
             base = self._base.get(path)
             if base is None:
                 base = self._base[path] = self._header_base(path)
             start = base + len(self.fs.files[path].data)
-        elif _TMP_SEGMENT.fullmatch(name):  # a new segment's header: it starts where the log ends
+        elif name.endswith(".tmp") and segment_seq(name[:-4]) is not None:
+            # a new segment's header: it starts where the log ends
             start = self.end_lsn()
         else:
             return None  # a `.broken` backup: not part of the log
@@ -247,9 +244,12 @@ class CrashHook:
         return keep
 
     def _header_base(self, path: str) -> int:
+        """The base LSN in the header of segment `path` (ValueError: none readable)."""
         data = self.fs.files[path].data
-        line = bytes(data[: data.find(b"\n")])
-        return int(orjson.loads(line.split(b" ", 2)[2])["base_lsn"])
+        header = parse_header(bytes(data[: data.find(b"\n")]))
+        if header is None or type(header.get("base_lsn")) is not int:
+            raise ValueError(f"{path}: no readable segment header")
+        return int(header["base_lsn"])
 
     def end_lsn(self) -> int:
         """The LSN just after the last WAL byte on the (simulated) disk."""
@@ -257,7 +257,7 @@ class CrashHook:
             names = sorted(
                 n
                 for n in (self.fs.listdir(self.wal_dir) if self.fs.is_dir(self.wal_dir) else [])
-                if SEGMENT_NAME.fullmatch(n)
+                if segment_seq(n) is not None
             )
             if not names:
                 self._end = 0
@@ -265,7 +265,7 @@ class CrashHook:
                 path = posixpath.join(self.wal_dir, names[-1])
                 try:
                     self._end = self._header_base(path) + len(self.fs.files[path].data)
-                except (ValueError, IndexError, KeyError, orjson.JSONDecodeError):
+                except (ValueError, KeyError):
                     self._end = 0  # an unreadable header: recovery will say what is wrong
         return self._end
 

@@ -40,7 +40,8 @@ import orjson
 
 from beaver_sim.sim.checker import _from
 from beaver_sim.sim.fs import SimFS
-from beaver_sim.storage.wal import SEGMENT_NAME, WriteAheadLog, scan
+from beaver_sim.storage.log_format import segment_seq, unframe
+from beaver_sim.storage.wal import WriteAheadLog, scan
 
 PROBES = 2  # states compared per continuation: the first event boundaries once clients are settled
 POLLS = 64  # event boundaries looked at for those, at most (a cheap look: are clients waiting?)
@@ -62,7 +63,7 @@ class Merged(BaseException):
     def __init__(self, row: dict[str, Any]) -> None:
         super().__init__()
         self.row = row
-        self.result: Any = None  # the merged continuation's own SimResult so far (`_Run.resume`)
+        self.result: Any = None  # the merged continuation's own SimResult so far (`Run.resume`)
 
 
 class Merger:
@@ -73,7 +74,7 @@ class Merger:
         self.seen: list[bytes] = []  # the states the running continuation has been through
 
     def arm(self, run: Any, controller: Any, completed_at_start: set[str]) -> None:
-        """Compare the states of a continuation's second life (`_Run.life` calls this once it has
+        """Compare the states of a continuation's second life (`Run.life` calls this once it has
         scheduled its first events) with those of the finished ones."""
         if run.m.wal_cls is not WriteAheadLog or not run.checker.open:
             return  # (no batch to resend: what differed was durable, and the states stay apart)
@@ -140,7 +141,7 @@ def state_key(run: Any, controller: Any, completed_at_start: set[str], probe: An
     c = _Canon(names)
     wal_dir, files = SimFS._norm(run.cfg.wal_dir), []
     for path, inode in sorted(run.fs.files.items()):
-        if posixpath.dirname(path) == wal_dir and SEGMENT_NAME.fullmatch(posixpath.basename(path)):
+        if posixpath.dirname(path) == wal_dir and segment_seq(posixpath.basename(path)) is not None:
             files.append([path, len(inode.data)])  # chained CRCs: the bytes differ, the layout not
         elif path.endswith((".broken", ".removed")):
             files.append([path])  # what a recovery cut, kept for people: nothing reads it again
@@ -153,7 +154,7 @@ def state_key(run: Any, controller: Any, completed_at_start: set[str], probe: An
         c.walk(storage.state),
         c.walk(controller),  # (the named parts are walked here, once; elsewhere, named)
         c.walk(storage),
-        [line.split(b" ", 2)[2].decode() for line in wal._buf],  # bodies, without their CRCs
+        [_body(line) for line in wal._buf],  # bodies, without their CRCs
         _workers(c, run.workers),
         c.walk(checker),
         _rest(c, run, _RUN_PARTS),  # what else the run keeps between lives (next batch, ...)
@@ -163,6 +164,14 @@ def state_key(run: Any, controller: Any, completed_at_start: set[str], probe: An
         sorted(run.fs.dirs),
     ]
     return blake2b(orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS), digest_size=20).digest()
+
+
+def _body(line: bytes) -> str:
+    """A buffered log line's body (its CRC left out: chained, it differs between continuations)."""
+    body = unframe(line[:-1])
+    if body is None:
+        raise ValueError("a buffered line the log format does not frame")  # (no merging)
+    return body.decode()
 
 
 class _Canon:
@@ -248,9 +257,9 @@ def _workers(c: _Canon, w: Any) -> Any:
     return [type(w).__qualname__, [list(a) for a in w.attempts], _rest(c, w, {"attempts", "clock"})]
 
 
-# a `_Run`'s attributes written down above, the same in every continuation of a sweep (its inputs),
-# or only life 0's (the shared run's records, read as it went)
+# a `Run`'s attributes written down above, or the same in every continuation of a sweep (its inputs
+# and the sweep's hooks)
 _RUN_PARTS = {"sim", "cfg", "m", "checker", "batches", "workers", "out", "fs", "clock", "storage"}
-_RUN_PARTS |= {"watch", "merger", "_trace", "_ends", "_acks", "_read"}
+_RUN_PARTS |= {"watch", "merger"}
 # class name -> how to write its large parts down directly (its other attributes: walked)
 _PLAIN: dict[str, Any] = {"JobQueue": _queue, "Checker": _checker}

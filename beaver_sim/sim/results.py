@@ -1,7 +1,8 @@
 """What a run produced: `SimResult` with `summary`, the `beaver sim --json` contract of
 docs/contracts.md, and pandas DataFrames (jobs, attempts, WAL records, metric samples over virtual
-time), plus `Life`, one process lifetime of a run. Apart from the run loop: reading results needs
-none of it, and pandas loads only when a DataFrame is first asked for."""
+time), plus `Life`, one process lifetime of a run. Apart from the run loop (sim/experiment.py
+imports this module, never the other way): reading results needs none of it, and pandas loads only
+when a DataFrame is first asked for."""
 
 from __future__ import annotations
 
@@ -10,19 +11,33 @@ import math
 import posixpath
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from beaver_sim.core.types import JobStatus
+from beaver_sim.core.types import Config, JobStatus
+from beaver_sim.sim.capture import wal_records
 from beaver_sim.sim.checker import Checker, Trace, Violation
-from beaver_sim.sim.faults import CrashHook
+from beaver_sim.sim.faults import CrashHook, CrashPlan
 from beaver_sim.sim.fs import SimFS
 from beaver_sim.sim.workers import SimWorkers
+from beaver_sim.sim.workload import Workload
 from beaver_sim.storage.wal import list_segments
 
 if TYPE_CHECKING:  # pandas costs 0.3 s to import: only the DataFrame properties below load it
     import pandas as pd
 
-    from beaver_sim.sim.experiment import Simulation
+
+class Inputs(Protocol):
+    """What a result reads of the run's inputs: an `experiment.Simulation` (typed so, this module
+    stays below the run loop that imports it)."""
+
+    config: Config
+    workload: Workload
+    seed: int
+    model: str
+    mutant: str | None
+
+    @property
+    def plans(self) -> tuple[CrashPlan, ...]: ...
 
 
 @dataclass
@@ -62,7 +77,7 @@ class SimResult:
     """What a run produced: `summary` (docs/contracts.md), `violations`, the final files, and DataFrames
     built on first use (jobs, attempts, wal, metrics)."""
 
-    sim: Simulation
+    sim: Inputs  # the Simulation that ran
     checker: Checker
     workers: SimWorkers
     lives: list[Life] = field(default_factory=list)
@@ -97,7 +112,18 @@ class SimResult:
 
     def records(self, life: int = 0) -> Trace:
         """(record, start LSN, end LSN) of every whole record life `life` wrote."""
-        return self.sim._records(self.lives[life])
+        return self.life_records(self.lives[life])
+
+    def life_records(self, life: Life) -> Trace:
+        """The records `life` wrote, read back from its files (unless already read)."""
+        if life.trace is not None:
+            return life.trace
+        if life.fs is None:
+            return []
+        trace = wal_records(life.fs, self.sim.config.wal_dir, life.start_lsn)
+        if life.end_lsn is not None:
+            trace = [t for t in trace if t[2] <= life.end_lsn]
+        return trace
 
     @property
     def virtual_seconds(self) -> float:
@@ -235,7 +261,7 @@ class SimResult:
         rows = []
         for life in self.lives:
             kept = math.inf if life.recovered_seq is None else life.recovered_seq
-            for rec, start, end in self.sim._records(life):
+            for rec, start, end in self.life_records(life):
                 rows.append(
                     (
                         life.index,

@@ -29,61 +29,63 @@ With `merge=True` (the default) a continuation whose logical state, between two 
 an earlier continuation of the task went through stops there and takes that one's verdict, keeping
 its own crash and recovery columns; `merge=False` (`--no-merge`) runs each to its end and gives the
 same rows. Why no verdict depends on what the compared state leaves out (the CRCs, the records'
-order before the meeting point): sim/merge.py and docs/contracts.md."""
+order before the meeting point): sim/merge.py and docs/contracts.md.
+
+This module keeps the orchestration (which points, in which groups and tasks, and the rows' checks);
+sim/share.py runs a task's points from one shared run, sim/executors.py gives the executors and
+sim/frames.py builds and reads the frames."""
 
 from __future__ import annotations
 
 import bisect
-import gc
-import json
 import os
 import posixpath
 import random
-import signal
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from concurrent.futures import Executor, as_completed
 from dataclasses import dataclass, replace
 from functools import cached_property, partial
 from typing import Any
 
 import pandas as pd
 
-from beaver_sim.core.durable import Storage
 from beaver_sim.core.types import BeaverError, Config
-from beaver_sim.sim import mutants
-from beaver_sim.sim.capture import Capture, record_before, recovered_key
-from beaver_sim.sim.checker import CODES, INVARIANTS, same_bytes
-from beaver_sim.sim.experiment import Simulation, _Run
-from beaver_sim.sim.faults import IO_KINDS, POINTS, CrashHook, CrashPlan, recovery_model_seconds, survivors
-from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSS, SUBSETS, SimFS
-from beaver_sim.sim.merge import Merged, Merger
+from beaver_sim.sim.checker import same_bytes
+from beaver_sim.sim.executors import executor as make_executor
+from beaver_sim.sim.executors import progress as progress_bar
+from beaver_sim.sim.experiment import Simulation
+from beaver_sim.sim.faults import IO_KINDS, POINTS, CrashPlan
+from beaver_sim.sim.frames import (
+    RECOVERY_COLUMNS,
+    earliest,
+    failing,
+    point_row,
+    recovery_row,
+    sweep_frame,
+    violations,
+)
+from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSS, SUBSETS
 from beaver_sim.sim.results import SimResult
+from beaver_sim.sim.share import Points, run_alone, run_shared
 from beaver_sim.sim.workload import Workload
-from beaver_sim.storage.wal import SEGMENT_NAME
+from beaver_sim.storage.log_format import segment_seq
 
-COLUMNS = [
-    "point",
-    "kind",
-    "at",
-    "occurrence",
-    "offset",
-    "time",
-    "model",
-    "outcome",
+__all__ = [  # (violations and failing read a sweep's frame: sim/frames.py; importable from here too)
+    "TORN_MAX",
+    "Base",
+    "SweepInterrupted",
+    "base_run",
+    "crash_sweep",
+    "enumerate_points",
+    "failing",
+    "lifecycle",
+    "minimal_counterexample",
+    "recovery_points",
+    "recovery_sweep",
     "violations",
-    "invariants",
-    "detail",
-    "jobs_lost",
-    "duplicates",
-    "records_replayed",
-    "bytes_truncated",
-    "model_seconds",
-    "recovery_seconds",
-    "problems",
-    "token",
+    "with_subsets",
+    "with_torn",
 ]
 
 
@@ -273,296 +275,6 @@ def with_subsets(plans: list[CrashPlan], units: int) -> list[CrashPlan]:
     return [replace(p, model=SUBSETS, torn=mask) for p in plans for mask in range(1 << units)]
 
 
-Points = list[tuple[int, list[Any], int | None, int]]  # (index, plan, crash LSN or None, group)
-
-
-def _run_alone(token: str, model: str, points: Points) -> dict[int, Any]:
-    """Run crash points one by one, each from scratch (`share=False`)."""
-    base = Simulation.from_token(token, sample_every=0)
-    return {
-        i: point_row(replace(base, crash=CrashPlan.from_list(p), model=model).run())
-        for i, p, _x, _g in points
-    }
-
-
-class _Done(BaseException):
-    """Every crash point of a task has been taken: the shared run can stop."""
-
-
-class _SharingHook(CrashHook):
-    """The hook of a task's shared run: at each crash point it captures the moment and runs the
-    crashed continuation from it. A write's points wait for the next FS call: the write's bytes are
-    in the files by then, and each point keeps those before its LSN."""
-
-    def __init__(
-        self, fs: SimFS, wal_dir: str, plan: Any, clock: Any, observe: bool, *, run: _Run, task: _Task
-    ):
-        super().__init__(fs, wal_dir, None, clock, observe)
-        self.run, self.task = run, task
-        self.pending: list[tuple[Capture, str, int, int, list[Any]]] = []
-        self.at_lsn = sorted((x, i) for i, (_p, x) in enumerate(task.targets) if x is not None)
-        self.next = 0
-        self.at_mark: dict[tuple[str, int], list[int]] = {}
-        for i, (plan_, x) in enumerate(task.targets):
-            if x is None and plan_.kind == "point":
-                self.at_mark.setdefault((plan_.at, plan_.occurrence), []).append(i)
-            elif x is None:
-                clock.call_at(plan_.at, self._at_time, i)
-
-    def __call__(self, op: str, path: str, nbytes: int) -> int | None:
-        if self.pending:
-            self.settle()
-        return super().__call__(op, path, nbytes)
-
-    def reached_write(self, path: str, start: int, nbytes: int) -> int | None:
-        targets, end = self.at_lsn, start + nbytes
-        if self.next < len(targets) and targets[self.next][0] < end:
-            cap = self.run.capture(self.task.targets[targets[self.next][1]][0], None)
-            size = len(self.fs.files[path].data)
-            while self.next < len(targets) and targets[self.next][0] < end:
-                x, i = targets[self.next]
-                keep = max(0, x - start)
-                self.pending.append(
-                    (replace(cap, plan=self.task.targets[i][0], lsn=start + keep), path, size, keep, [i])
-                )
-                self.next += 1
-        return None
-
-    def reached_mark(self, name: str, n: int) -> int | None:
-        for i in self.at_mark.pop((name, n), []):
-            self.task.take(i, self.run.capture(self.task.targets[i][0], self.end_lsn()), self.fs, None)
-        self.task.done_yet()
-        return None
-
-    def _at_time(self, i: int) -> None:
-        storage = self.run.storage
-        lsn = storage.wal.written_lsn if storage is not None else None
-        self.task.take(i, self.run.capture(self.task.targets[i][0], lsn), self.fs, None)
-        self.task.done_yet()
-
-    def settle(self) -> None:
-        """Take the points of the last write, now that its bytes are in the files."""
-        pending, self.pending = self.pending, []
-        # continuations meet only those that crashed at the same moment: their restarts, and every
-        # event after, come at the same times (a write that holds one group's points alone has none)
-        meet = len({self.task.groups[i] for *_, (i,) in pending}) > 1
-        for cap, path, size, keep, (i,) in pending:
-            self.task.take(i, cap, self.fs, (path, size + keep), meet)
-        self.task.done_yet()
-
-
-@dataclass
-class _Task:
-    """The crash points one executor task takes from one shared run, grouped by signature."""
-
-    sim: Simulation
-    targets: list[tuple[CrashPlan, int | None]]  # (plan, LSN of its crash or None)
-    groups: list[int]  # target -> group: same group, candidates to share the continuation
-    rows: dict[int, dict[str, Any]]
-    keys: dict[int, tuple[tuple[Any, ...], dict[str, Any]]]  # group -> (recovered key, row)
-    base: _Run | None = None
-    left: int = 0
-    merger: Merger | None = None  # None: every continuation runs to its end (`merge=False`)
-
-    def take(self, i: int, cap: Capture, fs: SimFS, cut: tuple[str, int] | None, meet: bool = False) -> None:
-        """Crash target `i` at the captured moment: the files survive under the crash model (a
-        torn write keeps its bytes before the crash LSN), recovery runs, the run goes on. `meet`:
-        other groups crash at this moment too, so the continuation's state may meet theirs."""
-        plan = self.targets[i][0]
-        files = _crashed(fs, plan.model or self.sim.model, plan.torn, cut)
-        self.left -= 1
-        group = self.groups[i]
-        shared = self.keys.get(group)
-        assert self.base is not None
-        if shared is not None:
-            key, report = _recover(self.sim, files)
-            if key == shared[0]:
-                row = dict(shared[1], problems=list(shared[1]["problems"]))
-                row.update(
-                    report,
-                    offset=cap.lsn,
-                    record=record_before(self.base.trace_until(cap.lsn), cap.lsn),
-                    merged=False,
-                )
-                self.rows[i] = row
-                return
-            files = _crashed(fs, plan.model or self.sim.model, plan.torn, cut)  # that recovery changed them
-        merger = self.merger if meet else None
-        if merger is not None:
-            merger.start()
-        try:
-            result = _Run.resume(replace(self.sim, crash=plan), self.base, cap, files, merger)
-        except Merged as e:
-            own = point_row(e.result)
-            row = dict(e.row, problems=list(e.row["problems"]))
-            row.update({k: own[k] for k in OWN}, merged=True)
-            self.rows[i] = row
-            if shared is None and e.result.lives[1].recovered_key is not None:
-                self.keys[group] = (e.result.lives[1].recovered_key, row)
-            return
-        row = self.rows[i] = point_row(result)
-        if merger is not None:
-            merger.finished(row)
-        if shared is None and len(result.lives) > 1 and result.lives[1].recovered_key is not None:
-            self.keys[group] = (result.lives[1].recovered_key, row)
-
-    def done_yet(self) -> None:
-        if self.left == 0:
-            raise _Done
-
-
-def _crashed(fs: SimFS, model: str, torn: int, cut: tuple[str, int] | None) -> SimFS:
-    """The files a crash leaves under `model`; `cut`: the crash came inside a write to that file,
-    which `fs` holds whole, and only its bytes before that length had been written."""
-    live = fs.files.get(cut[0]) if cut is not None else None
-    if cut is None or live is None or len(live.data) <= cut[1]:
-        return survivors(fs, model, torn)
-    tail = live.data[cut[1] :]
-    del live.data[cut[1] :]
-    try:
-        return survivors(fs, model, torn)
-    finally:
-        live.data += tail
-
-
-def _recover(sim: Simulation, files: SimFS) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Recover `files` with the real code (and the mutant's pieces): what it rebuilt, and the
-    figures a sweep row keeps from it."""
-    m = mutants.get(sim.mutant) or mutants.Mutant("none", 0)
-    try:
-        storage = Storage.from_config(
-            files,
-            sim.config,
-            timer=time.perf_counter,
-            wal_cls=m.wal_cls,
-            snapshot_cls=m.snapshot_cls,
-            apply_fn=m.apply_fn,
-        )
-    except BeaverError as e:
-        return ("refused", str(e)), {}
-    r = storage.report
-    return recovered_key(storage), {
-        "records_replayed": r.records_replayed,
-        "bytes_truncated": r.bytes_truncated,
-        "model_seconds": recovery_model_seconds(r.records_replayed, r.wal_bytes, r.snapshot_bytes),
-        "recovery_seconds": r.seconds,
-    }
-
-
-def _run_shared(token: str, model: str, points: Points, merge: bool = True) -> dict[int, Any]:
-    """Run some crash points of one sweep from one shared run (in a worker process, a Dask worker or
-    here); `points` are (index, plan, crash LSN or None, group). I/O faults run on their own.
-    `merge`: continuations whose states converge share the rest of the run (sim/merge.py)."""
-    alone = [p for p in points if p[1][0] in (*IO_KINDS, "op")]
-    if alone:
-        rows = _run_alone(token, model, alone)
-        rest = [p for p in points if p[1][0] not in (*IO_KINDS, "op")]
-        return rows | (_run_shared(token, model, rest, merge) if rest else {})
-    base = Simulation.from_token(token, sample_every=0)
-    sim = replace(base, model=model)
-    targets = [(CrashPlan.from_list(p), x) for _i, p, x, _g in points]
-    task = _Task(sim, targets, [g for *_, g in points], {}, {}, left=len(targets))
-    task.merger = Merger() if merge else None
-    run = _Run(base)
-    task.base = run
-    run.watch = partial(_SharingHook, task=task)
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        run.loop()
-        hook = run.out.lives[0].hook
-        if isinstance(hook, _SharingHook) and hook.pending:
-            hook.settle()
-    except _Done:
-        pass
-    finally:
-        if enabled:
-            gc.enable()
-    return {points[i][0]: row for i, row in task.rows.items()}
-
-
-OWN = ("offset", "time", "record", "records_replayed", "bytes_truncated", "model_seconds", "recovery_seconds")
-# a merged row's own columns (its crash and recovery); the rest is the run it merged into
-
-
-def point_row(r: SimResult) -> dict[str, Any]:
-    """The sweep row of one crashed run (without the point's own labels)."""
-    crash = r.crashes[0] if r.crashes else None
-    rec = r.recoveries[0] if r.recoveries else {}
-    vs = r.violations
-    if r.ending == "refused":
-        outcome = "refused"
-    elif vs:
-        outcome = "violation"
-    else:
-        outcome = "ok" if crash is not None else "no-crash"
-    return {
-        "offset": crash["lsn"] if crash else None,
-        "time": crash["time"] if crash else None,
-        "outcome": outcome,
-        "violations": len(vs),
-        "invariants": ",".join(str(i) for i in sorted({v.invariant for v in vs})),
-        "detail": _detail(vs[0].invariant, vs[0].job, vs[0].detail) if vs else "",
-        "jobs_lost": len(r.checker.lost),
-        "duplicates": sum(1 for n in r.successes().values() if n > 1),
-        "records_replayed": rec.get("records_replayed", 0),
-        "bytes_truncated": rec.get("bytes_truncated", 0),
-        "model_seconds": rec.get("model_seconds", 0.0),
-        "recovery_seconds": rec.get("seconds", 0.0),
-        "record": crash["record"] if crash else None,
-        "problems": [(v.invariant, v.job, v.detail) for v in vs],
-    }
-
-
-def _detail(invariant: int, job: str | None, detail: str) -> str:
-    return f"invariant {invariant} {CODES[invariant]}: " + (f"job {job}: " if job else "") + detail
-
-
-@contextmanager
-def _executor(executor: Executor | str | None, workers: int | None, scheduler: str | None) -> Iterator[Any]:
-    """The executor to use, created and shut down here unless one was passed in."""
-    if isinstance(executor, Executor):
-        yield executor
-    elif executor in (None, "process"):
-        with ProcessPoolExecutor(max_workers=workers or os.cpu_count(), initializer=_ignore_sigint) as pool:
-            try:
-                yield pool
-            except KeyboardInterrupt:
-                _terminate(pool)
-                raise
-    elif executor == "dask":
-        from dask.distributed import Client, LocalCluster
-
-        if scheduler:
-            client = Client(scheduler)
-        else:
-            cluster = LocalCluster(n_workers=workers or os.cpu_count(), threads_per_worker=1)
-            client = Client(cluster)
-        try:
-            yield client.get_executor(pure=False)
-        finally:
-            client.close()
-            if not scheduler:
-                cluster.close()
-    elif executor == "serial":
-        yield None
-    else:
-        raise BeaverError(f"executor must be process, dask or serial, got {executor!r}")
-
-
-def _ignore_sigint() -> None:
-    """In a pool's worker: Ctrl-C reaches the whole process group, and the parent alone handles it
-    (a worker's KeyboardInterrupt would only print a traceback per worker)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _terminate(pool: ProcessPoolExecutor) -> None:
-    """Ctrl-C: drop the queued chunks and stop the workers now, not once their chunks end."""
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in list((pool._processes or {}).values()):  # no public way before Python 3.14
-        proc.terminate()
-
-
 class SweepInterrupted(KeyboardInterrupt):
     """Ctrl-C during a sweep's points: how many of them finished, and the violations found there
     (`results`: the finished points' rows; `base`: the run without a crash's own violations)."""
@@ -636,13 +348,13 @@ def crash_sweep(
         else:
             x = base.lsn(plan) if plan.kind in ("lsn", "record") else None
             todo.append((i, plan.as_list(), x, groups.setdefault(sig, len(groups))))
-    run = partial(_run_shared, merge=merge) if share else _run_alone
+    run = partial(run_shared, merge=merge) if share else run_alone
     n = workers or os.cpu_count() or 1
     size = chunk or max(1, min(64, len(todo) // (8 * n)))  # small tasks: the last ones end together
     chunks = _chunks(todo, size)
-    bar = _progress(len(plans), progress)
+    bar = progress_bar(len(plans), progress)
     bar.update(len(plans) - len(todo))
-    with _executor(executor, workers, scheduler) as ex:
+    with make_executor(executor, workers, scheduler) as ex:
         futures = [] if ex is None else [ex.submit(run, token, sim.model, c) for c in chunks]
         try:
             if ex is None:
@@ -657,48 +369,22 @@ def crash_sweep(
             elapsed = time.perf_counter() - t0
             raise SweepInterrupted(len(plans), elapsed, base.result.violations, results) from None
     bar.close()
-    rows, merged = [], 0
-    for i, plan in enumerate(plans):
-        row = dict(results[i])
-        row.pop("record")
-        merged += row.pop("merged", False)
-        row["problems"] = json.dumps(row["problems"])
-        row.update(point=i, kind=plan.kind, at=str(plan.at), occurrence=plan.occurrence, model=sim.model)
-        row["token"] = replace(sim, crash=plan).token()
-        rows.append(row)
     first = [{"point": -1, **v.as_dict(), "token": token} for v in base.result.violations]
     if again.files != base.result.files:
         detail = (
             f"two runs of the same inputs differ in {', '.join(same_bytes(again.files, base.result.files))}"
         )
         first.append({"point": -1, "invariant": 7, "job": None, "detail": detail, "token": token})
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    df.attrs.update(  # small values only: pandas copies attrs into every frame derived from df
+    return sweep_frame(
+        sim,
+        plans,
+        results,
+        first,
         wal_bytes=base.end,
         seconds=time.perf_counter() - t0,
         points=len(plans),
         groups=len(groups),
-        merged=merged,
-        base_violations=first,
     )
-    return df
-
-
-def violations(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Every violation a sweep found, as {point, invariant, code, job, detail, token}: the uncrashed
-    run's first (point -1), then each point's in order."""
-    out = [
-        {"point": v["point"], "invariant": v["invariant"], "code": CODES[v["invariant"]]}
-        | {k: v[k] for k in ("job", "detail", "token")}
-        for v in df.attrs["base_violations"]
-    ]
-    for point, token, problems in zip(df["point"], df["token"], df["problems"]):
-        for inv, job, detail in json.loads(problems):
-            out.append(
-                {"point": int(point), "invariant": inv, "code": CODES[inv]}
-                | {"job": job, "detail": detail, "token": token}
-            )
-    return out
 
 
 def _chunks(todo: Points, size: int) -> list[Points]:
@@ -745,28 +431,6 @@ def _expected_record(base: Base, plan: CrashPlan) -> list[Any] | None:
     return [base.trace[i - 1][0][k] for k in ("seq", "type", "job")] if i else None
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, progress: bool | None) -> Any:
-    """A tqdm bar (the notebook widget in Jupyter), or nothing when not wanted or not a terminal."""
-    if progress is False or (progress is None and not sys.stderr.isatty()):
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="pt", desc="crash sweep")
-
-
-def failing(df: pd.DataFrame) -> bool:
-    """Did the sweep find any violation (at a crash point or in the uncrashed run)?"""
-    return bool(df.attrs["base_violations"]) or bool((df["violations"] > 0).any())
-
-
 def minimal_counterexample(
     sim: Simulation,
     df: pd.DataFrame,
@@ -778,36 +442,20 @@ def minimal_counterexample(
     whose sweep still fails, with that sweep's earliest failing point and replay token."""
     if not failing(df):
         return None
-    first = _earliest(df)
+    first = earliest(df)
     lo, hi, best = 1, sim.workload.jobs, first
     while lo < hi:
         mid = (lo + hi) // 2
         smaller = replace(sim, workload=replace(sim.workload, jobs=mid))
         d = sweep(smaller, points, **options)
         if failing(d):
-            hi, best = mid, _earliest(d)
+            hi, best = mid, earliest(d)
         else:
             lo = mid + 1
     return {"earliest": first, "jobs": hi, "smallest": best}
 
 
-def _earliest(df: pd.DataFrame) -> dict[str, Any]:
-    """The first violation of a sweep: its point, invariant, detail and token."""
-    v = df.attrs["base_violations"]
-    if not v:
-        row = df[df["violations"] > 0].iloc[0]
-        v = [{"point": int(row["point"]), "token": row["token"]}]
-        v[0]["invariant"], v[0]["job"], v[0]["detail"] = json.loads(row["problems"])[0]
-    return {k: v[0][k] for k in ("point", "invariant", "job", "detail", "token")} | {
-        "code": CODES[v[0]["invariant"]],
-        "name": INVARIANTS[v[0]["invariant"]],
-    }
-
-
 # -- crashes during recovery ---------------------------------------------------------------------
-
-RECOVERY_COLUMNS = ["first", "second", "phase", "outcome", "violations", "invariants", "detail"]
-RECOVERY_COLUMNS += ["lives", "truncated", "requeued", "token"]
 
 
 def recovery_points(sim: Simulation, first: CrashPlan) -> list[tuple[str, CrashPlan]]:
@@ -825,7 +473,7 @@ def recovery_points(sim: Simulation, first: CrashPlan) -> list[tuple[str, CrashP
     calls, opened = hook.calls, life.recovery_ops
 
     def is_wal_sync(op: str, path: str) -> bool:
-        return op == "sync" and SEGMENT_NAME.fullmatch(posixpath.basename(path)) is not None
+        return op == "sync" and segment_seq(posixpath.basename(path)) is not None
 
     synced = next((k + 1 for k in range(opened, len(calls)) if is_wal_sync(*calls[k])), len(calls))
     out = [("recovery" if k <= opened else "first-write", CrashPlan("op", k)) for k in range(1, synced + 1)]
@@ -848,24 +496,7 @@ def _recovery_rows(token: str, firsts: list[list[Any]]) -> list[dict[str, Any]]:
         first = CrashPlan.from_list(f)
         for phase, second in recovery_points(sim, first):
             run = replace(sim, crash=[first, second])
-            r = run.run()
-            vs = r.violations
-            crashed = len(r.crashes) == 2
-            rows.append(
-                {
-                    "first": first.describe(),
-                    "second": second.describe(),
-                    "phase": phase,
-                    "outcome": "refused" if r.ending == "refused" else "violation" if vs else "ok",
-                    "violations": len(vs),
-                    "invariants": ",".join(str(i) for i in sorted({v.invariant for v in vs})),
-                    "detail": _detail(vs[0].invariant, vs[0].job, vs[0].detail) if vs else "",
-                    "lives": len(r.lives) if crashed else -len(r.lives),
-                    "truncated": [rec["bytes_truncated"] for rec in r.recoveries],
-                    "requeued": r.lives[1].recovery is not None,
-                    "token": run.token(),
-                }
-            )
+            rows.append(recovery_row(first, second, phase, run, run.run()))
     return rows
 
 
@@ -886,7 +517,7 @@ def recovery_sweep(
     firsts = [p.as_list() for p in enumerate_points(base, first, sim.seed)]
     token = replace(sim, crash=None).token()
     rows: list[dict[str, Any]] = []
-    with _executor(executor, workers, None) as ex:
+    with make_executor(executor, workers, None) as ex:
         if ex is None:
             rows = _recovery_rows(token, firsts)
         else:

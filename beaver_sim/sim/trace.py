@@ -27,15 +27,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from beaver_sim.core import records as R
 from beaver_sim.core.durable import Storage
 from beaver_sim.core.repair import inspect
 from beaver_sim.errors import BeaverError
 from beaver_sim.sim.checker import Checker, Violation
 from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS
-from beaver_sim.storage.wal import SEGMENT_NAME
+from beaver_sim.storage.log_format import parse_header, records, segment_seq
 
 METADATA_FIRST = "metadata-first"
 TORN = "torn"
@@ -340,18 +338,18 @@ class Claim:
     def read(self, data: bytes) -> None:
         """Add one segment's synced bytes (lines after a bad one, e.g. preallocated zeros, are not
         records)."""
-        lines = data.split(b"\n")
-        try:
-            lsn = orjson.loads(lines[0].split(b" ", 2)[2])["base_lsn"] + len(lines[0]) + 1
-        except (ValueError, IndexError, KeyError, TypeError):
+        line = data.split(b"\n", 1)[0]
+        header = parse_header(line)
+        base = header.get("base_lsn") if header is not None else None
+        if type(base) is not int:
             return
-        for line in lines[1:-1]:
+        lsn = base + len(line) + 1
+        for rec, _start, end in records(data):
             try:
-                rec = orjson.loads(line.split(b" ", 2)[2])
                 self.seq = max(self.seq, rec["seq"])
-            except (ValueError, IndexError, KeyError, TypeError):
+            except (KeyError, TypeError):
                 break
-            lsn += len(line) + 1
+            lsn = end
             if rec["type"] == R.ACK:
                 self.completed.add(rec["job"])
         self.lsn = max(self.lsn, lsn)
@@ -393,7 +391,7 @@ def check(
             disk.apply(op)
             if op.kind == "ack":
                 acked += 1
-            elif op.kind == "sync" and SEGMENT_NAME.fullmatch(posixpath.basename(op.path)):
+            elif op.kind == "sync" and segment_seq(posixpath.basename(op.path)) is not None:
                 claim.read(disk._file(op).durable)
         where = (
             f"after op {k} ({ops[k - 1].line}: {ops[k - 1].kind} {ops[k - 1].path})" if k else "at the start"
