@@ -31,8 +31,8 @@ import pandas as pd
 
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
-from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.durable import Storage
+from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import BeaverError, Config, CorruptLog
 from beaver_sim.sim import mutants
 from beaver_sim.sim.checker import CODES, INVARIANTS
