@@ -291,7 +291,8 @@ class Controller:
         seconds = clock.now() - (lease.deadline - self.config.task_timeout)
         counters.duration_buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1  # observe_duration: hot
         counters.duration_sum += seconds
-        if ok:
+        result = None
+        if ok and detail is not None:  # a result to keep (most handlers return None)
             result, detail = self._result(job_id, detail)
             ok = detail is None
         if ok:
