@@ -14,9 +14,11 @@ five-field one. Each timed recovery runs in a fresh interpreter, as a restart af
 Recovery pauses the cyclic GC while it builds the state; the full GC pass that the new objects cost
 afterwards is timed too and reported beside the figure, and again after `gc.freeze()`, which
 `beaver run` calls once it has recovered. The baseline, in a fresh interpreter too, interleaved:
-`orjson.loads` of the same jobs written as a plain JSON list of objects; target Storage.open <= 1.0x
-that (stretch 0.5x) at a peak RSS <= 400 MB. Prints the figures as JSON, then a markdown
-row."""
+`orjson.loads` of the same jobs written as a plain JSON list of objects, timed twice, each in its own
+process: with the GC paused, as recovery pauses it (the fair floor, which the target is against),
+and with the GC running (what earlier sessions compared with: its collections walking the growing
+list make it slower, so the ratio looked better than it was). Target (issue 23): Storage.open <= 0.8x
+the fair floor at a peak RSS <= 400 MB. Prints the figures as JSON, then a markdown row."""
 
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ from beaver_sim.storage.snapshot import SnapshotStore
 
 WORKERS = 64
 MAX_RETRY = 3
-TARGET_RATIO = 1.0  # Storage.open / a fresh process's orjson.loads of the same jobs as plain JSON
+TARGET_RATIO = 0.8  # Storage.open / a fresh process's orjson.loads of the same jobs, GC paused
 TARGET_RSS_MB = 400
 
 
@@ -188,8 +190,11 @@ def peak_rss_mb() -> float:
     return kib / 1024
 
 
-def decode_json(path: str) -> dict[str, Any]:
-    """The baseline: read the same jobs as a plain JSON list of objects and orjson.loads them."""
+def decode_json(path: str, gc_paused: bool) -> dict[str, Any]:
+    """The baseline: read the same jobs as a plain JSON list of objects and orjson.loads them, the
+    GC paused for it as recovery pauses it (the fair floor), or running."""
+    if gc_paused:
+        gc.disable()
     t0 = time.perf_counter()
     with open(path, "rb") as f:
         jobs = orjson.loads(f.read())
@@ -213,13 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of one recovery")
     ap.add_argument("--recover", metavar="DATA_DIR", help=argparse.SUPPRESS)  # one timed recovery
-    ap.add_argument("--decode-json", metavar="FILE", help=argparse.SUPPRESS)  # one timed baseline
+    ap.add_argument("--decode-json", metavar="FILE", help=argparse.SUPPRESS)  # one timed floor, GC paused
+    ap.add_argument("--decode-json-gc", metavar="FILE", help=argparse.SUPPRESS)  # the same, GC running
     args = ap.parse_args(argv)
     if args.recover:
         print(json.dumps(recover(args.recover)))
         return 0
-    if args.decode_json:
-        print(json.dumps(decode_json(args.decode_json)))
+    if args.decode_json or args.decode_json_gc:
+        print(json.dumps(decode_json(args.decode_json or args.decode_json_gc, bool(args.decode_json))))
         return 0
     root = tempfile.mkdtemp(prefix="beaver-bench-recovery-", dir=args.dir)
     data_dir = os.path.join(root, "data")
@@ -229,10 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         sizes = build(data_dir, args.jobs, args.records, PAYLOADS[args.payload])
         build_s = time.perf_counter() - t0
         os.sync()  # no writeback of the fresh files competing with the timed recoveries
-        runs, base = [], []
-        for _ in range(args.repeat):  # interleaved, so both see the same load
+        runs, base, base_gc = [], [], []
+        jobs_json = os.path.join(root, "jobs.json")
+        for _ in range(args.repeat):  # interleaved, so all three see the same load
             runs.append(in_a_new_process("--recover", data_dir))
-            base.append(in_a_new_process("--decode-json", os.path.join(root, "jobs.json")))
+            base.append(in_a_new_process("--decode-json", jobs_json))
+            base_gc.append(in_a_new_process("--decode-json-gc", jobs_json))
         if args.profile:
             prof = os.path.join(root, "recovery.prof")
             cProfile.runctx("recover(data_dir)", globals(), {"data_dir": data_dir}, prof)
@@ -244,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     assert report["snapshot_seq"] > 0 and report["records_replayed"] == sizes["records"], report
     assert stats["jobs"] == sizes["jobs_after_replay"]
     best, base_best = min(times), min(b["seconds"] for b in base)
+    base_gc_best = min(b["seconds"] for b in base_gc)
     rss = max(r["peak_rss_mb"] for r in runs)
     res = {
         "command": command,
@@ -258,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         "build_seconds": round(build_s, 2),
         "recovery_seconds": [round(t, 3) for t in times],
         "best_seconds": round(best, 3),
-        "json_decode_seconds": [round(b["seconds"], 3) for b in base],
+        "json_decode_seconds": [round(b["seconds"], 3) for b in base],  # GC paused: the fair floor
         "ratio_to_json_decode": round(best / base_best, 2),
+        "json_decode_gc_running_seconds": [round(b["seconds"], 3) for b in base_gc],
+        "ratio_to_json_decode_gc_running": round(best / base_gc_best, 2),
         "peak_rss_mb": round(rss),
         "json_decode_peak_rss_mb": round(max(b["peak_rss_mb"] for b in base)),
         "gc_pass_after_seconds": [round(t, 3) for t in gc_times],
@@ -267,21 +278,22 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "records_replayed": report["records_replayed"],
         "state": stats,
-        "target": f"<= {TARGET_RATIO} x orjson.loads of the jobs, peak RSS <= {TARGET_RSS_MB} MB",
+        "target": f"<= {TARGET_RATIO} x orjson.loads of the jobs (GC paused), peak RSS <= {TARGET_RSS_MB} MB",
         "met": best <= TARGET_RATIO * base_best and rss <= TARGET_RSS_MB,
     }
     print(json.dumps(res, indent=2))
     print()
     print(
         "| Jobs in snapshot | Payload | Snapshot MB | WAL records replayed | WAL MB "
-        f"| Storage.open, best of {args.repeat} | orjson.loads of the jobs | ratio | peak RSS "
-        "| GC pass after | met |"
+        f"| Storage.open, best of {args.repeat} | orjson.loads of the jobs, GC paused | ratio "
+        "| the same, GC running | ratio | peak RSS | GC pass after | met |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|")
     print(
         f"| {args.jobs:,} | {args.payload} | {sizes['snapshot_bytes'] / 1e6:.0f} "
         f"| {report['records_replayed']:,} | {sizes['wal_bytes'] / 1e6:.1f} | {best:.2f} s "
-        f"| {base_best:.2f} s | **{best / base_best:.2f}** | {rss:.0f} MB | {min(gc_times):.2f} s "
+        f"| {base_best:.2f} s | **{best / base_best:.2f}** | {base_gc_best:.2f} s "
+        f"| {best / base_gc_best:.2f} | {rss:.0f} MB | {min(gc_times):.2f} s "
         f"| {'yes' if res['met'] else 'no'} |"
     )
     return 0  # informational: the table says whether the target is met

@@ -110,7 +110,15 @@ def _canonical(payload: dict[str, Any]) -> bytes:
 
 class Controller:
     """Runs one data directory's queue on `clock` with `workers`; it does no I/O of its own.
-    `write_snapshot` writes a checkpoint's snapshot (inline unless the runtime hands another)."""
+    `write_snapshot` writes a checkpoint's snapshot (inline unless the runtime hands another).
+    `log` calls the `append` hook only when a subclass overrides it (bound once per class, as the
+    WAL's hooks are): every record goes through `log`."""
+
+    _own_append = False  # set per subclass by __init_subclass__: does it override `append`?
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._own_append = cls.append is not Controller.append
 
     def __init__(
         self,
@@ -283,7 +291,8 @@ class Controller:
         seconds = clock.now() - (lease.deadline - self.config.task_timeout)
         counters.duration_buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1  # observe_duration: hot
         counters.duration_sum += seconds
-        if ok:
+        result = None
+        if ok and detail is not None:  # a result to keep (most handlers return None)
             result, detail = self._result(job_id, detail)
             ok = detail is None
         if ok:
@@ -460,7 +469,10 @@ class Controller:
     def log(self, rec: R.Record) -> None:
         """The one way the controller changes the state: `append` the record, and see that this
         turn's flush and the snapshot timer are armed."""
-        self.append(rec)
+        if self._own_append:
+            self.append(rec)
+        else:
+            self.storage.append(rec)  # what `append` does, one call fewer
         if self._flush_handle is None:
             self._flush_handle = self.clock.call_later(0, self._flush)
         if self._snapshot_handle is None and self.config.snapshot_interval > 0:

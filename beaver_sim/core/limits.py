@@ -88,18 +88,19 @@ def check_payload(job_id: str, payload: Any, who: str = "") -> bytes:
     """The payload's JSON bytes, or PayloadRefused naming the job: not an object, nested deeper
     than MAX_DEPTH, a number that would not be stored as given, a non-string key, text that is
     not valid Unicode, a value that is not JSON. `who` names the job in errors (default: its id)."""
-    who = who or f"job {brief(job_id)}"
     if not isinstance(payload, dict):
+        who = who or f"job {brief(job_id)}"
         raise PayloadRefused(f"{who}: payload must be an object, got {type(payload).__name__}")
     try:
         body = orjson.dumps(payload)
     except TypeError as e:  # depth, a big int, a bad key or string, an Inexact: say where
+        who = who or f"job {brief(job_id)}"
         _walk(who, payload)
         raise PayloadRefused(f"{who}: payload is not storable JSON ({e})") from None
     # fast and exact: fewer brackets than the bound cannot nest deeper, and a non-finite float (which
     # orjson writes as null) needs a null in the text
     if body.count(b"{") + body.count(b"[") > MAX_DEPTH or b"null" in body:
-        _walk(who, payload)
+        _walk(who or f"job {brief(job_id)}", payload)
     return body
 
 
@@ -185,10 +186,10 @@ def check_job(job_id: Any, payload: Any, max_record_bytes: int, who: str = "") -
         raise PayloadRefused(
             f"{who or 'job'}: id {brief(job_id)} is not valid Unicode (a lone surrogate)"
         ) from None
-    who = who or f"job {brief(job_id)}"
-    body = check_payload(job_id, payload, who)
+    body = check_payload(job_id, payload, who)  # names the job only when it refuses (the hot path)
     need = R.record_bound(id_json, len(body))
     if need > max_record_bytes:
+        who = who or f"job {brief(job_id)}"
         raise RecordTooLarge(
             f"{who}: its records may take {need} bytes (id {id_json}, payload {len(body)}); "
             f"the limit is max_record_bytes = {max_record_bytes}"

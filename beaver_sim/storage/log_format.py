@@ -40,9 +40,12 @@ def segment_seq(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+LINE = b"%08x %d %s\n"  # % (crc, len(body), body): the WAL's append formats it inline (its hot path)
+
+
 def frame(body: bytes, crc: int) -> bytes:
     """One line of the log; `crc` is the chained CRC of `body`."""
-    return b"%08x %d %s\n" % (crc, len(body), body)
+    return LINE % (crc, len(body), body)
 
 
 def header_line(first_seq: int, base_lsn: int, prev_crc: int) -> bytes:
