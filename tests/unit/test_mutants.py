@@ -10,7 +10,7 @@ import pytest
 from beaver_sim.core.types import BeaverError, Config
 from beaver_sim.sim import mutants
 from beaver_sim.sim.experiment import Simulation
-from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSS, POWER_LOSSES, TORN_BLOCKS
+from beaver_sim.sim.fs import CRASH_MODELS, METADATA_FIRST, POWER_LOSS, POWER_LOSSES, TORN_BLOCKS
 from beaver_sim.sim.sweep import crash_sweep, failing, violations
 from beaver_sim.sim.workload import Workload
 
@@ -129,7 +129,7 @@ OPERATOR_EXPECTED = {  # the operator's transitions' classic bugs, caught on eve
 @pytest.mark.parametrize("name", sorted(mutants.OPERATOR_MUTANTS))
 def test_a_sweep_with_delays_cancels_and_requeues_catches_the_operator_mutant(name: str) -> None:
     """Their sweeps run a workload that delays, cancels and requeues jobs (`catch["workload"]`);
-    the correct design passes the same sweep, under both crash models."""
+    the correct design passes the same sweep, under every crash model."""
     invariant, pattern = OPERATOR_EXPECTED[name]
     catch = mutants.OPERATOR_MUTANTS[name].catch
     assert mutants.get(name) is mutants.OPERATOR_MUTANTS[name] and name not in mutants.MUTANTS
@@ -140,7 +140,7 @@ def test_a_sweep_with_delays_cancels_and_requeues_catches_the_operator_mutant(na
         found = violations(crash_sweep(sim, catch["points"], executor="serial", progress=False))
         assert any(v["invariant"] == invariant and re.search(pattern, v["detail"]) for v in found), found[:3]
     both = Workload(JOBS, delayed=2, cancel=2, requeue_at=2.0)
-    for model in ("process", "power-loss"):
+    for model in CRASH_MODELS:
         sim = Simulation(Config(data_dir="/sim", failure_rate=0.5), both, SEEDS[0], model=model)
         correct = crash_sweep(sim, "records", executor="serial", progress=False)
         assert not failing(correct) and (correct["outcome"] == "ok").all(), violations(correct)[:3]

@@ -2,7 +2,7 @@
 checkpoints have deleted old segments, the log starts after the oldest kept snapshot, and that is
 not damage. Repair prints its plan (what it cuts and what that loses) and changes nothing without
 --yes; on a healthy directory it is a no-op. Run on real files through the CLI, and on every
-directory a crash during checkpoints can leave (SimFS, both crash models)."""
+directory a crash during checkpoints can leave (SimFS, every crash model)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from beaver_sim.cli import main
 from beaver_sim.core import records as R
 from beaver_sim.core.durable import Storage
 from beaver_sim.core.repair import apply_repair, inspect, plan_repair
-from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS
+from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSS, PROCESS, TORN_BLOCKS, SimFS
 from beaver_sim.storage.fs import RealFS
 from tests.property.test_checkpoint_crash import CHECKPOINT, execute, workload
 
@@ -207,18 +207,22 @@ def test_a_torn_tail_verifies_and_is_left_to_recovery(
     assert tree(d) == before
 
 
+# every crash model, power-loss also keeping a torn tail (torn-blocks chooses its own blocks)
+MODELS = ((PROCESS, 0), (POWER_LOSS, 0), (POWER_LOSS, 33), (METADATA_FIRST, 0), (TORN_BLOCKS, 0))
+
+
 @pytest.mark.parametrize("fsync", ["always", "never"])
 def test_every_directory_a_checkpointing_crash_leaves_verifies_and_needs_no_repair(fsync: str) -> None:
     """A crash at every FS call of a run with checkpoints, segment deletion and snapshot pruning,
-    under both crash models (torn writes kept): `verify` passes and `repair` has nothing to do,
-    before recovery and after it."""
+    under every crash model (power-loss also keeping a torn tail): `verify` passes and `repair`
+    has nothing to do, before recovery and after it."""
     plan = workload(4, n_records=30, every=6)
     assert plan.count(CHECKPOINT) >= 4
     _, full = execute(plan, fsync, None, 0)
     checked = 0
     for crash_at in range(full.events + 1):
         fs, _ = execute(plan, fsync, crash_at, 1 << 20 if crash_at % 2 else 7)
-        for model, torn in ((PROCESS, 0), (POWER_LOSS, 0), (POWER_LOSS, 33)):
+        for model, torn in MODELS:
             survivor = fs.after_crash(model, torn)
             found = inspect(survivor, "/data/wal", "/data/snap", check_snapshots=True)
             where = f"crash at {crash_at}, {model} torn={torn}: {found.problem}"
@@ -230,7 +234,7 @@ def test_every_directory_a_checkpointing_crash_leaves_verifies_and_needs_no_repa
             again = inspect(survivor, "/data/wal", "/data/snap")
             assert again.problem is None and plan_repair(survivor, "/data/wal", "/data/snap") is None, where
             checked += 1
-    assert checked >= 3 * 100
+    assert checked >= len(MODELS) * 100
 
 
 def test_inspection_changes_nothing() -> None:

@@ -13,7 +13,7 @@ from beaver_sim.core import records as R
 from beaver_sim.core.durable import RecoveryReport, Storage
 from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import BeaverError, CorruptLog, IllegalTransition, JobStatus
-from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS
+from beaver_sim.sim.fs import CRASH_MODELS, POWER_LOSS, SimFS
 from beaver_sim.storage.fs import FS, RealFS
 from beaver_sim.storage.log_format import segment_name
 from beaver_sim.storage.snapshot import snapshot_name
@@ -166,7 +166,7 @@ def test_repeated_checkpoints_compact_and_recover() -> None:
     for round_ in range(6):
         work(s, range(4 * round_, 4 * round_ + 4))
         s.checkpoint()
-        for model in (PROCESS, POWER_LOSS):
+        for model in CRASH_MODELS:
             s2 = Storage.open(fs.after_crash(model), DATA)
             assert s2.state.to_state() == s.state.to_state()
     assert len(s.snapshots.seqs()) == 2

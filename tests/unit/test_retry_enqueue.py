@@ -1,7 +1,7 @@
 """Retry-safe enqueue in the simulator: clients send batches of jobs and resend every batch that was
 not acknowledged (after a crash at any record boundary or in the middle of any record, after ENOSPC
 on any write or EIO on any fsync, after a reply lost to a crash once the batch was written), and
-every run ends with every job exactly once, under both crash models. The SimFS fault hook itself,
+every run ends with every job exactly once, under every crash model. The SimFS fault hook itself,
 and the checker's invariant 8 catching a controller that is not retry-safe."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Crash sweeps: point sets, every byte of a 40-job run under both crash models, the same rows from
+"""Crash sweeps: point sets, every byte of a 40-job run under every crash model, the same rows from
 every executor and with or without shared runs, minimal counterexamples, and `beaver crash-sweep`."""
 
 from __future__ import annotations
