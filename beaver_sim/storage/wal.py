@@ -505,6 +505,12 @@ class WriteAheadLog:
         self.next_seq -= 1
 
     @property
+    def pending(self) -> tuple[bytes, ...]:
+        """The framed lines appended and not yet written, in log order: a copy to read (the
+        simulator's merge keys a state by them). `take_pending` is the one that hands them over."""
+        return tuple(self._buf)
+
+    @property
     def pending_bytes(self) -> int:
         """Bytes appended but not yet written."""
         return self.lsn - self.written_lsn
