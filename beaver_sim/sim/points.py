@@ -76,7 +76,7 @@ class Base:
         x = self.lsn(plan)
         starts = self.starts
         i = bisect.bisect_right(starts, x) - 1 if x is not None else -1
-        if i < 0 or x >= starts[i] + self.writes[i][2]:  # type: ignore[operator]
+        if x is None or i < 0 or x >= starts[i] + self.writes[i][2]:
             return ("never",)  # past the end of the log: the run ends before reaching it
         if (model == POWER_LOSS and plan.torn == 0) or model == METADATA_FIRST:
             return ("write", i)  # the unsynced tail is lost whole, wherever in it the crash came
