@@ -262,7 +262,9 @@ def group_commit_floor(fn: Callable[..., None]) -> str | None:
     logged something, as the real WAL does, so records per fdatasync (and per write) reach the
     records per turn. None, or the counts that fall short."""
     with plugged("group-commit", fn) as spec:
-        counts = mutants.MUTANTS["lab-group-commit"].controller_cls.counts  # type: ignore[attr-defined]
+        cls = mutants.MUTANTS["lab-group-commit"].controller_cls
+        assert issubclass(cls, LabGroupController)  # what `plugged` installed: _group_commit's
+        counts = cls.counts
         counts.clear()
         spec.simulation().run()
     records, turns = counts["records"], counts["turns"]
@@ -418,7 +420,9 @@ def checkpoint_contract(fn: Callable[[CheckpointSteps], None]) -> str | None:
     first difference."""
     with plugged("checkpoint", fn) as spec:
         cls = mutants.MUTANTS["lab-checkpoint"].controller_cls
-        cls.audit = found = []  # type: ignore[attr-defined]
+        assert issubclass(cls, LabCheckpointController)  # what `plugged` installed: _checkpoint's
+        found: list[str] = []
+        cls.audit = found
         sim = spec.simulation()
         result = replace(sim, config=replace(sim.config, snapshots_kept=2)).run()
     if found:

@@ -213,6 +213,12 @@ class Controller:
         self.started = False
 
     @property
+    def acks_waiting(self) -> int:
+        """Enqueue acknowledgements (and operator commands' answers) waiting for the turn's flush:
+        clients told nothing yet about records already appended."""
+        return len(self._acks)
+
+    @property
     def idle(self) -> bool:
         """Nothing pending, delayed or in flight, nothing waiting to be written."""
         state = self.state

@@ -26,7 +26,7 @@ _EXPORTS = {
     "SimResult": "results",
     "Workload": "workload",
     "crash_sweep": "sweep",
-    "enumerate_points": "sweep",
+    "enumerate_points": "points",
     "minimal_counterexample": "sweep",
     "violations": "sweep",
 }

@@ -13,7 +13,7 @@ import bisect
 import posixpath
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from beaver_sim.core import records as R
 from beaver_sim.core.durable import Storage
@@ -23,24 +23,31 @@ from beaver_sim.sim.fs import SimFS
 from beaver_sim.storage.log_format import records, segment_seq
 from beaver_sim.storage.wal import WriteAheadLog
 
+if TYPE_CHECKING:  # the classes the mixins extend, for the type checker; at run time they are
+    _WAL = WriteAheadLog  # mixed in front of any subclass (a mutant's, a lab's: with_ends, archived)
+    _FS = SimFS
+else:
+    _WAL = _FS = object
 
-class _RecordEnds:
+
+class RecordEnds(_WAL):
     """Mixin for a WAL class: note the end LSN of every record as it is appended, so a crash
-    planned at the end of record K can cut the very write that carries it."""
+    planned at the end of record K can cut the very write that carries it (`Run.life` hands it the
+    hook's `ends`)."""
 
     ends: list[int]
 
     def append(self, rec: R.Record) -> int:
-        seq = super().append(rec)  # type: ignore[misc]
-        self.ends.append(self.lsn)  # type: ignore[attr-defined]
+        seq = super().append(rec)
+        self.ends.append(self.lsn)
         return seq
 
     def discard_last(self) -> None:
-        super().discard_last()  # type: ignore[misc]
+        super().discard_last()
         self.ends.pop()
 
 
-class _Archive:
+class _Archive(_FS):
     """Mixin for a SimFS class: keep the files the run deletes (compacted WAL segments, pruned
     snapshots), so the whole log a life wrote can still be read once the run is over."""
 
@@ -50,15 +57,15 @@ class _Archive:
 
     def remove(self, path: str) -> None:
         p = SimFS._norm(path)
-        inode = self.files.get(p)  # type: ignore[attr-defined]
-        super().remove(path)  # type: ignore[misc]
+        inode = self.files.get(p)
+        super().remove(path)
         self.archive.append((p, inode))
 
 
 @cache
 def with_ends(cls: type[WriteAheadLog]) -> type[WriteAheadLog]:
     """`cls`, noting the end LSN of every record it appends in `ends`."""
-    return type(f"{cls.__name__}WithEnds", (_RecordEnds, cls), {})
+    return type(f"{cls.__name__}WithEnds", (RecordEnds, cls), {})
 
 
 @cache

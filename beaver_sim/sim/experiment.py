@@ -34,7 +34,15 @@ from beaver_sim.core.durable import Storage
 from beaver_sim.core.repair import inspect
 from beaver_sim.core.types import BeaverError, Config, JobStatus
 from beaver_sim.sim import mutants
-from beaver_sim.sim.capture import Capture, LogReader, archived, record_before, recovered_key, with_ends
+from beaver_sim.sim.capture import (
+    Capture,
+    LogReader,
+    RecordEnds,
+    archived,
+    record_before,
+    recovered_key,
+    with_ends,
+)
 from beaver_sim.sim.checker import Checker
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.faults import IO_KINDS, CrashHook, CrashPlan, recovery_model_seconds, survivors
@@ -202,8 +210,9 @@ class Run:
             life.start_lsn = wal.lsn
             life.recovery_ops = hook.ops if hook is not None else 0
             if plan is not None and plan.kind == "record":
-                wal.ends = hook.ends  # type: ignore[attr-defined,union-attr]
-                hook.first_seq = wal.next_seq  # type: ignore[union-attr]
+                assert hook is not None and isinstance(wal, RecordEnds)  # a record plan arms both
+                wal.ends = hook.ends
+                hook.first_seq = wal.next_seq
             state = storage.state
             resubmit: list[Batch] = []
             if index:

@@ -84,7 +84,7 @@ class Merger:
         def probe() -> None:
             live = clock.peek()
             polls[0] += 1
-            if not (checker.open or controller._acks):  # clients waiting: states rarely meet yet
+            if not (checker.open or controller.acks_waiting):  # clients waiting: states rarely meet yet
                 try:
                     key = state_key(run, controller, completed_at_start, probe)
                 except (ValueError, TypeError):  # a state it cannot write down: no merging
@@ -154,7 +154,7 @@ def state_key(run: Any, controller: Any, completed_at_start: set[str], probe: An
         c.walk(storage.state),
         c.walk(controller),  # (the named parts are walked here, once; elsewhere, named)
         c.walk(storage),
-        [_body(line) for line in wal._buf],  # bodies, without their CRCs
+        [_body(line) for line in wal.pending],  # bodies, without their CRCs
         _workers(c, run.workers),
         c.walk(checker),
         _rest(c, run, _RUN_PARTS),  # what else the run keeps between lives (next batch, ...)

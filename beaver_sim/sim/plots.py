@@ -93,9 +93,16 @@ def _axes(ax: Axes | None, title: str | None) -> Axes:
     return ax
 
 
+def _palette(name: str) -> list[tuple[float, float, float, float]]:
+    """The colors of a qualitative colormap (tab10, Dark2), in order, as RGBA: calling it with an
+    index, which the type stubs know, rather than reading `.colors`, which only a ListedColormap has."""
+    cmap = mpl.colormaps[name]
+    return [cmap(i) for i in range(cmap.N)]
+
+
 def outcome_colors(outcomes: Sequence[str]) -> dict[str, str]:
     """A color per outcome: the fixed ones first, then tab10 in sorted order for the rest."""
-    extra = iter(mpl.colormaps["tab10"].colors)  # type: ignore[attr-defined]
+    extra = iter(_palette("tab10"))
     return {o: OUTCOME_COLORS.get(o) or mpl.colors.to_hex(next(extra)) for o in sorted(set(outcomes))}
 
 
@@ -194,7 +201,7 @@ def outcome_map(
     ax.grid(axis="y", visible=False)
     _legend(ax, colors, outcome)
     if marks:
-        styles = iter(zip(mpl.colormaps["Dark2"].colors, ("--", ":", "-.", (0, (5, 1)))))  # type: ignore[attr-defined]
+        styles = iter(zip(_palette("Dark2"), ("--", ":", "-.", (0, (5, 1)))))
         handles = []
         for name, xs in marks.items():
             color, style = next(styles)

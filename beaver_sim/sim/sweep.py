@@ -32,20 +32,20 @@ same rows. Why no verdict depends on what the compared state leaves out (the CRC
 order before the meeting point): sim/merge.py and docs/contracts.md.
 
 This module keeps the orchestration (which points, in which groups and tasks, and the rows' checks);
-sim/share.py runs a task's points from one shared run, sim/executors.py gives the executors and
-sim/frames.py builds and reads the frames."""
+sim/points.py enumerates the points from the run without a crash, sim/share.py runs a task's points
+from one shared run, sim/executors.py gives the executors, sim/frames.py builds and reads the frames
+and sim/recovery_sweep.py holds the recovery sweep (a second crash while recovering from a first)."""
 
 from __future__ import annotations
 
 import bisect
 import os
-import posixpath
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, as_completed
-from dataclasses import dataclass, replace
-from functools import cached_property, partial
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -55,23 +55,23 @@ from beaver_sim.sim.checker import same_bytes
 from beaver_sim.sim.executors import executor as make_executor
 from beaver_sim.sim.executors import progress as progress_bar
 from beaver_sim.sim.experiment import Simulation
-from beaver_sim.sim.faults import IO_KINDS, POINTS, CrashPlan
+from beaver_sim.sim.faults import CrashPlan
 from beaver_sim.sim.frames import (
-    RECOVERY_COLUMNS,
     earliest,
     failing,
     point_row,
-    recovery_row,
     sweep_frame,
     violations,
 )
-from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSS, SUBSETS
-from beaver_sim.sim.results import SimResult
+from beaver_sim.sim.fs import SUBSETS
+from beaver_sim.sim.points import Base, base_run, enumerate_points
+from beaver_sim.sim.recovery_sweep import recovery_points, recovery_sweep
 from beaver_sim.sim.share import Points, run_alone, run_shared
 from beaver_sim.sim.workload import Workload
-from beaver_sim.storage.log_format import segment_seq
 
-__all__ = [  # (violations and failing read a sweep's frame: sim/frames.py; importable from here too)
+__all__ = [  # (importable from here too: violations and failing from sim/frames.py, Base, base_run
+    # and enumerate_points from sim/points.py, recovery_points and recovery_sweep from
+    # sim/recovery_sweep.py)
     "TORN_MAX",
     "Base",
     "SweepInterrupted",
@@ -110,147 +110,6 @@ def lifecycle(
     }
     workload = Workload(jobs, rate=20.0, batch=4, durations="exponential")
     return Simulation(Config(**settings | config), workload, seed, model=model)
-
-
-@dataclass
-class Base:
-    """The uncrashed run a sweep starts from: its records, writes and persistence points."""
-
-    result: SimResult
-
-    @cached_property
-    def starts(self) -> list[int]:
-        """The start LSN of every WAL write, in order."""
-        return [w[1] for w in self.writes]
-
-    @cached_property
-    def trace(self) -> list[tuple[dict[str, Any], int, int]]:
-        """The records of the uncrashed run, with their LSNs."""
-        return self.result.records(0)
-
-    @property
-    def end(self) -> int:
-        return self.result.end_lsn
-
-    @property
-    def writes(self) -> list[tuple[int, int, int]]:
-        hook = self.result.lives[0].hook
-        return hook.writes if hook is not None else []
-
-    @property
-    def marks(self) -> list[tuple[str, int, int, float]]:
-        hook = self.result.lives[0].hook
-        return hook.points if hook is not None else []
-
-    def lsn(self, plan: CrashPlan) -> int | None:
-        """Where in the log a plan crashes (None: a time)."""
-        if plan.kind == "lsn":
-            return plan.at
-        if plan.kind == "record":
-            seqs = self.trace
-            i = plan.at - seqs[0][0]["seq"] if seqs else -1
-            return seqs[i][2] if 0 <= i < len(seqs) else self.end
-        if plan.kind == "point":
-            for name, n, lsn, _t in self.marks:
-                if name == plan.at and n == plan.occurrence:
-                    return lsn
-            return None
-        return None
-
-    @cached_property
-    def ends(self) -> list[int]:
-        return [end for _rec, _start, end in self.trace]
-
-    def signature(self, plan: CrashPlan, model: str) -> tuple[Any, ...]:
-        """Points with the same signature crash at the same moment, and their files differ at most
-        in a torn tail (which recovery must cut): candidates to share the rest of the run."""
-        model = plan.model or model
-        if plan.kind not in ("lsn", "record"):
-            return (plan.kind, plan.at, plan.occurrence, plan.torn)
-        x = self.lsn(plan)
-        starts = self.starts
-        i = bisect.bisect_right(starts, x) - 1 if x is not None else -1
-        if i < 0 or x >= starts[i] + self.writes[i][2]:  # type: ignore[operator]
-            return ("never",)  # past the end of the log: the run ends before reaching it
-        if (model == POWER_LOSS and plan.torn == 0) or model == METADATA_FIRST:
-            return ("write", i)  # the unsynced tail is lost whole, wherever in it the crash came
-        # torn bytes aside: how many records a torn tail keeps is for the recovered key to tell
-        return ("write", i, bisect.bisect_right(self.ends, x))
-
-
-def base_run(sim: Simulation) -> Base:
-    """The run without a crash, observed: every WAL write and persistence point it reaches."""
-    return Base(replace(sim, crash=None, observe=True, sample_every=0).run())
-
-
-SETS = ("all", "bytes", "records", "marks", "sample", "io", "times")
-
-
-def enumerate_points(base: Base, points: str | Sequence[CrashPlan | str], seed: int = 0) -> list[CrashPlan]:
-    """The crash points a spec names: point sets (`records+marks`) in the order the run reaches
-    them, then explicit points (`lsn:300`, `record:7`, ...) in the order given, each once."""
-    items = points.replace("+", ",").split(",") if isinstance(points, str) else list(points)
-    found: list[tuple[tuple[int, int], CrashPlan]] = []
-    given: list[CrashPlan] = []
-    for item in items:
-        if isinstance(item, CrashPlan):
-            given.append(item)
-            continue
-        part = item.strip()
-        name, _, arg = part.partition(":")
-        if name not in SETS:
-            if not arg:
-                raise BeaverError(
-                    f"points {part!r}: expected all, bytes, records, marks, io, sample:N, times:N "
-                    "or KIND:WHERE"
-                )
-            given.append(CrashPlan.parse(part))
-        elif name in ("bytes", "all"):
-            found += [((x, 1), CrashPlan("lsn", x)) for x in range(base.end)]
-        if name in ("marks", "all"):
-            found += [((lsn, 0), CrashPlan("point", m, n)) for m, n, lsn, _t in base.marks]
-        elif name == "records":
-            for rec, start, end in base.trace:
-                found.append(((end, 1), CrashPlan("record", rec["seq"])))
-                found.append(((start + (end - start) // 2, 1), CrashPlan("lsn", start + (end - start) // 2)))
-        elif name == "io":  # each write, fsync, rename and directory fsync fails, one at a time
-            fs = base.result.fs
-            calls = {"write": 0, "sync": 0, "rename": 0, "dirsync": 0}
-            if fs is not None:
-                calls = {
-                    "write": fs.write_calls,
-                    "sync": fs.syncs,
-                    "rename": fs.renames,
-                    "dirsync": fs.dir_syncs,
-                }
-            order = 0
-            for kind, (op, _code, _keep) in IO_KINDS.items():
-                found += [((0, order + k), CrashPlan(kind, k)) for k in range(1, calls[op] + 1)]
-                order += calls[op]
-        elif name == "times":  # in order with the others: after the writes made by then
-            n, hook = _count(part, arg), base.result.lives[0].hook
-            times, end = (hook.write_times if hook else []), base.result.summary["virtual_seconds"]
-            for k in range(1, n + 1):
-                t = round(end * k / (n + 1), 6)
-                i = bisect.bisect_right(times, t)
-                lsn = base.writes[i - 1][1] + base.writes[i - 1][2] if i else 0
-                found.append(((lsn, 2), CrashPlan("time", t)))
-        elif name == "sample":
-            n = _count(part, arg)
-            pool = enumerate_points(base, "all")
-            picked = sorted(random.Random(seed).sample(range(len(pool)), min(n, len(pool))))
-            found += [
-                ((base.lsn(pool[i]) or 0, 0 if pool[i].kind == "point" else 1), pool[i]) for i in picked
-            ]
-    plans = [plan for _key, plan in sorted(found, key=lambda kp: kp[0])] + given
-    return list(dict.fromkeys(plans))
-
-
-def _count(part: str, arg: str) -> int:
-    try:
-        return int(arg)
-    except ValueError:
-        raise BeaverError(f"points {part!r}: expected {part.partition(':')[0]}:N") from None
 
 
 TORN_MAX = 512  # bytes: a torn write keeps at most a sector of the unsynced tail
@@ -453,74 +312,3 @@ def minimal_counterexample(
         else:
             lo = mid + 1
     return {"earliest": first, "jobs": hi, "smallest": best}
-
-
-# -- crashes during recovery ---------------------------------------------------------------------
-
-
-def recovery_points(sim: Simulation, first: CrashPlan) -> list[tuple[str, CrashPlan]]:
-    """Where a second crash can hit the life that recovers from `first`, labelled by phase:
-    `recovery` (each FS call of it: removing a stale .tmp, the torn tail's `.broken` copy, its
-    write, sync, and the truncation), `first-write` (each FS call up to the first WAL fdatasync
-    after recovery, and the end and middle of each record of that write: the REQUEUE and DISPATCH
-    records `start` appends), `checkpoint` (each persistence point of the first checkpoint)."""
-    r = replace(sim, crash=[first], observe=True, sample_every=0).run()
-    if len(r.lives) < 2 or r.lives[1].hook is None:
-        return []
-    life = r.lives[1]
-    hook = life.hook
-    assert hook is not None
-    calls, opened = hook.calls, life.recovery_ops
-
-    def is_wal_sync(op: str, path: str) -> bool:
-        return op == "sync" and segment_seq(posixpath.basename(path)) is not None
-
-    synced = next((k + 1 for k in range(opened, len(calls)) if is_wal_sync(*calls[k])), len(calls))
-    out = [("recovery" if k <= opened else "first-write", CrashPlan("op", k)) for k in range(1, synced + 1)]
-    first_write = next(((start, n) for op, start, n in hook.writes if op > opened), None)
-    if first_write is not None:
-        start, n = first_write
-        for _rec, a, b in r.records(1):
-            if start <= a < start + n:
-                out += [("first-write", CrashPlan("lsn", (a + b) // 2)), ("first-write", CrashPlan("lsn", b))]
-    seen = {(name, k) for name, k, _lsn, _t in hook.points}
-    out += [("checkpoint", CrashPlan("point", name, 1)) for name in POINTS if (name, 1) in seen]
-    return out
-
-
-def _recovery_rows(token: str, firsts: list[list[Any]]) -> list[dict[str, Any]]:
-    """The rows of some first crashes: each second crash of `recovery_points`, run from scratch."""
-    sim = Simulation.from_token(token, sample_every=0)
-    rows = []
-    for f in firsts:
-        first = CrashPlan.from_list(f)
-        for phase, second in recovery_points(sim, first):
-            run = replace(sim, crash=[first, second])
-            rows.append(recovery_row(first, second, phase, run, run.run()))
-    return rows
-
-
-def recovery_sweep(
-    sim: Simulation,
-    first: str | Sequence[CrashPlan | str],
-    *,
-    executor: Executor | str | None = "serial",
-    workers: int | None = None,
-) -> pd.DataFrame:
-    """Crash, then crash again while recovering from it (`recovery_points`), recover a second time
-    and run on to the end, checking every invariant: one row per pair. `first` names the first
-    crashes as crash_sweep does (a point set or plans). `lives` is 3 when both crashes happened
-    (negative: the second crash was never reached, the run had that many lives); `truncated`
-    lists each recovery's torn bytes cut; `requeued` is False when the second crash came before
-    the storage opened (inside recovery itself)."""
-    base = base_run(sim)
-    firsts = [p.as_list() for p in enumerate_points(base, first, sim.seed)]
-    token = replace(sim, crash=None).token()
-    rows: list[dict[str, Any]] = []
-    with make_executor(executor, workers, None) as ex:
-        if ex is None:
-            rows = _recovery_rows(token, firsts)
-        else:
-            for part in ex.map(partial(_recovery_rows, token), [[f] for f in firsts]):
-                rows += part
-    return pd.DataFrame(rows, columns=RECOVERY_COLUMNS)

@@ -110,6 +110,21 @@ def unframe(line: bytes) -> bytes | None:
     return None if isinstance(got, str) else got[1]
 
 
+def claimed(line: bytes) -> tuple[int | None, bytes | None]:
+    """What a damaged record line (without its newline) may still tell: the CRC its first field
+    claims (None unless that field is 8 hex digits) and its body, everything after the second space
+    (None if it has no second space). Neither is checked; the readers that salvage a damaged log go
+    on from them (the chain after the line is its claimed CRC, or the one its body should have had)."""
+    parts = line.split(b" ", 2)
+    crc = None
+    if len(parts[0]) == 8:
+        try:
+            crc = int(parts[0], 16)
+        except ValueError:
+            pass
+    return crc, (parts[2] if len(parts) == 3 else None)
+
+
 def records(data: bytes) -> Iterator[tuple[Record, int, int]]:
     """One segment's bytes as they are on disk -> (record, start LSN, end LSN) for each whole line
     (ended by its newline), in order, while its body decodes to a JSON object; it stops at the first

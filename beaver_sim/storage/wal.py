@@ -37,7 +37,6 @@ from crc32c import crc32c
 
 from beaver_sim.errors import BeaverError, CorruptLog, brief
 from beaver_sim.speed import paused_gc
-from beaver_sim.storage import log_format
 from beaver_sim.storage.fs import FS, FileHandle
 from beaver_sim.storage.log_format import (
     FSYNC_POLICIES,
@@ -47,6 +46,7 @@ from beaver_sim.storage.log_format import (
     SECTOR,
     VERSION,
     Record,
+    claimed,
     frame,
     header_line,
     parse_header,
@@ -60,9 +60,6 @@ MAX_RECORD = 1 << 20
 SEGMENT_BYTES = 64 << 20
 
 OnRecord = Callable[[Record, int], None]  # (record, its LSN)
-# Compatibility for the sim/ modules that still match names with it (use log_format.segment_seq);
-# goes once they are merged onto log_format.
-SEGMENT_NAME = log_format._SEGMENT_NAME
 
 
 class RecordTooLarge(BeaverError):
@@ -121,15 +118,12 @@ def _valid_follows(lines: list[bytes], crc_before: int) -> bool:
     tail may tear). The line right after the bad one is also tried against the CRC its body
     should have had, so a flipped bit in a CRC field is not mistaken for a torn tail."""
     for index, (prev, line) in enumerate(itertools.pairwise(lines)):
-        parts = prev.split(b" ", 2)
+        stored, body = claimed(prev)
         candidates = []
-        if index == 0 and len(parts) == 3:
-            candidates.append(crc32c(parts[2], crc_before))
-        if len(parts[0]) == 8:
-            try:
-                candidates.append(int(parts[0], 16))
-            except ValueError:
-                pass
+        if index == 0 and body is not None:
+            candidates.append(crc32c(body, crc_before))
+        if stored is not None:
+            candidates.append(stored)
         if any(not isinstance(parse_line(line, c), str) for c in candidates):
             return True
     return False
@@ -243,8 +237,8 @@ def _scan(fs: FS, directory: str, after_seq: int, covered: int, on_record: OnRec
         bad_index = -1
         replayed = 0
         for i, line in enumerate(lines):
-            # parse_line's checks, inlined for speed (replay is this loop); on a bad line,
-            # parse_line itself says what is wrong
+            # log_format owns the framing: these are log_format.parse_line's checks, inlined for
+            # speed (replay is this loop); on a bad line, parse_line itself says what is wrong
             try:
                 head, length, body = line.split(b" ", 2)
                 good = len(head) == 8 and length.isdigit() and int(length) == len(body)
@@ -511,6 +505,12 @@ class WriteAheadLog:
         self.next_seq -= 1
 
     @property
+    def pending(self) -> tuple[bytes, ...]:
+        """The framed lines appended and not yet written, in log order: a copy to read (the
+        simulator's merge keys a state by them). `take_pending` is the one that hands them over."""
+        return tuple(self._buf)
+
+    @property
     def pending_bytes(self) -> int:
         """Bytes appended but not yet written."""
         return self.lsn - self.written_lsn
@@ -699,14 +699,10 @@ def records_from(fs: FS, p: Problem, crc: int, later: list[str]) -> tuple[list[R
             good.append(rec)
             continue
         bad += 1
-        parts = line.split(b" ", 2)
-        claimed = []
-        if len(parts[0]) == 8:
-            try:
-                claimed.append(int(parts[0], 16))
-            except ValueError:
-                pass
-        chains = claimed + ([crc32c(parts[2], c) for c in chains] if len(parts) == 3 else [])
+        stored, body = claimed(line)
+        chains = ([] if stored is None else [stored]) + (
+            [] if body is None else [crc32c(body, c) for c in chains]
+        )
     return good, bad
 
 

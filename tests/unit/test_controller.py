@@ -517,9 +517,9 @@ def test_already_present_after_a_crash_is_answered_only_once_synced() -> None:
     syncs = storage.fs.syncs
     acked: list[bool] = []
     done = ctl.enqueue([(j, payload(i)) for i, j in enumerate(ids)], on_durable=lambda: acked.append(True))
-    assert (done.new, done.already_present) == (0, 5) and acked == []
+    assert (done.new, done.already_present) == (0, 5) and acked == [] and ctl.acks_waiting == 1
     clock.run(until=0.0)
-    assert acked == [True] and storage.fs.syncs == syncs + 1
+    assert acked == [True] and storage.fs.syncs == syncs + 1 and ctl.acks_waiting == 0
 
 
 def test_on_durable_fires_only_once_the_records_survive_a_power_loss() -> None:

@@ -109,3 +109,14 @@ def test_unframe_trusts_the_framing_not_the_crc() -> None:
     assert F.unframe(line) == body
     assert F.unframe(line.replace(b" 9 ", b" 8 ")) is None  # the length field no longer holds
     assert F.unframe(b"zzzzzzzz 9 " + body) is None  # not a hex checksum
+
+
+def test_claimed_salvages_what_a_damaged_line_still_says() -> None:
+    body = b'{"seq":1}'
+    line = F.frame(body, 0xDEADBEEF)[:-1]
+    assert F.claimed(line) == (0xDEADBEEF, body)
+    assert F.claimed(line.replace(b" 9 ", b" 7 ")) == (0xDEADBEEF, body)  # the length is not checked
+    assert F.claimed(b"zzzzzzzz 9 " + body) == (None, body)  # not hex: no claimed CRC
+    assert F.claimed(b"deadbee 9 " + body) == (None, body)  # 7 digits: no claimed CRC
+    assert F.claimed(b"deadbeef 9") == (0xDEADBEEF, None)  # cut before its body
+    assert F.claimed(b"\0\0\0") == (None, None)  # zeros of a lost block

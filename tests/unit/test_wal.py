@@ -18,7 +18,7 @@ from beaver_sim.core import records as R
 from beaver_sim.core.types import BeaverError, CorruptLog
 from beaver_sim.sim.fs import POWER_LOSS, PROCESS, SimFS
 from beaver_sim.storage.fs import FS, RealFS
-from beaver_sim.storage.log_format import frame, segment_name
+from beaver_sim.storage.log_format import frame, segment_name, unframe
 from beaver_sim.storage.wal import (
     MAX_RECORD,
     RecordTooLarge,
@@ -121,9 +121,10 @@ def test_append_flush_reopen(kind: str, tmp_path: Path) -> None:
     wal, _, _ = reopen(fs, d)
     seqs = [wal.append(rec(i)) for i in range(5)]
     assert seqs == [1, 2, 3, 4, 5]
-    assert wal.pending_bytes > 0
+    assert wal.pending_bytes == sum(map(len, wal.pending)) > 0
+    assert [orjson.loads(unframe(line[:-1]) or b"")["seq"] for line in wal.pending] == seqs
     wal.flush()
-    assert wal.pending_bytes == 0
+    assert wal.pending_bytes == 0 and wal.pending == ()
     wal.close()
     wal2, got, dropped = reopen(fs, d)
     assert dropped == 0
