@@ -11,7 +11,14 @@ shows. Then SIGINT, timed to the process's exit.
 
 `--code DIR` runs the `beaver_sim` package found in DIR (a checkout of another version: "before").
 Goal: worst enqueue and status round trip <= 50 ms at 1,000,000 jobs, <= 20 ms at 300,000.
-Prints the figures as JSON, then a markdown row."""
+Prints the figures as JSON, then a markdown row.
+
+`--listing N`: meanwhile a second client runs `beaver jobs --json` (no limit: every job) N times
+one after the other, from the second second on, with the same code as the controller; the figures
+then add each listing's seconds and the worst enqueue round trip that overlapped a listing (does
+one client's listing stall everyone else's requests?).
+
+    .venv/bin/python bench/bench_stall.py --jobs 1000000 --interval 600 --seconds 40 --listing 3"""
 
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from typing import Any
@@ -82,8 +90,30 @@ def snapshots_taken(url: str) -> int:
     return int(float(m.group(1))) if m else -1
 
 
+def list_all(data_dir: str, code: str | None, times: int, cwd: str) -> list[tuple[float, float]]:
+    """`beaver jobs --json` `times` times in a row: each one's (start, end) on time.perf_counter;
+    its output is counted (a listing of every job) and discarded."""
+    env = dict(os.environ, PYTHONPATH=code or "")
+    cmd = [sys.executable, "-c", "from beaver_sim.cli import main; raise SystemExit(main())"]
+    spans = []
+    time.sleep(2.0)  # the enqueue client's round trips settle first
+    for _ in range(times):
+        t0 = time.perf_counter()
+        out = subprocess.run(
+            [*cmd, "jobs", "--json", "--data-dir", data_dir],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            check=True,
+        )
+        spans.append((t0, time.perf_counter()))
+        assert out.stdout.startswith(b"["), out.stderr
+    return spans
+
+
 def measure(data_dir: str, seconds: float) -> dict[str, list[float]]:
     enq: list[float] = []
+    enq_at: list[float] = []  # when each enqueue round trip started (time.perf_counter)
     status: list[float] = []
     i = 0
     end = time.monotonic() + seconds
@@ -99,10 +129,20 @@ def measure(data_dir: str, seconds: float) -> dict[str, list[float]]:
                 data_dir, {"op": "enqueue", "jobs": [[f"stall-{i}", {"type": "compute", "value": i}]]}
             )
             enq.append(time.perf_counter() - t0)
+            enq_at.append(t0)
         assert answer.get("ok"), answer
         i += 1
         time.sleep(max(0.0, next_at - time.monotonic()))
-    return {"enqueue": enq, "status": status}
+    return {"enqueue": enq, "enqueue_at": enq_at, "status": status}
+
+
+def during(times: dict[str, list[float]], spans: list[tuple[float, float]]) -> list[float]:
+    """The enqueue round trips whose time overlapped one of the listings' spans."""
+    return [
+        rt
+        for t0, rt in zip(times["enqueue_at"], times["enqueue"], strict=True)
+        if any(t0 < end and t0 + rt > start for start, end in spans)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=0.3, help="snapshot_interval, seconds")
     ap.add_argument("--seconds", type=float, default=20.0, help="how long the client measures")
     ap.add_argument("--code", help="run the beaver_sim package of this checkout (before)")
+    ap.add_argument("--listing", type=int, default=0, help="`beaver jobs --json` this many times meanwhile")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-stall-") as tmp:
         data_dir = os.path.join(tmp, "run")
@@ -120,7 +161,15 @@ def main(argv: list[str] | None = None) -> int:
         built = time.perf_counter() - t0
         proc, metrics = start(data_dir, args.code, args.interval, tmp)
         try:
+            spans: list[tuple[float, float]] = []
+            lister = threading.Thread(
+                target=lambda: spans.extend(list_all(data_dir, args.code, args.listing, tmp)), daemon=True
+            )
+            if args.listing:
+                lister.start()
             times = measure(data_dir, args.seconds)
+            if args.listing:
+                lister.join()
             taken = snapshots_taken(metrics + "/metrics") if metrics else -1
             t1 = time.perf_counter()
             proc.send_signal(signal.SIGINT)
@@ -150,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         "stop_log": [line for line in tail.splitlines() if "snapshot" in line],
         "load": os.getloadavg()[0],
     }
+    if args.listing:
+        out["listing_s"] = [round(end - start, 2) for start, end in spans]
+        out["enqueue_during_listing"] = quantiles(during(times, spans))
     print(json.dumps(out, indent=1))
     e, s = out["enqueue"], out["status"]
     print(

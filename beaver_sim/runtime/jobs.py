@@ -11,7 +11,7 @@ whose reason only an older snapshot covered (schema 2 kept none) takes it from t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
 
@@ -27,6 +27,7 @@ from beaver_sim.storage.fs import RealFS
 from beaver_sim.storage.wal import OnRecord
 
 STATES = tuple(s.value for s in JobStatus)  # `--state` choices: the states that exist
+CHUNK = 2000  # jobs looked at per part of a listing: ~2 ms to build and encode (1 M jobs), one loop turn
 OUTCOMES = {  # how a record ends an attempt
     R.ACK: "completed",
     R.FAIL: "failed",
@@ -52,8 +53,55 @@ def row(q: JobQueue, job: Job) -> dict[str, Any]:
 
 def select(q: JobQueue, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """The jobs in `state` (all when None), in the order they were enqueued, at most `limit`."""
-    jobs = (j for j in q.jobs.values() if state is None or j.status == state)
-    return [row(q, j) for j in islice(jobs, limit)]
+    return [r for rows in listing(q, state, limit) for r in rows]
+
+
+def listing(
+    q: JobQueue, state: str | None = None, limit: int | None = None, size: int = CHUNK
+) -> Iterator[list[dict[str, Any]]]:
+    """The rows of `select`, built `size` jobs at a time, so that the controller's loop can serve
+    everything else between two parts (the server yields to it after each). What a listing gives
+    when the state changes while it is produced: its ids are taken when it begins (this call: one
+    copy of the keys, C speed, the one step that grows with the jobs: 10-15 ms at 1,000,000; only
+    the first `limit` when no `state` filters), so jobs enqueued after that are not listed; each
+    row, and whether it passes the `state` filter, is the job's state when its part is built; a job
+    dropped meanwhile (`completed_retention`) is skipped; an id dropped and enqueued again meanwhile
+    is listed at its first place with the new job's state. `limit` counts the rows given. A part
+    may be empty (no job of it was in `state`)."""
+    ids = list(q.jobs if state is not None or limit is None else islice(q.jobs, limit))
+    return _parts(q, ids, state, limit, size)
+
+
+def _parts(
+    q: JobQueue, ids: list[str], state: str | None, limit: int | None, size: int
+) -> Iterator[list[dict[str, Any]]]:
+    left = len(ids) if limit is None else limit
+    for start in range(0, len(ids), size):
+        if left <= 0:
+            return
+        rows = []
+        for job_id in ids[start : start + size]:
+            job = q.jobs.get(job_id)
+            if job is not None and (state is None or job.status == state):
+                rows.append(row(q, job))
+                if len(rows) == left:
+                    break
+        left -= len(rows)
+        yield rows
+
+
+def encode(parts: Iterator[list[dict[str, Any]]]) -> Iterator[bytes]:
+    """The answer `{"ok": true, "jobs": rows}` as `orjson.dumps` writes it, byte for byte, one
+    piece per part of the listing (an empty part gives an empty piece: still one loop turn)."""
+    yield b'{"ok":true,"jobs":['
+    sep = b""
+    for rows in parts:
+        if not rows:
+            yield b""
+            continue
+        yield sep + b",".join(map(orjson.dumps, rows))
+        sep = b","
+    yield b"]}"
 
 
 def describe(q: JobQueue, job_id: str) -> dict[str, Any] | None:
@@ -71,8 +119,9 @@ def describe(q: JobQueue, job_id: str) -> dict[str, Any] | None:
     }
 
 
-def answer(q: JobQueue, req: dict[str, Any]) -> dict[str, Any]:
-    """The control socket's answer to `{"op": "job", "id"}` or `{"op": "jobs", "state", "limit"}`."""
+def answer(q: JobQueue, req: dict[str, Any]) -> dict[str, Any] | Iterator[bytes]:
+    """The control socket's answer to `{"op": "job", "id"}` or `{"op": "jobs", "state", "limit"}`;
+    a listing's comes in pieces (`encode`), which the server writes one loop turn each."""
     if req.get("op") == "job":
         job_id = req.get("id")
         if not isinstance(job_id, str):
@@ -83,7 +132,7 @@ def answer(q: JobQueue, req: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "error": f"bad request: state must be one of {', '.join(STATES)}"}
     if limit is not None and (type(limit) is not int or limit < 0):
         return {"ok": False, "error": "bad request: limit must be an integer >= 0"}
-    return {"ok": True, "jobs": select(q, state, limit)}
+    return encode(listing(q, state, limit))
 
 
 def _ask(config: Config, req: dict[str, Any]) -> dict[str, Any] | None:

@@ -1,7 +1,8 @@
 """The control socket: how `beaver enqueue` and `beaver status` talk to a running `beaver run`.
 
 A unix socket `<data_dir>/beaver.sock`, one request per connection: the client sends one JSON object
-and shuts down its writing side, the server answers with one JSON object and closes. Requests:
+and shuts down its writing side, the server answers with one JSON object and closes (a large
+answer, a listing of jobs, is built and written in pieces, one loop turn each). Requests:
 `{"op": "status"}`, `{"op": "enqueue", "jobs": [[id, payload], ...]}`, and `{"op": "job", "id"}` and
 `{"op": "jobs", "state", "limit"}` (runtime/jobs.py); answers carry `"ok"` and either the result
 (enqueue: `"enqueued"` new jobs and `"already_present"`) or `"error"` (plus `"retry": true` when the
@@ -15,7 +16,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -42,7 +43,9 @@ BUFFER_BUDGET = 2 * MAX_REQUEST
 MAX_PAYLOAD_DEPTH = limits.MAX_DEPTH
 MAX_REQUEST_DEPTH = MAX_PAYLOAD_DEPTH + 3
 
-Answer = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# An answer is an object, or the bytes of one in pieces built one at a time: an answer whose size
+# grows with the number of jobs (a listing) must not hold the loop while all of it is built.
+Answer = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | Iterator[bytes]]]
 
 
 class ControlUnavailable(BeaverError):
@@ -251,14 +254,36 @@ class ControlServer:
             except Exception as e:  # a request no check foresaw: refused, never a reason to stop
                 self.log(f"warning: a control request failed: {describe_exception(e)}")
                 answer = {"ok": False, "error": f"bad request: {describe_exception(e)}"}
-            writer.write(orjson.dumps(answer))
-            await writer.drain()
+            if isinstance(answer, dict):
+                writer.write(orjson.dumps(answer))
+                await writer.drain()
+            else:
+                await self._stream(writer, answer)
         except ConnectionError:
             pass  # the client went away; nothing to answer
         finally:
             self.tasks.discard(task)
             forks.release(fd)
             writer.close()
+
+    async def _stream(self, writer: asyncio.StreamWriter, pieces: Iterator[bytes]) -> None:
+        """Write an answer built in pieces, giving the loop a turn after each, so that the other
+        clients, dispatches, results and timers wait at most one piece's building, never the whole
+        answer's. A client gone meanwhile ends it (ConnectionError); a piece that fails to build
+        cuts the answer short (the client says so), logged, and the server goes on."""
+        while True:
+            try:
+                piece = next(pieces, None)
+            except Exception as e:
+                self.log(f"warning: a control answer failed midway: {describe_exception(e)}")
+                return
+            if piece is None:
+                return
+            if writer.is_closing():
+                raise ConnectionResetError("the client went away")
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0)
 
     async def close(self, timeout: float = 2.0) -> None:
         """Stop accepting, give open requests `timeout` seconds to finish, remove the socket."""

@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
@@ -323,7 +323,7 @@ class Service:
             "timer_lateness_max": self.lateness.max(),
         }
 
-    async def _answer(self, req: dict[str, Any]) -> dict[str, Any]:
+    async def _answer(self, req: dict[str, Any]) -> dict[str, Any] | Iterator[bytes]:
         op = req.get("op")
         if op == "status":
             return {"ok": True, "status": self.status()}
