@@ -109,22 +109,19 @@ class LogReader:
         self._read: dict[str, int] = {}  # segment path -> file offset read up to
 
     def _read_new(self) -> None:
-        """Read the whole lines written since the last call. `log_format.records` reads a segment
-        from its header on, so it is handed the header and the bytes not read yet, and the LSNs it
-        gives are moved back by the bytes skipped: each byte is read once, whatever the segment's
-        size."""
+        """Read the whole lines written since the last call, from where the last one ended: each
+        byte once, whatever the segment's size."""
         for path, inode in sorted(_segments(self.fs, self.wal_dir), key=lambda pi: pi[0]):
             data = inode.data
             head = data.find(b"\n") + 1  # (0: no whole header yet)
             offset = self._read.get(path, head)
             if not head or offset >= len(data):
                 continue
-            skipped = offset - head
-            for rec, start, end in records(bytes(data[:head] + data[offset:])):
-                self.trace.append((rec, start + skipped, end + skipped))
-                self.ends.append(end + skipped)
+            for rec, start, end in records(data, offset):
+                self.trace.append((rec, start, end))
+                self.ends.append(end)
                 if rec["type"] == R.ACK:
-                    self.acks.append((end + skipped, rec["job"]))
+                    self.acks.append((end, rec["job"]))
                 offset += end - start
             self._read[path] = offset
 

@@ -125,12 +125,14 @@ def claimed(line: bytes) -> tuple[int | None, bytes | None]:
     return crc, (parts[2] if len(parts) == 3 else None)
 
 
-def records(data: bytes) -> Iterator[tuple[Record, int, int]]:
+def records(data: bytes | bytearray, start: int = 0) -> Iterator[tuple[Record, int, int]]:
     """One segment's bytes as they are on disk -> (record, start LSN, end LSN) for each whole line
     (ended by its newline), in order, while its body decodes to a JSON object; it stops at the first
     that does not (zeros, a cut line, damage). Nothing if the header's body gives no `base_lsn`.
-    Neither the header's CRC nor any record's is checked: this reads what the bytes say, for the
-    simulator's and the labs' observers, never for recovery (that is storage.wal.scan)."""
+    `start`: the file offset of the line to begin at, where an earlier call's last record ended (a
+    reader of a growing segment reads each byte once). Neither the header's CRC nor any record's is
+    checked: this reads what the bytes say, for the simulator's and the labs' observers, never for
+    recovery (that is storage.wal.scan)."""
     nl = data.find(b"\n")
     if nl < 0:
         return
@@ -138,7 +140,7 @@ def records(data: bytes) -> Iterator[tuple[Record, int, int]]:
         base = orjson.loads(data[:nl].split(b" ", 2)[2])["base_lsn"]
     except (ValueError, IndexError, KeyError, TypeError):
         return  # no readable header: nothing in this file can be placed in the log
-    offset = nl + 1
+    offset = max(start, nl + 1)
     for line in data[offset:].split(b"\n")[:-1]:  # the last piece is cut short, or empty
         try:
             rec = orjson.loads(line.split(b" ", 2)[2])
