@@ -5,6 +5,7 @@ complete got any slower for it. Each figure runs in a new process per round, thi
 is shared: compare within a run, best of `--repeat`).
 
     .venv/bin/python bench/bench_queue_ops.py [--pending 200000] [--ops 1000] [--repeat 5] [--code DIR]
+        [--what hot,cancel,revive,dead_ids]
 
 - hot: per job, the seconds of `enqueue` of `--pending` jobs, then `dispatch` + `complete` of each
   (JobQueue's methods, as `apply` calls them), retention off;
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ops", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--code", help="also time the beaver_sim package of this checkout (before)")
+    ap.add_argument("--what", default="hot,cancel,revive,dead_ids", help="the figures, comma separated")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # one figure in this process
     args = ap.parse_args(argv)
     if args.one:
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     codes = {"this checkout": None} | ({args.code: args.code} if args.code else {})
     best: dict[str, dict[str, float]] = {name: {} for name in codes}
     for _ in range(args.repeat):
-        for what in ("hot", "cancel", "revive", "dead_ids"):
+        for what in args.what.split(","):
             for name, code in codes.items():
                 s = in_a_new_process(code, what, args.pending, args.ops)
                 best[name][what] = min(best[name].get(what, s), s)
