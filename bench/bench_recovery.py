@@ -88,6 +88,7 @@ def big_queue(n: int, payload: Callable[[int], dict[str, Any]]) -> JobQueue:
             seq += 1 + 2 * job.attempt
         elif i < n_completed + n_dead:
             job.status, job.attempt = JobStatus.DEAD, MAX_RETRY
+            q.dead[job.id] = None
             seq += 1 + 2 * MAX_RETRY
         elif i < n_completed + n_dead + n_in_flight:
             job.status, job.attempt = JobStatus.IN_FLIGHT, 1

@@ -18,7 +18,15 @@ one after the other, from the second second on, with the same code as the contro
 then add each listing's seconds and the worst enqueue round trip that overlapped a listing (does
 one client's listing stall everyone else's requests?).
 
-    .venv/bin/python bench/bench_stall.py --jobs 1000000 --interval 600 --seconds 40 --listing 3"""
+    .venv/bin/python bench/bench_stall.py --jobs 1000000 --interval 600 --seconds 40 --listing 3
+
+`--cancels N`: meanwhile, from the second second on, an operator cancels N pending jobs in one
+request (`beaver cancel ID...`: ids spread evenly over the back half of the pending backlog, which
+the workers do not reach meanwhile), and one second after its answer requeues every dead job
+(`beaver requeue --dead`); the figures add each command's round trip and the worst enqueue round
+trip that overlapped one (does an operator's command stall everyone else's requests?).
+
+    .venv/bin/python bench/bench_stall.py --jobs 1500000 --interval 600 --seconds 20 --cancels 1000"""
 
 from __future__ import annotations
 
@@ -36,7 +44,7 @@ import time
 import urllib.request
 from typing import Any
 
-from bench_recovery import build, seed_payload
+from bench_recovery import MAX_RETRY, WORKERS, build, seed_payload
 
 from beaver_sim.runtime.server import ControlUnavailable, request
 
@@ -111,6 +119,32 @@ def list_all(data_dir: str, code: str | None, times: int, cwd: str) -> list[tupl
     return spans
 
 
+def backlog_ids(n_jobs: int, n: int) -> list[str]:
+    """`n` ids spread evenly over the back half of bench_recovery.big_queue's pending backlog (its
+    last jobs: those after the completed, the dead and the in-flight ones)."""
+    n_pending = n_jobs - n_jobs * 85 // 100 - n_jobs // 50 - min(WORKERS, n_jobs // 100)
+    first = n_jobs - n_pending // 2
+    step = max(1, (n_jobs - first) // n)
+    return [f"job-{i:08d}" for i in range(first, n_jobs, step)][:n]
+
+
+def operate(data_dir: str, ids: list[str]) -> dict[str, Any]:
+    """Cancel `ids` in one request, then (a second later) requeue every dead job: each one's
+    (start, end) on time.perf_counter and its answer."""
+    time.sleep(2.0)  # the enqueue client's round trips settle first
+    out: dict[str, Any] = {}
+    for name, req in (
+        ("cancel", {"op": "cancel", "ids": ids}),
+        ("requeue_dead", {"op": "requeue", "ids": [], "dead": True}),
+    ):
+        t0 = time.perf_counter()
+        answer = request(data_dir, req)
+        out[name] = (t0, time.perf_counter(), answer)
+        assert answer.get("ok"), answer
+        time.sleep(1.0)
+    return out
+
+
 def measure(data_dir: str, seconds: float) -> dict[str, list[float]]:
     enq: list[float] = []
     enq_at: list[float] = []  # when each enqueue round trip started (time.perf_counter)
@@ -152,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="how long the client measures")
     ap.add_argument("--code", help="run the beaver_sim package of this checkout (before)")
     ap.add_argument("--listing", type=int, default=0, help="`beaver jobs --json` this many times meanwhile")
+    ap.add_argument("--cancels", type=int, default=0, help="cancel N pending, then requeue --dead")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-stall-") as tmp:
         data_dir = os.path.join(tmp, "run")
@@ -167,9 +202,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             if args.listing:
                 lister.start()
+            ops: dict[str, Any] = {}
+            ids = backlog_ids(args.jobs, args.cancels)
+            operator = threading.Thread(target=lambda: ops.update(operate(data_dir, ids)), daemon=True)
+            if args.cancels:
+                operator.start()
             times = measure(data_dir, args.seconds)
             if args.listing:
                 lister.join()
+            if args.cancels:
+                operator.join()
             taken = snapshots_taken(metrics + "/metrics") if metrics else -1
             t1 = time.perf_counter()
             proc.send_signal(signal.SIGINT)
@@ -202,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.listing:
         out["listing_s"] = [round(end - start, 2) for start, end in spans]
         out["enqueue_during_listing"] = quantiles(during(times, spans))
+    if args.cancels:
+        for name, (began, ended, answer) in ops.items():
+            out[f"{name}_s"] = round(ended - began, 3)
+            out[f"{name}_answer"] = answer
+            out[f"enqueue_during_{name}"] = quantiles(during(times, [(began, ended)]))
+        out["dead_at_start"] = args.jobs // 50  # bench_recovery.big_queue's, all with MAX_RETRY attempts
+        out["max_retry"] = MAX_RETRY
     print(json.dumps(out, indent=1))
     e, s = out["enqueue"], out["status"]
     print(

@@ -54,11 +54,11 @@ def to_columns(q: JobQueue) -> dict[str, Any]:
         "status": "".join([code[j.status] for j in jobs]),
         "attempts": [j.attempt for j in jobs],
         "payloads": [r if type(r := j.raw) is str else dumps(r).decode() for j in jobs],
-        "pending": list(q.pending),
+        "pending": q.pending_ids(),
         "leases": [[k, v.attempt, v.worker, v.deadline] for k, v in q.leases.items()],
     }
     if q.retention or q.dropped:
-        cols["ended"] = list(q.ended)
+        cols["ended"] = q.ended_ids()
         cols["dropped"] = q.dropped
         cols["retention"] = q.retention
     for key in _SPARSE:
@@ -80,6 +80,9 @@ def from_columns(cols: dict[str, Any]) -> JobQueue:
     if len(q.jobs) != len(jobs):
         raise AssertionError("a job id appears twice in the snapshot")
     q.counts.update({s: status.count(c) for s, c in _CODE.items()})
+    find, at = status.find, -1
+    while (at := find("d", at + 1)) >= 0:  # the dead index, C-speed scan for the few dead
+        q.dead[ids[at]] = None
     q.pending.extend(cols["pending"])
     q.leases = {k: Lease(a, w, d) for k, a, w, d in cols["leases"]}
     q.last_seq = cols["last_seq"]
@@ -103,6 +106,7 @@ def from_state(state: dict[str, Any]) -> JobQueue:
     if len(q.jobs) != len(jobs):
         raise AssertionError("a job id appears twice in the snapshot")
     q.counts.update(Counter(map(_status, jobs)))
+    q.dead = {j.id: None for j in jobs if j.status is DEAD}
     q.pending.extend(state["pending"])
     q.leases = {k: Lease(a, w, d) for k, a, w, d in state["leases"]}
     q.last_seq = state["last_seq"]

@@ -6,8 +6,12 @@ RELEASE record moves it to the back); completed, dead and cancelled are ended, a
 (`beaver requeue`) takes a dead job back to pending, with a fresh attempt budget: attempts keep
 counting up (an attempt number names one attempt for good, so a late result of an old attempt is
 stale), and `base` records where the new budget starts. A dead job's reason and a completed job's
-result are kept (`reasons`, `results`) for as long as the job is. Every method is O(1) but `cancel`
-of a pending job and `revive` under retention, O(n) operator commands.
+result are kept (`reasons`, `results`) for as long as the job is. Every transition is O(1), the
+operator's too (amortized): a cancelled pending job's id stays in the FIFO as a tombstone (counted in
+`gone`) that the head skips, and a revived job's old place in the retention window stays too (counted
+in `stale`), never searched for in a deque of a million ids while the loop waits. `dead` indexes the
+dead jobs (oldest death first; after a snapshot, its dead in id-insertion order), so that `requeue
+--dead` costs O(dead), not O(jobs).
 
 Retention: with `retention` N > 0, only the N most recently ended (completed or dead) jobs stay in
 memory, and so in the next snapshot; an older one is dropped as the next ends (counted in `dropped`).
@@ -48,8 +52,10 @@ class JobQueue:
     __slots__ = (
         "base",
         "counts",
+        "dead",
         "dropped",
         "ended",
+        "gone",
         "jobs",
         "last_seq",
         "leases",
@@ -58,16 +64,25 @@ class JobQueue:
         "reasons",
         "results",
         "retention",
+        "stale",
+        "stale_n",
     )
 
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
+        # the FIFO: pending ids, and tombstones of cancelled ones (never at the head: `pending[0]` is
+        # the next job to dispatch and an empty deque means none); `gone` counts each id's tombstones,
+        # which come before any live place of the same id (a dropped id enqueued again)
         self.pending: deque[str] = deque()
+        self.gone: dict[str, int] = {}
         self.leases: dict[str, Lease] = {}
         self.counts: dict[JobStatus, int] = {s: 0 for s in JobStatus}
         self.last_seq = 0
         self.retention = 0  # ended jobs kept in memory; 0 keeps them all
         self.ended: deque[str] = deque()  # with retention: the ended jobs kept, oldest end first
+        self.stale: dict[str, int] = {}  # places in `ended` of jobs revived since, by id (the first ones)
+        self.stale_n = 0  # how many places in `ended` are stale
+        self.dead: dict[str, None] = {}  # the dead jobs' ids, oldest death first (`requeue --dead`)
         self.dropped = 0  # ended jobs dropped from memory (retention)
         # sparse, by job id: what most jobs never have costs nothing
         self.reasons: dict[str, str] = {}  # a dead job's DEAD reason
@@ -81,17 +96,26 @@ class JobQueue:
         self.retention = n
         if not n:
             self.ended.clear()
+            self.stale.clear()
+            self.stale_n = 0
             return
         if not self.ended:
             self.ended.extend(k for k, j in self.jobs.items() if j.status in ENDED)
-        while len(self.ended) > n:
+        while len(self.ended) - self.stale_n > n:
             self._drop()
 
     def _drop(self) -> None:
-        job_id = self.ended.popleft()
+        ended = self.ended
+        job_id = ended.popleft()
+        while self.stale_n and job_id in self.stale:  # the place a revived job had: not its end
+            _uncount(self.stale, job_id)
+            self.stale_n -= 1
+            job_id = ended.popleft()
         job = self.jobs.pop(job_id)
         self.counts[job.status] -= 1
         self.dropped += 1
+        if job.status is DEAD:
+            del self.dead[job_id]
         if self.reasons or self.results or self.base:
             self.reasons.pop(job_id, None)
             self.results.pop(job_id, None)
@@ -99,8 +123,16 @@ class JobQueue:
 
     def _ended(self, job_id: str) -> None:
         self.ended.append(job_id)
-        if len(self.ended) > self.retention:
+        if len(self.ended) - self.stale_n > self.retention:
             self._drop()
+
+    def pending_ids(self) -> list[str]:
+        """The pending jobs' ids in FIFO order, without the tombstones (O(FIFO))."""
+        return _live(self.pending, self.gone)
+
+    def ended_ids(self) -> list[str]:
+        """With retention: the ended jobs kept, oldest end first, without stale places (O(window))."""
+        return _live(self.ended, self.stale)
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -113,9 +145,14 @@ class JobQueue:
 
     def move(self, job: Job, to: JobStatus) -> None:
         """Change a job's state and the counts, and nothing else: no rule checked, no FIFO or lease
-        touched. The transitions' building block; a replay handler that moves jobs as the seed did
-        (sim/mutants.py, lab 3) must keep the FIFO and leases in step itself."""
+        touched (the dead index is kept, a count by id). The transitions' building block; a replay
+        handler that moves jobs as the seed did (sim/mutants.py, lab 3) must keep the FIFO and leases
+        in step itself."""
         counts = self.counts
+        if job.status is DEAD:
+            del self.dead[job.id]
+        elif to is DEAD:
+            self.dead[job.id] = None
         counts[job.status] -= 1
         counts[to] += 1
         job.status = to
@@ -173,19 +210,33 @@ class JobQueue:
         return job
 
     def cancel(self, job_id: str) -> Job:
-        """A pending or delayed job is cancelled: ended, it never runs (O(n) for a pending one: the
-        FIFO is searched; an operator's command, never the hot path)."""
+        """A pending or delayed job is cancelled: ended, it never runs. A pending one's place in the
+        FIFO becomes a tombstone (gone at once at the head), not searched for: O(1) amortized (the
+        FIFO is rebuilt once its tombstones outnumber its pending jobs)."""
         job = self.jobs.get(job_id)
         if job is None or (job.status is not PENDING and job.status is not DELAYED):
             raise self._refuse(job_id, "cancel", T.CANCEL)
         if job.status is PENDING:
-            self.pending.remove(job_id)
+            gone = self.gone
+            gone[job_id] = gone.get(job_id, 0) + 1
+            self.move(job, CANCELLED)
+            pending = self.pending
+            if pending[0] in gone:
+                self._skip_gone()
+            elif len(pending) > 2 * self.counts[PENDING] + 64:  # tombstones outnumber the pending
+                _compact(pending, gone)
         else:
             del self.not_before[job_id]
-        self.move(job, CANCELLED)
+            self.move(job, CANCELLED)
         if self.retention:
             self._ended(job_id)
         return job
+
+    def _skip_gone(self) -> None:
+        """Pop the tombstones at the head of the FIFO: the head is a pending job, or there is none."""
+        pending, gone = self.pending, self.gone
+        while pending and pending[0] in gone:
+            _uncount(gone, pending.popleft())
 
     def revive(self, job_id: str) -> Job:
         """A dead job goes back to pending with a fresh budget of attempts, counted from `base`
@@ -193,8 +244,13 @@ class JobQueue:
         job = self.jobs.get(job_id)
         if job is None or job.status is not DEAD:
             raise self._refuse(job_id, "requeue", T.REVIVE)
-        if self.retention:
-            self.ended.remove(job_id)
+        if self.retention:  # its place in the window goes stale (skipped when it reaches the front)
+            stale = self.stale
+            stale[job_id] = stale.get(job_id, 0) + 1
+            self.stale_n += 1
+            if 2 * self.stale_n > len(self.ended) + 64:  # stale places outnumber the kept ones
+                _compact(self.ended, stale)
+                self.stale_n = 0
         self.reasons.pop(job_id, None)
         self.base[job_id] = job.attempt
         self.move(job, PENDING)
@@ -220,6 +276,8 @@ class JobQueue:
         if lease.attempt != job.attempt + 1:
             raise self._refuse(job_id, "dispatch", T.DISPATCH, f"attempt {lease.attempt} after {job.attempt}")
         pending.popleft()
+        if self.gone and pending and pending[0] in self.gone:
+            self._skip_gone()
         job.attempt = lease.attempt
         self.leases[job_id] = lease
         counts = self.counts
@@ -270,6 +328,7 @@ class JobQueue:
         counts[IN_FLIGHT] -= 1
         counts[DEAD] += 1
         job.status = DEAD
+        self.dead[job_id] = None
         if reason is not None:
             self.reasons[job_id] = reason
         if self.retention:
@@ -312,18 +371,23 @@ class JobQueue:
         self.check_links()
 
     def check_links(self) -> None:
-        """The pending FIFO and the leases agree with the jobs' states, given counts that are right
-        (core/codec.py builds them in bulk from the jobs, then checks only this).
-        O(pending + in flight): each pending id is a pending job and each lease an in-flight job
-        with its attempt, and there are as many of each as the counts say."""
-        jobs, leases, pending = self.jobs, self.leases, self.pending
-        if len(set(pending)) != len(pending):
+        """The pending FIFO, the leases, the dead index and the retention window agree with the jobs'
+        states, given counts that are right (core/codec.py builds them in bulk from the jobs, then
+        checks only this). O(FIFO + in flight + dead + window): each pending id is a pending job
+        (once; tombstones as counted, none at the head), each lease an in-flight job with its
+        attempt, each indexed id a dead job, each id in the window an ended job (once; stale places
+        as counted), and there are as many of each as the counts say."""
+        jobs, leases, pending, counts = self.jobs, self.leases, self.pending, self.counts
+        if pending and pending[0] in self.gone:
+            raise AssertionError(f"a tombstone ({brief(pending[0])}) is at the head of the pending FIFO")
+        live = _checked_live(pending, self.gone, "the pending FIFO")
+        if len(set(live)) != len(live):
             raise AssertionError("a job id appears twice in the pending FIFO")
-        for job_id in pending:
+        for job_id in live:
             job = jobs.get(job_id)
             if job is None or job.status is not PENDING:
                 raise AssertionError(f"job {brief(job_id)} is in the pending FIFO but not pending")
-        if self.counts[PENDING] != len(pending):
+        if counts[PENDING] != len(live):
             raise AssertionError("a pending job is missing from the pending FIFO")
         for job_id, lease in leases.items():
             job = jobs.get(job_id)
@@ -332,11 +396,19 @@ class JobQueue:
                 raise AssertionError(f"job {brief(job_id)}: state {state} but lease=True")
             if lease.attempt != job.attempt:
                 raise AssertionError(f"job {brief(job_id)}: lease attempt differs from job attempt")
-        if self.counts[IN_FLIGHT] != len(leases):  # only on error: find the in-flight job with no lease
+        if counts[IN_FLIGHT] != len(leases):  # only on error: find the in-flight job with no lease
             job_id = next(k for k, j in jobs.items() if j.status is IN_FLIGHT and k not in leases)
             raise AssertionError(f"job {brief(job_id)}: state {IN_FLIGHT} but lease=False")
+        for job_id in self.dead:
+            job = jobs.get(job_id)
+            if job is None or job.status is not DEAD:
+                raise AssertionError(f"job {brief(job_id)} is in the dead index but not dead")
+        if counts[DEAD] != len(self.dead):
+            raise AssertionError("a dead job is missing from the dead index")
         if self.retention > 0 or self.ended:  # the retention window: every ended job, each once, oldest first
-            ended = self.ended
+            if self.stale_n != (n := sum(self.stale.values())):
+                raise AssertionError(f"{self.stale_n} stale places in the retention window, {n} by id")
+            ended = _checked_live(self.ended, self.stale, "the retention window")
             if len(set(ended)) != len(ended):
                 raise AssertionError("a job id appears twice in the retention window")
             if self.retention > 0 and len(ended) > self.retention:
@@ -345,8 +417,10 @@ class JobQueue:
                 job = jobs.get(job_id)
                 if job is None or job.status not in ENDED:
                     raise AssertionError(f"job {brief(job_id)} is in the retention window but has not ended")
-            if len(ended) != sum(self.counts[s] for s in ENDED):
+            if len(ended) != sum(counts[s] for s in ENDED):
                 raise AssertionError("an ended job is missing from the retention window")
+        elif self.stale or self.stale_n:
+            raise AssertionError("stale places counted in a retention window that is off")
         self._check_sparse()
 
     def _check_sparse(self) -> None:
@@ -383,11 +457,54 @@ class JobQueue:
             "schema": 1,
             "last_seq": self.last_seq,
             "jobs": [[j.id, j.status, j.attempt, j.payload] for j in self.jobs.values()],  # StrEnum: a str
-            "pending": list(self.pending),
+            "pending": self.pending_ids(),
             "leases": [[k, v.attempt, v.worker, v.deadline] for k, v in self.leases.items()],
         }
         if self.retention or self.dropped:
-            state["ended"] = list(self.ended)
+            state["ended"] = self.ended_ids()
             state["dropped"] = self.dropped
             state["retention"] = self.retention
         return state
+
+
+def _uncount(counts: dict[str, int], key: str) -> None:
+    """One fewer of `key` in `counts` (gone from it at zero)."""
+    n = counts[key] - 1
+    if n:
+        counts[key] = n
+    else:
+        del counts[key]
+
+
+def _live(fifo: deque[str], skip: dict[str, int]) -> list[str]:
+    """`fifo` without the places `skip` counts: of each id, its first `skip[id]` places."""
+    if not skip:
+        return list(fifo)
+    left = dict(skip)
+    out = []
+    for job_id in fifo:
+        n = left.get(job_id)
+        if n:
+            left[job_id] = n - 1
+        else:
+            out.append(job_id)
+    return out
+
+
+def _compact(fifo: deque[str], skip: dict[str, int]) -> None:
+    """Drop the places `skip` counts from `fifo`, in place (whoever holds the deque sees it)."""
+    live = _live(fifo, skip)
+    fifo.clear()
+    fifo.extend(live)
+    skip.clear()
+
+
+def _checked_live(fifo: deque[str], skip: dict[str, int], name: str) -> list[str]:
+    """`_live`, after checking that `skip` counts places `fifo` has (positive counts, each met)."""
+    for job_id, n in skip.items():
+        if type(n) is not int or n < 1:
+            raise AssertionError(f"job {brief(job_id)}: {brief(n)} places skipped in {name}")
+    live = _live(fifo, skip)
+    if len(fifo) - len(live) != sum(skip.values()):
+        raise AssertionError(f"{name} holds fewer skipped places than counted")
+    return live

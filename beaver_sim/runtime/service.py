@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from beaver_sim.core.controller import Controller, Enqueued
 from beaver_sim.core.durable import Storage
 from beaver_sim.core.repair import Inspection, inspect
-from beaver_sim.core.types import Abandoned, BeaverError, Config, CorruptLog, JobStatus, OnResult
+from beaver_sim.core.types import Abandoned, BeaverError, Config, CorruptLog, OnResult
 from beaver_sim.metrics import MetricsServer, QueueMetrics, Sample, sample
 from beaver_sim.runtime import forks
 from beaver_sim.runtime.clock import RealClock, TimerLateness
@@ -398,11 +398,12 @@ OPERATIONS = {"requeue": "requeued", "cancel": "cancelled"}  # request op -> the
 def operate(
     controller: Controller, op: str, ids: list[str], dead: bool, on_durable: Callable[[], None] | None = None
 ) -> int:
-    """`requeue` the jobs `ids` (with `dead`, every dead job as well) or `cancel` them."""
+    """`requeue` the jobs `ids` (with `dead`, every dead job as well, oldest death first: the
+    queue's dead index, O(dead) whatever the jobs) or `cancel` them."""
     if op == "cancel":
         return controller.cancel(ids, on_durable)
     if dead:
-        ids = [*ids, *(k for k, j in controller.state.jobs.items() if j.status is JobStatus.DEAD)]
+        ids = [*ids, *controller.state.dead]
     return controller.requeue(ids, on_durable)
 
 

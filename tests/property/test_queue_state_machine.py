@@ -1,12 +1,14 @@
 """JobQueue against a plain-dict model (zarr's stateful testing style): every rule runs on both,
-illegal actions must raise IllegalTransition and change nothing, invariants compare the two."""
+illegal actions must raise IllegalTransition and change nothing, invariants compare the two. The
+model keeps plain lists (the FIFO, the dead in death order, the retention window) where the queue
+keeps tombstones and stale places: the two must always read the same."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import orjson
-from hypothesis import note
+from hypothesis import note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -40,7 +42,25 @@ class QueueMachine(RuleBasedStateMachine):
         self.leases: dict[str, tuple[int, int, float]] = {}
         self.not_before: dict[str, float] = {}
         self.base: dict[str, int] = {}
+        self.dead: list[str] = []  # oldest death first; a snapshot reorders them as the jobs are
+        self.retention = 0
+        self.window: list[str] = []  # with retention: the ended jobs kept, oldest end first
+        self.dropped: list[str] = []  # ids the window dropped, free to be enqueued again
+        self.drops = 0
         self.next_id = 0
+
+    def _ends(self, job_id: str) -> None:
+        """A job ended: with retention, into the window, and the oldest one beyond it forgotten."""
+        if not self.retention:
+            return
+        self.window.append(job_id)
+        if len(self.window) > self.retention:
+            old = self.window.pop(0)
+            if self.jobs.pop(old)[0] == DEAD:
+                self.dead.remove(old)
+            self.base.pop(old, None)
+            self.dropped.append(old)
+            self.drops += 1
 
     def ids(self, status: str) -> list[str]:
         return sorted(j for j, (s, _, _) in self.jobs.items() if s == status)
@@ -80,16 +100,22 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
         if (job_id := self._pick(data, PENDING, DELAYED)) is not None:
+            note(f"cancel {job_id}")
             self.q.cancel(job_id)
             if self.jobs[job_id][0] == PENDING:
                 self.fifo.remove(job_id)
             self.not_before.pop(job_id, None)
             self.jobs[job_id][0] = CANCELLED
+            self._ends(job_id)
 
     @rule(data=st.data())
     def revive(self, data: st.DataObject) -> None:
         if (job_id := self._pick(data, DEAD)) is not None:
+            note(f"revive {job_id}")
             self.q.revive(job_id)
+            self.dead.remove(job_id)
+            if self.retention:
+                self.window.remove(job_id)
             self.base[job_id] = self.jobs[job_id][1]
             self.jobs[job_id][0] = PENDING
             self.fifo.append(job_id)
@@ -133,6 +159,10 @@ class QueueMachine(RuleBasedStateMachine):
         del self.leases[job_id]
         if to == PENDING:
             self.fifo.append(job_id)
+        if to == DEAD:
+            self.dead.append(job_id)
+        if to in (COMPLETED, DEAD):
+            self._ends(job_id)
 
     @precondition(lambda self: self.leases)
     @rule(data=st.data())
@@ -223,6 +253,10 @@ class QueueMachine(RuleBasedStateMachine):
         state = codec.to_columns(self.q)
         self.q = codec.from_columns(orjson.loads(orjson.dumps(state)))
         assert codec.to_columns(self.q) == state
+        self.dead = self.ids_in_order(DEAD)  # the snapshot keeps no death order: id-insertion order
+
+    def ids_in_order(self, status: str) -> list[str]:
+        return [j for j, (s, _, _) in self.jobs.items() if s == status]
 
     # -- invariants -----------------------------------------------------------------------------
 
@@ -235,12 +269,16 @@ class QueueMachine(RuleBasedStateMachine):
         counts = {s: 0 for s in JobStatus}
         for status, _, _ in self.jobs.values():
             counts[status] += 1
-        assert self.q.stats() == {**counts, "jobs": len(self.jobs), "last_seq": 0}
+        dropped = {"dropped": self.drops} if self.retention else {}
+        assert self.q.stats() == {**counts, "jobs": len(self.jobs), "last_seq": 0, **dropped}
 
     @invariant()
     def jobs_fifo_and_leases_equal_the_model(self) -> None:
-        assert list(self.q.pending) == self.fifo
+        assert self.q.pending_ids() == self.fifo
         assert self.q.peek() == (self.fifo[0] if self.fifo else None)
+        assert bool(self.q.pending) == bool(self.fifo)  # the controller's test for work to dispatch
+        assert list(self.q.dead) == self.dead
+        assert self.q.ended_ids() == self.window
         assert {k: (v.attempt, v.worker, v.deadline) for k, v in self.q.leases.items()} == self.leases
         assert {j.id: [j.status.value, j.attempt, j.payload] for j in self.q.jobs.values()} == self.jobs
         assert self.q.not_before == self.not_before and self.q.base == self.base
@@ -248,3 +286,36 @@ class QueueMachine(RuleBasedStateMachine):
 
 
 TestQueueMachine = QueueMachine.TestCase
+
+
+class RetentionMachine(QueueMachine):
+    """The same with a window of 2 ended jobs: ids dropped from it come back as new jobs, behind
+    the tombstones their cancelled selves left in the FIFO."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.retention = 2
+        self.q.set_retention(2)
+
+    @precondition(lambda self: self.dropped)
+    @rule(data=st.data(), payload=payloads)
+    def enqueue_a_dropped_id(self, data: st.DataObject, payload: dict[str, Any]) -> None:
+        job_id = data.draw(st.sampled_from(self.dropped), label="job")
+        note(f"enqueue {job_id} again")
+        self.q.enqueue(job_id, payload)
+        self.dropped.remove(job_id)
+        self.jobs[job_id] = [PENDING, 0, payload]
+        self.fifo.append(job_id)
+
+    @precondition(lambda self: self.leases)
+    @rule(data=st.data())
+    def kill_then_requeue_it(self, data: st.DataObject) -> None:
+        """A job dies and the operator requeues it at once: its place in the window goes stale
+        (more often than the rules apart would make it)."""
+        self._end(data, "kill", DEAD)
+        self.revive(data)
+
+
+TestRetentionMachine = RetentionMachine.TestCase
+# long runs: a stale place reaches the front of the window only after a revive and two more ends
+TestRetentionMachine.settings = settings(settings.default, stateful_step_count=120)
