@@ -6,8 +6,10 @@ answer, a listing of jobs, is built and written in pieces, one loop turn each). 
 `{"op": "status"}`, `{"op": "enqueue", "jobs": [[id, payload], ...]}`, and `{"op": "job", "id"}` and
 `{"op": "jobs", "state", "limit"}` (runtime/jobs.py); answers carry `"ok"` and either the result
 (enqueue: `"enqueued"` new jobs and `"already_present"`) or `"error"` (plus `"retry": true` when the
-server is shutting down). The socket
-is only reachable by users who can open the data directory, like the WAL itself."""
+server is shutting down or busy). A client must send its request and take its answer: one that
+does neither in time is dropped (the bounds below; docs/contracts.md, "The control socket", says
+what each client sees). The socket is only reachable by users who can open the data directory,
+like the WAL itself."""
 
 from __future__ import annotations
 
