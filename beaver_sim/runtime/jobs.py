@@ -94,25 +94,24 @@ def listing(
 def encode(parts: Iterator[list[dict[str, Any]]]) -> Iterator[bytes]:
     """The answer `{"ok": true, "jobs": rows}` as `orjson.dumps` writes it, byte for byte, at least
     one piece per part of the listing (an empty part gives an empty piece: still one loop turn),
-    and a new piece whenever one passes PIECE_BYTES."""
+    and a new piece whenever one passes PIECE_BYTES. Rows are appended to the piece one by one and
+    nothing but the piece is kept while it waits for its client: each bytes object orjson returns
+    takes ~4 KB, so a part's 2,000 of them, held, were 8 MB per silent client."""
     yield b'{"ok":true,"jobs":['
     sep = b""
     for rows in parts:
-        piece: list[bytes] = []
-        size = 0
+        piece = bytearray()
         given = False
         for r in rows:
-            data = orjson.dumps(r)
-            piece.append(data)
-            size += len(data)
-            if size >= PIECE_BYTES:
-                yield sep + b",".join(piece)
-                sep, piece, size, given = b",", [], 0, True
-        if piece:
-            yield sep + b",".join(piece)
+            piece += sep
+            piece += orjson.dumps(r)
             sep = b","
-        elif not given:
-            yield b""
+            if len(piece) >= PIECE_BYTES:
+                out, piece, given = bytes(piece), bytearray(), True
+                yield out
+        if piece or not given:
+            out, piece = bytes(piece), bytearray()
+            yield out
     yield b"]}"
 
 
