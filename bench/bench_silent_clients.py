@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "busy": sum(h.startswith(b'{"ok":false') for h in heads),
         "rss_mb_and_fds": samples,
         "status_rtt": quantiles(rtts),
-        "dropped_warnings": [line for line in tail.splitlines() if "took none" in line],
+        "dropped_warnings": [line for line in tail.splitlines() if "stopped taking" in line],
         "exit": code,
         "load": os.getloadavg()[0],
     }

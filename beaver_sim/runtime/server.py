@@ -36,9 +36,10 @@ MAX_PATH = 107  # sun_path holds 108 bytes on Linux, including the terminating N
 # requests are open at once and BUFFER_BUDGET bytes buffered across them (beyond either: "busy",
 # retry), so memory and file descriptors stay bounded whatever floods the socket.
 READ_TIMEOUT = 10.0
-# A client that takes none of its answer for WRITE_TIMEOUT (each piece must leave the server's
-# buffer within it of being written; the last one the kernel's too) is dropped: its connection
-# aborted, the unsent bytes and what the answer holds (a listing's ids) freed, one warning logged.
+# A client that stops taking its answer for WRITE_TIMEOUT (each piece written must leave the
+# server's buffer within it, the last one entirely: one that never reads, or reads a trickle) is
+# dropped: its connection aborted, the unsent bytes and what the answer holds (a listing's ids)
+# freed, one warning logged.
 # A stall bound, not a total: a live client reads a listing of a million jobs in seconds, however
 # long all of it takes. Without it a client that never read held its connection, its slot of
 # MAX_CONNECTIONS and its answer for as long as it stayed connected.
@@ -284,7 +285,7 @@ class ControlServer:
             pass  # the client went away; nothing to answer
         except TimeoutError:
             writer.transport.abort()  # unsent bytes dropped, the descriptor closed now
-            self.log(f"warning: a control client took none of its answer for {WRITE_TIMEOUT:g} s: dropped")
+            self.log(f"warning: a control client stopped taking its answer for {WRITE_TIMEOUT:g} s: dropped")
         finally:
             self.tasks.discard(task)
             forks.release(fd)
@@ -292,7 +293,7 @@ class ControlServer:
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         """Write `data` and wait until the transport has passed it on (to below its low-water
-        mark); TimeoutError if the client takes none of it for WRITE_TIMEOUT."""
+        mark); TimeoutError if the client does not take it within WRITE_TIMEOUT."""
         writer.write(data)
         await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
 

@@ -263,7 +263,7 @@ def test_a_client_that_takes_none_of_its_answer_is_dropped_and_frees_its_listing
             assert body.startswith(b'{"ok":true,"jobs":[') and not body.endswith(b"]}")
             whole = await asyncio.to_thread(raw, sock, listing)
             assert whole is not None and len(whole["jobs"]) == 20_000
-            assert lines.count("warning: a control client took none of its answer for 2 s: dropped") == 1
+            assert lines.count("warning: a control client stopped taking its answer for 2 s: dropped") == 1
         finally:
             service.request_stop()
             await service.close()
