@@ -101,6 +101,14 @@ def read_all(s: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+def closed_by_server(s: socket.socket) -> bool:
+    """Whether the server has closed its end of `s`, seen without reading (reading would take the
+    answer and let the server go on): POLLRDHUP."""
+    poll = select.poll()
+    poll.register(s, select.POLLRDHUP)
+    return bool(poll.poll(0))
+
+
 def descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -170,9 +178,9 @@ def test_clients_that_never_read_or_never_finish_are_dropped_and_the_others_are_
     assert time.monotonic() - t0 >= WRITE_TIMEOUT  # it could not be served before a drop
 
     # the silent clients were dropped: their answers end short, the server holds their descriptors no more
-    wait_until(lambda: descriptors(pid) <= before + 2, "the connections to be closed")
-    held = [read_all(s) for s, h in zip(silent, heads, strict=True) if h.startswith(b'{"ok":true')]
-    held += [read_all(s) for s in big]
+    unread = [s for s, h in zip(silent, heads, strict=True) if h.startswith(b'{"ok":true')] + big
+    wait_until(lambda: all(map(closed_by_server, unread)), "the silent clients to be dropped")
+    held = [read_all(s) for s in unread]
     for body in held:
         with pytest.raises(orjson.JSONDecodeError):
             orjson.loads(body)  # cut short: the server stopped writing and closed
@@ -181,6 +189,7 @@ def test_clients_that_never_read_or_never_finish_are_dropped_and_the_others_are_
 
     # the ones that never finished were answered so, and closed
     trickler.join(SETTLE)
+    wait_until(lambda: all(map(closed_by_server, idle)), "the idle connections to be closed")
     assert trickled and orjson.loads(trickled[0])["error"].startswith(
         f"bad request: incomplete after {READ_TIMEOUT:g} s"
     )
@@ -188,6 +197,7 @@ def test_clients_that_never_read_or_never_finish_are_dropped_and_the_others_are_
         assert orjson.loads(read_all(s))["error"].startswith("bad request: incomplete")
     # the flood's answers waited in the kernel's buffers, not the server's: every one is there
     assert all(ok(orjson.loads(read_all(s)))["status"]["running"] for s in flood)
+    wait_until(lambda: descriptors(pid) <= before + 2, "the server to hold no connection")
     for s in [*silent, *big, *idle, *flood]:
         s.close()
 
