@@ -11,6 +11,7 @@ whose reason only an older snapshot covered (schema 2 kept none) takes it from t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
@@ -28,6 +29,11 @@ from beaver_sim.storage.wal import OnRecord
 
 STATES = tuple(s.value for s in JobStatus)  # `--state` choices: the states that exist
 CHUNK = 2000  # jobs looked at per part of a listing: ~2 ms to build and encode (1 M jobs), one loop turn
+# Bytes of a listing's answer per piece, at most (plus one row): the server holds a piece until its
+# client takes it, so a part of completed jobs with large results (2,000 x max_result_bytes, 128 MiB
+# by default) is written a piece at a time, not built whole for a client that may never read it.
+PIECE_BYTES = 1 << 20
+BUSY_WAIT = 30.0  # seconds `beaver jobs`/`job` ask a busy controller again: 3 x server.WRITE_TIMEOUT
 OUTCOMES = {  # how a record ends an attempt
     R.ACK: "completed",
     R.FAIL: "failed",
@@ -61,20 +67,15 @@ def listing(
 ) -> Iterator[list[dict[str, Any]]]:
     """The rows of `select`, built `size` jobs at a time, so that the controller's loop can serve
     everything else between two parts (the server yields to it after each). What a listing gives
-    when the state changes while it is produced: its ids are taken when it begins (this call: one
-    copy of the keys, C speed, the one step that grows with the jobs: 10-15 ms at 1,000,000; only
-    the first `limit` when no `state` filters), so jobs enqueued after that are not listed; each
-    row, and whether it passes the `state` filter, is the job's state when its part is built; a job
-    dropped meanwhile (`completed_retention`) is skipped; an id dropped and enqueued again meanwhile
-    is listed at its first place with the new job's state. `limit` counts the rows given. A part
-    may be empty (no job of it was in `state`)."""
+    when the state changes while it is produced: its ids are taken when it begins, as its first
+    part is built (one copy of the keys, C speed, the one step that grows with the jobs: 10-15 ms
+    and 8 MB at 1,000,000; only the first `limit` when no `state` filters), so jobs enqueued after
+    that are not listed; each row, and whether it passes the `state` filter, is the job's state
+    when its part is built; a job dropped meanwhile (`completed_retention`) is skipped; an id
+    dropped and enqueued again meanwhile is listed at its first place with the new job's state.
+    `limit` counts the rows given. A part may be empty (no job of it was in `state`). Nothing is
+    copied before the first part: a listing the server refuses (busy) costs nothing."""
     ids = list(q.jobs if state is not None or limit is None else islice(q.jobs, limit))
-    return _parts(q, ids, state, limit, size)
-
-
-def _parts(
-    q: JobQueue, ids: list[str], state: str | None, limit: int | None, size: int
-) -> Iterator[list[dict[str, Any]]]:
     left = len(ids) if limit is None else limit
     for start in range(0, len(ids), size):
         if left <= 0:
@@ -91,16 +92,26 @@ def _parts(
 
 
 def encode(parts: Iterator[list[dict[str, Any]]]) -> Iterator[bytes]:
-    """The answer `{"ok": true, "jobs": rows}` as `orjson.dumps` writes it, byte for byte, one
-    piece per part of the listing (an empty part gives an empty piece: still one loop turn)."""
+    """The answer `{"ok": true, "jobs": rows}` as `orjson.dumps` writes it, byte for byte, at least
+    one piece per part of the listing (an empty part gives an empty piece: still one loop turn),
+    and a new piece whenever one passes PIECE_BYTES. Rows are appended to the piece one by one and
+    nothing but the piece is kept while it waits for its client: each bytes object orjson returns
+    takes ~4 KB, so a part's 2,000 of them, held, were 8 MB per silent client."""
     yield b'{"ok":true,"jobs":['
     sep = b""
     for rows in parts:
-        if not rows:
-            yield b""
-            continue
-        yield sep + b",".join(map(orjson.dumps, rows))
-        sep = b","
+        piece = bytearray()
+        given = False
+        for r in rows:
+            piece += sep
+            piece += orjson.dumps(r)
+            sep = b","
+            if len(piece) >= PIECE_BYTES:
+                out, piece, given = bytes(piece), bytearray(), True
+                yield out
+        if piece or not given:
+            out, piece = bytes(piece), bytearray()
+            yield out
     yield b"]}"
 
 
@@ -136,11 +147,18 @@ def answer(q: JobQueue, req: dict[str, Any]) -> dict[str, Any] | Iterator[bytes]
 
 
 def _ask(config: Config, req: dict[str, Any]) -> dict[str, Any] | None:
-    """The running controller's answer, or None when no controller serves the data directory."""
-    try:
-        reply = request(config.data_dir, req, timeout=30.0)
-    except ControlUnavailable:
-        return None
+    """The running controller's answer, or None when no controller serves the data directory. A
+    busy one (server.MAX_STREAMS listings or MAX_CONNECTIONS requests open) is asked again for up
+    to BUSY_WAIT seconds: a slot frees when a listing ends or its client is dropped."""
+    deadline = time.monotonic() + BUSY_WAIT
+    while True:
+        try:
+            reply = request(config.data_dir, req, timeout=30.0)
+        except ControlUnavailable:
+            return None
+        if reply.get("ok") or not reply.get("retry") or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     if not reply.get("ok"):
         raise BeaverError(reply.get("error", f"the controller did not answer the {req['op']} request"))
     return reply

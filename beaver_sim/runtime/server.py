@@ -6,8 +6,10 @@ answer, a listing of jobs, is built and written in pieces, one loop turn each). 
 `{"op": "status"}`, `{"op": "enqueue", "jobs": [[id, payload], ...]}`, and `{"op": "job", "id"}` and
 `{"op": "jobs", "state", "limit"}` (runtime/jobs.py); answers carry `"ok"` and either the result
 (enqueue: `"enqueued"` new jobs and `"already_present"`) or `"error"` (plus `"retry": true` when the
-server is shutting down). The socket
-is only reachable by users who can open the data directory, like the WAL itself."""
+server is shutting down or busy). A client must send its request and take its answer: one that
+does neither in time is dropped (the bounds below; docs/contracts.md, "The control socket", says
+what each client sees). The socket is only reachable by users who can open the data directory,
+like the WAL itself."""
 
 from __future__ import annotations
 
@@ -28,12 +30,24 @@ from beaver_sim.runtime.workers import describe_exception
 
 SOCKET_NAME = "beaver.sock"
 MAX_PATH = 107  # sun_path holds 108 bytes on Linux, including the terminating NUL
-# Nothing a client sends may stop or swamp the controller. A client that never finishes its request
-# is answered with an error and dropped after READ_TIMEOUT; a request over MAX_REQUEST is refused as
-# soon as its size passes it, unread beyond that; at most MAX_CONNECTIONS requests are open at once
-# and BUFFER_BUDGET bytes buffered across them (beyond either: "busy", retry), so memory and file
-# descriptors stay bounded whatever floods the socket.
+# Nothing a client sends, or fails to read, may stop or swamp the controller. A client that never
+# finishes its request is answered with an error and dropped after READ_TIMEOUT; a request over
+# MAX_REQUEST is refused as soon as its size passes it, unread beyond that; at most MAX_CONNECTIONS
+# requests are open at once and BUFFER_BUDGET bytes buffered across them (beyond either: "busy",
+# retry), so memory and file descriptors stay bounded whatever floods the socket.
 READ_TIMEOUT = 10.0
+# A client that stops taking its answer for WRITE_TIMEOUT (each piece written must leave the
+# server's buffer within it, the last one entirely: one that never reads, or reads a trickle) is
+# dropped: its connection aborted, the unsent bytes and what the answer holds (a listing's ids)
+# freed, one warning logged.
+# A stall bound, not a total: a live client reads a listing of a million jobs in seconds, however
+# long all of it takes. Without it a client that never read held its connection, its slot of
+# MAX_CONNECTIONS and its answer for as long as it stayed connected.
+WRITE_TIMEOUT = 10.0
+# Answers built in pieces (listings) open at once, beyond which one is "busy", retry: each holds
+# a copy of the ids it lists (8 bytes a job, 8 MB at 1,000,000) until its client has taken it all
+# or is dropped, so clients that never read hold at most this many copies, not MAX_CONNECTIONS.
+MAX_STREAMS = 8
 MAX_REQUEST = 64 << 20
 MAX_CONNECTIONS = 128
 BACKLOG = 1024  # connections the kernel queues before connect() fails with EAGAIN (clients wait)
@@ -169,6 +183,7 @@ class ControlServer:
         self.server: asyncio.AbstractServer | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.buffered = 0  # request bytes held across open connections
+        self.streams = 0  # answers being written in pieces (listings), at most MAX_STREAMS
         self.listening: list[int] = []
 
     async def start(self) -> None:
@@ -255,22 +270,47 @@ class ControlServer:
                 self.log(f"warning: a control request failed: {describe_exception(e)}")
                 answer = {"ok": False, "error": f"bad request: {describe_exception(e)}"}
             if isinstance(answer, dict):
-                writer.write(orjson.dumps(answer))
-                await writer.drain()
+                await self._send(writer, orjson.dumps(answer))
+            elif self.streams >= MAX_STREAMS:  # a listing not begun has copied nothing: dropped as is
+                busy = {"ok": False, "retry": True, "error": f"busy: {MAX_STREAMS} listings open at once"}
+                await self._send(writer, orjson.dumps(busy))
             else:
-                await self._stream(writer, answer)
+                self.streams += 1
+                try:
+                    await self._stream(writer, answer)
+                finally:
+                    self.streams -= 1
+            await self._flush(writer)
         except ConnectionError:
             pass  # the client went away; nothing to answer
+        except TimeoutError:
+            writer.transport.abort()  # unsent bytes dropped, the descriptor closed now
+            self.log(f"warning: a control client stopped taking its answer for {WRITE_TIMEOUT:g} s: dropped")
         finally:
             self.tasks.discard(task)
             forks.release(fd)
             writer.close()
 
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        """Write `data` and wait until the transport has passed it on (to below its low-water
+        mark); TimeoutError if the client does not take it within WRITE_TIMEOUT."""
+        writer.write(data)
+        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+
+    async def _flush(self, writer: asyncio.StreamWriter) -> None:
+        """Wait until the transport holds none of the answer (it is in the kernel's buffer, which
+        the kernel bounds, or read), so that closing frees the connection now; TimeoutError after
+        WRITE_TIMEOUT. Closed with bytes still buffered, a transport stays open, off the count of
+        open requests, until its client reads them: a client that never did kept it forever."""
+        writer.transport.set_write_buffer_limits(high=0)
+        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+
     async def _stream(self, writer: asyncio.StreamWriter, pieces: Iterator[bytes]) -> None:
         """Write an answer built in pieces, giving the loop a turn after each, so that the other
         clients, dispatches, results and timers wait at most one piece's building, never the whole
-        answer's. A client gone meanwhile ends it (ConnectionError); a piece that fails to build
-        cuts the answer short (the client says so), logged, and the server goes on."""
+        answer's. A client gone meanwhile ends it (ConnectionError), one that takes nothing for
+        WRITE_TIMEOUT too (TimeoutError); a piece that fails to build cuts the answer short (the
+        client says so), logged, and the server goes on."""
         while True:
             try:
                 piece = next(pieces, None)
@@ -281,8 +321,7 @@ class ControlServer:
                 return
             if writer.is_closing():
                 raise ConnectionResetError("the client went away")
-            writer.write(piece)
-            await writer.drain()
+            await self._send(writer, piece)
             await asyncio.sleep(0)
 
     async def close(self, timeout: float = 2.0) -> None:

@@ -224,6 +224,53 @@ def test_the_socket_refuses_by_size_by_depth_and_by_count(
     asyncio.run(go())
 
 
+def test_a_client_that_takes_none_of_its_answer_is_dropped_and_frees_its_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process, with the bounds made small (the real-process test: test_silent_clients.py): a
+    listing client that reads nothing holds the one listing slot until WRITE_TIMEOUT, another
+    listing is answered busy meanwhile and a status at once; then the silent one is dropped (its
+    answer cut short, a warning logged) and a listing is answered whole."""
+    monkeypatch.setattr(server, "WRITE_TIMEOUT", 2.0)
+    monkeypatch.setattr(server, "MAX_STREAMS", 1)
+    cfg = config(tmp_path)
+    sock = os.path.join(cfg.data_dir, "beaver.sock")
+    listing = b'{"op": "jobs", "state": null, "limit": null}'
+    lines: list[str] = []
+
+    async def go() -> None:
+        service = Service(cfg, serve_metrics=False, log=lines.append)
+        await service.start()
+        assert service.control is not None
+        try:
+            jobs = [[f"w{i:05d}", {"n": i}, {"not_before": 4102444800}] for i in range(20_000)]
+            enq = await asyncio.to_thread(request, cfg.data_dir, {"op": "enqueue", "jobs": jobs})
+            assert enq["ok"] is True
+            silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            silent.connect(sock)
+            silent.sendall(listing)
+            silent.shutdown(socket.SHUT_WR)
+            while service.control.streams == 0:
+                await asyncio.sleep(0.01)
+            busy = await asyncio.to_thread(raw, sock, listing)
+            assert busy == {"ok": False, "retry": True, "error": "busy: 1 listings open at once"}
+            assert (await asyncio.to_thread(raw, sock, b'{"op": "status"}'))["ok"] is True
+            while service.control.streams or service.control.tasks:
+                await asyncio.sleep(0.05)  # dropped after 2 s of taking nothing
+            silent.settimeout(10)
+            body = b"".join(iter(lambda: silent.recv(1 << 16), b""))
+            silent.close()
+            assert body.startswith(b'{"ok":true,"jobs":[') and not body.endswith(b"]}")
+            whole = await asyncio.to_thread(raw, sock, listing)
+            assert whole is not None and len(whole["jobs"]) == 20_000
+            assert lines.count("warning: a control client stopped taking its answer for 2 s: dropped") == 1
+        finally:
+            service.request_stop()
+            await service.close()
+
+    asyncio.run(go())
+
+
 def test_an_accept_error_is_one_warning_not_a_fatal_one(tmp_path: Path) -> None:
     lines: list[str] = []
     service = Service(config(tmp_path), log=lines.append)

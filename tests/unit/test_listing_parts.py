@@ -11,6 +11,7 @@ import pytest
 
 from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import JobStatus, Lease
+from beaver_sim.runtime import jobs
 from beaver_sim.runtime.jobs import STATES, answer, encode, listing, select
 
 
@@ -122,3 +123,21 @@ def test_a_filtered_listing_uses_each_jobs_state_when_its_part_is_built() -> Non
     rest = [r["id"] for p in parts for r in p]
     assert all(r["state"] == "pending" for r in first)
     assert late[0] not in rest and rest == late[1:]
+
+
+def test_a_part_of_large_rows_is_written_in_pieces_of_bounded_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server holds a piece until its client takes it: a part of completed jobs with large
+    results comes in pieces of about PIECE_BYTES (plus one row), byte for byte the same answer,
+    and every part still gives at least one piece (one loop turn each)."""
+    monkeypatch.setattr(jobs, "PIECE_BYTES", 10_000)
+    q = JobQueue()
+    for i in range(300):
+        q.enqueue(f"j{i:03d}", {})
+        q.dispatch(f"j{i:03d}", Lease(1, 0, 10.0))
+        q.complete(f"j{i:03d}", 1, {"pad": "r" * 1000})
+    pieces = list(encode(listing(q, None, None, 100)))
+    assert b"".join(pieces) == orjson.dumps({"ok": True, "jobs": rows_by_hand(q, None, None)})
+    assert max(map(len, pieces)) < 10_000 + 1100
+    assert len(pieces) == 2 + 3 * 10  # a part of 100 rows of ~1,060 bytes: ten pieces of ten rows
+    filtered = list(encode(listing(q, "dead", None, 100)))
+    assert filtered == [b'{"ok":true,"jobs":[', b"", b"", b"", b"]}"]

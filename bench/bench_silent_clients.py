@@ -1,0 +1,137 @@
+"""What a `beaver run` holds for control clients that ask for a listing and never read it (server
+bounds: WRITE_TIMEOUT, MAX_STREAMS). A real `beaver run` on a data directory of `--jobs` jobs
+(bench_recovery's mix, no snapshot meanwhile), then `--clients` connections that each ask for
+every job, read nothing and stay open. The controller's resident memory (VmRSS) and open
+descriptors are sampled before, 3 s after the clients asked, 5 s after WRITE_TIMEOUT, at
+`--hold` seconds, and 3 s after the clients closed; meanwhile a client times status round trips
+(one every 50 ms). How many of the silent clients were refused busy is read from their answers'
+first bytes.
+
+    .venv/bin/python bench/bench_silent_clients.py --jobs 1000000 --clients 32 [--code DIR]
+
+`--code DIR` runs the `beaver_sim` package found in DIR (a checkout of another version: "before").
+Prints the figures as JSON, then a markdown row."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import socket
+import tempfile
+import threading
+import time
+from typing import Any
+
+from bench_recovery import build, seed_payload
+from bench_stall import quantiles, start
+
+from beaver_sim.runtime.server import WRITE_TIMEOUT, request, socket_path
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmRSS")
+
+
+def descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def silent(data_dir: str) -> socket.socket:
+    """A connection that asked for every job and will read nothing."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(socket_path(data_dir))
+    s.sendall(b'{"op": "jobs", "state": null, "limit": null}')
+    s.shutdown(socket.SHUT_WR)
+    return s
+
+
+def head(s: socket.socket) -> bytes:
+    """The answer's first bytes, left unread."""
+    select.select([s], [], [], 10.0)
+    return s.recv(12, socket.MSG_PEEK)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jobs", type=int, default=1_000_000)
+    ap.add_argument("--clients", type=int, default=32, help="silent listing clients")
+    ap.add_argument("--hold", type=float, default=30.0, help="seconds the silent clients stay connected")
+    ap.add_argument("--code", help="run the beaver_sim package of this checkout (before)")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-silent-") as tmp:
+        data_dir = os.path.join(tmp, "run")
+        build(data_dir, args.jobs, 0, seed_payload)
+        os.remove(os.path.join(tmp, "jobs.json"))  # bench_recovery's baseline input: not needed here
+        proc, _ = start(data_dir, args.code, 600.0, tmp)
+        rtts: list[float] = []
+        stop = threading.Event()
+
+        def statuses() -> None:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                answer = request(data_dir, {"op": "status"}, timeout=60)
+                rtts.append(time.perf_counter() - t0)
+                assert answer.get("ok"), answer
+                time.sleep(0.05)
+
+        try:
+            time.sleep(3.0)  # the backlog's first dispatches settle
+            pid = proc.pid
+            samples: dict[str, Any] = {"before": (rss_mb(pid), descriptors(pid))}
+            prober = threading.Thread(target=statuses, daemon=True)
+            prober.start()
+            t0 = time.monotonic()
+            clients = [silent(data_dir) for _ in range(args.clients)]
+            heads = [head(s) for s in clients]
+            marks = [
+                ("asked+3s", 3.0),
+                (f"asked+{WRITE_TIMEOUT + 5:g}s", WRITE_TIMEOUT + 5),
+                (f"asked+{args.hold:g}s", args.hold),
+            ]
+            for name, at in marks:
+                time.sleep(max(0.0, t0 + at - time.monotonic()))
+                samples[name] = (rss_mb(pid), descriptors(pid))
+            for s in clients:
+                s.close()
+            time.sleep(3.0)
+            samples["closed+3s"] = (rss_mb(pid), descriptors(pid))
+            stop.set()
+            prober.join()
+            proc.send_signal(signal.SIGINT)
+            assert proc.stdout is not None
+            tail = proc.stdout.read()
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    out = {
+        "jobs": args.jobs,
+        "clients": args.clients,
+        "code": args.code or "this checkout",
+        "listing_began": sum(h.startswith(b'{"ok":true,') for h in heads),
+        "busy": sum(h.startswith(b'{"ok":false') for h in heads),
+        "rss_mb_and_fds": samples,
+        "status_rtt": quantiles(rtts),
+        "dropped_warnings": [line for line in tail.splitlines() if "stopped taking" in line],
+        "exit": code,
+        "load": os.getloadavg()[0],
+    }
+    print(json.dumps(out, indent=1))
+    cells = " | ".join(f"{rss:g} MB / {fds}" for rss, fds in samples.values())
+    print(
+        f"| {out['code']} | {args.clients} | {out['listing_began']} / {out['busy']} | {cells} "
+        f"| {out['status_rtt']['p99_ms']} / {out['status_rtt']['max_ms']} | {out['load']:.1f} |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
