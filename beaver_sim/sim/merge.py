@@ -260,6 +260,6 @@ def _workers(c: _Canon, w: Any) -> Any:
 # a `Run`'s attributes written down above, or the same in every continuation of a sweep (its inputs
 # and the sweep's hooks)
 _RUN_PARTS = {"sim", "cfg", "m", "checker", "batches", "workers", "out", "fs", "clock", "storage"}
-_RUN_PARTS |= {"watch", "merger"}
+_RUN_PARTS |= {"watch", "merger", "known"}
 # class name -> how to write its large parts down directly (its other attributes: walked)
 _PLAIN: dict[str, Any] = {"JobQueue": _queue, "Checker": _checker}
