@@ -265,7 +265,8 @@ class Run:
             checker.life(self._attempts(life), completed_at_start, storage.state.base)
         kept = storage.snapshots.seqs()
         checker.ran(self.workers.attempts)
-        checker.finished(storage.state, fs, cfg.wal_dir, kept[0] if kept else 0, life.start_lsn)
+        known = None if self.known is None else dict(self.known)  # (a copy: this log is its own now)
+        checker.finished(storage.state, fs, cfg.wal_dir, kept[0] if kept else 0, life.start_lsn, known)
         out.fs, out.end_lsn, out.state = fs, storage.wal.lsn, storage.state
         return False
 

@@ -195,7 +195,8 @@ def scan(
 
     `known`: what earlier scans of these files verified (see `Verified`), refilled with what this
     one verifies. A segment that begins with the bytes recorded for its path is checked from the
-    first record it replays (or the end of those bytes, if sooner): a record's checks (framing,
+    first record it replays (or the end of those bytes, if sooner; with no `on_record`, from their
+    end): a record's checks (framing,
     chained CRC, decoding, seq) depend only on the bytes before it and the segment's header, so the
     verdict is the one a scan from its start gives. Any other segment is scanned whole."""
     with paused_gc():  # replay allocates long-lived objects per record (jobs, payloads, leases)
@@ -260,12 +261,13 @@ def _scan(
         crcs: list[int] = []
         if known is not None:
             v = known.get(path)
-            skip = min(len(v.ends), after_seq - seq + 1) if v is not None and data.startswith(v.data) else 0
-            if v is not None and skip > 0:
-                ends, crcs = v.ends[:skip], v.crcs[:skip]
-                offset, crc, seq = ends[-1], crcs[-1], seq + skip
-            else:
-                ends = []
+            ends = []
+            if v is not None and data.startswith(v.data):
+                # the verified records it would not replay: those the snapshot covers (all, if none is)
+                skip = len(v.ends) if on_record is None else min(len(v.ends), after_seq - seq + 1)
+                if skip > 0:
+                    ends, crcs = v.ends[:skip], v.crcs[:skip]
+                    offset, crc, seq = ends[-1], crcs[-1], seq + skip
         lines = data[offset:].split(b"\n")
         tail = lines.pop()  # bytes after the last newline: a record cut short, or b""
         reason = ""

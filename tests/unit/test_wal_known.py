@@ -49,11 +49,16 @@ def files_at(segments: dict[str, bytes], path: str, length: int) -> SimFS:
     return fs
 
 
-def scanned(fs: SimFS, after_seq: int, known: Known | None) -> tuple[dict[str, Any], list[Any]]:
-    """The scan's every figure and problem, and the (record, LSN) it replayed."""
+def scanned(
+    fs: SimFS, after_seq: int, known: Known | None
+) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
+    """The scan's every figure and problem, and the (record, LSN) it replayed; then the same of a
+    scan that replays nothing (a verifier's: it may skip every verified record), on a copy of
+    `known`."""
     got: list[Any] = []
     s: Scan = scan(fs, D, after_seq, lambda rec, lsn: got.append((rec, lsn)), known=known)
-    return asdict(s), got
+    check = scan(fs, D, after_seq, known=None if known is None else dict(known))
+    return asdict(s), got, asdict(check)
 
 
 @pytest.mark.parametrize("segment_bytes", [1 << 20, 700])
