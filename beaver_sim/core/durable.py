@@ -21,7 +21,7 @@ from beaver_sim.core.types import Config
 from beaver_sim.errors import BeaverError
 from beaver_sim.storage.fs import FS
 from beaver_sim.storage.snapshot import SnapshotStore
-from beaver_sim.storage.wal import MAX_RECORD, SEGMENT_BYTES, WriteAheadLog
+from beaver_sim.storage.wal import MAX_RECORD, SEGMENT_BYTES, Known, WriteAheadLog
 
 Apply = Callable[[JobQueue, Record], None]
 
@@ -74,6 +74,7 @@ class Storage:
         apply_fn: Apply = apply,
         wal_cls: type[WriteAheadLog] = WriteAheadLog,
         snapshot_cls: type[SnapshotStore] = SnapshotStore,
+        wal_known: Known | None = None,
     ) -> Storage:
         """Recover `data_dir` (created if missing). Raises CorruptLog / BeaverError with one line
         naming the file when it cannot be trusted. The settings are the Config's, by its names
@@ -81,7 +82,9 @@ class Storage:
         the snapshot and the CONFIG records say, whatever `completed_retention` is: that is used only
         for a snapshot written before the window was recorded; the controller logs a change.
         `timer` / `on_sync` time recovery and each fsync (real mode's metrics); `apply_fn`, `wal_cls`
-        and `snapshot_cls` let the simulator swap in its deliberately broken variants."""
+        and `snapshot_cls` let the simulator swap in its deliberately broken variants; `wal_known`
+        lets it hand each recovery what earlier scans of the same growing log verified (the WAL's
+        `scan(known=...)`: a crash sweep recovers thousands of prefixes of one log)."""
         t0 = timer() if timer else 0.0
         if fs.exists(data_dir) and not fs.is_dir(data_dir):  # else a bare FileExistsError from mkdir
             raise BeaverError(f"{data_dir}: data directory is a file")
@@ -96,6 +99,7 @@ class Storage:
             after_seq=loaded.seq,
             on_record=partial(apply, q) if apply_fn is apply else lambda rec, _lsn: apply_fn(q, rec),
             recovery=wal_recovery,
+            known=wal_known,
             fsync=fsync,
             segment_bytes=segment_bytes,
             max_record=max_record_bytes,
@@ -113,7 +117,7 @@ class Storage:
     @classmethod
     def from_config(cls, fs: FS, config: Config, **hooks: Any) -> Storage:
         """Open the data directory that `config` names, with its WAL and snapshot settings; `hooks`
-        are `open`'s other arguments (timer, on_sync, apply_fn, wal_cls, snapshot_cls)."""
+        are `open`'s other arguments (timer, on_sync, apply_fn, wal_cls, snapshot_cls, wal_known)."""
         return cls.open(
             fs,
             config.data_dir,

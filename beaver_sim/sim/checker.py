@@ -22,7 +22,7 @@ from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import JobStatus
 from beaver_sim.storage.fs import FS
 from beaver_sim.storage.log_format import parse_header, segment_seq
-from beaver_sim.storage.wal import list_segments, scan
+from beaver_sim.storage.wal import Known, list_segments, scan
 
 INVARIANTS = {
     1: "every acknowledged enqueue survives every crash and recovery",
@@ -303,11 +303,20 @@ class Checker:
 
     # -- the end -------------------------------------------------------------------------------
 
-    def finished(self, q: JobQueue, fs: FS, wal_dir: str, snapshot_seq: int = 0, since: int = 0) -> None:
+    def finished(
+        self,
+        q: JobQueue,
+        fs: FS,
+        wal_dir: str,
+        snapshot_seq: int = 0,
+        since: int = 0,
+        known: Known | None = None,
+    ) -> None:
         """Quiescence: every acknowledged job ended completed or dead, within its attempts, and the
         log on disk verifies from the oldest kept snapshot (`snapshot_seq`) to its end; `since`: the
         LSN where the last life began (the recovery that started it checked what came before, so
-        only the segments from the one holding `since` are read again)."""
+        only the segments from the one holding `since` are read again). `known`: the scan's, what
+        earlier scans verified of the log (a sweep's continuation: its recovery)."""
         jobs, acked, submitted, max_retry, bases = (
             q.jobs,
             self.acked,
@@ -352,7 +361,7 @@ class Checker:
                 6, None, f"completed + dead + cancelled{why} = {ended}, acknowledged = {len(acked)}"
             )
         view, first = _from(fs, wal_dir, since)
-        s = scan(view, wal_dir, max(snapshot_seq, first - 1))
+        s = scan(view, wal_dir, max(snapshot_seq, first - 1), known=known)
         if s.problem is not None:
             self.violation(5, None, f"the log does not verify: {s.problem}")
         elif s.next_seq - 1 != q.last_seq:

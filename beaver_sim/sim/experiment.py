@@ -53,7 +53,7 @@ from beaver_sim.sim.workers import SimWorkers, misbehaving
 from beaver_sim.sim.workload import Batch, ExponentialWorkers, Workload
 from beaver_sim.speed import paused_gc
 from beaver_sim.storage.snapshot import SnapshotStore
-from beaver_sim.storage.wal import WriteAheadLog
+from beaver_sim.storage.wal import Known, WriteAheadLog
 
 TOKEN_VERSION = 1
 
@@ -167,6 +167,7 @@ class Run:
         self.samples = 0
         self.watch: Any = None  # a sweep's hook class (CrashHook subclass) for the first life
         self.merger: Any = None  # a sweep's `merge.Merger`, armed in the second life
+        self.known: Known | None = None  # a sweep's: what earlier recoveries of its log verified
 
     def loop(self) -> SimResult:
         """Lives until one ends without a crash (or recovery refuses, or the controller fails)."""
@@ -205,6 +206,7 @@ class Run:
                 wal_cls=with_ends(m.wal_cls) if plan is not None and plan.kind == "record" else m.wal_cls,
                 snapshot_cls=m.snapshot_cls,
                 apply_fn=m.apply_fn,
+                wal_known=self.known,
             )
             wal = storage.wal
             life.start_lsn = wal.lsn
@@ -263,7 +265,8 @@ class Run:
             checker.life(self._attempts(life), completed_at_start, storage.state.base)
         kept = storage.snapshots.seqs()
         checker.ran(self.workers.attempts)
-        checker.finished(storage.state, fs, cfg.wal_dir, kept[0] if kept else 0, life.start_lsn)
+        known = None if self.known is None else dict(self.known)  # (a copy: this log is its own now)
+        checker.finished(storage.state, fs, cfg.wal_dir, kept[0] if kept else 0, life.start_lsn, known)
         out.fs, out.end_lsn, out.state = fs, storage.wal.lsn, storage.state
         return False
 
@@ -454,14 +457,21 @@ class Run:
 
     @classmethod
     def resume(
-        cls, sim: Simulation, cap: Capture, log: LogReader, files: SimFS, merger: Any = None
+        cls,
+        sim: Simulation,
+        cap: Capture,
+        log: LogReader,
+        files: SimFS,
+        merger: Any = None,
+        known: Known | None = None,
     ) -> SimResult:
         """The result of `sim` (the captured run's inputs with `cap.plan` as its crash), going on
         from the crash `cap` took (the captured run's log, read by `log`, is this run's up to the
         crash LSN) with the surviving `files`. With a `merge.Merger`, a continuation that reaches a
-        state an earlier one went through raises `Merged`, carrying the result so far."""
+        state an earlier one went through raises `Merged`, carrying the result so far. `known`:
+        what the recoveries of earlier continuations verified of the log (the WAL's `scan`)."""
         run = cls(sim, cap.batches)
-        run.merger = merger
+        run.merger, run.known = merger, known
         run.restore(cap)
         life = Life(0, 0.0, 0, fs=log.fs, trace=log.until(cap.lsn))
         run.out.lives.append(life)

@@ -112,11 +112,14 @@ class Merger:
 
 
 def prefix_ok(run: Any, storage: Any) -> bool:
-    """Does the log written so far verify from where the checker's last scan will start?"""
+    """Does the log written so far verify from where the checker's last scan will start? (What
+    the continuation's recovery verified of it is not checked again: `run.known`, copied, since
+    this log is the continuation's own.)"""
     life = run.out.lives[-1]
     view, first = _from(run.fs, run.cfg.wal_dir, life.start_lsn)
     kept = storage.snapshots.seqs()
-    return scan(view, run.cfg.wal_dir, max(kept[0] if kept else 0, first - 1)).problem is None
+    known = None if run.known is None else dict(run.known)
+    return scan(view, run.cfg.wal_dir, max(kept[0] if kept else 0, first - 1), known=known).problem is None
 
 
 def state_key(run: Any, controller: Any, completed_at_start: set[str], probe: Any) -> bytes:
@@ -260,6 +263,6 @@ def _workers(c: _Canon, w: Any) -> Any:
 # a `Run`'s attributes written down above, or the same in every continuation of a sweep (its inputs
 # and the sweep's hooks)
 _RUN_PARTS = {"sim", "cfg", "m", "checker", "batches", "workers", "out", "fs", "clock", "storage"}
-_RUN_PARTS |= {"watch", "merger"}
+_RUN_PARTS |= {"watch", "merger", "known"}
 # class name -> how to write its large parts down directly (its other attributes: walked)
 _PLAIN: dict[str, Any] = {"JobQueue": _queue, "Checker": _checker}

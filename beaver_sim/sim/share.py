@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -26,6 +26,7 @@ from beaver_sim.sim.frames import OWN, point_row
 from beaver_sim.sim.fs import SimFS
 from beaver_sim.sim.merge import Merged, Merger
 from beaver_sim.speed import paused_gc
+from beaver_sim.storage.wal import Known
 
 Points = list[tuple[int, list[Any], int | None, int]]  # (index, plan, crash LSN or None, group)
 
@@ -117,6 +118,7 @@ class Task:
     log: LogReader | None = None  # the shared run's log, read as it goes
     left: int = 0
     merger: Merger | None = None  # None: every continuation runs to its end (`merge=False`)
+    known: Known = field(default_factory=dict)  # what its recoveries verified of the shared log
 
     def take(self, i: int, cap: Capture, fs: SimFS, cut: tuple[str, int] | None, meet: bool = False) -> None:
         """Crash target `i` at the captured moment: the files survive under the crash model (a
@@ -129,7 +131,7 @@ class Task:
         shared = self.keys.get(group)
         assert self.log is not None
         if shared is not None:
-            key, report = _recover(self.sim, files)
+            key, report = _recover(self.sim, files, self.known)
             if key == shared[0]:
                 row = dict(shared[1], problems=list(shared[1]["problems"]))
                 row.update(
@@ -145,7 +147,7 @@ class Task:
         if merger is not None:
             merger.start()
         try:
-            result = Run.resume(replace(self.sim, crash=plan), cap, self.log, files, merger)
+            result = Run.resume(replace(self.sim, crash=plan), cap, self.log, files, merger, self.known)
         except Merged as e:
             own = point_row(e.result)
             row = dict(e.row, problems=list(e.row["problems"]))
@@ -179,9 +181,9 @@ def _crashed(fs: SimFS, model: str, torn: int, cut: tuple[str, int] | None) -> S
         live.data += tail
 
 
-def _recover(sim: Simulation, files: SimFS) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _recover(sim: Simulation, files: SimFS, known: Known) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Recover `files` with the real code (and the mutant's pieces): what it rebuilt, and the
-    figures a sweep row keeps from it."""
+    figures a sweep row keeps from it. `known`: what earlier recoveries verified of the log."""
     m = mutants.get(sim.mutant) or mutants.Mutant("none", 0)
     try:
         storage = Storage.from_config(
@@ -191,6 +193,7 @@ def _recover(sim: Simulation, files: SimFS) -> tuple[tuple[Any, ...], dict[str, 
             wal_cls=m.wal_cls,
             snapshot_cls=m.snapshot_cls,
             apply_fn=m.apply_fn,
+            wal_known=known,
         )
     except BeaverError as e:
         return ("refused", str(e)), {}

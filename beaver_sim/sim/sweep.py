@@ -21,6 +21,9 @@ torn, anywhere in the same write) leave files that differ at most in a torn tail
 is recovered by the real code, and when its recovery rebuilds exactly the state and log of the first
 one (same snapshot, last seq, end LSN and checksum chain), the rest of the run is that one's too,
 by determinism; the row shares it, keeping its own recovery figures. Anything else runs on its own.
+Each recovery is the real one, handed what the task's earlier recoveries verified of the same growing
+log (the WAL scan's `known`, docs/architecture.md): it checks its snapshot's replay and the new
+bytes, not the whole log again, and a segment the crash model changed inside those bytes whole.
 
 Continuations that recover different states may still meet later: the crashes inside one write
 recover different prefixes of it, and once the clients have resent what was never acknowledged

@@ -112,6 +112,23 @@ class Scan:
     problem: Problem | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """What a scan found good in one segment: its bytes from the start through the last good
+    record's newline, and where each of those records ends (record `first_seq + k` ends at file
+    offset `ends[k]`, its chained CRC `crcs[k]`). Only `scan` makes one, into the `known` map it was
+    given; a later scan handed the same map skips re-checking the records it would not replay (those
+    a snapshot covers), and only while the segment still begins with exactly these bytes. Why: a
+    crash sweep recovers thousands of copies of one growing log, each a prefix of the next."""
+
+    data: bytes
+    ends: list[int]
+    crcs: list[int]
+
+
+Known = dict[str, Verified]  # segment path -> what a scan verified there (`scan(known=...)`)
+
+
 def _valid_follows(lines: list[bytes], crc_before: int) -> bool:
     """Is any line after the bad one (`lines[0]`) a good record, chained to the line before it?
     Then the bad record is corruption in the middle, not a torn tail (etcd/LevelDB: only the
@@ -169,17 +186,27 @@ def scan(
     on_record: OnRecord | None = None,
     *,
     covered_seq: int | None = None,
+    known: Known | None = None,
 ) -> Scan:
     """Read and check every segment, calling `on_record` for records with seq > `after_seq`.
     Records 1..`covered_seq` (default `after_seq`) may be missing from the front of the log: a
     snapshot covers them and their segments were deleted. Stops at the first problem and
-    describes it; never changes a file."""
+    describes it; never changes a file.
+
+    `known`: what earlier scans of these files verified (see `Verified`), refilled with what this
+    one verifies. A segment that begins with the bytes recorded for its path is checked from the
+    first record it replays (or the end of those bytes, if sooner; with no `on_record`, from their
+    end): a record's checks (framing,
+    chained CRC, decoding, seq) depend only on the bytes before it and the segment's header, so the
+    verdict is the one a scan from its start gives. Any other segment is scanned whole."""
     with paused_gc():  # replay allocates long-lived objects per record (jobs, payloads, leases)
         covered = after_seq if covered_seq is None else covered_seq
-        return _scan(fs, directory, after_seq, covered, on_record)
+        return _scan(fs, directory, after_seq, covered, on_record, known)
 
 
-def _scan(fs: FS, directory: str, after_seq: int, covered: int, on_record: OnRecord | None) -> Scan:
+def _scan(
+    fs: FS, directory: str, after_seq: int, covered: int, on_record: OnRecord | None, known: Known | None
+) -> Scan:
     s = Scan()
     names = list_segments(fs, directory)
     loads = orjson.loads
@@ -229,10 +256,20 @@ def _scan(fs: FS, directory: str, after_seq: int, covered: int, on_record: OnRec
             s.problem = Problem(path, 0, base, s.next_seq - 1, reason)
             return s
         s.segments.append(Segment(first, base, path))
-        lines = data[nl + 1 :].split(b"\n")
+        offset, crc, seq = nl + 1, s.crc, s.next_seq  # (s.crc is the header's prev_crc, seq its first)
+        ends: list[int] | None = None
+        crcs: list[int] = []
+        if known is not None:
+            v = known.get(path)
+            ends = []
+            if v is not None and data.startswith(v.data):
+                # the verified records it would not replay: those the snapshot covers (all, if none is)
+                skip = len(v.ends) if on_record is None else min(len(v.ends), after_seq - seq + 1)
+                if skip > 0:
+                    ends, crcs = v.ends[:skip], v.crcs[:skip]
+                    offset, crc, seq = ends[-1], crcs[-1], seq + skip
+        lines = data[offset:].split(b"\n")
         tail = lines.pop()  # bytes after the last newline: a record cut short, or b""
-        offset = nl + 1
-        crc, seq = s.crc, s.next_seq
         reason = ""
         bad_index = -1
         replayed = 0
@@ -265,11 +302,18 @@ def _scan(fs: FS, directory: str, after_seq: int, covered: int, on_record: OnRec
                     s.problem = Problem(path, offset, base + offset, seq - 1, str(e))
                     s.end_offset, s.end_lsn, s.crc, s.next_seq = offset, base + offset, crc, seq
                     s.replayed += replayed
+                    if known is not None and ends is not None:
+                        known[path] = Verified(data[:offset], ends, crcs)
                     return s
                 replayed += 1
             crc = stored
             seq += 1
             offset += len(line) + 1
+            if ends is not None:
+                ends.append(offset)
+                crcs.append(crc)
+        if known is not None and ends is not None:
+            known[path] = Verified(data[:offset], ends, crcs)
         s.records += seq - s.next_seq
         s.replayed += replayed
         s.crc, s.next_seq, s.end_offset, s.end_lsn = crc, seq, offset, base + offset
@@ -369,13 +413,15 @@ class WriteAheadLog:
         after_seq: int = 0,
         on_record: OnRecord | None = None,
         recovery: str = "tolerate-tail",
+        known: Known | None = None,
         **options: Any,
     ) -> tuple[WriteAheadLog, Scan, int]:
         """Recover the log in `directory` (created if missing): replay records after `after_seq`
         into `on_record`, truncate a torn tail (keeping `<segment>.broken`), refuse corruption.
         `recovery` "strict" also refuses a whole last record that fails its checksum (a flipped
         bit in a record that may have been acknowledged), which "tolerate-tail" cuts as torn, as
-        etcd, LevelDB and PostgreSQL do. Returns the log, the scan, and the torn bytes dropped."""
+        etcd, LevelDB and PostgreSQL do. `known`: `scan`'s (what earlier scans of these files
+        verified). Returns the log, the scan, and the torn bytes dropped."""
         if recovery not in RECOVERY:
             raise BeaverError(f"wal recovery {recovery!r} is not one of {', '.join(RECOVERY)}")
         if fs.exists(directory) and not fs.is_dir(directory):
@@ -386,7 +432,7 @@ class WriteAheadLog:
                 fs.remove(posixpath.join(directory, name))
         if options.get("preallocate") == "auto":  # the default: fallocate where the file system can
             options["preallocate"] = "fallocate" if fs.can_fallocate(directory) else "none"
-        s = scan(fs, directory, after_seq, on_record)
+        s = scan(fs, directory, after_seq, on_record, known=known)
         dropped = 0
         if s.problem is not None:
             p = s.problem
