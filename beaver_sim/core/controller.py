@@ -133,6 +133,9 @@ class Controller:
             raise BeaverError("; ".join(problems))
         self.config, self.clock, self.storage, self.workers = config, clock, storage, workers
         self.state = storage.state
+        # Workers.payload_read_only: the pool neither changes nor keeps the payload dicts it is
+        # handed, so each attempt gets the stored one rather than a copy through JSON
+        self._payload_read_only = getattr(workers, "payload_read_only", False) is True
         self.counters = Counters()
         self.free_workers: deque[int] = deque(range(config.worker_count))
         self.stuck: dict[tuple[str, int], int] = {}  # (job, attempt) timed out, still holding worker
@@ -515,8 +518,12 @@ class Controller:
         acks, self._acks = self._acks, []
         if not self.stopped:
             jobs, submit, done = self.state.jobs, self.workers.submit, self.on_result
-            for job_id, attempt, worker in to_start:
-                submit(job_id, attempt, worker, jobs[job_id].copy_payload(), done)  # each its own
+            if self._payload_read_only:  # the stored dict itself: nothing will change it
+                for job_id, attempt, worker in to_start:
+                    submit(job_id, attempt, worker, jobs[job_id].payload, done)
+            else:
+                for job_id, attempt, worker in to_start:
+                    submit(job_id, attempt, worker, jobs[job_id].copy_payload(), done)  # each its own
         for ack in acks:
             ack()
 

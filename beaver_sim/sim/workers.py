@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from functools import cache, partial
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from beaver_sim.core.draws import Draws
 from beaver_sim.core.types import Abandoned, BeaverError, OnResult
@@ -56,8 +56,11 @@ class _Running:
 
 @dataclass
 class SimWorkers:
-    """Durations uniform in [work_min, work_max] seconds; failure with probability failure_rate."""
+    """Durations uniform in [work_min, work_max] seconds; failure with probability failure_rate.
+    A modelled attempt only reads its payload (`hang`), so the pool is `payload_read_only`
+    (core.types.Workers); a subclass that overrides `submit` is not, unless it says so itself."""
 
+    payload_read_only: ClassVar[bool] = True
     clock: VirtualClock
     seed: int = 42
     failure_rate: float = 0.1
@@ -70,6 +73,11 @@ class SimWorkers:
     stop_after: float | None = None  # None: an abandoned attempt cannot be stopped
     spare: int | None = None  # abandoned attempts that may run on without a slot (None: any number)
     draws: Draws = field(init=False)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "submit" in cls.__dict__ and "payload_read_only" not in cls.__dict__:
+            cls.payload_read_only = False  # its own submit may hand the payload to code that changes it
 
     def __post_init__(self) -> None:
         self.draws = Draws(self.seed)
@@ -186,7 +194,7 @@ def misbehaving(cls: type[SimWorkers], kinds: tuple[str, ...]) -> type[SimWorker
             payload.clear()
             payload["mutated"] = attempt
 
-    return type(f"Misbehaving{cls.__name__}", (cls,), {"submit": submit})
+    return type(f"Misbehaving{cls.__name__}", (cls,), {"submit": submit, "payload_read_only": not mutate})
 
 
 def _reporting(done: OnResult, report: object, job_id: str, attempt: int, ok: bool, error: object) -> None:

@@ -20,6 +20,7 @@ from beaver_sim.core.limits import MAX_DEPTH, PayloadRefused, check_job, check_p
 from beaver_sim.core.types import Abandoned, Config, DuplicateJob, JobStatus, OnResult
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import PROCESS, SimFS
+from beaver_sim.sim.workers import SimWorkers, misbehaving
 from beaver_sim.storage.wal import RecordTooLarge
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -215,6 +216,43 @@ def test_a_handler_mutating_its_payload_changes_nothing_stored() -> None:
     ctl.stop()
     snap = Storage.from_config(fs.after_crash(PROCESS), CONFIG)
     assert snap.report.snapshot_seq and snap.state.jobs["m"].payload == payload
+
+
+class ReadOnly(Outcomes):
+    """Outcomes that declare `payload_read_only`: they keep each payload dict they are handed."""
+
+    payload_read_only = True
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock, error="fail")
+        self.handed: list[dict[str, Any]] = []
+
+    def submit(self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: OnResult) -> None:
+        self.handed.append(payload)
+        super().submit(job_id, attempt, worker, payload, done)
+
+
+def test_a_read_only_pool_is_handed_the_stored_payload_itself() -> None:
+    clock = VirtualClock()
+    workers = ReadOnly(clock)
+    ctl, clock = controller(SimFS(), workers)
+    ctl.enqueue([("m", {"k": [1]})])
+    clock.run()
+    stored = ctl.state.jobs["m"].payload
+    assert len(workers.handed) == 3 and all(p is stored for p in workers.handed)  # no copy
+
+
+def test_the_simulated_pool_is_read_only_unless_a_subclass_submits_its_own_way() -> None:
+    class Own(SimWorkers):
+        def submit(self, *args: Any) -> None:
+            super().submit(*args)
+
+    class Declared(Own):
+        payload_read_only = True
+
+    assert SimWorkers.payload_read_only and Declared.payload_read_only and not Own.payload_read_only
+    assert misbehaving(SimWorkers, ("huge-reason",)).payload_read_only
+    assert not misbehaving(SimWorkers, ("mutate-payload",)).payload_read_only
 
 
 # -- 6, 10. payloads stored exactly or refused in one line ---------------------------------------
