@@ -37,7 +37,7 @@ import orjson
 from beaver_sim.core import records as R
 from beaver_sim.core.draws import Draws
 from beaver_sim.core.durable import Storage
-from beaver_sim.core.limits import PayloadRefused, check_job, check_when, result_json
+from beaver_sim.core.limits import PayloadRefused, all_fit, check_job, check_when, result_json
 from beaver_sim.core.types import Abandoned, BeaverError, Clock, Config, DuplicateJob, JobStatus, Workers
 from beaver_sim.errors import brief
 
@@ -264,10 +264,21 @@ class Controller:
         """(new jobs to log as (id, payload, when), in batch order, each once; how many ids were
         already present). Payloads compare as canonical JSON (sorted keys), so 1 and true or 1
         and 1.0 differ; a job's delay does not count (a resent batch is sent later)."""
-        new: dict[str, tuple[dict[str, Any], Any]] = {}
-        present: set[str] = set()
         known = self.state.jobs
         limit = self.config.max_record_bytes
+        jobs = jobs if type(jobs) is list else list(jobs)
+        # a batch of new jobs without delays, each passing check_job: found in a few passes over the
+        # whole batch; anything else (or any doubt) goes job by job, which names the first problem
+        if set(map(type, jobs)) <= {tuple, list} and set(map(len, jobs)) == {2}:
+            ids, payloads = [job[0] for job in jobs], [job[1] for job in jobs]
+            if (
+                all_fit(ids, payloads, limit)  # first: the ids are strings before they are hashed
+                and known.keys().isdisjoint(ids)
+                and len(dict.fromkeys(ids)) == len(ids)
+            ):
+                return [(job_id, payload, None) for job_id, payload in jobs], 0
+        new: dict[str, tuple[dict[str, Any], Any]] = {}
+        present: set[str] = set()
         for job in jobs:
             job_id, payload, when = job if len(job) == 3 else (*job, None)
             check_job(job_id, payload, limit)  # every record it may ever have fits: it can run

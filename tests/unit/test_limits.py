@@ -16,7 +16,7 @@ from beaver_sim.cli import main
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
 from beaver_sim.core.durable import Storage
-from beaver_sim.core.limits import MAX_DEPTH, PayloadRefused, check_job, check_payload, loads_exact
+from beaver_sim.core.limits import MAX_DEPTH, PayloadRefused, all_fit, check_job, check_payload, loads_exact
 from beaver_sim.core.types import Abandoned, Config, DuplicateJob, JobStatus, OnResult
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import PROCESS, SimFS
@@ -256,6 +256,42 @@ def test_the_simulated_pool_is_read_only_unless_a_subclass_submits_its_own_way()
 
 
 # -- 6, 10. payloads stored exactly or refused in one line ---------------------------------------
+
+
+def test_all_fit_answers_true_only_for_a_batch_every_job_of_which_passes_check_job() -> None:
+    good = [(f"j{i}", {"type": "compute", "value": i, "x": [1.5, "s"]}) for i in range(50)]
+    assert all_fit([j for j, _ in good], [p for _, p in good], CONFIG.max_record_bytes)
+    bad: list[tuple[Any, Any]] = [
+        ("", {}),
+        (7, {}),
+        ("\ud800", {}),
+        ('quote"d', {}),  # escaped in JSON: its size is not its length
+        ("é", {}),
+        ("j", []),
+        ("j", {1: 2}),
+        ("j", {"n": None}),
+        ("j", {"f": float("nan")}),
+        ("j", {"big": 2**70}),
+        ("j", nested(MAX_DEPTH + 1)),
+        ("j", {"s": "x" * CONFIG.max_record_bytes}),
+    ]
+    for job in bad:
+        ids, payloads = [j for j, _ in good] + [job[0]], [p for _, p in good] + [job[1]]
+        assert not all_fit(ids, payloads, CONFIG.max_record_bytes), job
+    deep = [("a", nested(MAX_DEPTH)), ("b", nested(2))]  # each within the bound, more in all: doubt
+    check_job(*deep[0], CONFIG.max_record_bytes)
+    assert not all_fit([j for j, _ in deep], [p for _, p in deep], CONFIG.max_record_bytes)
+
+
+def test_a_batch_with_two_problems_is_refused_for_the_first_as_job_by_job() -> None:
+    ctl, _clock = controller(SimFS())
+    ctl.enqueue([("a", {"v": 1})])
+    seq = ctl.state.last_seq
+    with pytest.raises(DuplicateJob, match="already enqueued"):
+        ctl.enqueue([("b", {"v": 2}), ("a", {"v": 3}), ("c", [])])
+    with pytest.raises(PayloadRefused, match="job 'c': payload must be an object"):
+        ctl.enqueue([("b", {"v": 2}), ("c", []), ("a", {"v": 3})])
+    assert ctl.state.last_seq == seq  # all or nothing
 
 
 def test_nesting_is_bounded_once_for_every_path() -> None:
