@@ -186,19 +186,20 @@ def all_fit(ids: list[Any], payloads: list[Any], max_record_bytes: int) -> bool:
     if "" in ids:
         return False
     try:
-        id_text = orjson.dumps(ids)
-        bodies = list(map(orjson.dumps, payloads))
+        id_text, text = orjson.dumps(ids), orjson.dumps(payloads)  # each a JSON list
+        # the longest payload's JSON; each freed at once (keeping 100,000 small orjson outputs
+        # alive costs 3 us apiece in allocation, 20 times the encoding)
+        longest = max(map(len, map(orjson.dumps, payloads)))
     except TypeError:
         return False
     n = len(ids)
     if len(id_text) != sum(map(len, ids)) + 3 * n + 1:  # a byte a character: nothing escaped
         return False
-    text = b"".join(bodies)
     # each payload has at least its own brace: if all of them hold MAX_DEPTH - 1 more brackets at
-    # most, none nests deeper than MAX_DEPTH (check_payload's test, summed)
-    if text.count(b"{") + text.count(b"[") - n > MAX_DEPTH - 1 or b"null" in text:
+    # most, none nests deeper than MAX_DEPTH (check_payload's test, summed; 1: the list's bracket)
+    if text.count(b"{") + text.count(b"[") - 1 - n > MAX_DEPTH - 1 or b"null" in text:
         return False
-    return R.record_bound(max(map(len, ids)) + 2, max(map(len, bodies))) <= max_record_bytes
+    return R.record_bound(max(map(len, ids)) + 2, longest) <= max_record_bytes
 
 
 def check_job(job_id: Any, payload: Any, max_record_bytes: int, who: str = "") -> bytes:
