@@ -38,6 +38,7 @@ from beaver_sim.core import records as R
 from beaver_sim.core.draws import Draws
 from beaver_sim.core.durable import Storage
 from beaver_sim.core.limits import PayloadRefused, all_fit, check_job, check_when, result_json
+from beaver_sim.core.records import apply
 from beaver_sim.core.types import Abandoned, BeaverError, Clock, Config, DuplicateJob, JobStatus, Workers
 from beaver_sim.errors import brief
 
@@ -133,6 +134,7 @@ class Controller:
             raise BeaverError("; ".join(problems))
         self.config, self.clock, self.storage, self.workers = config, clock, storage, workers
         self.state = storage.state
+        self._fused = type(storage).append is Storage.append  # `log` may do its work inline
         # Workers.payload_read_only: the pool neither changes nor keeps the payload dicts it is
         # handed, so each attempt gets the stored one rather than a copy through JSON
         self._payload_read_only = getattr(workers, "payload_read_only", False) is True
@@ -469,9 +471,10 @@ class Controller:
                 self._flush_handle = self.clock.call_later(0, self._flush)
 
     def _dispatch(self) -> None:
-        if self.stopped or not self.started:
-            return
-        pending, jobs, free = self.state.pending, self.state.jobs, self.free_workers
+        pending, free = self.state.pending, self.free_workers
+        if not (pending and free) or self.stopped or not self.started:
+            return  # (most calls: the test first, before the loop's locals)
+        jobs = self.state.jobs
         timeout, now = self.config.task_timeout, self.clock.now()
         log, call_at, on_timeout = self.log, self.clock.call_at, self._on_timeout
         timers, to_start, counters = self._timers, self._to_start, self.counters
@@ -491,6 +494,14 @@ class Controller:
         turn's flush and the snapshot timer are armed."""
         if self._own_append:
             self.append(rec)
+        elif self._fused:  # Storage.append, inline: logged, then applied (two calls fewer a record)
+            wal = self.storage.wal
+            wal.append(rec)
+            try:
+                apply(self.state, rec)
+            except BaseException:
+                wal.discard_last()
+                raise
         else:
             self.storage.append(rec)  # what `append` does, one call fewer
         if self._flush_handle is None:
