@@ -494,7 +494,7 @@ class Controller:
         turn's flush and the snapshot timer are armed."""
         if self._own_append:
             self.append(rec)
-        elif self._fused:  # Storage.append, inline: logged, then applied (two calls fewer a record)
+        elif self._fused:  # Storage.append, inline: logged, then applied (one call fewer a record)
             wal = self.storage.wal
             wal.append(rec)
             try:

@@ -332,8 +332,8 @@ class Checker:
         for job_id, job in jobs.items():  # one pass: this is O(jobs) at the end of every run
             status = job.status
             if job_id in acked:
-                raw = job.raw  # (`payload`, without its call when it is a dict already)
-                if (raw if type(raw) is dict else job.payload) != submitted[job_id]:
+                raw, sent = job.raw, submitted[job_id]  # the very dict sent (the simulator's), or equal
+                if raw is not sent and (raw if type(raw) is dict else job.payload) != sent:
                     self.violation(1, job_id, f"payload changed: {job.payload!r} != {submitted[job_id]!r}")
                 elif status not in ENDED:
                     self.violation(6, job_id, f"ended {status.value}")
