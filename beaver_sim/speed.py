@@ -16,15 +16,15 @@ def paused_gc() -> Iterator[None]:
     large snapshot's decode). At the end, what the block allocated goes to the oldest generation
     (freeze, then unfreeze: two list splices) rather than staying young, where the first collection
     after it would walk all of it (50 ms after a 100,000-job simulation); cycles among it are found
-    by the next full collection. Not when objects are already frozen (the runtime freezes its
-    recovered state): unfreeze would hand those back to the collector."""
+    by the next full collection. Objects frozen before are handed back to the collector too (no
+    O(1) test tells whether any are): the runtime freezes its recovered state after its last
+    paused block."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if enabled:
-            if not gc.get_freeze_count():
-                gc.freeze()
-                gc.unfreeze()
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
