@@ -37,7 +37,8 @@ import orjson
 from beaver_sim.core import records as R
 from beaver_sim.core.draws import Draws
 from beaver_sim.core.durable import Storage
-from beaver_sim.core.limits import PayloadRefused, check_job, check_when, result_json
+from beaver_sim.core.limits import PayloadRefused, all_fit, check_job, check_when, result_json
+from beaver_sim.core.records import apply
 from beaver_sim.core.types import Abandoned, BeaverError, Clock, Config, DuplicateJob, JobStatus, Workers
 from beaver_sim.errors import brief
 
@@ -133,6 +134,10 @@ class Controller:
             raise BeaverError("; ".join(problems))
         self.config, self.clock, self.storage, self.workers = config, clock, storage, workers
         self.state = storage.state
+        self._fused = type(storage).append is Storage.append  # `log` may do its work inline
+        # Workers.payload_read_only: the pool neither changes nor keeps the payload dicts it is
+        # handed, so each attempt gets the stored one rather than a copy through JSON
+        self._payload_read_only = getattr(workers, "payload_read_only", False) is True
         self.counters = Counters()
         self.free_workers: deque[int] = deque(range(config.worker_count))
         self.stuck: dict[tuple[str, int], int] = {}  # (job, attempt) timed out, still holding worker
@@ -261,10 +266,21 @@ class Controller:
         """(new jobs to log as (id, payload, when), in batch order, each once; how many ids were
         already present). Payloads compare as canonical JSON (sorted keys), so 1 and true or 1
         and 1.0 differ; a job's delay does not count (a resent batch is sent later)."""
-        new: dict[str, tuple[dict[str, Any], Any]] = {}
-        present: set[str] = set()
         known = self.state.jobs
         limit = self.config.max_record_bytes
+        jobs = jobs if type(jobs) is list else list(jobs)
+        # a batch of new jobs without delays, each passing check_job: found in a few passes over the
+        # whole batch; anything else (or any doubt) goes job by job, which names the first problem
+        if set(map(type, jobs)) <= {tuple, list} and set(map(len, jobs)) == {2}:
+            ids, payloads = [job[0] for job in jobs], [job[1] for job in jobs]
+            if (
+                all_fit(ids, payloads, limit)  # first: the ids are strings before they are hashed
+                and known.keys().isdisjoint(ids)
+                and len(dict.fromkeys(ids)) == len(ids)
+            ):
+                return [(job_id, payload, None) for job_id, payload in jobs], 0
+        new: dict[str, tuple[dict[str, Any], Any]] = {}
+        present: set[str] = set()
         for job in jobs:
             job_id, payload, when = job if len(job) == 3 else (*job, None)
             check_job(job_id, payload, limit)  # every record it may ever have fits: it can run
@@ -455,9 +471,10 @@ class Controller:
                 self._flush_handle = self.clock.call_later(0, self._flush)
 
     def _dispatch(self) -> None:
-        if self.stopped or not self.started:
-            return
-        pending, jobs, free = self.state.pending, self.state.jobs, self.free_workers
+        pending, free = self.state.pending, self.free_workers
+        if not (pending and free) or self.stopped or not self.started:
+            return  # (most calls: the test first, before the loop's locals)
+        jobs = self.state.jobs
         timeout, now = self.config.task_timeout, self.clock.now()
         log, call_at, on_timeout = self.log, self.clock.call_at, self._on_timeout
         timers, to_start, counters = self._timers, self._to_start, self.counters
@@ -477,6 +494,14 @@ class Controller:
         turn's flush and the snapshot timer are armed."""
         if self._own_append:
             self.append(rec)
+        elif self._fused:  # Storage.append, inline: logged, then applied (one call fewer a record)
+            wal = self.storage.wal
+            wal.append(rec)
+            try:
+                apply(self.state, rec)
+            except BaseException:
+                wal.discard_last()
+                raise
         else:
             self.storage.append(rec)  # what `append` does, one call fewer
         if self._flush_handle is None:
@@ -515,8 +540,12 @@ class Controller:
         acks, self._acks = self._acks, []
         if not self.stopped:
             jobs, submit, done = self.state.jobs, self.workers.submit, self.on_result
-            for job_id, attempt, worker in to_start:
-                submit(job_id, attempt, worker, jobs[job_id].copy_payload(), done)  # each its own
+            if self._payload_read_only:  # the stored dict itself: nothing will change it
+                for job_id, attempt, worker in to_start:
+                    submit(job_id, attempt, worker, jobs[job_id].payload, done)
+            else:
+                for job_id, attempt, worker in to_start:
+                    submit(job_id, attempt, worker, jobs[job_id].copy_payload(), done)  # each its own
         for ack in acks:
             ack()
 

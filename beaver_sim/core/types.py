@@ -151,7 +151,12 @@ class Workers(Protocol):
     Slot rule: worker slot `worker` runs one attempt at a time, and is free again only once that
     attempt is really gone. `done` is called for an attempt when it ends, never from inside
     `submit` or `abandon`; for an attempt abandoned with `held` it is the signal that frees the slot,
-    so it must come (a killed attempt reports too)."""
+    so it must come (a killed attempt reports too).
+
+    Payloads: each attempt is handed a copy of its job's payload, since a handler may change the
+    dict it gets. A pool whose handlers never change nor keep it may say so with a class attribute
+    `payload_read_only = True`: the controller then hands it the stored dict itself (the
+    simulator's pool, whose attempts only read it, saves a JSON round trip per attempt)."""
 
     def submit(
         self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: OnResult

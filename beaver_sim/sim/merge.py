@@ -125,7 +125,7 @@ def prefix_ok(run: Any, storage: Any) -> bool:
 def state_key(run: Any, controller: Any, completed_at_start: set[str], probe: Any) -> bytes:
     """The logical state of `run` between two events (the module docstring lists what is in it)."""
     clock, storage, checker = controller.clock, controller.storage, run.checker
-    heap = sorted(e for e in clock._heap if e[2] is not None and e[2] is not probe)
+    heap = sorted(e for e in clock.pending() if e[2] is not None and e[2] is not probe)
     names: dict[int, Any] = {
         id(run): "run",
         id(run.out): "out",

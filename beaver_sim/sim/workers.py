@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from functools import cache, partial
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from beaver_sim.core.draws import Draws
 from beaver_sim.core.types import Abandoned, BeaverError, OnResult
@@ -56,8 +56,12 @@ class _Running:
 
 @dataclass
 class SimWorkers:
-    """Durations uniform in [work_min, work_max] seconds; failure with probability failure_rate."""
+    """Durations uniform in [work_min, work_max] seconds; failure with probability failure_rate.
+    A modelled attempt only reads its payload (`hang`), so the pool is `payload_read_only`
+    (core.types.Workers); a subclass that overrides `submit` is not, unless it says so itself."""
 
+    payload_read_only: ClassVar[bool] = True
+    _own_draw: ClassVar[bool] = False  # set per subclass: does it override `draw`?
     clock: VirtualClock
     seed: int = 42
     failure_rate: float = 0.1
@@ -71,6 +75,12 @@ class SimWorkers:
     spare: int | None = None  # abandoned attempts that may run on without a slot (None: any number)
     draws: Draws = field(init=False)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._own_draw = cls.draw is not SimWorkers.draw
+        if "submit" in cls.__dict__ and "payload_read_only" not in cls.__dict__:
+            cls.payload_read_only = False  # its own submit may hand the payload to code that changes it
+
     def __post_init__(self) -> None:
         self.draws = Draws(self.seed)
         limits = (self.stop_after, self.spare)
@@ -80,7 +90,10 @@ class SimWorkers:
         self.detached = 0  # abandoned attempts still running without a slot
 
     def submit(self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: OnResult) -> None:
-        duration, ok = self.draw(job_id, attempt)
+        if self._own_draw:
+            duration, ok = self.draw(job_id, attempt)
+        else:  # `draw`, inline: one call fewer per attempt
+            duration, ok = self.draws.work(job_id, attempt, self.work_min, self.work_max, self.failure_rate)
         if self.modelled:
             hangs = payload.get("type") in self.hang
             run = _Running(job_id, attempt, worker, duration, ok, hangs, done)
@@ -186,7 +199,7 @@ def misbehaving(cls: type[SimWorkers], kinds: tuple[str, ...]) -> type[SimWorker
             payload.clear()
             payload["mutated"] = attempt
 
-    return type(f"Misbehaving{cls.__name__}", (cls,), {"submit": submit})
+    return type(f"Misbehaving{cls.__name__}", (cls,), {"submit": submit, "payload_read_only": not mutate})
 
 
 def _reporting(done: OnResult, report: object, job_id: str, attempt: int, ok: bool, error: object) -> None:

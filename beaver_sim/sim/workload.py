@@ -56,8 +56,8 @@ class Workload:
 
     def batches(self, seed: int) -> list[tuple[float, Batch]]:
         """(arrival time, jobs) in order; job `task-NNN` carries the seed demo's payload."""
-        name = f"task-{{:0{max(3, len(str(self.jobs)))}d}}".format
-        jobs: Batch = [(name(i), {"type": "compute", "value": 37 * i}) for i in range(1, self.jobs + 1)]
+        name = f"task-%0{max(3, len(str(self.jobs)))}d"  # (% formats an int in half the time of format)
+        jobs: Batch = [(name % i, {"type": "compute", "value": 37 * i}) for i in range(1, self.jobs + 1)]
         if self.delayed:
             jobs = [
                 (*job, {"delay": 0.5 + (i % 5) * 0.5}) if i % self.delayed == 0 else job

@@ -4,6 +4,8 @@ the events count. The controller's determinism rests on these."""
 from __future__ import annotations
 
 import math
+import random
+from typing import Any
 
 from beaver_sim.sim.clock import VirtualClock
 
@@ -178,3 +180,51 @@ def test_cancel_after_run_or_clear_is_harmless() -> None:
     clock.cancel(dropped)
     clock.call_at(6.0, seen.append, "b")
     assert clock.run() == 1 and seen == ["a", "b"]
+
+
+def _random_run(seed: int) -> list[tuple[float, int]]:
+    """A seeded run of callbacks that schedule more (delays, times already past, ties at now) and
+    cancel some: the (due time, sequence) of each callback, in the order they ran."""
+    rng = random.Random(seed)
+    clock = VirtualClock()
+    made: dict[int, tuple[float, int]] = {}  # name -> (due, sequence) as scheduled
+    ran: list[int] = []
+    handles: list[list[Any]] = []
+
+    def schedule(now: float) -> None:
+        name = len(made)
+        if rng.random() < 0.4:
+            delay = rng.choice([0.0, 0.0, -1.0, 0.25, 1.0])
+            handle = clock.call_later(delay, step, name)
+            due = now + delay if delay > 0 else now
+        else:
+            when = now + rng.choice([-0.5, 0.0, 0.0, 0.25, 0.5, 1.0])
+            handle = clock.call_at(when, step, name)
+            due = max(when, now)
+        made[name] = (due, handle[1])
+        handles.append(handle)
+
+    def step(name: int) -> None:
+        ran.append(name)
+        if len(made) < 400:
+            for _ in range(rng.choice([0, 1, 1, 2, 3])):
+                schedule(clock.now())
+        if rng.random() < 0.2:
+            clock.cancel(handles[rng.randrange(len(handles))])
+
+    for _ in range(3):
+        schedule(0.0)
+    clock.run()
+    assert clock.peek() == math.inf and len(set(ran)) == len(ran)
+    return [made[n] for n in ran]
+
+
+def test_callbacks_due_now_run_in_the_order_a_single_heap_would_run_them() -> None:
+    """Entries due now wait in a FIFO of their own, not in the heap; the order must still be
+    time, then sequence, whatever mix of delays, past times, ties and cancels a run makes."""
+    ran = 0
+    for seed in range(30):
+        order = _random_run(seed)
+        assert order == sorted(order), seed
+        ran += len(order)
+    assert ran > 3000  # (the runs are not all short)

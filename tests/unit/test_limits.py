@@ -16,10 +16,11 @@ from beaver_sim.cli import main
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
 from beaver_sim.core.durable import Storage
-from beaver_sim.core.limits import MAX_DEPTH, PayloadRefused, check_job, check_payload, loads_exact
+from beaver_sim.core.limits import MAX_DEPTH, PayloadRefused, all_fit, check_job, check_payload, loads_exact
 from beaver_sim.core.types import Abandoned, Config, DuplicateJob, JobStatus, OnResult
 from beaver_sim.sim.clock import VirtualClock
 from beaver_sim.sim.fs import PROCESS, SimFS
+from beaver_sim.sim.workers import SimWorkers, misbehaving
 from beaver_sim.storage.wal import RecordTooLarge
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -217,7 +218,80 @@ def test_a_handler_mutating_its_payload_changes_nothing_stored() -> None:
     assert snap.report.snapshot_seq and snap.state.jobs["m"].payload == payload
 
 
+class ReadOnly(Outcomes):
+    """Outcomes that declare `payload_read_only`: they keep each payload dict they are handed."""
+
+    payload_read_only = True
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock, error="fail")
+        self.handed: list[dict[str, Any]] = []
+
+    def submit(self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: OnResult) -> None:
+        self.handed.append(payload)
+        super().submit(job_id, attempt, worker, payload, done)
+
+
+def test_a_read_only_pool_is_handed_the_stored_payload_itself() -> None:
+    clock = VirtualClock()
+    workers = ReadOnly(clock)
+    ctl, clock = controller(SimFS(), workers)
+    ctl.enqueue([("m", {"k": [1]})])
+    clock.run()
+    stored = ctl.state.jobs["m"].payload
+    assert len(workers.handed) == 3 and all(p is stored for p in workers.handed)  # no copy
+
+
+def test_the_simulated_pool_is_read_only_unless_a_subclass_submits_its_own_way() -> None:
+    class Own(SimWorkers):
+        def submit(self, *args: Any) -> None:
+            super().submit(*args)
+
+    class Declared(Own):
+        payload_read_only = True
+
+    assert SimWorkers.payload_read_only and Declared.payload_read_only and not Own.payload_read_only
+    assert misbehaving(SimWorkers, ("huge-reason",)).payload_read_only
+    assert not misbehaving(SimWorkers, ("mutate-payload",)).payload_read_only
+
+
 # -- 6, 10. payloads stored exactly or refused in one line ---------------------------------------
+
+
+def test_all_fit_answers_true_only_for_a_batch_every_job_of_which_passes_check_job() -> None:
+    good = [(f"j{i}", {"type": "compute", "value": i, "x": [1.5, "s"]}) for i in range(50)]
+    assert all_fit([j for j, _ in good], [p for _, p in good], CONFIG.max_record_bytes)
+    bad: list[tuple[Any, Any]] = [
+        ("", {}),
+        (7, {}),
+        ("\ud800", {}),
+        ('quote"d', {}),  # escaped in JSON: its size is not its length
+        ("é", {}),
+        ("j", []),
+        ("j", {1: 2}),
+        ("j", {"n": None}),
+        ("j", {"f": float("nan")}),
+        ("j", {"big": 2**70}),
+        ("j", nested(MAX_DEPTH + 1)),
+        ("j", {"s": "x" * CONFIG.max_record_bytes}),
+    ]
+    for job in bad:
+        ids, payloads = [j for j, _ in good] + [job[0]], [p for _, p in good] + [job[1]]
+        assert not all_fit(ids, payloads, CONFIG.max_record_bytes), job
+    deep = [("a", nested(MAX_DEPTH)), ("b", nested(2))]  # each within the bound, more in all: doubt
+    check_job(*deep[0], CONFIG.max_record_bytes)
+    assert not all_fit([j for j, _ in deep], [p for _, p in deep], CONFIG.max_record_bytes)
+
+
+def test_a_batch_with_two_problems_is_refused_for_the_first_as_job_by_job() -> None:
+    ctl, _clock = controller(SimFS())
+    ctl.enqueue([("a", {"v": 1})])
+    seq = ctl.state.last_seq
+    with pytest.raises(DuplicateJob, match="already enqueued"):
+        ctl.enqueue([("b", {"v": 2}), ("a", {"v": 3}), ("c", [])])
+    with pytest.raises(PayloadRefused, match="job 'c': payload must be an object"):
+        ctl.enqueue([("b", {"v": 2}), ("c", []), ("a", {"v": 3})])
+    assert ctl.state.last_seq == seq  # all or nothing
 
 
 def test_nesting_is_bounded_once_for_every_path() -> None:
