@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from beaver_sim.core import records as R
 from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import JobStatus
@@ -244,12 +246,15 @@ class Checker:
                 del self.acked[job_id]
         # O(jobs in the state), not O(jobs ever acknowledged): a long run recovers many times, and
         # with retention the state is a window of it; only a violation walks every acknowledged job
-        acked, submitted = self.acked, self.submitted
+        # a payload the snapshot held stays its text (decoded here, not through `Job.payload`, which
+        # keeps the dict): the queue's next snapshot then writes that text as it is, not re-encoded
+        acked, submitted, loads = self.acked, self.submitted, orjson.loads
         present = changed = 0
         for job_id, job in jobs.items():
             if job_id in acked:
                 present += 1
-                changed += job.payload != submitted[job_id]
+                raw = job.raw
+                changed += (loads(raw) if type(raw) is str else raw) != submitted[job_id]
         if len(acked) - present > q.dropped:  # with retention, ended jobs leave the state: not lost
             for job_id in [j for j in acked if j not in jobs]:
                 self.lost.add(job_id)

@@ -5,8 +5,10 @@ refuses files `wal verify` passes."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
+from beaver_sim.core import codec
 from beaver_sim.core import records as R
 from beaver_sim.core.durable import Storage
 from beaver_sim.core.queue import JobQueue
@@ -54,6 +56,21 @@ def test_an_acknowledged_job_lost_or_altered_breaks_invariant_1() -> None:
     v = next(v for v in c.violations if v.job == "c")
     assert (v.crash, v.token) == ("lsn 10", "TOKEN")
     assert v.as_dict()["name"] == INVARIANTS[1] and "lsn 10" in str(v) and "job c" in str(v)
+
+
+def test_recovered_compares_a_snapshot_payload_and_leaves_it_text() -> None:
+    """A payload loaded from a snapshot stays its JSON text through the check (the next snapshot
+    writes it as it is, not re-encoded); an altered text is still a changed payload."""
+    snap = queue(R.enqueue("a", P), R.enqueue("b", P))
+    q = codec.from_columns(orjson.loads(codec.state_body(snap)))
+    c = checker("a", "b")
+    c.recovered(q, wal_end_lsn=0)
+    assert c.ok and all(type(j.raw) is str for j in q.jobs.values())
+    assert codec.state_body(q) == codec.state_body(snap)
+    snap.jobs["b"].raw = orjson.dumps({"type": "compute", "value": 2}).decode()
+    c = checker("a", "b")
+    c.recovered(codec.from_columns(orjson.loads(codec.state_body(snap))), wal_end_lsn=0)
+    assert found(c) == {(1, "b")}
 
 
 def test_lost_and_altered_jobs_are_named_in_acknowledgement_order_whatever_the_state_order() -> None:
