@@ -13,7 +13,7 @@ from beaver_sim.core import records as R
 from beaver_sim.core.durable import Storage
 from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import BeaverError, Config, JobStatus
-from beaver_sim.sim import experiment
+from beaver_sim.sim import experiment, merge
 from beaver_sim.sim.checker import CODES, INVARIANTS, Checker, Violation, same_bytes
 from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import CrashPlan
@@ -90,6 +90,14 @@ def test_a_payload_text_is_compared_as_its_payload_whatever_its_key_order() -> N
     q = codec.from_columns(orjson.loads(codec.state_body(snap)))
     c.recovered(q, wal_end_lsn=0)
     assert c.ok  # decoded and compared: the same payload
+
+
+def test_the_texts_cache_is_no_part_of_a_merge_key() -> None:
+    """Continuations share `texts` and fill it as they go: two in the same state must still merge."""
+    c = checker("a", "b")
+    keyed = orjson.dumps(merge._checker(merge._Canon({}), c))
+    assert c._same("b", orjson.dumps(P).decode(), c.submitted["b"]) and c.texts
+    assert orjson.dumps(merge._checker(merge._Canon({}), c)) == keyed
 
 
 def test_lost_and_altered_jobs_are_named_in_acknowledgement_order_whatever_the_state_order() -> None:
