@@ -245,9 +245,10 @@ def _queue(c: _Canon, q: Any) -> Any:
 def _checker(c: _Canon, k: Any) -> Any:
     """A Checker: the payloads clients sent (plain JSON), when each was acknowledged, the
     violations so far (not the crash's label nor the token: they name the point, rows do not
-    carry them), and the rest of what it knows, walked."""
+    carry them), and the rest of what it knows, walked; not `texts`, a cache of the sent payloads'
+    JSON that a task's continuations share and fill as they go."""
     violations = [[v.invariant, v.job, v.detail] for v in k.violations]
-    rest = _rest(c, k, {"submitted", "acked", "violations", "token", "crash"})
+    rest = _rest(c, k, {"submitted", "acked", "violations", "token", "crash", "texts"})
     return ["Checker", k.submitted, k.acked, violations, rest]
 
 

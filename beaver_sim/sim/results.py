@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import posixpath
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
@@ -143,14 +144,13 @@ class SimResult:
     def successes(self) -> dict[str, int]:
         """Job -> how many of its attempts finished successfully (its work was done) before their
         life ended: more than one is a duplicate execution (at-least-once)."""
-        out: dict[str, int] = {}
+        done: list[str] = []  # (counted in one Counter call: a sweep asks this of every point)
         attempts = self.workers.attempts
         for life, nxt in zip(self.lives, [*self.lives[1:], None]):
-            stop = len(attempts) if nxt is None else nxt.first_attempt
-            for a in attempts[life.first_attempt : stop]:
-                if a.ok and a.start + a.duration <= life.end:
-                    out[a.job] = out.get(a.job, 0) + 1
-        return out
+            stop, end = len(attempts) if nxt is None else nxt.first_attempt, life.end
+            ran = attempts[life.first_attempt : stop]
+            done += [a.job for a in ran if a.ok and a.start + a.duration <= end]
+        return dict(Counter(done))
 
     @cached_property
     def summary(self) -> dict[str, Any]:

@@ -5,13 +5,15 @@ refuses files `wal verify` passes."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
+from beaver_sim.core import codec
 from beaver_sim.core import records as R
 from beaver_sim.core.durable import Storage
 from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import BeaverError, Config, JobStatus
-from beaver_sim.sim import experiment
+from beaver_sim.sim import experiment, merge
 from beaver_sim.sim.checker import CODES, INVARIANTS, Checker, Violation, same_bytes
 from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import CrashPlan
@@ -54,6 +56,48 @@ def test_an_acknowledged_job_lost_or_altered_breaks_invariant_1() -> None:
     v = next(v for v in c.violations if v.job == "c")
     assert (v.crash, v.token) == ("lsn 10", "TOKEN")
     assert v.as_dict()["name"] == INVARIANTS[1] and "lsn 10" in str(v) and "job c" in str(v)
+
+
+def test_recovered_compares_a_snapshot_payload_and_leaves_it_text() -> None:
+    """A payload loaded from a snapshot stays its JSON text through the check (the next snapshot
+    writes it as it is, not re-encoded); an altered text is still a changed payload."""
+    snap = queue(R.enqueue("a", P), R.enqueue("b", P))
+    q = codec.from_columns(orjson.loads(codec.state_body(snap)))
+    c = checker("a", "b")
+    c.recovered(q, wal_end_lsn=0)
+    assert c.ok and all(type(j.raw) is str for j in q.jobs.values())
+    assert codec.state_body(q) == codec.state_body(snap)
+    snap.jobs["b"].raw = orjson.dumps({"type": "compute", "value": 2}).decode()
+    c = checker("a", "b")
+    c.recovered(codec.from_columns(orjson.loads(codec.state_body(snap))), wal_end_lsn=0)
+    assert found(c) == {(1, "b")}
+
+
+def test_a_payload_text_is_compared_as_its_payload_whatever_its_key_order() -> None:
+    """The sent payload's own text is a shortcut, not the test: another text of the same payload
+    (keys in another order) is the same payload, at recovery and at the end."""
+    snap = queue(R.enqueue("a", P), R.enqueue("b", P))
+    snap.jobs["b"].raw = '{"value":1,"type":"compute"}'
+    c = checker("a", "b")
+    restored = Checker(max_retry=3, token="TOKEN")
+    restored.restore(c.capture())
+    assert restored.texts is c.texts  # continuations of one capture share the texts
+    for ck in (c, restored):
+        q = codec.from_columns(orjson.loads(codec.state_body(snap)))
+        ck.recovered(q, wal_end_lsn=0)
+        assert ck.ok
+    c.texts["a"] = (c.submitted["a"], '{"type":"compute","value":9}')  # a text not its payload's
+    q = codec.from_columns(orjson.loads(codec.state_body(snap)))
+    c.recovered(q, wal_end_lsn=0)
+    assert c.ok  # decoded and compared: the same payload
+
+
+def test_the_texts_cache_is_no_part_of_a_merge_key() -> None:
+    """Continuations share `texts` and fill it as they go: two in the same state must still merge."""
+    c = checker("a", "b")
+    keyed = orjson.dumps(merge._checker(merge._Canon({}), c))
+    assert c._same("b", orjson.dumps(P).decode(), c.submitted["b"]) and c.texts
+    assert orjson.dumps(merge._checker(merge._Canon({}), c)) == keyed
 
 
 def test_lost_and_altered_jobs_are_named_in_acknowledgement_order_whatever_the_state_order() -> None:
