@@ -6,13 +6,21 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup build test lint typecheck package-check demo bench clean metrics lab notebooks notebooks-fuzz student book
 
+# An editable install leaves the package uncompiled, and where PYTHONDONTWRITEBYTECODE is set no run
+# writes the .pyc files either: every `beaver` would recompile the package (~30 ms a start). So setup
+# byte-compiles it, as pip does a wheel's files (again at each `make setup`: after a pull, stale .pyc
+# are only ignored, never wrong).
+COMPILE := $(BIN)/python -m compileall -q beaver_sim
+
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	$(COMPILE)
 	touch $@
 
 setup build: $(STAMP)
+	$(COMPILE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check beaver_sim tests bench scripts

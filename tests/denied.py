@@ -19,6 +19,10 @@ class DeniedRealFS(RealFS):
         self._check(path)
         return super().read_bytes(path)
 
+    def read_written(self, path: str) -> bytes:
+        self._check(path)
+        return super().read_written(path)
+
     def listdir(self, path: str) -> list[str]:
         self._check(path)
         return super().listdir(path)

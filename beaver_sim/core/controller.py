@@ -161,8 +161,9 @@ class Controller:
     def _fit_accepted(self) -> None:
         """Jobs accepted under a larger max_record_bytes (lowered since) still run: the log takes
         their later records whatever the new limit, which the door applies to new jobs only. The
-        common case costs one pass over the live ids' lengths."""
-        live = [*self.state.pending, *self.state.leases]
+        common case costs one pass over the live ids' lengths. A cancelled job's tombstone in the
+        pending FIFO is not live: nothing more is ever written for it."""
+        live = [*self.state.pending_ids(), *self.state.leases]
         wal = self.storage.wal
         if not live or R.record_bound(6 * max(map(len, live)) + 2, 0) <= wal.max_record:  # 6: \u001f
             return

@@ -30,7 +30,9 @@ class FileHandle(Protocol):
 
 
 class FS(Protocol):
-    """What storage needs from a file system. Paths are strings; listings are sorted."""
+    """What storage needs from a file system. Paths are strings; listings are sorted. One may also
+    offer `read_written(path)`, `read_bytes` less zeros it need not read (RealFS's); the WAL's
+    reader uses it where it exists (storage/wal.py `log_bytes`)."""
 
     def open_append(self, path: str) -> FileHandle: ...
     def open_at(self, path: str, offset: int) -> FileHandle: ...
@@ -49,6 +51,24 @@ class FS(Protocol):
 
 
 _ZEROS = bytes(1 << 20)
+
+
+def _data_end(fd: int) -> int:
+    """Where the hole that runs to the end of `fd`'s file begins (its size if none is reported).
+    SEEK_HOLE finds the next hole (the end of the file counts as one), SEEK_DATA whether data
+    follows it (ENXIO: none)."""
+    pos = 0
+    try:
+        while True:
+            hole = os.lseek(fd, pos, os.SEEK_HOLE)
+            try:
+                pos = os.lseek(fd, hole, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:
+                    return hole
+                raise
+    except (AttributeError, OSError):  # no SEEK_HOLE here, a file system that refuses it, a race
+        return os.fstat(fd).st_size
 
 
 class RealFile:
@@ -115,6 +135,18 @@ class RealFS:
     def read_bytes(self, path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
+
+    def read_written(self, path: str) -> bytes:
+        """`read_bytes(path)` less the hole that ends the file, if the file system reports one
+        (lseek SEEK_HOLE / SEEK_DATA): blocks preallocated with fallocate and never written. A hole
+        reads as zeros, so only zeros are left out. Why: a WAL segment is preallocated to 64 MiB,
+        and reading its zeros cost a reader 30-100 ms (the scan strips them: storage/wal.py
+        `log_bytes`). A block counts as data once written or read into the page cache (a file
+        `cat` whole reads whole until the cache drops it); where holes are not reported, all is."""
+        with open(path, "rb") as f:
+            end = _data_end(f.fileno())
+            f.seek(0)  # _data_end moved the descriptor's offset
+            return f.read(end)
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)

@@ -378,3 +378,24 @@ def test_a_job_accepted_before_the_limit_was_lowered_still_runs() -> None:
         ctl.enqueue([(long_id + "2", {})])
     clock.run()
     assert ctl.state.jobs[long_id].status is JobStatus.DEAD
+
+
+def test_a_cancelled_long_id_does_not_raise_the_log_limit() -> None:
+    """The pending FIFO keeps a cancelled job's place as a tombstone until the head reaches it; a
+    restart under a lowered max_record_bytes fits the live jobs only, so a cancelled long id (never
+    to be written again) leaves the limit where the config puts it."""
+    fs = SimFS()
+    ctl, _ = controller(fs, config=replace(CONFIG, max_record_bytes=16384))
+    long_id = "é" * 6000
+    ctl.enqueue([("a", {}), ("b", {}), ("c", {}), (long_id, {})])  # a, b leased; c heads the FIFO
+    assert ctl.cancel([long_id]) == 1
+    assert long_id in ctl.state.pending and long_id not in ctl.state.pending_ids()  # a tombstone
+    ctl.stop(snapshot=False)
+    narrow = replace(CONFIG, max_record_bytes=4096)
+    clock = VirtualClock()
+    ctl = Controller(narrow, clock, Storage.from_config(fs.after_crash(PROCESS), narrow), Outcomes(clock))
+    assert long_id in ctl.state.pending  # replay rebuilt the tombstone
+    assert ctl.storage.wal.max_record == narrow.max_record_bytes
+    ctl.start()
+    clock.run()
+    assert {ctl.state.jobs[j].status for j in "abc"} == {JobStatus.COMPLETED}
