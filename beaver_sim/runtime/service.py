@@ -269,6 +269,13 @@ class Service:
                 "accept", f"warning: the control socket cannot accept a connection ({exc}); retrying in 1 s"
             )
             return
+        if (
+            isinstance(exc, ValueError)
+            and self.control is not None
+            and not self.control.listening
+            and "_start_serving" in context.get("message", "")
+        ):  # asyncio's accept retry, armed by the EMFILE above, ran after stop closed the socket
+            return
         if not isinstance(exc, BeaverError | OSError):
             loop.default_exception_handler(context)  # a bug or a warning, not a disk: keep the details
         if exc is None:
