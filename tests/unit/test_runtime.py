@@ -454,3 +454,43 @@ def test_a_handler_may_take_ctx_and_its_return_value_is_the_result(executor: str
 def test_takes_ctx_decides_by_signature() -> None:
     assert takes_ctx(with_ctx) and takes_ctx(lambda p, ctx=None: p) and not takes_ctx(payload_only)
     assert not takes_ctx(len) and not takes_ctx(lambda p: p) and not takes_ctx(lambda *a: a)
+
+
+def test_an_accept_retry_after_the_socket_closed_is_not_a_failure(tmp_path: Path) -> None:
+    """Out of descriptors, asyncio stops accepting and re-arms the control socket 1 s later; if
+    stopping closed that socket meanwhile, the re-arming raises ValueError (fd -1) into the loop's
+    error handler: not a failure of the queue (it made `beaver run` exit 2, now and then)."""
+    import resource
+
+    config = service_config(tmp_path, snapshot_interval=600.0)
+    warnings: list[str] = []
+
+    async def go() -> Service:
+        service = Service(config, serve_metrics=False)
+        await service.start()
+        service.warn = lambda kind, line: warnings.append(line)
+        runner = asyncio.create_task(service.run())
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lowest = os.dup(0)  # the lowest free descriptor: the one accept() would take
+        os.close(lowest)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest, hard))
+        try:
+            client.connect(os.path.join(config.data_dir, "beaver.sock"))
+            deadline = time.monotonic() + 10
+            while not warnings and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)  # the loop's accept(): EMFILE, retry armed for 1 s later
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            client.close()
+        assert warnings and "cannot accept" in warnings[0]
+        assert service.control is not None
+        service.control.stop_accepting()  # what stopping does first, before the retry comes
+        await asyncio.sleep(1.5)
+        assert service.fatal is None
+        service.request_stop()
+        await runner
+        await service.close()
+        return service
+
+    assert asyncio.run(go()).fatal is None
