@@ -19,10 +19,16 @@ def raw(path: str, data: bytes, timeout: float = 10) -> dict[str, Any] | None:
             s.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        chunks = []
-        try:
-            while chunk := s.recv(1 << 16):
-                chunks.append(chunk)
-        except ConnectionResetError:
-            pass
-    return orjson.loads(b"".join(chunks)) if chunks else None
+        answer = read_all(s)
+    return orjson.loads(answer) if answer else None
+
+
+def read_all(s: socket.socket) -> bytes:
+    """Everything the server sends until it closes (or resets) the connection."""
+    chunks = []
+    try:
+        while chunk := s.recv(1 << 16):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)

@@ -21,7 +21,7 @@ from hashlib import blake2b
 from struct import Struct
 from typing import Any
 
-_UNIT = 2.0**-53  # 53 random bits -> a float in [0, 1), as random.random() makes them
+_UNIT = 2.0**-53  # 53 bits of the digest -> a float in [0, 1), as CPython makes its floats
 _TWO_WORDS = Struct("<QQ").unpack  # the digest's two little-endian 64-bit words
 
 

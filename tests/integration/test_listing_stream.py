@@ -4,13 +4,9 @@ answer is the offline one when nothing changes, and a client that leaves midway 
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +17,10 @@ import pytest
 
 from beaver_sim.demo import RunProcess
 from beaver_sim.runtime.server import request, socket_path
+from tests.beaver_process import beaver, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_env")]
 
-BEAVER = [sys.executable, "-m", "beaver_sim.cli"]
 RUN = [
     *("--workers", "2", "--timeout", "5s", "--work-min", "1ms", "--work-max", "5ms"),
     *("--failure-rate", "0", "--snapshot-interval", "60s", "--metrics-port", "0"),
@@ -32,16 +28,6 @@ RUN = [
 RUNNABLE = 100  # jobs that run and complete; the others wait for a date far away
 WAITING = 200_000
 LATER = 4102444800  # 2100-01-01: never due while a test runs
-
-
-def clean() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("BEAVER_")}
-
-
-def beaver(*argv: str) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([*BEAVER, *argv], capture_output=True, text=True, timeout=120, env=clean())
-    assert out.returncode == 0, out.stderr
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +49,12 @@ def run(template: tuple[str, list[str]], tmp_path: Path) -> Iterator[tuple[RunPr
     """A `beaver run` on a copy of the template, once its RUNNABLE jobs have completed."""
     data_dir = str(tmp_path / "d")
     shutil.copytree(template[0], data_dir)
-    proc = RunProcess([*BEAVER, "run", "--data-dir", data_dir, *RUN], env=clean())
-    try:
-        proc.wait_line(re.compile(r"^ready"), 120)
+    with serving(data_dir, RUN) as proc:
         deadline = time.monotonic() + 60
         while request(data_dir, {"op": "status"})["status"]["completed"] < RUNNABLE:
             assert time.monotonic() < deadline, "the runnable jobs did not complete"
             time.sleep(0.05)
         yield proc, data_dir
-    finally:
-        proc.stop()
 
 
 def listing_request(data_dir: str) -> socket.socket:

@@ -6,12 +6,8 @@ state a restart reads is the same."""
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,10 +19,10 @@ import pytest
 
 from beaver_sim.demo import RunProcess
 from beaver_sim.runtime.server import request
+from tests.beaver_process import beaver, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_env")]
 
-BEAVER = [sys.executable, "-m", "beaver_sim.cli"]
 RUN = [
     *("--workers", "2", "--timeout", "5s", "--work-min", "1ms", "--work-max", "5ms"),
     *("--failure-rate", "0", "--snapshot-interval", "60s", "--metrics-port", "0"),
@@ -34,16 +30,6 @@ RUN = [
 PENDING = 200_000
 CANCELS = 2_000
 BOUND = 1.5  # seconds: the old FIFO search took 3-4 s here, the tombstones tens of ms
-
-
-def clean() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("BEAVER_")}
-
-
-def beaver(*argv: str) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([*BEAVER, *argv], capture_output=True, text=True, timeout=120, env=clean())
-    assert out.returncode == 0, out.stderr
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +48,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[str]]:
 def run(template: tuple[str, list[str]], tmp_path: Path) -> Iterator[tuple[RunProcess, str]]:
     data_dir = str(tmp_path / "d")
     shutil.copytree(template[0], data_dir)
-    proc = RunProcess([*BEAVER, "run", "--data-dir", data_dir, *RUN], env=clean())
-    try:
-        proc.wait_line(re.compile(r"^ready"), 120)
+    with serving(data_dir, RUN) as proc:
         yield proc, data_dir
-    finally:
-        proc.stop()
 
 
 def timed(data_dir: str, req: dict[str, Any], out: dict[str, Any], name: str) -> None:

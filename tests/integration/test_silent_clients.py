@@ -8,12 +8,10 @@ that the bounds' waits overlap (about 15 s)."""
 from __future__ import annotations
 
 import os
-import re
 import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,23 +23,16 @@ import pytest
 
 from beaver_sim.demo import RunProcess
 from beaver_sim.runtime.server import MAX_STREAMS, READ_TIMEOUT, WRITE_TIMEOUT, request, socket_path
+from tests.beaver_process import BEAVER, beaver, clean, serving
+from tests.hostile_client import read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_env")]
 
-BEAVER = [sys.executable, "-m", "beaver_sim.cli"]
 RUN = ("--workers", "2", "--timeout", "5s", "--failure-rate", "0", "--metrics-port", "0")
 WAITING = 60_000  # delayed jobs: a listing of them (~4.5 MB) is far more than the buffers hold
 LATER = 4102444800  # 2100-01-01: never due while the test runs
 BIG = "x" * 900_000  # the payload of one job: its `job` answer is ~900 KB
 SETTLE = 60.0  # generous: how long a bound may take to show on a loaded machine
-
-
-def clean() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("BEAVER_")}
-
-
-def beaver(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*BEAVER, *argv], capture_output=True, text=True, timeout=timeout, env=clean())
 
 
 def wait_until(check: Callable[[], bool], what: str) -> None:
@@ -60,14 +51,9 @@ def run(tmp_path: Path) -> Iterator[tuple[RunProcess, str]]:
     jobs.append({"id": "big", "payload": {"pad": BIG}, "not_before": LATER})
     (tmp_path / "jobs.json").write_bytes(orjson.dumps(jobs))
     data_dir = str(tmp_path / "d")
-    out = beaver("enqueue", "--file", str(tmp_path / "jobs.json"), "--create", "--data-dir", data_dir)
-    assert out.returncode == 0, out.stderr
-    proc = RunProcess([*BEAVER, "run", "--data-dir", data_dir, *RUN], env=clean())
-    try:
-        proc.wait_line(re.compile(r"^ready"), 120)
+    beaver("enqueue", "--file", str(tmp_path / "jobs.json"), "--create", "--data-dir", data_dir)
+    with serving(data_dir, RUN) as proc:
         yield proc, data_dir
-    finally:
-        proc.stop()
 
 
 def send(data_dir: str, req: bytes, finish: bool = True) -> socket.socket:
@@ -89,16 +75,6 @@ def head(s: socket.socket, n: int = 20) -> bytes:
         data = s.recv(n, socket.MSG_PEEK)
         if len(data) == n or time.monotonic() > deadline:
             return data
-
-
-def read_all(s: socket.socket) -> bytes:
-    chunks = []
-    try:
-        while chunk := s.recv(1 << 16):
-            chunks.append(chunk)
-    except ConnectionResetError:
-        pass
-    return b"".join(chunks)
 
 
 def closed_by_server(s: socket.socket) -> bool:
