@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from functools import partial
 from typing import Any, TypeVar
 
 from beaver_sim.core.controller import Controller, Enqueued
@@ -119,7 +118,7 @@ class Service:
             self.workers.watch(self.lateness, self._dispatched_at)
             self.metrics.attach(self.sample)
             if sock:
-                self.control = ControlServer(sock, self._answer, partial(self.warn, "control"))
+                self.control = ControlServer(sock, self._answer, self.warn)
                 await self.control.start()
             await self.workers.ready()  # worker processes started: no first attempt pays for that
             t0 = time.perf_counter()
