@@ -66,6 +66,10 @@ BUFFER_BUDGET = 2 * MAX_REQUEST
 PEER_CONNECTIONS = MAX_CONNECTIONS // 4
 PEER_BUFFER = MAX_REQUEST
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+# How long `ask` (status, job, jobs) asks a busy controller again, every BUSY_POLL seconds: 3 x
+# WRITE_TIMEOUT, time for silent clients to be dropped and their slots freed.
+BUSY_WAIT = 30.0
+BUSY_POLL = 0.05
 # A request holds a payload 3 levels down ({"jobs": [[id, payload]]}); deeper than a payload may
 # nest (core.limits.MAX_DEPTH, the one bound the controller checks too) is refused when decoded.
 MAX_PAYLOAD_DEPTH = limits.MAX_DEPTH
@@ -137,6 +141,25 @@ def request(data_dir: str, req: dict[str, Any], timeout: float = 120.0) -> dict[
     if not isinstance(answer, dict):
         raise BeaverError(f"{path}: unexpected answer {answer!r}")
     return answer
+
+
+def ask(data_dir: str, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any] | None:
+    """The answer of the controller serving `data_dir` to a request that changes nothing (status,
+    job, jobs), or None when no controller serves it. A busy one (its cap, the asking process's
+    share or MAX_STREAMS listings) is asked again for up to BUSY_WAIT seconds: a slot frees when a
+    request ends or its client is dropped. An answer not ok is BeaverError."""
+    deadline = time.monotonic() + BUSY_WAIT
+    while True:
+        try:
+            reply = request(data_dir, req, timeout)
+        except ControlUnavailable:
+            return None
+        if reply.get("ok") or not reply.get("retry") or time.monotonic() > deadline:
+            break
+        time.sleep(BUSY_POLL)
+    if not reply.get("ok"):
+        raise BeaverError(reply.get("error", f"the controller did not answer the {req['op']} request"))
+    return reply
 
 
 def _connect(path: str, timeout: float) -> socket.socket:

@@ -32,7 +32,14 @@ from beaver_sim.runtime import forks
 from beaver_sim.runtime.clock import RealClock, TimerLateness
 from beaver_sim.runtime.jobs import answer as answer_jobs
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
-from beaver_sim.runtime.server import ControlLost, ControlServer, ControlUnavailable, request, socket_path
+from beaver_sim.runtime.server import (
+    ControlLost,
+    ControlServer,
+    ControlUnavailable,
+    ask,
+    request,
+    socket_path,
+)
 from beaver_sim.runtime.snapshots import ForkedSnapshots
 from beaver_sim.runtime.workers import Handler, PoolWorkers
 from beaver_sim.storage import wal
@@ -514,12 +521,10 @@ def read_state(config: Config, attempts: int = 3) -> Inspection:
 
 
 def status_of(config: Config) -> dict[str, Any]:
-    """status --json: from the running controller when one answers, else from the files."""
-    try:
-        answer = request(config.data_dir, {"op": "status"}, timeout=30.0)
-    except ControlUnavailable:
+    """status --json: from the running controller when one answers (asked again while it is busy,
+    as `beaver jobs` does), else from the files."""
+    answer = ask(config.data_dir, {"op": "status"})
+    if answer is None:
         found = read_state(config)
         return {**found.state.stats(), "running": False, "data_dir": config.data_dir}
-    if not answer.get("ok"):
-        raise BeaverError(answer.get("error", "the controller did not answer the status request"))
     return answer["status"]

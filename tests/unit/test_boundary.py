@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,10 @@ from hypothesis import strategies as st
 from beaver_sim.core.types import Config
 from beaver_sim.runtime import server
 from beaver_sim.runtime import workers as workers_module
+from beaver_sim.runtime.jobs import find_job, list_jobs
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
 from beaver_sim.runtime.server import RequestTooLarge, request, too_deep
-from beaver_sim.runtime.service import Service
+from beaver_sim.runtime.service import Service, status_of
 from beaver_sim.runtime.workers import MAX_ERROR_CHARS, PoolWorkers, describe_exception
 from tests.hostile_client import raw
 
@@ -298,6 +300,46 @@ def test_one_process_gets_its_share_of_the_connections_and_the_buffer(
                 f"warning: process {me} holds 2 control requests open: more from it are answered busy "
                 "(the other clients are served)"
             ]
+        finally:
+            service.request_stop()
+            await service.close()
+
+    lines: list[str] = []
+    asyncio.run(go())
+
+
+def test_status_job_and_jobs_ask_a_busy_controller_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`beaver status`, `job` and `jobs` (server.ask) are answered once a slot frees: this process
+    holds its whole share (one connection) for 0.5 s, each asks meanwhile, is told busy, asks again."""
+    monkeypatch.setattr(server, "PEER_CONNECTIONS", 1)
+    cfg = config(tmp_path)
+    sock = os.path.join(cfg.data_dir, "beaver.sock")
+
+    async def go() -> None:
+        service = Service(cfg, serve_metrics=False, log=lines.append)
+        await service.start()
+        control = service.control
+        assert control is not None
+        answers: list[Any] = []
+        try:
+            for ask in (
+                partial(status_of, cfg),
+                partial(find_job, cfg, "none"),
+                partial(list_jobs, cfg, None, None),
+            ):
+                holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                holder.connect(sock)
+                while not control.admitted:
+                    await asyncio.sleep(0.01)
+                asking = asyncio.create_task(asyncio.to_thread(ask))
+                await asyncio.sleep(0.5)
+                assert not asking.done()  # told busy, asking again
+                holder.close()
+                answers.append(await asyncio.wait_for(asking, 10))
+            assert answers[0]["running"] is True and answers[1:] == [None, []]  # no such job, no jobs
+            assert len(lines) == 1 and lines[0].startswith(f"warning: process {os.getpid()} holds 1 control")
         finally:
             service.request_stop()
             await service.close()
