@@ -404,7 +404,8 @@ class Service:
         except Interrupted as e:
             if durable.done():
                 durable.exception()  # the stop failed it too: seen
-            return {"ok": False, "retry": True, "error": str(e)}
+            # sent again, named ids (requeued with the first slice) would be refused: not dead
+            return {"ok": False, "error": str(e)} | ({} if ids else {"retry": True})
         except BeaverError as e:
             return {"ok": False, "error": str(e)}
         finally:
@@ -419,7 +420,7 @@ class Service:
         when its slice comes (requeued by another client meanwhile, dropped by completed_retention)
         is skipped, not counted. `on_durable` goes with the last slice (records are durable in
         order). A stop or a fatal error between two slices is Interrupted: the jobs not reached
-        are still dead, and `requeue --dead` sent again (retry) revives them."""
+        are still dead, and `requeue --dead` sent again revives them."""
         ctl = self.controller
         dead = list(ctl.state.dead)  # a copy of the dead index's keys: C speed, O(dead)
         n = 0
@@ -429,8 +430,8 @@ class Service:
                 await asyncio.sleep(0)  # a loop turn: everything else is served
                 if ctl.stopped or self.fatal is not None:
                     raise Interrupted(
-                        f"the controller is stopping: {n} of {len(dead)} dead jobs requeued, the others "
-                        "are still dead (requeue --dead again requeues them)"
+                        f"the controller is stopping: {n} jobs requeued, the others of the {len(dead)} "
+                        "dead are still dead (requeue --dead again requeues them)"
                     )
                 index = ctl.state.dead
                 part = [job_id for job_id in part if job_id in index]

@@ -3,7 +3,8 @@
 In process, with the slice made small: the slices run in turns of their own, named ids go with the
 first (all or nothing: a named id not dead writes nothing), a job another client requeued between
 two slices is skipped (each job revived once, counted once), the answer waits for the last slice to
-be durable; a stop between two slices answers busy-like (`retry`) and leaves the rest dead."""
+be durable; a stop between two slices leaves the rest dead and answers `retry` (unless ids were
+named: those would be refused, sent again)."""
 
 from __future__ import annotations
 
@@ -129,12 +130,24 @@ def test_a_stop_between_two_slices_leaves_the_rest_dead_and_says_retry(tmp_path:
         if n == 2:
             service.controller.halt()
 
+    error = (
+        f"the controller is stopping: {2 * SLICE} jobs requeued, the others of the {DEAD} dead are still "
+        "dead (requeue --dead again requeues them)"
+    )
     answer, calls, service = serve(tmp_path, {"op": "requeue", "ids": [], "dead": True}, stop)
-    assert answer == {
-        "ok": False,
-        "retry": True,
-        "error": f"the controller is stopping: {2 * SLICE} of {DEAD} dead jobs requeued, the others are "
-        "still dead (requeue --dead again requeues them)",
-    }
+    assert answer == {"ok": False, "retry": True, "error": error}
     assert len(calls) == 2 and len(revived(str(tmp_path / "d"))) == 2 * SLICE
     assert len(service.controller.state.dead) == DEAD - 2 * SLICE
+
+
+def test_a_stop_after_named_ids_were_requeued_is_not_retried(tmp_path: Path) -> None:
+    """Sent again, the named ids would be refused (requeued already): the answer says what was done."""
+
+    def stop(service: Service, n: int) -> None:
+        if n == 1:
+            service.controller.halt()
+
+    answer, _, service = serve(tmp_path, {"op": "requeue", "ids": ["dead-0100"], "dead": True}, stop)
+    assert answer["ok"] is False and "retry" not in answer
+    assert answer["error"].startswith(f"the controller is stopping: {SLICE + 1} jobs requeued")
+    assert len(service.controller.state.dead) == DEAD - SLICE - 1
