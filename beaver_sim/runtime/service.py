@@ -53,10 +53,14 @@ LOCK_WAIT = 60.0
 LOCK_POLL = 0.01
 WARN_EVERY = 10.0  # seconds: a warning of one kind is printed at most this often (with a count)
 SAY_WAITING = 0.5  # seconds a stop waits for its final snapshot before saying so
-# Dead jobs `requeue --dead` revives per loop turn on a running controller: a REVIVE logged and
-# applied takes ~5 us, so a slice holds the loop ~5 ms, what the other clients wait at most meanwhile
-# (30,000 dead jobs in one turn held it 120-160 ms).
+# Dead jobs `requeue --dead` revives at once on a running controller, and the pause between two
+# slices: a REVIVE logged and applied takes ~5 us, so a slice holds the loop ~5 ms (30,000 dead jobs
+# at once held it 120-160 ms). The pause lets the loop run everything else that is ready, through
+# as many turns as it takes: a request goes through ~10 turns (read, answer, flush, write), and with
+# a slice in every turn (no pause) it waited for as many slices, and their fdatasyncs, as before
+# for the whole (bench/BENCHMARKS.md, "One client per share").
 REVIVE_SLICE = 1000
+REVIVE_PAUSE = 0.001
 
 
 class Interrupted(BeaverError):
@@ -413,21 +417,22 @@ class Service:
         return {"ok": True, OPERATIONS[op]: n}
 
     async def _requeue_dead(self, ids: list[str], on_durable: Callable[[], None]) -> int:
-        """`requeue --dead` on the running controller, REVIVE_SLICE jobs a loop turn, so that the
-        other clients, dispatches and results wait a slice, never the whole: the jobs dead when the
-        request came, oldest death first; the named `ids` go with the first slice, all or nothing
-        as `requeue` (BeaverError naming the first not dead, nothing written). A job no longer dead
-        when its slice comes (requeued by another client meanwhile, dropped by completed_retention)
-        is skipped, not counted. `on_durable` goes with the last slice (records are durable in
-        order). A stop or a fatal error between two slices is Interrupted: the jobs not reached
-        are still dead, and `requeue --dead` sent again revives them."""
+        """`requeue --dead` on the running controller, REVIVE_SLICE jobs at a time, REVIVE_PAUSE
+        apart, so that the other clients, dispatches and results wait a slice, never the whole: the
+        jobs dead when the request came, oldest death first; the named `ids` go with the first
+        slice, all or nothing as `requeue` (BeaverError naming the first not dead, nothing
+        written). A job no longer dead when its slice comes (requeued by another client meanwhile,
+        dropped by completed_retention) is skipped, not counted. `on_durable` goes with the last
+        slice (records are durable in order). A stop or a fatal error between two slices is
+        Interrupted: the jobs not reached are still dead, and `requeue --dead` sent again revives
+        them."""
         ctl = self.controller
         dead = list(ctl.state.dead)  # a copy of the dead index's keys: C speed, O(dead)
         n = 0
         for start in range(0, max(len(dead), 1), REVIVE_SLICE):
             part = dead[start : start + REVIVE_SLICE]
             if start:
-                await asyncio.sleep(0)  # a loop turn: everything else is served
+                await asyncio.sleep(REVIVE_PAUSE)  # everything else that is ready is served
                 if ctl.stopped or self.fatal is not None:
                     raise Interrupted(
                         f"the controller is stopping: {n} jobs requeued, the others of the {len(dead)} "

@@ -1,4 +1,4 @@
-"""`requeue --dead` on a running controller revives REVIVE_SLICE dead jobs a loop turn
+"""`requeue --dead` on a running controller revives REVIVE_SLICE dead jobs at a time
 (runtime/service.py: Service._requeue_dead), so that everything else is served between two slices.
 In process, with the slice made small: the slices run in turns of their own, named ids go with the
 first (all or nothing: a named id not dead writes nothing), a job another client requeued between
