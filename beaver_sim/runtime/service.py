@@ -64,8 +64,8 @@ REVIVE_PAUSE = 0.001
 
 
 class Interrupted(BeaverError):
-    """An operation stopped midway by the controller's stop: what it did stays, the rest was not
-    done; sending it again is right."""
+    """An operation stopped midway by the controller's stop: what it did stays, the rest is not
+    done (`requeue --dead` sent again does it)."""
 
 
 class Service:
