@@ -26,7 +26,15 @@ the workers do not reach meanwhile), and one second after its answer requeues ev
 (`beaver requeue --dead`); the figures add each command's round trip and the worst enqueue round
 trip that overlapped one (does an operator's command stall everyone else's requests?).
 
-    .venv/bin/python bench/bench_stall.py --jobs 1500000 --interval 600 --seconds 20 --cancels 1000"""
+    .venv/bin/python bench/bench_stall.py --jobs 1500000 --interval 600 --seconds 20 --cancels 1000
+
+`--flood S`: meanwhile, from the second second on, another process leaks connections to the
+control socket for S seconds (tests/hostile_client.py flood: one every 2 ms, nothing sent, each kept
+until the server closes it); the figures add the measuring client's requests refused busy during
+the flood (they are not retried: each is one request) and its round trips then (does one process
+leaking connections keep the others out?).
+
+    .venv/bin/python bench/bench_stall.py --jobs 100000 --interval 600 --seconds 20 --flood 15"""
 
 from __future__ import annotations
 
@@ -48,6 +56,9 @@ from bench_recovery import MAX_RETRY, WORKERS, build, seed_payload
 
 from beaver_sim.runtime.server import ControlUnavailable, request
 
+FLOODER = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "hostile_client.py"
+)
 PERIOD = 0.05  # seconds between requests
 STATUS_EVERY = 5  # every fifth request is a status
 
@@ -145,29 +156,51 @@ def operate(data_dir: str, ids: list[str]) -> dict[str, Any]:
     return out
 
 
+def flood(data_dir: str, seconds: float) -> tuple[float, float, dict[str, int]]:
+    """A process leaking connections for `seconds`, from the second second on: its (start, end) on
+    time.perf_counter and the answers it got, counted by error."""
+    time.sleep(2.0)  # the enqueue client's round trips settle first
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, FLOODER, "flood", os.path.join(data_dir, "beaver.sock"), str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return t0, time.perf_counter(), json.loads(out.stdout.splitlines()[-1])
+
+
 def measure(data_dir: str, seconds: float) -> dict[str, list[float]]:
+    """Round trips of the enqueue and status requests that were answered; the start of each one
+    refused busy (not retried) in `refused`."""
     enq: list[float] = []
     enq_at: list[float] = []  # when each enqueue round trip started (time.perf_counter)
     status: list[float] = []
+    refused: list[float] = []
     i = 0
     end = time.monotonic() + seconds
     next_at = time.monotonic()
     while time.monotonic() < end:
         next_at += PERIOD
         t0 = time.perf_counter()
-        if i % STATUS_EVERY == STATUS_EVERY - 1:
+        is_status = i % STATUS_EVERY == STATUS_EVERY - 1
+        if is_status:
             answer = request(data_dir, {"op": "status"})
-            status.append(time.perf_counter() - t0)
         else:
-            answer = request(
-                data_dir, {"op": "enqueue", "jobs": [[f"stall-{i}", {"type": "compute", "value": i}]]}
-            )
-            enq.append(time.perf_counter() - t0)
+            job = [f"stall-{i}", {"type": "compute", "value": i}]
+            answer = request(data_dir, {"op": "enqueue", "jobs": [job]})
+        rt = time.perf_counter() - t0
+        if not answer.get("ok"):
+            assert answer.get("retry"), answer
+            refused.append(t0)
+        elif is_status:
+            status.append(rt)
+        else:
+            enq.append(rt)
             enq_at.append(t0)
-        assert answer.get("ok"), answer
         i += 1
         time.sleep(max(0.0, next_at - time.monotonic()))
-    return {"enqueue": enq, "enqueue_at": enq_at, "status": status}
+    return {"enqueue": enq, "enqueue_at": enq_at, "status": status, "refused": refused}
 
 
 def during(times: dict[str, list[float]], spans: list[tuple[float, float]]) -> list[float]:
@@ -187,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--code", help="run the beaver_sim package of this checkout (before)")
     ap.add_argument("--listing", type=int, default=0, help="`beaver jobs --json` this many times meanwhile")
     ap.add_argument("--cancels", type=int, default=0, help="cancel N pending, then requeue --dead")
+    ap.add_argument("--flood", type=float, default=0, help="another process leaks connections, S seconds")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-stall-") as tmp:
         data_dir = os.path.join(tmp, "run")
@@ -203,15 +237,23 @@ def main(argv: list[str] | None = None) -> int:
             if args.listing:
                 lister.start()
             ops: dict[str, Any] = {}
-            ids = backlog_ids(args.jobs, args.cancels)
+            ids = backlog_ids(args.jobs, args.cancels) if args.cancels else []
             operator = threading.Thread(target=lambda: ops.update(operate(data_dir, ids)), daemon=True)
             if args.cancels:
                 operator.start()
+            flooded: list[tuple[float, float, dict[str, int]]] = []
+            flooder = threading.Thread(
+                target=lambda: flooded.append(flood(data_dir, args.flood)), daemon=True
+            )
+            if args.flood:
+                flooder.start()
             times = measure(data_dir, args.seconds)
             if args.listing:
                 lister.join()
             if args.cancels:
                 operator.join()
+            if args.flood:
+                flooder.join()
             taken = snapshots_taken(metrics + "/metrics") if metrics else -1
             t1 = time.perf_counter()
             proc.send_signal(signal.SIGINT)
@@ -251,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
             out[f"enqueue_during_{name}"] = quantiles(during(times, [(began, ended)]))
         out["dead_at_start"] = args.jobs // 50  # bench_recovery.big_queue's, all with MAX_RETRY attempts
         out["max_retry"] = MAX_RETRY
+    if args.flood:
+        began, ended, seen = flooded[0]
+        out["flood_s"] = round(ended - began, 2)
+        out["flood_answers"] = seen
+        out["refused_during_flood"] = sum(began <= t < ended for t in times["refused"])
+        out["answered_during_flood"] = sum(began <= t < ended for t in times["enqueue_at"])
+        out["enqueue_during_flood"] = quantiles(during(times, [(began, ended)]))
     print(json.dumps(out, indent=1))
     e, s = out["enqueue"], out["status"]
     print(

@@ -11,7 +11,6 @@ whose reason only an older snapshot covered (schema 2 kept none) takes it from t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
@@ -23,7 +22,7 @@ from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.records import Record
 from beaver_sim.core.repair import inspect
 from beaver_sim.core.types import BeaverError, Config, Job, JobStatus
-from beaver_sim.runtime.server import ControlUnavailable, request
+from beaver_sim.runtime.server import ask
 from beaver_sim.storage.fs import RealFS
 from beaver_sim.storage.wal import OnRecord
 
@@ -33,7 +32,6 @@ CHUNK = 2000  # jobs looked at per part of a listing: ~2 ms to build and encode 
 # client takes it, so a part of completed jobs with large results (2,000 x max_result_bytes, 128 MiB
 # by default) is written a piece at a time, not built whole for a client that may never read it.
 PIECE_BYTES = 1 << 20
-BUSY_WAIT = 30.0  # seconds `beaver jobs`/`job` ask a busy controller again: 3 x server.WRITE_TIMEOUT
 OUTCOMES = {  # how a record ends an attempt
     R.ACK: "completed",
     R.FAIL: "failed",
@@ -146,24 +144,6 @@ def answer(q: JobQueue, req: dict[str, Any]) -> dict[str, Any] | Iterator[bytes]
     return encode(listing(q, state, limit))
 
 
-def _ask(config: Config, req: dict[str, Any]) -> dict[str, Any] | None:
-    """The running controller's answer, or None when no controller serves the data directory. A
-    busy one (server.MAX_STREAMS listings or MAX_CONNECTIONS requests open) is asked again for up
-    to BUSY_WAIT seconds: a slot frees when a listing ends or its client is dropped."""
-    deadline = time.monotonic() + BUSY_WAIT
-    while True:
-        try:
-            reply = request(config.data_dir, req, timeout=30.0)
-        except ControlUnavailable:
-            return None
-        if reply.get("ok") or not reply.get("retry") or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    if not reply.get("ok"):
-        raise BeaverError(reply.get("error", f"the controller did not answer the {req['op']} request"))
-    return reply
-
-
 def _state(config: Config) -> JobQueue:
     """The state from the files (no controller runs)."""
     from beaver_sim.runtime.service import read_state  # service imports this module for `answer`
@@ -188,7 +168,7 @@ def _log_records(config: Config, keep: Callable[[], OnRecord]) -> None:
 def list_jobs(config: Config, state: str | None, limit: int | None) -> list[dict[str, Any]]:
     """`beaver jobs`: rows of `id, state, attempts`, plus `reason` for dead jobs, `result` for
     completed ones and `not_before` for delayed ones."""
-    reply = _ask(config, {"op": "jobs", "state": state, "limit": limit})
+    reply = ask(config.data_dir, {"op": "jobs", "state": state, "limit": limit})
     rows = select(_state(config), state, limit) if reply is None else reply["jobs"]
     dead = {r["id"] for r in rows if r["state"] == JobStatus.DEAD and r.get("reason") is None}
     if dead:
@@ -214,7 +194,7 @@ def find_job(config: Config, job_id: str) -> dict[str, Any] | None:
     """`beaver job ID`: the job (`id, state, attempts, payload, lease`) with its `reason`, the
     `history` of its attempts from the log, and whether a controller `running` answered; None if
     the data directory holds no such job."""
-    reply = _ask(config, {"op": "job", "id": job_id})
+    reply = ask(config.data_dir, {"op": "job", "id": job_id})
     job = describe(_state(config), job_id) if reply is None else reply["job"]
     if job is None:
         return None

@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import os
 import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -33,8 +35,10 @@ MAX_PATH = 107  # sun_path holds 108 bytes on Linux, including the terminating N
 # Nothing a client sends, or fails to read, may stop or swamp the controller. A client that never
 # finishes its request is answered with an error and dropped after READ_TIMEOUT; a request over
 # MAX_REQUEST is refused as soon as its size passes it, unread beyond that; at most MAX_CONNECTIONS
-# requests are open at once and BUFFER_BUDGET bytes buffered across them (beyond either: "busy",
-# retry), so memory and file descriptors stay bounded whatever floods the socket.
+# requests are open at once and BUFFER_BUDGET bytes buffered across them, a peer's share of each
+# at most PEER_CONNECTIONS and PEER_BUFFER (beyond any: "busy", retry), so memory and file
+# descriptors stay bounded whatever floods the socket, and one process flooding it does not keep
+# the others out.
 READ_TIMEOUT = 10.0
 # A client that stops taking its answer for WRITE_TIMEOUT (each piece written must leave the
 # server's buffer within it, the last one entirely: one that never reads, or reads a trickle) is
@@ -52,6 +56,20 @@ MAX_REQUEST = 64 << 20
 MAX_CONNECTIONS = 128
 BACKLOG = 1024  # connections the kernel queues before connect() fails with EAGAIN (clients wait)
 BUFFER_BUDGET = 2 * MAX_REQUEST
+# One client process must not starve the others: each peer, the process that connected (its pid,
+# which the kernel records at connect(): SO_PEERCRED, not something a client says), holds at most
+# PEER_CONNECTIONS of the open requests and PEER_BUFFER of the bytes buffered (beyond either: "busy",
+# retry, to that peer only). A command holds one connection at a time and a program with a pool
+# of threads a few; a quarter of the cap leaves 96 slots to the others, and it takes four processes
+# that each fill their share to fill the cap (what a hostile user can still do: docs/contracts.md).
+# PEER_BUFFER is one request of the largest size: a peer can never take the whole budget.
+PEER_CONNECTIONS = MAX_CONNECTIONS // 4
+PEER_BUFFER = MAX_REQUEST
+PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+# How long `ask` (status, job, jobs) asks a busy controller again, every BUSY_POLL seconds: 3 x
+# WRITE_TIMEOUT, time for silent clients to be dropped and their slots freed.
+BUSY_WAIT = 30.0
+BUSY_POLL = 0.05
 # A request holds a payload 3 levels down ({"jobs": [[id, payload]]}); deeper than a payload may
 # nest (core.limits.MAX_DEPTH, the one bound the controller checks too) is refused when decoded.
 MAX_PAYLOAD_DEPTH = limits.MAX_DEPTH
@@ -125,6 +143,25 @@ def request(data_dir: str, req: dict[str, Any], timeout: float = 120.0) -> dict[
     return answer
 
 
+def ask(data_dir: str, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any] | None:
+    """The answer of the controller serving `data_dir` to a request that changes nothing (status,
+    job, jobs), or None when no controller serves it. A busy one (its cap, the asking process's
+    share or MAX_STREAMS listings) is asked again for up to BUSY_WAIT seconds: a slot frees when a
+    request ends or its client is dropped. An answer not ok is BeaverError."""
+    deadline = time.monotonic() + BUSY_WAIT
+    while True:
+        try:
+            reply = request(data_dir, req, timeout)
+        except ControlUnavailable:
+            return None
+        if reply.get("ok") or not reply.get("retry") or time.monotonic() > deadline:
+            break
+        time.sleep(BUSY_POLL)
+    if not reply.get("ok"):
+        raise BeaverError(reply.get("error", f"the controller did not answer the {req['op']} request"))
+    return reply
+
+
 def _connect(path: str, timeout: float) -> socket.socket:
     """A socket connected to `path`. A full listen backlog (a flood of connections: EAGAIN) is
     waited out, up to `timeout`: the server accepts on."""
@@ -174,14 +211,43 @@ def too_deep(value: Any, limit: int) -> bool:
     return False
 
 
-class ControlServer:
-    """Serves `answer(request)` on the control socket, on the running asyncio loop. `log` gets one
-    line for what goes wrong on a client's side of the socket (it never stops the server)."""
+def peer_pid(sock: Any) -> int:
+    """The pid of the process that connected `sock`, as the kernel recorded it at connect()
+    (SO_PEERCRED): the same for every connection that process made, whoever holds them now (a child
+    it forked, a process it passed them to); 0 when the kernel cannot say (a peer in another pid
+    namespace, a socket already gone): those share one share."""
+    try:
+        pid, _uid, _gid = PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
+        )
+    except OSError:
+        return 0
+    return int(pid)
 
-    def __init__(self, path: str, answer: Answer, log: Callable[[str], None] = lambda line: None) -> None:
+
+@dataclass
+class Share:
+    """What one peer holds: its requests open (admitted, not yet done) and their bytes buffered."""
+
+    pid: int
+    open: int = 0
+    buffered: int = 0
+
+
+class ControlServer:
+    """Serves `answer(request)` on the control socket, on the running asyncio loop. `log(kind,
+    line)` gets one line for what goes wrong on a client's side of the socket (it never stops the
+    server); `kind` is "control" (a client dropped, a request failed) or "peer" (a peer over its
+    share), so that a flood of one does not hide the other."""
+
+    def __init__(
+        self, path: str, answer: Answer, log: Callable[[str, str], None] = lambda kind, line: None
+    ) -> None:
         self.path, self.answer, self.log = path, answer, log
         self.server: asyncio.AbstractServer | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # every connection's, refused ones included
+        self.admitted = 0  # requests open (refused ones are not: a flood of them takes no slot)
+        self.peers: dict[int, Share] = {}  # pid -> its share, while it has a request open
         self.buffered = 0  # request bytes held across open connections
         self.streams = 0  # answers being written in pieces (listings), at most MAX_STREAMS
         self.listening: list[int] = []
@@ -202,16 +268,51 @@ class ControlServer:
             self.listening = []
             self.server.close()
 
-    async def _read(self, reader: asyncio.StreamReader) -> bytes:
-        """The request bytes up to the client's EOF, counted against MAX_REQUEST and the budget."""
+    def _admit(self, pid: int) -> Share:
+        """Count a new request against its peer's share and the cap: Refused (busy, retry) beyond
+        either, the peer's share first, so that a peer over it is told so and takes no slot."""
+        share = self.peers.get(pid)
+        if share is not None and share.open >= PEER_CONNECTIONS:
+            self.log(
+                "peer",
+                f"warning: process {pid} holds {PEER_CONNECTIONS} control requests open: more from it "
+                "are answered busy (the other clients are served)",
+            )
+            error = f"busy: {PEER_CONNECTIONS} requests open from this process (pid {pid})"
+            raise Refused({"ok": False, "retry": True, "error": error})
+        if self.admitted >= MAX_CONNECTIONS:
+            raise Refused(
+                {"ok": False, "retry": True, "error": f"busy: {MAX_CONNECTIONS} requests open at once"}
+            )
+        if share is None:
+            share = self.peers[pid] = Share(pid)
+        share.open += 1
+        self.admitted += 1
+        return share
+
+    def _leave(self, share: Share) -> None:
+        share.open -= 1
+        self.admitted -= 1
+        if not share.open:
+            del self.peers[share.pid]  # a peer with nothing open is forgotten: its pid may be reused
+
+    async def _read(self, reader: asyncio.StreamReader, share: Share) -> bytes:
+        """The request bytes up to the client's EOF, counted against MAX_REQUEST, the peer's share
+        and the budget."""
         chunks: list[bytes] = []
         size = 0
         try:
             while chunk := await reader.read(1 << 16):
                 size += len(chunk)
+                share.buffered += len(chunk)
                 self.buffered += len(chunk)
                 if size > MAX_REQUEST:
                     raise Refused({"ok": False, "error": f"refused: the request is over {MAX_REQUEST} bytes"})
+                if share.buffered > PEER_BUFFER:
+                    error = (
+                        f"busy: this process (pid {share.pid}) is sending over {PEER_BUFFER} bytes at once"
+                    )
+                    raise Refused({"ok": False, "retry": True, "error": error})
                 if self.buffered > BUFFER_BUDGET:
                     raise Refused(
                         {"ok": False, "retry": True, "error": "busy: too many large requests at once"}
@@ -219,16 +320,13 @@ class ControlServer:
                 chunks.append(chunk)
             return b"".join(chunks)
         finally:
+            share.buffered -= size
             self.buffered -= size
 
-    async def _request(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+    async def _request(self, reader: asyncio.StreamReader, share: Share) -> dict[str, Any]:
         """Read and decode one request; Refused (with the answer to send) if it cannot be served."""
-        if len(self.tasks) > MAX_CONNECTIONS:
-            raise Refused(
-                {"ok": False, "retry": True, "error": f"busy: {MAX_CONNECTIONS} requests open at once"}
-            )
         try:
-            data = await asyncio.wait_for(self._read(reader), READ_TIMEOUT)
+            data = await asyncio.wait_for(self._read(reader, share), READ_TIMEOUT)
         except TimeoutError:
             raise Refused(
                 {
@@ -257,17 +355,20 @@ class ControlServer:
         task = asyncio.current_task()
         assert task is not None
         self.tasks.add(task)
-        fd = writer.get_extra_info("socket").fileno()
+        sock = writer.get_extra_info("socket")
+        fd = sock.fileno()
         forks.keep_from_children(fd)  # a handler's forked child must not hold the client's EOF back
+        share: Share | None = None
         try:
             try:
-                answer = await self.answer(await self._request(reader))
+                share = self._admit(peer_pid(sock))
+                answer = await self.answer(await self._request(reader, share))
             except Refused as e:
                 answer = e.answer
             except ConnectionError:
                 raise
             except Exception as e:  # a request no check foresaw: refused, never a reason to stop
-                self.log(f"warning: a control request failed: {describe_exception(e)}")
+                self.log("control", f"warning: a control request failed: {describe_exception(e)}")
                 answer = {"ok": False, "error": f"bad request: {describe_exception(e)}"}
             if isinstance(answer, dict):
                 await self._send(writer, orjson.dumps(answer))
@@ -285,8 +386,13 @@ class ControlServer:
             pass  # the client went away; nothing to answer
         except TimeoutError:
             writer.transport.abort()  # unsent bytes dropped, the descriptor closed now
-            self.log(f"warning: a control client stopped taking its answer for {WRITE_TIMEOUT:g} s: dropped")
+            self.log(
+                "control",
+                f"warning: a control client stopped taking its answer for {WRITE_TIMEOUT:g} s: dropped",
+            )
         finally:
+            if share is not None:
+                self._leave(share)
             self.tasks.discard(task)
             forks.release(fd)
             writer.close()
@@ -315,7 +421,7 @@ class ControlServer:
             try:
                 piece = next(pieces, None)
             except Exception as e:
-                self.log(f"warning: a control answer failed midway: {describe_exception(e)}")
+                self.log("control", f"warning: a control answer failed midway: {describe_exception(e)}")
                 return
             if piece is None:
                 return

@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from functools import partial
 from typing import Any, TypeVar
 
 from beaver_sim.core.controller import Controller, Enqueued
@@ -33,7 +32,14 @@ from beaver_sim.runtime import forks
 from beaver_sim.runtime.clock import RealClock, TimerLateness
 from beaver_sim.runtime.jobs import answer as answer_jobs
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
-from beaver_sim.runtime.server import ControlLost, ControlServer, ControlUnavailable, request, socket_path
+from beaver_sim.runtime.server import (
+    ControlLost,
+    ControlServer,
+    ControlUnavailable,
+    ask,
+    request,
+    socket_path,
+)
 from beaver_sim.runtime.snapshots import ForkedSnapshots
 from beaver_sim.runtime.workers import Handler, PoolWorkers
 from beaver_sim.storage import wal
@@ -47,6 +53,19 @@ LOCK_WAIT = 60.0
 LOCK_POLL = 0.01
 WARN_EVERY = 10.0  # seconds: a warning of one kind is printed at most this often (with a count)
 SAY_WAITING = 0.5  # seconds a stop waits for its final snapshot before saying so
+# Dead jobs `requeue --dead` revives at once on a running controller, and the pause between two
+# slices: a REVIVE logged and applied takes ~5 us, so a slice holds the loop ~5 ms (30,000 dead jobs
+# at once held it 120-160 ms). The pause lets the loop run everything else that is ready, through
+# as many turns as it takes: a request goes through ~10 turns (read, answer, flush, write), and with
+# a slice in every turn (no pause) it waited for as many slices, and their fdatasyncs, as before
+# for the whole (bench/BENCHMARKS.md, "One client per share").
+REVIVE_SLICE = 1000
+REVIVE_PAUSE = 0.001
+
+
+class Interrupted(BeaverError):
+    """An operation stopped midway by the controller's stop: what it did stays, the rest is not
+    done (`requeue --dead` sent again does it)."""
 
 
 class Service:
@@ -119,7 +138,7 @@ class Service:
             self.workers.watch(self.lateness, self._dispatched_at)
             self.metrics.attach(self.sample)
             if sock:
-                self.control = ControlServer(sock, self._answer, partial(self.warn, "control"))
+                self.control = ControlServer(sock, self._answer, self.warn)
                 await self.control.start()
             await self.workers.ready()  # worker processes started: no first attempt pays for that
             t0 = time.perf_counter()
@@ -374,15 +393,57 @@ class Service:
                 "error": "bad request: ids must be a list of job ids (or dead: true to requeue)",
             }
         durable = self.loop.create_future()
+
+        def on_durable() -> None:
+            if not durable.done():
+                durable.set_result(None)
+
         self._acks.add(durable)
         try:
-            n = operate(self.controller, op, ids, dead, lambda: durable.done() or durable.set_result(None))
+            if dead:
+                n = await self._requeue_dead(ids, on_durable)
+            else:
+                n = operate(self.controller, op, ids, dead, on_durable)
             await durable
+        except Interrupted as e:
+            if durable.done():
+                durable.exception()  # the stop failed it too: seen
+            # sent again, named ids (requeued with the first slice) would be refused: not dead
+            return {"ok": False, "error": str(e)} | ({} if ids else {"retry": True})
         except BeaverError as e:
             return {"ok": False, "error": str(e)}
         finally:
             self._acks.discard(durable)
         return {"ok": True, OPERATIONS[op]: n}
+
+    async def _requeue_dead(self, ids: list[str], on_durable: Callable[[], None]) -> int:
+        """`requeue --dead` on the running controller, REVIVE_SLICE jobs at a time, REVIVE_PAUSE
+        apart, so that the other clients, dispatches and results wait a slice, never the whole: the
+        jobs dead when the request came, oldest death first; the named `ids` go with the first
+        slice, all or nothing as `requeue` (BeaverError naming the first not dead, nothing
+        written). A job no longer dead when its slice comes (requeued by another client meanwhile,
+        dropped by completed_retention) is skipped, not counted. `on_durable` goes with the last
+        slice (records are durable in order). A stop or a fatal error between two slices is
+        Interrupted: the jobs not reached are still dead, and `requeue --dead` sent again revives
+        them."""
+        ctl = self.controller
+        dead = list(ctl.state.dead)  # a copy of the dead index's keys: C speed, O(dead)
+        n = 0
+        for start in range(0, max(len(dead), 1), REVIVE_SLICE):
+            part = dead[start : start + REVIVE_SLICE]
+            if start:
+                await asyncio.sleep(REVIVE_PAUSE)  # everything else that is ready is served
+                if ctl.stopped or self.fatal is not None:
+                    raise Interrupted(
+                        f"the controller is stopping: {n} jobs requeued, the others of the {len(dead)} "
+                        "dead are still dead (requeue --dead again requeues them)"
+                    )
+                index = ctl.state.dead
+                part = [job_id for job_id in part if job_id in index]
+            else:
+                part = [*ids, *part]
+            n += ctl.requeue(part, on_durable if start + REVIVE_SLICE >= len(dead) else None)
+        return n
 
 
 # -- without a running controller --------------------------------------------------------------
@@ -515,12 +576,10 @@ def read_state(config: Config, attempts: int = 3) -> Inspection:
 
 
 def status_of(config: Config) -> dict[str, Any]:
-    """status --json: from the running controller when one answers, else from the files."""
-    try:
-        answer = request(config.data_dir, {"op": "status"}, timeout=30.0)
-    except ControlUnavailable:
+    """status --json: from the running controller when one answers (asked again while it is busy,
+    as `beaver jobs` does), else from the files."""
+    answer = ask(config.data_dir, {"op": "status"})
+    if answer is None:
         found = read_state(config)
         return {**found.state.stats(), "running": False, "data_dir": config.data_dir}
-    if not answer.get("ok"):
-        raise BeaverError(answer.get("error", "the controller did not answer the status request"))
     return answer["status"]

@@ -3,7 +3,8 @@ their answer (a listing, a large `job` answer, small answers in a flood), trickl
 never ends, or connect and stay idle. Each is bounded by the server (runtime/server.py:
 WRITE_TIMEOUT, MAX_STREAMS, READ_TIMEOUT, MAX_CONNECTIONS), and meanwhile the others' enqueue,
 status and listing round trips are answered. All of it against one controller, concurrently, so
-that the bounds' waits overlap (about 15 s)."""
+that the bounds' waits overlap (about 15 s). The connections are this one process's, held within
+its share (PEER_CONNECTIONS: test_client_shares.py is the process that goes beyond it)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,14 @@ import orjson
 import pytest
 
 from beaver_sim.demo import RunProcess
-from beaver_sim.runtime.server import MAX_STREAMS, READ_TIMEOUT, WRITE_TIMEOUT, request, socket_path
+from beaver_sim.runtime.server import (
+    MAX_STREAMS,
+    PEER_CONNECTIONS,
+    READ_TIMEOUT,
+    WRITE_TIMEOUT,
+    request,
+    socket_path,
+)
 from tests.beaver_process import BEAVER, beaver, clean, serving
 from tests.hostile_client import read_all
 
@@ -33,6 +41,10 @@ WAITING = 60_000  # delayed jobs: a listing of them (~4.5 MB) is far more than t
 LATER = 4102444800  # 2100-01-01: never due while the test runs
 BIG = "x" * 900_000  # the payload of one job: its `job` answer is ~900 KB
 SETTLE = 60.0  # generous: how long a bound may take to show on a loaded machine
+IDLE = 10  # connections that send nothing
+# what this process holds open at most: the listings, the `job` answers, the trickle, the idle ones
+# and one more request; beyond its share, it would be answered busy
+assert MAX_STREAMS + 4 + 3 + 1 + IDLE + 1 <= PEER_CONNECTIONS
 
 
 def wait_until(check: Callable[[], bool], what: str) -> None:
@@ -105,7 +117,7 @@ def test_clients_that_never_read_or_never_finish_are_dropped_and_the_others_are_
     # never read: more listings than may be open at once, and three large `job` answers
     silent = [send(data_dir, listing) for _ in range(MAX_STREAMS + 4)]
     big = [send(data_dir, orjson.dumps({"op": "job", "id": "big"})) for _ in range(3)]
-    # never finish: one trickles its request a byte at a time, 30 connect and send nothing
+    # never finish: one trickles its request a byte at a time, IDLE connect and send nothing
     trickled: list[bytes] = []
 
     def trickle() -> None:
@@ -120,10 +132,13 @@ def test_clients_that_never_read_or_never_finish_are_dropped_and_the_others_are_
 
     trickler = threading.Thread(target=trickle, daemon=True)
     trickler.start()
-    idle = [send(data_dir, b"", finish=False) for _ in range(30)]
-    # a flood of small requests whose answers are never read, the sockets kept open
-    flood = [send(data_dir, b'{"op": "status"}') for _ in range(50)]
-    assert all(head(s, 12) == b'{"ok":true,"' for s in flood)  # answered, though left unread
+    idle = [send(data_dir, b"", finish=False) for _ in range(IDLE)]
+    # a flood of small requests whose answers are never read, the sockets kept open: each answered
+    # (though left unread) before the next, so that each has ended on the server's side
+    flood = []
+    for _ in range(50):
+        flood.append(send(data_dir, b'{"op": "status"}'))
+        assert head(flood[-1], 12) == b'{"ok":true,"'
 
     # meanwhile the others are served: enqueue (durable), status, a listing that waits its turn
     lister = subprocess.Popen(

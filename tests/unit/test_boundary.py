@@ -9,9 +9,11 @@ import asyncio
 import errno
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,10 @@ from hypothesis import strategies as st
 from beaver_sim.core.types import Config
 from beaver_sim.runtime import server
 from beaver_sim.runtime import workers as workers_module
+from beaver_sim.runtime.jobs import find_job, list_jobs
 from beaver_sim.runtime.lock import DataDirLock, DataDirLocked
 from beaver_sim.runtime.server import RequestTooLarge, request, too_deep
-from beaver_sim.runtime.service import Service
+from beaver_sim.runtime.service import Service, status_of
 from beaver_sim.runtime.workers import MAX_ERROR_CHARS, PoolWorkers, describe_exception
 from tests.hostile_client import raw
 
@@ -221,6 +224,127 @@ def test_the_socket_refuses_by_size_by_depth_and_by_count(
             service.request_stop()
             await service.close()
 
+    asyncio.run(go())
+
+
+# a client of another process: its answer's first bytes, or what it raised
+OTHER_PEER = """
+import socket, sys
+with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+    s.settimeout(10)
+    s.connect(sys.argv[1])
+    s.sendall(b'{"op": "status"}')
+    s.shutdown(socket.SHUT_WR)
+    print(s.recv(12).decode())
+"""
+
+
+def test_one_process_gets_its_share_of_the_connections_and_the_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process, the shares made small: this process (one peer, by SO_PEERCRED) holds 2 idle
+    connections and is refused busy beyond, and a second request of it that would take more than
+    its share of the buffer; another process is served meanwhile. Closed, nothing is left counted."""
+    monkeypatch.setattr(server, "PEER_CONNECTIONS", 2)
+    monkeypatch.setattr(server, "MAX_REQUEST", 1 << 20)
+    monkeypatch.setattr(server, "PEER_BUFFER", 1 << 20)
+    cfg = config(tmp_path)
+    sock = os.path.join(cfg.data_dir, "beaver.sock")
+    me = os.getpid()
+
+    async def go() -> None:
+        service = Service(cfg, serve_metrics=False, log=lines.append)
+        await service.start()
+        control = service.control
+        assert control is not None
+        try:
+            idle = []
+            for _ in range(2):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(sock)
+                idle.append(s)
+            while control.admitted < 2:
+                await asyncio.sleep(0.01)
+            busy = await asyncio.to_thread(raw, sock, b'{"op": "status"}')
+            assert busy == {
+                "ok": False,
+                "retry": True,
+                "error": f"busy: 2 requests open from this process (pid {me})",
+            }
+            other = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-c", OTHER_PEER, sock],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert other.stdout == '{"ok":true,"\n', other.stderr
+            assert list(control.peers) == [me] and control.admitted == 2
+            idle.pop().close()
+            # a request under way: 600 KB of this peer's 1 MiB
+            await asyncio.to_thread(idle[0].sendall, b" " * (600 << 10))
+            while control.peers[me].buffered < 600 << 10:
+                await asyncio.sleep(0.01)
+            over = await asyncio.to_thread(raw, sock, b" " * (600 << 10))
+            assert over == {
+                "ok": False,
+                "retry": True,
+                "error": f"busy: this process (pid {me}) is sending over {1 << 20} bytes at once",
+            }
+            idle[0].close()
+            while control.admitted:
+                await asyncio.sleep(0.01)
+            assert control.peers == {} and control.buffered == 0
+            assert (await asyncio.to_thread(raw, sock, b'{"op": "status"}'))["ok"] is True
+            assert lines == [
+                f"warning: process {me} holds 2 control requests open: more from it are answered busy "
+                "(the other clients are served)"
+            ]
+        finally:
+            service.request_stop()
+            await service.close()
+
+    lines: list[str] = []
+    asyncio.run(go())
+
+
+def test_status_job_and_jobs_ask_a_busy_controller_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`beaver status`, `job` and `jobs` (server.ask) are answered once a slot frees: this process
+    holds its whole share (one connection) for 0.5 s, each asks meanwhile, is told busy, asks again."""
+    monkeypatch.setattr(server, "PEER_CONNECTIONS", 1)
+    cfg = config(tmp_path)
+    sock = os.path.join(cfg.data_dir, "beaver.sock")
+
+    async def go() -> None:
+        service = Service(cfg, serve_metrics=False, log=lines.append)
+        await service.start()
+        control = service.control
+        assert control is not None
+        answers: list[Any] = []
+        try:
+            for ask in (
+                partial(status_of, cfg),
+                partial(find_job, cfg, "none"),
+                partial(list_jobs, cfg, None, None),
+            ):
+                holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                holder.connect(sock)
+                while not control.admitted:
+                    await asyncio.sleep(0.01)
+                asking = asyncio.create_task(asyncio.to_thread(ask))
+                await asyncio.sleep(0.5)
+                assert not asking.done()  # told busy, asking again
+                holder.close()
+                answers.append(await asyncio.wait_for(asking, 10))
+            assert answers[0]["running"] is True and answers[1:] == [None, []]  # no such job, no jobs
+            assert len(lines) == 1 and lines[0].startswith(f"warning: process {os.getpid()} holds 1 control")
+        finally:
+            service.request_stop()
+            await service.close()
+
+    lines: list[str] = []
     asyncio.run(go())
 
 
