@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from crc32c import crc32c
 
 from beaver_sim.errors import BeaverError, CorruptLog, brief
 from beaver_sim.speed import paused_gc
@@ -47,6 +46,7 @@ from beaver_sim.storage.log_format import (
     VERSION,
     Record,
     claimed,
+    crc32c,
     frame,
     header_line,
     parse_header,
