@@ -149,9 +149,10 @@ def run(
             order += 2
 
     start(now)
-    push(heap, (snapshot_interval, order, SNAPSHOT))
-    order += 1
-    snapshot_armed = True
+    if seq:  # the first record logged arms the snapshot timer
+        push(heap, (snapshot_interval, order, SNAPSHOT))
+        order += 1
+        snapshot_armed = True
     while heap:
         entry = pop(heap)
         kind = entry[2]
@@ -207,7 +208,7 @@ def run(
         "jobs": n,
         "completed": completed,
         "dead": dead,
-        "attempts": {str(k): per_attempt[k] for k in range(1, max_retry + 1)},
+        "attempts": {str(k): count for k, count in enumerate(per_attempt) if count},
         "records": seq,
         "events": events,
         "heap_entries": order,
