@@ -53,7 +53,7 @@ def to_columns(q: JobQueue) -> dict[str, Any]:
         "ids": list(q.jobs),
         "status": "".join([code[j.status] for j in jobs]),
         "attempts": [j.attempt for j in jobs],
-        "payloads": [r if type(r := j.raw) is str else dumps(r).decode() for j in jobs],
+        "payloads": [t if (t := j.text) is not None else _text(j, dumps) for j in jobs],
         "pending": q.pending_ids(),
         "leases": [[k, v.attempt, v.worker, v.deadline] for k, v in q.leases.items()],
     }
@@ -65,6 +65,13 @@ def to_columns(q: JobQueue) -> dict[str, Any]:
         if table := getattr(q, key):
             cols[key] = table
     return cols
+
+
+def _text(job: Job, dumps: Callable[[Any], bytes]) -> str:
+    """A payload's JSON text, kept in its job: the next snapshot writes it without encoding it."""
+    raw = job.raw
+    job.text = text = raw if type(raw) is str else dumps(raw).decode()
+    return text
 
 
 def from_columns(cols: dict[str, Any]) -> JobQueue:

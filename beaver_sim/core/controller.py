@@ -134,7 +134,8 @@ class Controller:
             raise BeaverError("; ".join(problems))
         self.config, self.clock, self.storage, self.workers = config, clock, storage, workers
         self.state = storage.state
-        self._fused = type(storage).append is Storage.append  # `log` may do its work inline
+        # `log` may do Storage.append's work inline: neither this class nor the storage's overrides it
+        self._fused = not self._own_append and type(storage).append is Storage.append
         # Workers.payload_read_only: the pool neither changes nor keeps the payload dicts it is
         # handed, so each attempt gets the stored one rather than a copy through JSON
         self._payload_read_only = getattr(workers, "payload_read_only", False) is True
@@ -493,9 +494,7 @@ class Controller:
     def log(self, rec: R.Record) -> None:
         """The one way the controller changes the state: `append` the record, and see that this
         turn's flush and the snapshot timer are armed."""
-        if self._own_append:
-            self.append(rec)
-        elif self._fused:  # Storage.append, inline: logged, then applied (one call fewer a record)
+        if self._fused:  # Storage.append, inline: logged, then applied (one call fewer a record)
             wal = self.storage.wal
             wal.append(rec)
             try:
@@ -503,6 +502,8 @@ class Controller:
             except BaseException:
                 wal.discard_last()
                 raise
+        elif self._own_append:
+            self.append(rec)
         else:
             self.storage.append(rec)  # what `append` does, one call fewer
         if self._flush_handle is None:

@@ -41,13 +41,18 @@ class Job:
     raw: dict[str, Any] | str = field(default_factory=dict)
     attempt: int = 0
     status: JobStatus = JobStatus.PENDING
+    # the payload's JSON text once a snapshot wrote it (core.codec.to_columns), or the text it was
+    # decoded from: a stored payload never changes, so each later snapshot writes it as it is (code
+    # that replaces `raw`, as a test damaging a payload does, sets this too)
+    text: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def payload(self) -> dict[str, Any]:
         raw = self.raw
         if isinstance(raw, str):
             decoded: dict[str, Any] = orjson.loads(raw)
-            self.raw = raw = decoded
+            self.raw, self.text = decoded, raw
+            return decoded
         return raw
 
     def copy_payload(self) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from crc32c import crc32c
 
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
@@ -26,7 +25,7 @@ from beaver_sim.core.queue import JobQueue
 from beaver_sim.core.types import Abandoned, BeaverError, IllegalTransition, JobStatus
 from beaver_sim.sim.fs import SimFile, SimFS
 from beaver_sim.storage import snapshot as snap
-from beaver_sim.storage.log_format import frame, header_line, parse_header, segment_seq, unframe
+from beaver_sim.storage.log_format import crc32c, frame, header_line, parse_header, segment_seq, unframe
 from beaver_sim.storage.snapshot import SnapshotStore
 from beaver_sim.storage.wal import WriteAheadLog, list_segments
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import orjson
-from crc32c import crc32c
 
 from beaver_sim.errors import BeaverError, CorruptLog
 from beaver_sim.storage.fs import FS
+from beaver_sim.storage.log_format import crc32c
 
 MAGIC = "beaver-snap"
 _SNAPSHOT = re.compile(r"snap-(\d{20})\.json")

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from crc32c import crc32c
 
 from beaver_sim.errors import BeaverError, CorruptLog, brief
 from beaver_sim.speed import paused_gc
@@ -47,6 +46,7 @@ from beaver_sim.storage.log_format import (
     VERSION,
     Record,
     claimed,
+    crc32c,
     frame,
     header_line,
     parse_header,
@@ -383,7 +383,7 @@ class WriteAheadLog:
         self.written_lsn = self.lsn
         self.crc = scan_.crc
         self._buf: list[bytes] = []
-        self._undo = (self.crc, self.lsn)
+        self._undo = self.crc  # the chain before the last record appended
         self._failed: BaseException | None = None
         self.syncs = 0
         self._file: FileHandle = self._open_live(scan_.end_offset)
@@ -492,12 +492,11 @@ class WriteAheadLog:
             raise RecordTooLarge(
                 f"record for job {brief(rec.get('job'))} is {size} bytes; the limit is {self.max_record}"
             )
-        prev, lsn = self.crc, self.lsn
-        self._undo = (prev, lsn)
+        self._undo = prev = self.crc  # for discard_last (the LSN goes back by the line's length)
         self.crc = crc = crc32c(body, prev)
         line = self.frame(body, crc) if self._own_frame else LINE % (crc, size, body)
         self._buf.append(line)
-        self.lsn = lsn + len(line)
+        self.lsn += len(line)
         self.next_seq = seq + 1
         return seq
 
@@ -550,8 +549,8 @@ class WriteAheadLog:
 
     def discard_last(self) -> None:
         """Take back the record just appended (still buffered): its apply was refused."""
-        self._buf.pop()
-        self.crc, self.lsn = self._undo
+        self.lsn -= len(self._buf.pop())
+        self.crc = self._undo
         self.next_seq -= 1
 
     @property

@@ -67,7 +67,7 @@ def test_recovered_compares_a_snapshot_payload_and_leaves_it_text() -> None:
     c.recovered(q, wal_end_lsn=0)
     assert c.ok and all(type(j.raw) is str for j in q.jobs.values())
     assert codec.state_body(q) == codec.state_body(snap)
-    snap.jobs["b"].raw = orjson.dumps({"type": "compute", "value": 2}).decode()
+    snap.jobs["b"].raw = snap.jobs["b"].text = orjson.dumps({"type": "compute", "value": 2}).decode()
     c = checker("a", "b")
     c.recovered(codec.from_columns(orjson.loads(codec.state_body(snap))), wal_end_lsn=0)
     assert found(c) == {(1, "b")}

@@ -92,6 +92,26 @@ def test_payloads_stay_json_text_until_read() -> None:
     assert encode_snapshot(q) == encode_snapshot(state(5, 9))  # text or dict: the same bytes
 
 
+def test_a_payload_is_encoded_by_the_first_snapshot_only() -> None:
+    """Each job keeps the payload text its first snapshot wrote (or the text it was decoded from),
+    and later snapshots write that text: the same bytes, without encoding the payload again."""
+    q = state(5, 9)
+    assert all(job.text is None for job in q.jobs.values())
+    first = state_body(q)
+    assert [job.text for job in q.jobs.values()] == [
+        orjson.dumps(job.raw).decode() for job in q.jobs.values()
+    ]
+    q.jobs["j3"].text = '{"i":3,"text":"kept"}'  # what a later snapshot writes for j3: its text, not its dict
+    assert orjson.loads(state_body(q))["payloads"][3] == '{"i":3,"text":"kept"}'
+    q.jobs["j3"].text = None
+    assert state_body(q) == first
+    loaded = decode_snapshot(encode_snapshot(q), "/x").jobs["j4"]
+    assert loaded.payload == {"i": 4, "text": 'ünïcode\n"quoted"'}
+    assert loaded.text == '{"i":4,"text":"ünïcode\\n\\"quoted\\""}'  # decoded, its text kept
+    q.jobs["j4"].text = None
+    assert loaded == q.jobs["j4"]  # the text is a cache: jobs compare without it
+
+
 @both
 def test_a_v1_snapshot_still_loads_and_the_next_checkpoint_writes_the_new_one(
     kind: str, tmp_path: Path
