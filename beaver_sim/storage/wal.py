@@ -274,7 +274,11 @@ def _scan(
                 if skip > 0:
                     ends, crcs = v.ends[:skip], v.crcs[:skip]
                     offset, crc, seq = ends[-1], crcs[-1], seq + skip
-        lines = data[offset:].split(b"\n")
+        if offset == nl + 1:  # from the first record: split in place (a 64 MiB slice is a copy)
+            lines = data.split(b"\n")
+            del lines[0]
+        else:
+            lines = data[offset:].split(b"\n")
         tail = lines.pop()  # bytes after the last newline: a record cut short, or b""
         reason = ""
         bad_index = -1
