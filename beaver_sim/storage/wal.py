@@ -204,7 +204,10 @@ def scan(
     first record it replays (or the end of those bytes, if sooner; with no `on_record`, from their
     end): a record's checks (framing,
     chained CRC, decoding, seq) depend only on the bytes before it and the segment's header, so the
-    verdict is the one a scan from its start gives. Any other segment is scanned whole."""
+    verdict is the one a scan from its start gives. Any other segment is scanned whole.
+
+    Lines are checked `_CHUNK` at a time in bulk (`_checked`: replay's cost is then mostly the
+    decoding and `on_record`); a chunk with a bad line goes through the line loop, which names it."""
     with paused_gc():  # replay allocates long-lived objects per record (jobs, payloads, leases)
         covered = after_seq if covered_seq is None else covered_seq
         return _scan(fs, directory, after_seq, covered, on_record, known)
