@@ -288,7 +288,9 @@ def _scan(
         replayed = 0
         for at in range(0, len(lines), _CHUNK):
             chunk = lines[at : at + _CHUNK]
-            checked = _checked(chunk, crc, seq)
+            # a shorter chunk (a segment's last lines) goes through the line loop at once: where a
+            # crash leaves a damaged end, which the bulk checks would only find again line by line
+            checked = _checked(chunk, crc, seq) if len(chunk) == _CHUNK else None
             if checked is not None:  # every line good: apply them, no per-line checks in Python
                 stored, recs = checked
                 # each line's offset: the lengths summed, plus one newline per line before it
@@ -311,7 +313,7 @@ def _scan(
                     ends += starts[1:]
                     crcs += stored
                 continue
-            for i, line in enumerate(chunk, at):  # a line fails a check: find it, say why
+            for i, line in enumerate(chunk, at):  # a short chunk, or a line fails: find it, say why
                 # log_format owns the framing: these are log_format.parse_line's checks, inlined (as
                 # `_checked` makes them in bulk); on a bad line, parse_line itself says what is wrong
                 try:
