@@ -26,10 +26,11 @@ record bytes only, never the zeros."""
 from __future__ import annotations
 
 import contextlib
-import itertools
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import accumulate, count, pairwise, repeat
+from operator import add, itemgetter
 from typing import Any
 
 import orjson
@@ -134,7 +135,7 @@ def _valid_follows(lines: list[bytes], crc_before: int) -> bool:
     Then the bad record is corruption in the middle, not a torn tail (etcd/LevelDB: only the
     tail may tear). The line right after the bad one is also tried against the CRC its body
     should have had, so a flipped bit in a CRC field is not mistaken for a torn tail."""
-    for index, (prev, line) in enumerate(itertools.pairwise(lines)):
+    for index, (prev, line) in enumerate(pairwise(lines)):
         stored, body = claimed(prev)
         candidates = []
         if index == 0 and body is not None:
@@ -202,7 +203,10 @@ def scan(
     first record it replays (or the end of those bytes, if sooner; with no `on_record`, from their
     end): a record's checks (framing,
     chained CRC, decoding, seq) depend only on the bytes before it and the segment's header, so the
-    verdict is the one a scan from its start gives. Any other segment is scanned whole."""
+    verdict is the one a scan from its start gives. Any other segment is scanned whole.
+
+    Lines are checked `_CHUNK` at a time in bulk (`_checked`: replay's cost is then mostly the
+    decoding and `on_record`); a chunk with a bad line goes through the line loop, which names it."""
     with paused_gc():  # replay allocates long-lived objects per record (jobs, payloads, leases)
         covered = after_seq if covered_seq is None else covered_seq
         return _scan(fs, directory, after_seq, covered, on_record, known)
@@ -272,50 +276,79 @@ def _scan(
                 if skip > 0:
                     ends, crcs = v.ends[:skip], v.crcs[:skip]
                     offset, crc, seq = ends[-1], crcs[-1], seq + skip
-        lines = data[offset:].split(b"\n")
+        if offset == nl + 1:  # from the first record: split in place (a 64 MiB slice is a copy)
+            lines = data.split(b"\n")
+            del lines[0]
+        else:
+            lines = data[offset:].split(b"\n")
         tail = lines.pop()  # bytes after the last newline: a record cut short, or b""
         reason = ""
         bad_index = -1
         replayed = 0
-        for i, line in enumerate(lines):
-            # log_format owns the framing: these are log_format.parse_line's checks, inlined for
-            # speed (replay is this loop); on a bad line, parse_line itself says what is wrong
-            try:
-                head, length, body = line.split(b" ", 2)
-                good = len(head) == 8 and length.isdigit() and int(length) == len(body)
-                stored = int(head, 16) if good else -1
-            except ValueError:
-                stored = -1
-            if stored < 0 or crc32c(body, crc) != stored:
-                why = parse_line(line, crc)
-                reason, bad_index = (why if isinstance(why, str) else "checksum mismatch"), i
-                break
-            try:
-                rec = loads(body)
-                rec_seq = rec["seq"]
-            except (ValueError, TypeError, KeyError):
-                reason, bad_index = "undecodable record", i
-                break
-            if rec_seq != seq:
-                reason, bad_index = f"seq {rec_seq} where {seq} was expected", i
-                break
-            if on_record is not None and seq > after_seq:
+        for at in range(0, len(lines), _CHUNK):
+            chunk = lines[at : at + _CHUNK]
+            # a shorter chunk (a segment's last lines) goes through the line loop at once: where a
+            # crash leaves a damaged end, which the bulk checks would only find again line by line
+            checked = _checked(chunk, crc, seq) if len(chunk) == _CHUNK else None
+            if checked is not None:  # every line good: apply them, no per-line checks in Python
+                stored, recs = checked
+                # each line's offset: the lengths summed, plus one newline per line before it
+                starts = list(map(add, accumulate(map(len, chunk), initial=offset), count()))
+                first = max(after_seq - seq + 1, 0)  # the records a snapshot covers are not replayed
+                if on_record is not None and first < len(recs):
+                    try:
+                        for k in range(first, len(recs)):
+                            on_record(recs[k], base + starts[k])
+                    except BeaverError as e:
+                        if ends is not None:
+                            ends += starts[1 : k + 1]
+                            crcs += stored[:k]
+                        crc = stored[k - 1] if k else crc
+                        s.replayed += replayed + k - first
+                        return _stopped(s, path, data, base, starts[k], crc, seq + k, e, known, ends, crcs)
+                    replayed += len(recs) - first
+                crc, seq, offset = stored[-1], seq + len(recs), starts[-1]
+                if ends is not None:
+                    ends += starts[1:]
+                    crcs += stored
+                continue
+            for i, line in enumerate(chunk, at):  # a short chunk, or a line fails: find it, say why
+                # log_format owns the framing: these are log_format.parse_line's checks, inlined (as
+                # `_checked` makes them in bulk); on a bad line, parse_line itself says what is wrong
                 try:
-                    on_record(rec, base + offset)
-                except BeaverError as e:
-                    s.problem = Problem(path, offset, base + offset, seq - 1, str(e))
-                    s.end_offset, s.end_lsn, s.crc, s.next_seq = offset, base + offset, crc, seq
-                    s.replayed += replayed
-                    if known is not None and ends is not None:
-                        known[path] = Verified(data[:offset], ends, crcs)
-                    return s
-                replayed += 1
-            crc = stored
-            seq += 1
-            offset += len(line) + 1
-            if ends is not None:
-                ends.append(offset)
-                crcs.append(crc)
+                    head, length, body = line.split(b" ", 2)
+                    good = len(head) == 8 and length.isdigit() and int(length) == len(body)
+                    stored_crc = int(head, 16) if good else -1
+                except ValueError:
+                    stored_crc = -1
+                if stored_crc < 0 or crc32c(body, crc) != stored_crc:
+                    why = parse_line(line, crc)
+                    reason, bad_index = (why if isinstance(why, str) else "checksum mismatch"), i
+                    break
+                try:
+                    rec = loads(body)
+                    rec_seq = rec["seq"]
+                except (ValueError, TypeError, KeyError):
+                    reason, bad_index = "undecodable record", i
+                    break
+                if rec_seq != seq:
+                    reason, bad_index = f"seq {rec_seq} where {seq} was expected", i
+                    break
+                if on_record is not None and seq > after_seq:
+                    try:
+                        on_record(rec, base + offset)
+                    except BeaverError as e:
+                        s.replayed += replayed
+                        return _stopped(s, path, data, base, offset, crc, seq, e, known, ends, crcs)
+                    replayed += 1
+                crc = stored_crc
+                seq += 1
+                offset += len(line) + 1
+                if ends is not None:
+                    ends.append(offset)
+                    crcs.append(crc)
+            if bad_index >= 0:
+                break
         if known is not None and ends is not None:
             known[path] = Verified(data[:offset], ends, crcs)
         s.records += seq - s.next_seq
@@ -330,6 +363,56 @@ def _scan(
         if tail:
             s.problem = Problem(path, offset, base + offset, seq - 1, "incomplete record", last)
             return s
+    return s
+
+
+_CHUNK = 256  # lines checked in bulk at a time: the records decoded ahead of replay stay few
+_SEQ = itemgetter("seq")
+
+
+def _checked(chunk: list[bytes], crc: int, seq: int) -> tuple[list[int], list[Record]] | None:
+    """The stored CRCs and the records of `chunk`, lines that follow chained CRC `crc` and record
+    `seq - 1`, if every line passes every check of `_scan`'s line loop (the same checks, made with
+    the same functions, each over the whole chunk at C speed: replay's hot path); else None, and
+    that loop finds the first bad line and says why."""
+    try:
+        parts = list(map(bytes.split, chunk, repeat(b" "), repeat(2)))
+        if min(map(len, parts)) != 3:
+            return None
+        heads, lengths, bodies = zip(*parts)
+        if min(map(len, heads)) != 8 or max(map(len, heads)) != 8 or not all(map(bytes.isdigit, lengths)):
+            return None
+        if list(map(int, lengths)) != list(map(len, bodies)):
+            return None
+        stored = list(map(int, heads, repeat(16)))
+        if list(map(crc32c, bodies, [crc, *stored[:-1]])) != stored:
+            return None
+        recs = list(map(orjson.loads, bodies))
+        if list(map(_SEQ, recs)) != list(range(seq, seq + len(recs))):
+            return None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return stored, recs
+
+
+def _stopped(
+    s: Scan,
+    path: str,
+    data: bytes,
+    base: int,
+    offset: int,
+    crc: int,
+    seq: int,
+    e: BeaverError,
+    known: Known | None,
+    ends: list[int] | None,
+    crcs: list[int],
+) -> Scan:
+    """`s` ended at record `seq`, at `offset` in the segment at `path`, which `on_record` refused."""
+    s.problem = Problem(path, offset, base + offset, seq - 1, str(e))
+    s.end_offset, s.end_lsn, s.crc, s.next_seq = offset, base + offset, crc, seq
+    if known is not None and ends is not None:
+        known[path] = Verified(data[:offset], ends, crcs)
     return s
 
 
