@@ -148,7 +148,7 @@ class Run:
         self.sim, self.cfg = sim, cfg
         self.m = mutants.get(sim.mutant) or mutants.Mutant("none", 0)
         window = cfg.fsync_interval if cfg.fsync == "interval" else 0.0
-        self.checker = Checker(cfg.max_retry, sim.token(), window)
+        self.checker = Checker(cfg.max_retry, sim.token, window)
         self.batches = sim.workload.batches(sim.seed) if batches is None else batches
         worker_cls = ExponentialWorkers if sim.workload.durations == "exponential" else SimWorkers
         if sim.workload.misbehave:
@@ -219,7 +219,9 @@ class Run:
             resubmit: list[Batch] = []
             if index:
                 resubmit = self._recovered(life, storage)
-            completed_at_start = {j for j, job in state.jobs.items() if job.status is JobStatus.COMPLETED}
+                completed_at_start = set(checker.completed)  # (its check of the state just found them)
+            else:
+                completed_at_start = {j for j, job in state.jobs.items() if job.status is JobStatus.COMPLETED}
             controller = m.controller_cls(cfg, clock, storage, self.workers)
             controller.start()
             for batch in resubmit:

@@ -52,7 +52,7 @@ _SKIP = {
     "SnapshotStore": {"fs"},
     "Storage": {"fs", "report"},
     "Controller": {"counters"},  # metrics: counted, read by no decision
-    "Checker": {"token", "crash"},
+    "Checker": {"_token", "crash"},
     "Violation": {"crash", "token"},
 }
 
@@ -248,7 +248,7 @@ def _checker(c: _Canon, k: Any) -> Any:
     carry them), and the rest of what it knows, walked; not `texts`, a cache of the sent payloads'
     JSON that a task's continuations share and fill as they go."""
     violations = [[v.invariant, v.job, v.detail] for v in k.violations]
-    rest = _rest(c, k, {"submitted", "acked", "violations", "token", "crash", "texts"})
+    rest = _rest(c, k, {"submitted", "acked", "violations", "_token", "crash", "texts"})
     return ["Checker", k.submitted, k.acked, violations, rest]
 
 

@@ -203,6 +203,7 @@ def crash_sweep(
     results: dict[int, dict[str, Any]] = {}
     groups: dict[tuple[Any, ...], int] = {}
     todo: Points = []
+    moments: list[tuple[Any, ...]] = []  # per point of `todo`: the moment it crashes at (its write)
     for i, plan in enumerate(plans):
         sig = base.signature(plan, sim.model)
         if sig == ("never",):
@@ -210,10 +211,11 @@ def crash_sweep(
         else:
             x = base.lsn(plan) if plan.kind in ("lsn", "record") else None
             todo.append((i, plan.as_list(), x, groups.setdefault(sig, len(groups))))
+            moments.append(sig[:2] if sig[0] == "write" else sig)
     run = partial(run_shared, merge=merge) if share else run_alone
     n = workers or os.cpu_count() or 1
     size = chunk or max(1, min(64, len(todo) // (8 * n)))  # small tasks: the last ones end together
-    chunks = _chunks(todo, size)
+    chunks = _chunks(todo, size, moments, max(size, len(todo) // (2 * n)) if merge and share else size)
     bar = progress_bar(len(plans), progress)
     bar.update(len(plans) - len(todo))
     with make_executor(executor, workers, scheduler) as ex:
@@ -249,12 +251,19 @@ def crash_sweep(
     )
 
 
-def _chunks(todo: Points, size: int) -> list[Points]:
-    """Consecutive points, about `size` per task, never splitting a group (it shares one run)."""
+def _chunks(todo: Points, size: int, moments: list[tuple[Any, ...]], most: int) -> list[Points]:
+    """Consecutive points, about `size` per task, never splitting a group (it shares one run), nor,
+    up to `most` points a task, the points that crash at one moment (`moments`: in one write): their
+    continuations may merge (sim/merge.py), but only with those of their own task, so every task a
+    write's points are split into runs one of them to the end (a 1,000-job batch sent at t=0: one
+    whole run per 64 points, instead of one)."""
     out: list[Points] = []
-    for p in todo:
-        if out and (len(out[-1]) < size or out[-1][-1][3] == p[3]):
-            out[-1].append(p)
+    for k, p in enumerate(todo):
+        last = out[-1] if out else None
+        if last is not None and (
+            len(last) < size or last[-1][3] == p[3] or (len(last) < most and moments[k - 1] == moments[k])
+        ):
+            last.append(p)
         else:
             out.append([p])
     return out
