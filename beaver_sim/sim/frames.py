@@ -7,7 +7,6 @@ recovery."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any
 
 import pandas as pd
@@ -89,13 +88,14 @@ def sweep_frame(
     with its plan and replay token, in point order. `df.attrs` holds `attrs`, `merged` (rows that
     took a merged continuation's verdict) and `base_violations` (the uncrashed run's, point -1)."""
     rows, merged = [], 0
+    tokens = sim.tokens([plan] for plan in plans)
     for i, plan in enumerate(plans):
         row = dict(results[i])
         row.pop("record")
         merged += row.pop("merged", False)
         row["problems"] = json.dumps(row["problems"])
         row.update(point=i, kind=plan.kind, at=str(plan.at), occurrence=plan.occurrence, model=sim.model)
-        row["token"] = replace(sim, crash=plan).token()
+        row["token"] = tokens[i]
         rows.append(row)
     df = pd.DataFrame(rows, columns=COLUMNS)
     # small values only: pandas copies attrs into every frame derived from df

@@ -43,6 +43,8 @@ from beaver_sim.sim.fs import SimFS
 from beaver_sim.storage.log_format import segment_seq, unframe
 from beaver_sim.storage.wal import WriteAheadLog, scan
 
+_SCALARS = frozenset((str, int, float, bool, type(None)))  # what `_Canon` writes down as it is
+
 PROBES = 2  # states compared per continuation: the first event boundaries once clients are settled
 POLLS = 64  # event boundaries looked at for those, at most (a cheap look: are clients waiting?)
 
@@ -210,6 +212,8 @@ class _Canon:
         if isinstance(obj, (list, tuple, deque)):
             if len(obj) == 4 and isinstance(obj, list) and isinstance(obj[1], int) and obj[2] is None:
                 return ["done-event", obj[0]]  # a clock entry run or cancelled: its tie counter aside
+            if _SCALARS.issuperset(map(type, obj)):  # (ids, numbers: the pending FIFO, in one C pass)
+                return list(obj)
             return [self(x) for x in obj]
         if isinstance(obj, dict):
             return [[self(k), self(v)] for k, v in obj.items()]
