@@ -34,6 +34,7 @@ import enum
 import posixpath
 from collections import deque
 from hashlib import blake2b
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -43,6 +44,7 @@ from beaver_sim.sim.fs import SimFS
 from beaver_sim.storage.log_format import segment_seq, unframe
 from beaver_sim.storage.wal import WriteAheadLog, scan
 
+_JOB = attrgetter("id", "status", "attempt", "raw")  # a job as `_queue` writes it down
 _SCALARS = frozenset((str, int, float, bool, type(None)))  # what `_Canon` writes down as it is
 
 PROBES = 2  # states compared per continuation: the first event boundaries once clients are settled
@@ -218,7 +220,7 @@ class _Canon:
         if isinstance(obj, dict):
             return [[self(k), self(v)] for k, v in obj.items()]
         if isinstance(obj, (set, frozenset)):
-            return sorted((self(x) for x in obj), key=repr)
+            return sorted(obj if _SCALARS.issuperset(map(type, obj)) else map(self, obj), key=repr)
         if hasattr(obj, "__func__"):  # a bound method
             return ["method", obj.__func__.__qualname__, self(obj.__self__)]
         if hasattr(obj, "__code__"):  # a function: a closure's cells are its state
@@ -241,7 +243,7 @@ def _attrs(obj: Any) -> list[str]:
 def _queue(c: _Canon, q: Any) -> Any:
     """A JobQueue: its jobs (payloads as stored: JSON, checked at enqueue) and leases written down
     directly, the rest of it walked."""
-    jobs = [[j.id, j.status.value, j.attempt, j.raw] for j in q.jobs.values()]
+    jobs = list(map(_JOB, q.jobs.values()))  # (tuples, in C: orjson writes a status as its value)
     leases = [[k, v.attempt, v.worker, v.deadline] for k, v in q.leases.items()]
     return ["JobQueue", jobs, leases, _rest(c, q, {"jobs", "leases"})]
 
