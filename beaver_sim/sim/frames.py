@@ -7,14 +7,15 @@ recovery."""
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from beaver_sim.sim.checker import CODES, INVARIANTS
 from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import CrashPlan
 from beaver_sim.sim.results import SimResult
+
+if TYPE_CHECKING:  # pandas takes 0.3 s to import: a sweep loads it while its tasks run (sweep.py)
+    import pandas as pd
 
 COLUMNS = [
     "point",
@@ -97,6 +98,8 @@ def sweep_frame(
         row.update(point=i, kind=plan.kind, at=str(plan.at), occurrence=plan.occurrence, model=sim.model)
         row["token"] = tokens[i]
         rows.append(row)
+    import pandas as pd
+
     df = pd.DataFrame(rows, columns=COLUMNS)
     # small values only: pandas copies attrs into every frame derived from df
     df.attrs.update(attrs, merged=merged, base_violations=base_violations)

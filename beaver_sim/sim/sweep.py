@@ -49,9 +49,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, as_completed
 from dataclasses import replace
 from functools import partial
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from beaver_sim.core.types import BeaverError, Config
 from beaver_sim.sim.checker import same_bytes
@@ -71,6 +69,9 @@ from beaver_sim.sim.points import Base, base_run, enumerate_points
 from beaver_sim.sim.recovery_sweep import recovery_points, recovery_sweep
 from beaver_sim.sim.share import Points, run_alone, run_shared
 from beaver_sim.sim.workload import Workload
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [  # (importable from here too: violations and failing from sim/frames.py, Base, base_run
     # and enumerate_points from sim/points.py, recovery_points and recovery_sweep from
@@ -220,6 +221,8 @@ def crash_sweep(
     bar.update(len(plans) - len(todo))
     with make_executor(executor, workers, scheduler) as ex:
         futures = [] if ex is None else [ex.submit(run, token, sim.model, c) for c in chunks]
+        if futures:  # the frame's pandas (0.3 s to import) loads here while the tasks run, not before
+            import pandas  # noqa: F401
         try:
             if ex is None:
                 for c in chunks:
