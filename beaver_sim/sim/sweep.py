@@ -32,7 +32,9 @@ With `merge=True` (the default) a continuation whose logical state, between two 
 an earlier continuation of the task went through stops there and takes that one's verdict, keeping
 its own crash and recovery columns; `merge=False` (`--no-merge`) runs each to its end and gives the
 same rows. Why no verdict depends on what the compared state leaves out (the CRCs, the records'
-order before the meeting point): sim/merge.py and docs/contracts.md.
+order before the meeting point): sim/merge.py and docs/contracts.md. Since a continuation merges
+only with those of its own task, a task keeps the points of one write together, up to half of one
+worker's share of the points (`_chunks`).
 
 This module keeps the orchestration (which points, in which groups and tasks, and the rows' checks);
 sim/points.py enumerates the points from the run without a crash, sim/share.py runs a task's points
@@ -221,9 +223,9 @@ def crash_sweep(
     bar.update(len(plans) - len(todo))
     with make_executor(executor, workers, scheduler) as ex:
         futures = [] if ex is None else [ex.submit(run, token, sim.model, c) for c in chunks]
-        if futures:  # the frame's pandas (0.3 s to import) loads here while the tasks run, not before
-            import pandas  # noqa: F401
         try:
+            if futures:  # the frame's pandas (0.3 s to import) loads while the tasks run, not before
+                import pandas  # noqa: F401
             if ex is None:
                 for c in chunks:
                     _collect(results, run(token, sim.model, c), base, plans, bar)
