@@ -275,12 +275,14 @@ class Controller:
         # whole batch; anything else (or any doubt) goes job by job, which names the first problem
         if set(map(type, jobs)) <= {tuple, list} and set(map(len, jobs)) == {2}:
             ids, payloads = [job[0] for job in jobs], [job[1] for job in jobs]
-            if (
-                all_fit(ids, payloads, limit)  # first: the ids are strings before they are hashed
-                and known.keys().isdisjoint(ids)
-                and len(dict.fromkeys(ids)) == len(ids)
-            ):
-                return [(job_id, payload, None) for job_id, payload in jobs], 0
+            # (all_fit first: the ids are strings before they are hashed)
+            if all_fit(ids, payloads, limit) and len(dict.fromkeys(ids)) == len(ids):
+                if known.keys().isdisjoint(ids):
+                    return [(job_id, payload, None) for job_id, payload in jobs], 0
+                # a batch sent again (its answer lost): the known ids with the payloads they hold
+                if all(j not in known or _canonical(known[j].payload) == _canonical(p) for j, p in jobs):
+                    new = [(job_id, payload, None) for job_id, payload in jobs if job_id not in known]
+                    return new, len(jobs) - len(new)
         new: dict[str, tuple[dict[str, Any], Any]] = {}
         present: set[str] = set()
         for job in jobs:

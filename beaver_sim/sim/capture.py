@@ -107,10 +107,16 @@ class LogReader:
         self.ends: list[int] = []  # their end LSNs
         self.acks: list[tuple[int, str]] = []  # (end LSN, job) of the ACK records among them
         self._read: dict[str, int] = {}  # segment path -> file offset read up to
+        self._at: tuple[int, int] = (-1, -1)  # the file system's (bytes written, renames) then
 
     def _read_new(self) -> None:
         """Read the whole lines written since the last call, from where the last one ended: each
-        byte once, whatever the segment's size."""
+        byte once, whatever the segment's size. Nothing written or renamed since: nothing to read
+        (a sweep asks three times a crash point, mostly between the same two writes)."""
+        at = (self.fs.bytes_written, self.fs.renames)
+        if at == self._at:
+            return
+        self._at = at
         for path, inode in sorted(_segments(self.fs, self.wal_dir), key=lambda pi: pi[0]):
             data = inode.data
             head = data.find(b"\n") + 1  # (0: no whole header yet)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import posixpath
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,8 +103,8 @@ class Checker:
     """Follows one run: `submitted` / `acknowledged` as the clients see them, `crashed` with what
     the log claimed durable, `recovered` with the rebuilt state, `finished` at quiescence."""
 
-    def __init__(self, max_retry: int, token: str, window: float = 0.0) -> None:
-        self.max_retry, self.token = max_retry, token
+    def __init__(self, max_retry: int, token: str | Callable[[], str], window: float = 0.0) -> None:
+        self.max_retry, self._token = max_retry, token
         # `fsync: interval` acknowledges after the write and syncs within `window` seconds: a power
         # loss may lose the jobs acknowledged in the last `window` before it (the documented trade)
         self.window = window
@@ -133,6 +133,14 @@ class Checker:
     @property
     def ok(self) -> bool:
         return not self.violations
+
+    @property
+    def token(self) -> str:
+        """The run's replay token; given as a function, made when first asked (a sweep's
+        continuation asks only for a violation, and packing a token costs a zlib pass)."""
+        if not isinstance(self._token, str):
+            self._token = self._token()
+        return self._token
 
     def violation(self, invariant: int, job: str | None, detail: str) -> None:
         """Record a violation, once per invariant and job."""
@@ -253,13 +261,16 @@ class Checker:
                 del self.acked[job_id]
         # O(jobs in the state), not O(jobs ever acknowledged): a long run recovers many times, and
         # with retention the state is a window of it; only a violation walks every acknowledged job
-        acked, submitted, same = self.acked, self.submitted, self._same
+        acked, submitted, texts, same = self.acked, self.submitted, self.texts, self._same
         present = changed = 0
         for job_id, job in jobs.items():
             if job_id in acked:
                 present += 1
                 raw, sent = job.raw, submitted[job_id]
-                changed += raw != sent if type(raw) is not str else not same(job_id, raw, sent)
+                if type(raw) is not str:
+                    changed += raw != sent
+                elif (t := texts.get(job_id)) is None or t[0] is not sent or raw != t[1]:
+                    changed += not same(job_id, raw, sent)  # (the kept text, inline: one call less a job)
         if len(acked) - present > q.dropped:  # with retention, ended jobs leave the state: not lost
             for job_id in [j for j in acked if j not in jobs]:
                 self.lost.add(job_id)
@@ -271,7 +282,8 @@ class Checker:
                     self.violation(1, job_id, f"payload changed: {job.payload!r} != {submitted[job_id]!r}")
         self._structure(q)
         self._unacknowledged(q)
-        for job_id in sorted(self.completed):
+        completed = {j for j, job in jobs.items() if job.status is JobStatus.COMPLETED}
+        for job_id in [] if self.completed <= completed else sorted(self.completed):  # (C first)
             job = jobs.get(job_id)
             if job is None and q.dropped:
                 continue  # ended and left the retention window (counted above)
@@ -289,7 +301,7 @@ class Checker:
             self.violation(
                 5, None, f"LSN {self.durable_lsn} was durable but the recovered log ends at {wal_end_lsn}"
             )
-        self.completed = {j for j, job in jobs.items() if job.status is JobStatus.COMPLETED}
+        self.completed = completed
 
     def _same(self, job_id: str, raw: str, sent: dict[str, Any]) -> bool:
         """Is `raw` (a stored payload still a snapshot's text) the payload sent as `job_id`? Decoded
@@ -360,12 +372,19 @@ class Checker:
             for job_id in missing:
                 self.violation(1, job_id, "acknowledged, but missing at the end")
         told, done = bases, q.base  # budget bases: told, or done without an answer (rare: requeues)
-        dead, same = JobStatus.DEAD, self._same
+        dead, same, texts = JobStatus.DEAD, self._same, self.texts
         for job_id, job in jobs.items():  # one pass: this is O(jobs) at the end of every run
             status = job.status
             if job_id in acked:
                 raw, sent = job.raw, submitted[job_id]  # the very dict sent (the simulator's), or equal
-                if raw is not sent and (raw != sent if type(raw) is not str else not same(job_id, raw, sent)):
+                if raw is sent:
+                    changed = False
+                elif type(raw) is not str:
+                    changed = raw != sent
+                else:  # (the kept text compared inline, as in `recovered`)
+                    t = texts.get(job_id)
+                    changed = (t is None or t[0] is not sent or raw != t[1]) and not same(job_id, raw, sent)
+                if changed:
                     self.violation(1, job_id, f"payload changed: {job.payload!r} != {submitted[job_id]!r}")
                 elif status not in ENDED:
                     self.violation(6, job_id, f"ended {status.value}")

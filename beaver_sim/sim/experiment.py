@@ -22,7 +22,7 @@ import base64
 import binascii
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -91,16 +91,25 @@ class Simulation:
 
     def token(self) -> str:
         """Everything that fixes this run, in one URL-safe string (`beaver sim --replay`)."""
-        spec = {
+        return self.tokens([self.plans])[0]
+
+    def tokens(self, crashes: Iterable[Sequence[CrashPlan]]) -> list[str]:
+        """The token of this run with each of `crashes` as its plans instead, the rest of the spec
+        written once (a sweep labels every row so: in its parent, after the last point came back)."""
+        spec: dict[str, Any] = {
             "v": TOKEN_VERSION,
             "seed": self.seed,
             "config": _changed(self.config, Config()),
             "workload": _changed(self.workload, Workload()),
-            "crash": [p.as_list() for p in self.plans],
+            "crash": [],
             "model": self.model,
             "mutant": self.mutant,
         }
-        return base64.urlsafe_b64encode(zlib.compress(orjson.dumps(spec), 9)).decode().rstrip("=")
+        out = []
+        for plans in crashes:
+            spec["crash"] = [p.as_list() for p in plans]
+            out.append(base64.urlsafe_b64encode(zlib.compress(orjson.dumps(spec), 9)).decode().rstrip("="))
+        return out
 
     @classmethod
     def from_token(cls, token: str, **options: Any) -> Simulation:
@@ -148,7 +157,7 @@ class Run:
         self.sim, self.cfg = sim, cfg
         self.m = mutants.get(sim.mutant) or mutants.Mutant("none", 0)
         window = cfg.fsync_interval if cfg.fsync == "interval" else 0.0
-        self.checker = Checker(cfg.max_retry, sim.token(), window)
+        self.checker = Checker(cfg.max_retry, sim.token, window)
         self.batches = sim.workload.batches(sim.seed) if batches is None else batches
         worker_cls = ExponentialWorkers if sim.workload.durations == "exponential" else SimWorkers
         if sim.workload.misbehave:
@@ -219,7 +228,9 @@ class Run:
             resubmit: list[Batch] = []
             if index:
                 resubmit = self._recovered(life, storage)
-            completed_at_start = {j for j, job in state.jobs.items() if job.status is JobStatus.COMPLETED}
+                completed_at_start = set(checker.completed)  # (its check of the state just found them)
+            else:
+                completed_at_start = {j for j, job in state.jobs.items() if job.status is JobStatus.COMPLETED}
             controller = m.controller_cls(cfg, clock, storage, self.workers)
             controller.start()
             for batch in resubmit:

@@ -7,15 +7,15 @@ recovery."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from beaver_sim.sim.checker import CODES, INVARIANTS
 from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import CrashPlan
 from beaver_sim.sim.results import SimResult
+
+if TYPE_CHECKING:  # pandas takes 0.3 s to import: a sweep loads it while its tasks run (sweep.py)
+    import pandas as pd
 
 COLUMNS = [
     "point",
@@ -89,14 +89,17 @@ def sweep_frame(
     with its plan and replay token, in point order. `df.attrs` holds `attrs`, `merged` (rows that
     took a merged continuation's verdict) and `base_violations` (the uncrashed run's, point -1)."""
     rows, merged = [], 0
+    tokens = sim.tokens([plan] for plan in plans)
     for i, plan in enumerate(plans):
         row = dict(results[i])
         row.pop("record")
         merged += row.pop("merged", False)
         row["problems"] = json.dumps(row["problems"])
         row.update(point=i, kind=plan.kind, at=str(plan.at), occurrence=plan.occurrence, model=sim.model)
-        row["token"] = replace(sim, crash=plan).token()
+        row["token"] = tokens[i]
         rows.append(row)
+    import pandas as pd
+
     df = pd.DataFrame(rows, columns=COLUMNS)
     # small values only: pandas copies attrs into every frame derived from df
     df.attrs.update(attrs, merged=merged, base_violations=base_violations)

@@ -34,6 +34,7 @@ import enum
 import posixpath
 from collections import deque
 from hashlib import blake2b
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -42,6 +43,9 @@ from beaver_sim.sim.checker import _from
 from beaver_sim.sim.fs import SimFS
 from beaver_sim.storage.log_format import segment_seq, unframe
 from beaver_sim.storage.wal import WriteAheadLog, scan
+
+_JOB = attrgetter("id", "status", "attempt", "raw")  # a job as `_queue` writes it down
+_SCALARS = frozenset((str, int, float, bool, type(None)))  # what `_Canon` writes down as it is
 
 PROBES = 2  # states compared per continuation: the first event boundaries once clients are settled
 POLLS = 64  # event boundaries looked at for those, at most (a cheap look: are clients waiting?)
@@ -52,7 +56,7 @@ _SKIP = {
     "SnapshotStore": {"fs"},
     "Storage": {"fs", "report"},
     "Controller": {"counters"},  # metrics: counted, read by no decision
-    "Checker": {"token", "crash"},
+    "Checker": {"_token", "crash"},
     "Violation": {"crash", "token"},
 }
 
@@ -210,11 +214,13 @@ class _Canon:
         if isinstance(obj, (list, tuple, deque)):
             if len(obj) == 4 and isinstance(obj, list) and isinstance(obj[1], int) and obj[2] is None:
                 return ["done-event", obj[0]]  # a clock entry run or cancelled: its tie counter aside
+            if _SCALARS.issuperset(map(type, obj)):  # (ids, numbers: the pending FIFO, in one C pass)
+                return list(obj)
             return [self(x) for x in obj]
         if isinstance(obj, dict):
             return [[self(k), self(v)] for k, v in obj.items()]
         if isinstance(obj, (set, frozenset)):
-            return sorted((self(x) for x in obj), key=repr)
+            return sorted(obj if _SCALARS.issuperset(map(type, obj)) else map(self, obj), key=repr)
         if hasattr(obj, "__func__"):  # a bound method
             return ["method", obj.__func__.__qualname__, self(obj.__self__)]
         if hasattr(obj, "__code__"):  # a function: a closure's cells are its state
@@ -237,7 +243,7 @@ def _attrs(obj: Any) -> list[str]:
 def _queue(c: _Canon, q: Any) -> Any:
     """A JobQueue: its jobs (payloads as stored: JSON, checked at enqueue) and leases written down
     directly, the rest of it walked."""
-    jobs = [[j.id, j.status.value, j.attempt, j.raw] for j in q.jobs.values()]
+    jobs = list(map(_JOB, q.jobs.values()))  # (tuples, in C: orjson writes a status as its value)
     leases = [[k, v.attempt, v.worker, v.deadline] for k, v in q.leases.items()]
     return ["JobQueue", jobs, leases, _rest(c, q, {"jobs", "leases"})]
 
@@ -248,7 +254,7 @@ def _checker(c: _Canon, k: Any) -> Any:
     carry them), and the rest of what it knows, walked; not `texts`, a cache of the sent payloads'
     JSON that a task's continuations share and fill as they go."""
     violations = [[v.invariant, v.job, v.detail] for v in k.violations]
-    rest = _rest(c, k, {"submitted", "acked", "violations", "token", "crash", "texts"})
+    rest = _rest(c, k, {"submitted", "acked", "violations", "_token", "crash", "texts"})
     return ["Checker", k.submitted, k.acked, violations, rest]
 
 

@@ -10,9 +10,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import replace
 from functools import partial
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from beaver_sim.sim.executors import executor as make_executor
 from beaver_sim.sim.experiment import Simulation
@@ -20,6 +18,9 @@ from beaver_sim.sim.faults import POINTS, CrashPlan
 from beaver_sim.sim.frames import RECOVERY_COLUMNS, recovery_row
 from beaver_sim.sim.points import base_run, enumerate_points
 from beaver_sim.storage.log_format import segment_seq
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def recovery_points(sim: Simulation, first: CrashPlan) -> list[tuple[str, CrashPlan]]:
@@ -87,4 +88,6 @@ def recovery_sweep(
         else:
             for part in ex.map(partial(_recovery_rows, token), [[f] for f in firsts]):
                 rows += part
+    import pandas as pd
+
     return pd.DataFrame(rows, columns=RECOVERY_COLUMNS)

@@ -32,7 +32,9 @@ With `merge=True` (the default) a continuation whose logical state, between two 
 an earlier continuation of the task went through stops there and takes that one's verdict, keeping
 its own crash and recovery columns; `merge=False` (`--no-merge`) runs each to its end and gives the
 same rows. Why no verdict depends on what the compared state leaves out (the CRCs, the records'
-order before the meeting point): sim/merge.py and docs/contracts.md.
+order before the meeting point): sim/merge.py and docs/contracts.md. Since a continuation merges
+only with those of its own task, a task keeps the points of one write together, up to half of one
+worker's share of the points (`_chunks`).
 
 This module keeps the orchestration (which points, in which groups and tasks, and the rows' checks);
 sim/points.py enumerates the points from the run without a crash, sim/share.py runs a task's points
@@ -49,9 +51,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, as_completed
 from dataclasses import replace
 from functools import partial
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from beaver_sim.core.types import BeaverError, Config
 from beaver_sim.sim.checker import same_bytes
@@ -71,6 +71,9 @@ from beaver_sim.sim.points import Base, base_run, enumerate_points
 from beaver_sim.sim.recovery_sweep import recovery_points, recovery_sweep
 from beaver_sim.sim.share import Points, run_alone, run_shared
 from beaver_sim.sim.workload import Workload
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [  # (importable from here too: violations and failing from sim/frames.py, Base, base_run
     # and enumerate_points from sim/points.py, recovery_points and recovery_sweep from
@@ -203,6 +206,7 @@ def crash_sweep(
     results: dict[int, dict[str, Any]] = {}
     groups: dict[tuple[Any, ...], int] = {}
     todo: Points = []
+    moments: list[tuple[Any, ...]] = []  # per point of `todo`: the moment it crashes at (its write)
     for i, plan in enumerate(plans):
         sig = base.signature(plan, sim.model)
         if sig == ("never",):
@@ -210,15 +214,18 @@ def crash_sweep(
         else:
             x = base.lsn(plan) if plan.kind in ("lsn", "record") else None
             todo.append((i, plan.as_list(), x, groups.setdefault(sig, len(groups))))
+            moments.append(sig[:2] if sig[0] == "write" else sig)
     run = partial(run_shared, merge=merge) if share else run_alone
     n = workers or os.cpu_count() or 1
     size = chunk or max(1, min(64, len(todo) // (8 * n)))  # small tasks: the last ones end together
-    chunks = _chunks(todo, size)
+    chunks = _chunks(todo, size, moments, max(size, len(todo) // (2 * n)) if merge and share else size)
     bar = progress_bar(len(plans), progress)
     bar.update(len(plans) - len(todo))
     with make_executor(executor, workers, scheduler) as ex:
         futures = [] if ex is None else [ex.submit(run, token, sim.model, c) for c in chunks]
         try:
+            if futures:  # the frame's pandas (0.3 s to import) loads while the tasks run, not before
+                import pandas  # noqa: F401
             if ex is None:
                 for c in chunks:
                     _collect(results, run(token, sim.model, c), base, plans, bar)
@@ -249,12 +256,19 @@ def crash_sweep(
     )
 
 
-def _chunks(todo: Points, size: int) -> list[Points]:
-    """Consecutive points, about `size` per task, never splitting a group (it shares one run)."""
+def _chunks(todo: Points, size: int, moments: list[tuple[Any, ...]], most: int) -> list[Points]:
+    """Consecutive points, about `size` per task, never splitting a group (it shares one run), nor,
+    up to `most` points a task, the points that crash at one moment (`moments`: in one write): their
+    continuations may merge (sim/merge.py), but only with those of their own task, so every task a
+    write's points are split into runs one of them to the end (a 1,000-job batch sent at t=0: one
+    whole run per 64 points, instead of one)."""
     out: list[Points] = []
-    for p in todo:
-        if out and (len(out[-1]) < size or out[-1][-1][3] == p[3]):
-            out[-1].append(p)
+    for k, p in enumerate(todo):
+        last = out[-1] if out else None
+        if last is not None and (
+            len(last) < size or last[-1][3] == p[3] or (len(last) < most and moments[k - 1] == moments[k])
+        ):
+            last.append(p)
         else:
             out.append([p])
     return out

@@ -272,3 +272,23 @@ def test_a_recovery_refusing_what_verify_passes_is_invariant_9(monkeypatch: pyte
     monkeypatch.setattr(experiment, "Storage", Refusing)
     codes = {CODES[v.invariant] for v in sim.run().violations}
     assert codes == {"jobs-not-finished", "verify-ok-recovery-refused"}
+
+
+def test_a_token_given_as_a_function_is_made_once_and_only_when_asked() -> None:
+    """A sweep's continuation hands its checker `Simulation.token` (a zlib pass) uncalled: a run
+    without a violation never packs it; a violation carries the same token as a string would."""
+    made: list[int] = []
+
+    def token() -> str:
+        made.append(1)
+        return "TOKEN"
+
+    c = Checker(max_retry=3, token=token)
+    c.submit([("a", dict(P))])
+    c.acknowledge(["a"])
+    c.recovered(queue(R.enqueue("a", dict(P))), 0)
+    assert made == [] and c.ok
+    c.recovered(queue(), 0)  # "a" lost: invariant 1, which names the token
+    c.violation(6, None, "an ending")
+    assert c.token == "TOKEN" and made == [1]
+    assert [(v.invariant, v.token) for v in c.violations] == [(1, "TOKEN"), (6, "TOKEN")]

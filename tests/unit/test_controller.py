@@ -449,6 +449,7 @@ def test_stop_syncs_and_snapshots() -> None:
         ([("new-1", {}), ("job-00000", {})], DuplicateJob),  # completed
         ([("new-1", {}), ("job-00001", {})], DuplicateJob),  # in flight
         ([("new-1", {}), ("job-00002", {})], DuplicateJob),  # pending
+        ([("job-00001", payload(1)), ("job-00002", {**payload(2), "n": 2.0})], DuplicateJob),  # 2 != 2.0
         ([("new-1", {}), ("new-2", ["not", "a", "dict"])], BeaverError),
         ([("new-1", {}), ("", {})], BeaverError),
         ([("new-1", {}), ("new-2", {"pad": "x" * (1 << 20)})], RecordTooLarge),

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -179,6 +180,9 @@ def test_tokens_replay_the_run() -> None:
     assert a.run().summary["files_sha256"] == b.run().summary["files_sha256"]
     with pytest.raises(BeaverError, match="not a replay token"):
         Simulation.from_token("not-a-token")
+    # a sweep's labels, the spec written once: each the token of the run with those plans
+    crashes = [[], [CrashPlan("lsn", 7)], [CrashPlan("record", 3), CrashPlan("time", 0.5)]]
+    assert a.tokens(crashes) == [replace(a, crash=c or None).token() for c in crashes]
 
 
 def test_bad_inputs_are_one_line_errors() -> None:

@@ -21,6 +21,7 @@ from beaver_sim.sim.faults import POINTS, CrashPlan
 from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSSES, TORN_BLOCKS
 from beaver_sim.sim.sweep import (
     TORN_MAX,
+    _chunks,
     base_run,
     crash_sweep,
     enumerate_points,
@@ -278,3 +279,29 @@ def test_every_mutant_is_judged_the_same_with_and_without_merging(name: str) -> 
     options: dict[str, Any] = {"executor": "serial", "progress": False}
     merged = crash_sweep(s, catch["points"], **options)
     same_rows(merged, crash_sweep(s, catch["points"], merge=False, **options))
+
+
+def test_the_points_of_one_write_share_a_task_up_to_a_bound() -> None:
+    """`_chunks` cuts tasks of about `size` points, never inside a group, and not between points
+    of one write until a task holds `most` of them (continuations merge only within a task)."""
+    # (point, plan, lsn, group): groups 0-5 in write "a", group 6 in "b", groups 7-9 in "c"
+    groups = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7, 7, 8, 9]
+    moments = [("write", "a")] * 12 + [("write", "b")] + [("write", "c")] * 4
+    todo = [(i, ["record", i], i, g) for i, g in enumerate(groups)]
+    cut = [[p[0] for p in c] for c in _chunks(todo, 3, moments, 8)]
+    assert cut == [list(range(8)), [8, 9, 10, 11], [12, 13, 14, 15, 16]]
+    alone = [[p[0] for p in c] for c in _chunks(todo, 3, moments, 3)]  # `most` = `size`: groups only
+    assert alone == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14], [15, 16]]
+
+
+def test_every_continuation_of_a_batch_sent_at_t0_merges_but_the_first() -> None:
+    """60 jobs sent at t=0 in one batch: the crashes inside its write recover 60 different prefixes
+    and converge once the client resends it. With the write's points in one task, all of them but
+    the first to run on merge, and the one that tears the batch's first record, which recovers no
+    record (its clients resend at the restart, before any ack). Split into several tasks, each task
+    ran one more to the end (55 merged)."""
+    s = Simulation(Config(data_dir="/sim"), Workload(60), 11)
+    options: dict[str, Any] = {"executor": "serial", "progress": False, "workers": 2}
+    df = crash_sweep(s, "records", **options)
+    assert (df.attrs["groups"], df.attrs["merged"]) == (204, 58)
+    same_rows(df, crash_sweep(s, "records", merge=False, **options))
