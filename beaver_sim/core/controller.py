@@ -281,8 +281,8 @@ class Controller:
                     return [(job_id, payload, None) for job_id, payload in jobs], 0
                 # a batch sent again (its answer lost): the known ids with the payloads they hold
                 if all(j not in known or _canonical(known[j].payload) == _canonical(p) for j, p in jobs):
-                    new = [(job_id, payload, None) for job_id, payload in jobs if job_id not in known]
-                    return new, len(jobs) - len(new)
+                    fresh = [(job_id, payload, None) for job_id, payload in jobs if job_id not in known]
+                    return fresh, len(jobs) - len(fresh)
         new: dict[str, tuple[dict[str, Any], Any]] = {}
         present: set[str] = set()
         for job in jobs:
