@@ -1,8 +1,10 @@
 """A hostile client of the control socket, shared by the unit and the real-process boundary tests
 (and bench/bench_silent_clients.py). Run as a script, it is a process that floods the socket with
-connections it leaks, or one that makes connections for another and hands them over:
+connections it leaks, one that holds answers it never reads, or one that makes connections for
+another and hands them over:
 
     python tests/hostile_client.py flood SOCKET SECONDS
+    python tests/hostile_client.py hold SOCKET N SECONDS  < REQUEST
     HAND_OVER_FD=FD python tests/hostile_client.py hand-over SOCKET N  < REQUEST"""
 
 from __future__ import annotations
@@ -86,6 +88,32 @@ def flood(path: str, seconds: float, every: float = 0.002) -> Counter[str]:
     return seen
 
 
+def hold(path: str, data: bytes, n: int, seconds: float) -> None:
+    """Send `data` to `path` as one request on each of `n` connections, then print the answers seen
+    (by their first bytes, left unread: "began" for one not refused, else its error, pids written
+    `P`, counted) and keep the connections for `seconds` without reading: a process that opens
+    listings it never reads."""
+    held = []
+    seen: Counter[str] = Counter()
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            held.append(s)
+            s.settimeout(60)
+            s.connect(path)
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            if s.recv(12, socket.MSG_PEEK).startswith(b'{"ok":false'):
+                seen[re.sub(r"pid \d+", "pid P", orjson.loads(read_all(s))["error"])] += 1
+            else:
+                seen["began"] += 1
+        print(orjson.dumps(seen).decode(), flush=True)
+        time.sleep(seconds)
+    finally:
+        for s in held:
+            s.close()
+
+
 def from_another_process(path: str, data: bytes, n: int) -> list[socket.socket]:
     """`n` connections to `path` that have each sent `data` as one request and read nothing, made by
     a process of their own (their peer, by SO_PEERCRED: the pid that connected) and handed to this
@@ -128,8 +156,10 @@ def hand_over(path: str, n: int, to: socket.socket) -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "flood":
         print(orjson.dumps(flood(sys.argv[2], float(sys.argv[3]))).decode(), flush=True)
+    elif len(sys.argv) == 5 and sys.argv[1] == "hold":
+        hold(sys.argv[2], sys.stdin.buffer.read(), int(sys.argv[3]), float(sys.argv[4]))
     elif len(sys.argv) == 4 and sys.argv[1] == "hand-over":
         with socket.socket(fileno=int(os.environ["HAND_OVER_FD"])) as to:
             hand_over(sys.argv[2], int(sys.argv[3]), to)
     else:
-        sys.exit(f"usage: {sys.argv[0]} flood SOCKET SECONDS | hand-over SOCKET N")
+        sys.exit(f"usage: {sys.argv[0]} flood SOCKET SECONDS | hold SOCKET N SECONDS | hand-over SOCKET N")
