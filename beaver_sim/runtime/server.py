@@ -150,8 +150,8 @@ def request(data_dir: str, req: dict[str, Any], timeout: float = 120.0) -> dict[
 def ask(data_dir: str, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any] | None:
     """The answer of the controller serving `data_dir` to a request that changes nothing (status,
     job, jobs), or None when no controller serves it. A busy one (its cap, MAX_STREAMS listings or
-    the asking process's share of either) is asked again for up to BUSY_WAIT seconds: a slot frees when a
-    request ends or its client is dropped. An answer not ok is BeaverError."""
+    the asking process's share of either) is asked again for up to BUSY_WAIT seconds: a slot frees
+    when a request ends or its client is dropped. An answer not ok is BeaverError."""
     deadline = time.monotonic() + BUSY_WAIT
     while True:
         try:
