@@ -1,13 +1,15 @@
 """What a `beaver run` holds for control clients that ask for a listing and never read it (server
-bounds: WRITE_TIMEOUT, MAX_STREAMS). A real `beaver run` on a data directory of `--jobs` jobs
-(bench_recovery's mix, no snapshot meanwhile), then `--clients` connections that each ask for
-every job, read nothing and stay open. The controller's resident memory (VmRSS) and open
-descriptors are sampled before, 3 s after the clients asked, 5 s after WRITE_TIMEOUT, at
-`--hold` seconds, and 3 s after the clients closed; meanwhile a client times status round trips
-(one every 50 ms). How many of the silent clients were refused busy is read from their answers'
-first bytes.
+bounds: WRITE_TIMEOUT, MAX_STREAMS, a process's share PEER_STREAMS). A real `beaver run` on a data
+directory of `--jobs` jobs (bench_recovery's mix, no snapshot meanwhile), then `--clients`
+connections that each ask for every job, read nothing and stay open, made by `--processes`
+processes (tests/hostile_client.py hold, one after the other, an equal number each). The
+controller's resident memory (VmRSS) and open descriptors are sampled before, 3 s after the
+clients asked, 5 s after WRITE_TIMEOUT, at `--hold` seconds, and 3 s after the clients closed;
+meanwhile a client times status round trips (one every 50 ms), and once all asked, a listing of 3
+jobs from this process (retried while busy, as `beaver jobs` does) is timed. How many of the silent
+clients were refused busy, and why, is read from their answers' first bytes.
 
-    .venv/bin/python bench/bench_silent_clients.py --jobs 1000000 --clients 32 [--code DIR]
+    .venv/bin/python bench/bench_silent_clients.py --jobs 1000000 --clients 32 --processes 16 [--code DIR]
 
 `--code DIR` runs the `beaver_sim` package found in DIR (a checkout of another version: "before").
 Prints the figures as JSON, then a markdown row."""
@@ -17,9 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import signal
-import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -28,7 +30,12 @@ from typing import Any
 from bench_recovery import build, seed_payload
 from bench_stall import quantiles, start
 
-from beaver_sim.runtime.server import WRITE_TIMEOUT, request, socket_path
+from beaver_sim.runtime.server import WRITE_TIMEOUT, ask, request, socket_path
+
+HOSTILE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "hostile_client.py"
+)
+LISTING = b'{"op": "jobs", "state": null, "limit": null}'
 
 
 def rss_mb(pid: int) -> float:
@@ -43,25 +50,25 @@ def descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def silent(data_dir: str) -> socket.socket:
-    """A connection that asked for every job and will read nothing."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(socket_path(data_dir))
-    s.sendall(b'{"op": "jobs", "state": null, "limit": null}')
-    s.shutdown(socket.SHUT_WR)
-    return s
-
-
-def head(s: socket.socket) -> bytes:
-    """The answer's first bytes, left unread."""
-    select.select([s], [], [], 10.0)
-    return s.recv(12, socket.MSG_PEEK)
+def holder(data_dir: str, clients: int, seconds: float) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    """A process that asked for every job on `clients` connections, reads nothing and keeps them
+    for `seconds`; and its answers counted ("began", or the error)."""
+    proc = subprocess.Popen(
+        [sys.executable, HOSTILE, "hold", socket_path(data_dir), str(clients), str(seconds)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    with proc.stdin:
+        proc.stdin.write(LISTING)
+    return proc, json.loads(proc.stdout.readline())
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=1_000_000)
     ap.add_argument("--clients", type=int, default=32, help="silent listing clients")
+    ap.add_argument("--processes", type=int, default=16, help="processes the clients are spread over")
     ap.add_argument("--hold", type=float, default=30.0, help="seconds the silent clients stay connected")
     ap.add_argument("--code", help="run the beaver_sim package of this checkout (before)")
     args = ap.parse_args(argv)
@@ -88,8 +95,19 @@ def main(argv: list[str] | None = None) -> int:
             prober = threading.Thread(target=statuses, daemon=True)
             prober.start()
             t0 = time.monotonic()
-            clients = [silent(data_dir) for _ in range(args.clients)]
-            heads = [head(s) for s in clients]
+            per = [
+                args.clients // args.processes + (i < args.clients % args.processes)
+                for i in range(args.processes)
+            ]
+            holders = [holder(data_dir, n, args.hold + 1.0) for n in per]  # closed after the last mark
+            seen: dict[str, int] = {}
+            for _, counts in holders:
+                for what, n in counts.items():
+                    seen[what] = seen.get(what, 0) + n
+            t1 = time.perf_counter()
+            listed = ask(data_dir, {"op": "jobs", "state": None, "limit": 3}, timeout=60)
+            lister_ms = round((time.perf_counter() - t1) * 1000, 2)
+            assert listed is not None and len(listed["jobs"]) == 3, listed
             marks = [
                 ("asked+3s", 3.0),
                 (f"asked+{WRITE_TIMEOUT + 5:g}s", WRITE_TIMEOUT + 5),
@@ -98,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, at in marks:
                 time.sleep(max(0.0, t0 + at - time.monotonic()))
                 samples[name] = (rss_mb(pid), descriptors(pid))
-            for s in clients:
-                s.close()
+            for hold_proc, _ in holders:
+                assert hold_proc.wait(timeout=60) == 0
             time.sleep(3.0)
             samples["closed+3s"] = (rss_mb(pid), descriptors(pid))
             stop.set()
@@ -116,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": args.jobs,
         "clients": args.clients,
         "code": args.code or "this checkout",
-        "listing_began": sum(h.startswith(b'{"ok":true,') for h in heads),
-        "busy": sum(h.startswith(b'{"ok":false') for h in heads),
+        "processes": args.processes,
+        "listing_began": seen.pop("began", 0),
+        "busy": seen,
+        "other_listing_ms": lister_ms,
         "rss_mb_and_fds": samples,
         "status_rtt": quantiles(rtts),
         "dropped_warnings": [line for line in tail.splitlines() if "stopped taking" in line],
@@ -127,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(out, indent=1))
     cells = " | ".join(f"{rss:g} MB / {fds}" for rss, fds in samples.values())
     print(
-        f"| {out['code']} | {args.clients} | {out['listing_began']} / {out['busy']} | {cells} "
+        f"| {out['code']} | {args.clients} / {args.processes} | {out['listing_began']} / "
+        f"{sum(seen.values())} | {lister_ms:g} ms | {cells} "
         f"| {out['status_rtt']['p99_ms']} / {out['status_rtt']['max_ms']} | {out['load']:.1f} |"
     )
     return 0

@@ -65,6 +65,10 @@ BUFFER_BUDGET = 2 * MAX_REQUEST
 # PEER_BUFFER is one request of the largest size: a peer can never take the whole budget.
 PEER_CONNECTIONS = MAX_CONNECTIONS // 4
 PEER_BUFFER = MAX_REQUEST
+# A peer's share of the MAX_STREAMS listings (beyond it: "busy", retry, to that peer only), on the
+# same reasoning: `beaver jobs` holds one at a time, and one process opening listings it never reads
+# holds 2 for WRITE_TIMEOUT each, not all 8 for as long as it keeps at it.
+PEER_STREAMS = MAX_STREAMS // 4
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 # How long `ask` (status, job, jobs) asks a busy controller again, every BUSY_POLL seconds: 3 x
 # WRITE_TIMEOUT, time for silent clients to be dropped and their slots freed.
@@ -145,9 +149,9 @@ def request(data_dir: str, req: dict[str, Any], timeout: float = 120.0) -> dict[
 
 def ask(data_dir: str, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any] | None:
     """The answer of the controller serving `data_dir` to a request that changes nothing (status,
-    job, jobs), or None when no controller serves it. A busy one (its cap, the asking process's
-    share or MAX_STREAMS listings) is asked again for up to BUSY_WAIT seconds: a slot frees when a
-    request ends or its client is dropped. An answer not ok is BeaverError."""
+    job, jobs), or None when no controller serves it. A busy one (its cap, MAX_STREAMS listings or
+    the asking process's share of either) is asked again for up to BUSY_WAIT seconds: a slot frees
+    when a request ends or its client is dropped. An answer not ok is BeaverError."""
     deadline = time.monotonic() + BUSY_WAIT
     while True:
         try:
@@ -227,11 +231,13 @@ def peer_pid(sock: Any) -> int:
 
 @dataclass
 class Share:
-    """What one peer holds: its requests open (admitted, not yet done) and their bytes buffered."""
+    """What one peer holds: its requests open (admitted, not yet done), their bytes buffered and
+    its answers being written in pieces (listings, among its open requests)."""
 
     pid: int
     open: int = 0
     buffered: int = 0
+    streams: int = 0
 
 
 class ControlServer:
@@ -372,15 +378,9 @@ class ControlServer:
                 answer = {"ok": False, "error": f"bad request: {describe_exception(e)}"}
             if isinstance(answer, dict):
                 await self._send(writer, orjson.dumps(answer))
-            elif self.streams >= MAX_STREAMS:  # a listing not begun has copied nothing: dropped as is
-                busy = {"ok": False, "retry": True, "error": f"busy: {MAX_STREAMS} listings open at once"}
-                await self._send(writer, orjson.dumps(busy))
             else:
-                self.streams += 1
-                try:
-                    await self._stream(writer, answer)
-                finally:
-                    self.streams -= 1
+                assert share is not None  # a listing answers an admitted request
+                await self._stream_within_shares(writer, share, answer)
             await self._flush(writer)
         except ConnectionError:
             pass  # the client went away; nothing to answer
@@ -396,6 +396,32 @@ class ControlServer:
             self.tasks.discard(task)
             forks.release(fd)
             writer.close()
+
+    async def _stream_within_shares(
+        self, writer: asyncio.StreamWriter, share: Share, answer: Iterator[bytes]
+    ) -> None:
+        """Write a listing if its peer's share and the cap of listings allow, else busy (retry), the
+        peer's share first as in `_admit`: a listing not begun has copied nothing, dropped as is."""
+        if share.streams >= PEER_STREAMS:
+            self.log(
+                "peer",
+                f"warning: process {share.pid} holds {PEER_STREAMS} listings open: more from it are "
+                "answered busy (the other clients are served)",
+            )
+            error = f"busy: {PEER_STREAMS} listings open from this process (pid {share.pid})"
+            await self._send(writer, orjson.dumps({"ok": False, "retry": True, "error": error}))
+            return
+        if self.streams >= MAX_STREAMS:
+            busy = {"ok": False, "retry": True, "error": f"busy: {MAX_STREAMS} listings open at once"}
+            await self._send(writer, orjson.dumps(busy))
+            return
+        share.streams += 1
+        self.streams += 1
+        try:
+            await self._stream(writer, answer)
+        finally:
+            share.streams -= 1
+            self.streams -= 1
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         """Write `data` and wait until the transport has passed it on (to below its low-water

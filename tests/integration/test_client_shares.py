@@ -1,8 +1,11 @@
-"""One client process must not starve the others (runtime/server.py: PEER_CONNECTIONS). A real
-process leaks connections to a real `beaver run` faster than the server's bounds free them, for
-longer than READ_TIMEOUT; meanwhile other real client processes enqueue, ask the status and cancel,
-and each is answered at once. Before the per-process share, the flood held every one of the
-MAX_CONNECTIONS slots: every other client was refused busy until the flood stopped."""
+"""One client process must not starve the others (runtime/server.py: PEER_CONNECTIONS,
+PEER_STREAMS). A real process leaks connections to a real `beaver run` faster than the server's
+bounds free them, for longer than READ_TIMEOUT; meanwhile other real client processes enqueue, ask
+the status and cancel, and each is answered at once. Before the per-process share, the flood held
+every one of the MAX_CONNECTIONS slots: every other client was refused busy until the flood
+stopped. Likewise a real process that asks for MAX_STREAMS listings and reads none: it holds its
+share of them, and another process's `beaver jobs` is answered at once; before, it held all of
+them and `beaver jobs` was busy until they were dropped (WRITE_TIMEOUT)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from beaver_sim.runtime.server import MAX_CONNECTIONS, PEER_CONNECTIONS, READ_TIMEOUT, request, socket_path
+from beaver_sim.runtime.server import (
+    MAX_CONNECTIONS,
+    MAX_STREAMS,
+    PEER_CONNECTIONS,
+    PEER_STREAMS,
+    READ_TIMEOUT,
+    WRITE_TIMEOUT,
+    request,
+    socket_path,
+)
 from tests import hostile_client
 from tests.beaver_process import beaver, serving
 
@@ -90,4 +102,42 @@ def test_a_process_leaking_connections_does_not_keep_the_other_clients_out(tmp_p
         assert states["meanwhile"] in ("pending", "in_flight", "completed")
         warned = [line for line in run.lines if re.search(r"warning: process \d+ holds", line)]
         assert warned and all(f"holds {PEER_CONNECTIONS} control requests open" in line for line in warned)
+        assert not [line for line in run.lines if "Traceback" in line or "fatal" in line], run.lines
+
+
+def test_a_process_holding_listings_it_never_reads_does_not_keep_the_other_listings_out(
+    tmp_path: Path,
+) -> None:
+    # a listing of them is far more than the socket's buffers hold: one never read stays open
+    jobs = [{"id": f"wait-{i:05d}", "payload": {"n": i}, "not_before": LATER} for i in range(20_000)]
+    (tmp_path / "jobs.json").write_bytes(orjson.dumps(jobs))
+    data_dir = str(tmp_path / "d")
+    beaver("enqueue", "--file", str(tmp_path / "jobs.json"), "--create", "--data-dir", data_dir)
+    with serving(data_dir, RUN) as run:
+        hold = ("hold", socket_path(data_dir), str(MAX_STREAMS), str(WRITE_TIMEOUT))  # dropped by then
+        holder = subprocess.Popen(
+            [sys.executable, hostile_client.__file__, *hold],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert holder.stdin is not None and holder.stdout is not None
+            with holder.stdin:
+                holder.stdin.write(b'{"op": "jobs", "state": null, "limit": null}')
+            seen = orjson.loads(holder.stdout.readline())
+            assert seen == {
+                "began": PEER_STREAMS,
+                f"busy: {PEER_STREAMS} listings open from this process (pid P)": MAX_STREAMS - PEER_STREAMS,
+            }
+            took, out = timed("jobs", "--json", "--limit", "3", "--data-dir", data_dir)
+            assert [r["id"] for r in orjson.loads(out.stdout)] == ["wait-00000", "wait-00001", "wait-00002"]
+            assert took < PROMPT, took
+            assert holder.poll() is None, took  # answered while the holder held its listings
+            holder.wait(timeout=WRITE_TIMEOUT + 60)
+        finally:
+            holder.kill()
+            holder.wait()
+        assert holder.returncode == 0
+        warned = [line for line in run.lines if "listings open: more from it are answered busy" in line]
+        assert warned and all(f"holds {PEER_STREAMS} listings open" in line for line in warned), run.lines
         assert not [line for line in run.lines if "Traceback" in line or "fatal" in line], run.lines

@@ -3,12 +3,15 @@ their answer (a listing, a large `job` answer, small answers in a flood), trickl
 never ends, or connect and stay idle. Each is bounded by the server (runtime/server.py:
 WRITE_TIMEOUT, MAX_STREAMS, READ_TIMEOUT, MAX_CONNECTIONS), and meanwhile the others' enqueue,
 status and listing round trips are answered. All of it against one controller, concurrently, so
-that the bounds' waits overlap (about 15 s). The connections are this one process's, held within
-its share (PEER_CONNECTIONS: test_client_shares.py is the process that goes beyond it)."""
+that the bounds' waits overlap (about 15 s). The silent listings are asked by several processes,
+each one more than its share (PEER_STREAMS), together as many as may be open at once, their
+connections handed to this one to hold and peek at; the other connections are this process's, held
+within its share (PEER_CONNECTIONS: test_client_shares.py is the process that goes beyond it)."""
 
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import socket
@@ -26,13 +29,14 @@ from beaver_sim.demo import RunProcess
 from beaver_sim.runtime.server import (
     MAX_STREAMS,
     PEER_CONNECTIONS,
+    PEER_STREAMS,
     READ_TIMEOUT,
     WRITE_TIMEOUT,
     request,
     socket_path,
 )
 from tests.beaver_process import BEAVER, beaver, clean, serving
-from tests.hostile_client import read_all
+from tests.hostile_client import from_another_process, read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_env")]
 
@@ -42,9 +46,12 @@ LATER = 4102444800  # 2100-01-01: never due while the test runs
 BIG = "x" * 900_000  # the payload of one job: its `job` answer is ~900 KB
 SETTLE = 60.0  # generous: how long a bound may take to show on a loaded machine
 IDLE = 10  # connections that send nothing
-# what this process holds open at most: the listings, the `job` answers, the trickle, the idle ones
+PEERS = MAX_STREAMS // PEER_STREAMS  # processes whose shares of the listings fill MAX_STREAMS
+OWN = 2  # listings this process asks for once they have
+# what this process holds open at most: its listings, the `job` answers, the trickle, the idle ones
 # and one more request; beyond its share, it would be answered busy
-assert MAX_STREAMS + 4 + 3 + 1 + IDLE + 1 <= PEER_CONNECTIONS
+assert OWN + 3 + 1 + IDLE + 1 <= PEER_CONNECTIONS
+SHARE_BUSY = re.compile(rf"busy: {PEER_STREAMS} listings open from this process \(pid (\d+)\)")
 
 
 def wait_until(check: Callable[[], bool], what: str) -> None:
@@ -114,8 +121,17 @@ def test_clients_that_never_read_or_never_finish_are_dropped_and_the_others_are_
     before = descriptors(pid)
     listing = orjson.dumps({"op": "jobs", "state": None, "limit": None})
     t0 = time.monotonic()
-    # never read: more listings than may be open at once, and three large `job` answers
-    silent = [send(data_dir, listing) for _ in range(MAX_STREAMS + 4)]
+    # never read: PEERS processes ask for one listing more than their share each, which fills
+    # MAX_STREAMS, then this process for OWN more; and three large `job` answers
+    silent: list[socket.socket] = []
+    heads: list[bytes] = []
+    for _ in range(PEERS):
+        theirs = from_another_process(socket_path(data_dir), listing, PEER_STREAMS + 1)
+        silent += theirs
+        heads += [head(s) for s in theirs]  # begun or refused before the next process asks
+    own = [send(data_dir, listing) for _ in range(OWN)]
+    silent += own
+    heads += [head(s) for s in own]
     big = [send(data_dir, orjson.dumps({"op": "job", "id": "big"})) for _ in range(3)]
     # never finish: one trickles its request a byte at a time, IDLE connect and send nothing
     trickled: list[bytes] = []
@@ -154,12 +170,16 @@ def test_clients_that_never_read_or_never_finish_are_dropped_and_the_others_are_
             )
         )
         assert ok(request(data_dir, {"op": "status"}))["status"]["jobs"] == WAITING + 1 + i + 1
-    heads = [head(s) for s in silent]
     assert sum(h.startswith(b'{"ok":true,"jobs":[') for h in heads) == MAX_STREAMS
     busy = [
         orjson.loads(read_all(s)) for s, h in zip(silent, heads, strict=True) if h.startswith(b'{"ok":false')
     ]
-    assert busy == [{"ok": False, "retry": True, "error": f"busy: {MAX_STREAMS} listings open at once"}] * 4
+    # each process refused its one over its share, naming it; this process's by the cap
+    assert all(b["ok"] is False and b["retry"] is True for b in busy), busy
+    over = [m for b in busy if (m := SHARE_BUSY.fullmatch(b["error"]))]
+    assert len(over) == PEERS and len({m[1] for m in over}) == PEERS, busy
+    assert str(os.getpid()) not in {m[1] for m in over}
+    assert [b["error"] for b in busy[PEERS:]] == [f"busy: {MAX_STREAMS} listings open at once"] * OWN
     assert all(head(s) == b'{"ok":true,"job":{"i' for s in big)
 
     # the listing client was told busy and asked again: answered once the silent ones were dropped
@@ -177,6 +197,9 @@ def test_clients_that_never_read_or_never_finish_are_dropped_and_the_others_are_
             orjson.loads(body)  # cut short: the server stopped writing and closed
     drops = [line for line in proc.lines if "stopped taking its answer" in line]
     assert drops and all(f"for {WRITE_TIMEOUT:g} s: dropped" in line for line in drops)
+    assert any(
+        f"holds {PEER_STREAMS} listings open: more from it are answered busy" in line for line in proc.lines
+    )
 
     # the ones that never finished were answered so, and closed
     trickler.join(SETTLE)

@@ -279,6 +279,8 @@ def test_one_process_gets_its_share_of_the_connections_and_the_buffer(
                 timeout=60,
             )
             assert other.stdout == '{"ok":true,"\n', other.stderr
+            while len(control.peers) > 1:  # the other's answer is read before its request ends here
+                await asyncio.sleep(0.01)
             assert list(control.peers) == [me] and control.admitted == 2
             idle.pop().close()
             # a request under way: 600 KB of this peer's 1 MiB
@@ -388,6 +390,83 @@ def test_a_client_that_takes_none_of_its_answer_is_dropped_and_frees_its_listing
             whole = await asyncio.to_thread(raw, sock, listing)
             assert whole is not None and len(whole["jobs"]) == 20_000
             assert lines.count("warning: a control client stopped taking its answer for 2 s: dropped") == 1
+        finally:
+            service.request_stop()
+            await service.close()
+
+    asyncio.run(go())
+
+
+# a listing client of another process: how many jobs its answer lists, or the answer if not ok
+OTHER_LISTING = """
+import socket, sys, orjson
+with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+    s.settimeout(10)
+    s.connect(sys.argv[1])
+    s.sendall(b'{"op": "jobs", "state": null, "limit": null}')
+    s.shutdown(socket.SHUT_WR)
+    answer = orjson.loads(b"".join(iter(lambda: s.recv(1 << 16), b"")))
+    print(len(answer["jobs"]) if answer["ok"] else answer)
+"""
+
+
+def test_one_process_gets_its_share_of_the_listings(tmp_path: Path) -> None:
+    """The real shares (PEER_STREAMS of MAX_STREAMS): this process holds PEER_STREAMS listings it
+    never reads and is refused busy, naming its pid, for one more, while another process's listing
+    is answered whole. Before the share, one process could hold all MAX_STREAMS. Closed, nothing is
+    left counted."""
+    assert server.PEER_STREAMS < server.MAX_STREAMS
+    cfg = config(tmp_path)
+    sock = os.path.join(cfg.data_dir, "beaver.sock")
+    listing = b'{"op": "jobs", "state": null, "limit": null}'
+    me = os.getpid()
+    lines: list[str] = []
+
+    async def go() -> None:
+        service = Service(cfg, serve_metrics=False, log=lines.append)
+        await service.start()
+        control = service.control
+        assert control is not None
+        try:
+            jobs = [[f"w{i:05d}", {"n": i}, {"not_before": 4102444800}] for i in range(20_000)]
+            enq = await asyncio.to_thread(request, cfg.data_dir, {"op": "enqueue", "jobs": jobs})
+            assert enq["ok"] is True
+            silent = []
+            for _ in range(server.PEER_STREAMS):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(sock)
+                s.sendall(listing)
+                s.shutdown(socket.SHUT_WR)
+                silent.append(s)
+            while control.streams < server.PEER_STREAMS:
+                await asyncio.sleep(0.01)
+            busy = await asyncio.to_thread(raw, sock, listing)
+            assert busy == {
+                "ok": False,
+                "retry": True,
+                "error": f"busy: {server.PEER_STREAMS} listings open from this process (pid {me})",
+            }
+            assert control.peers[me].streams == server.PEER_STREAMS
+            other = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-c", OTHER_LISTING, sock],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert other.stdout == "20000\n", (other.stdout, other.stderr)
+            assert control.streams == server.PEER_STREAMS  # this process's silent ones, still held
+            for s in silent:
+                s.close()
+            while control.streams or control.tasks:
+                await asyncio.sleep(0.01)
+            assert control.peers == {}
+            whole = await asyncio.to_thread(raw, sock, listing)
+            assert whole is not None and len(whole["jobs"]) == 20_000
+            assert lines == [
+                f"warning: process {me} holds {server.PEER_STREAMS} listings open: more from it are "
+                "answered busy (the other clients are served)"
+            ]
         finally:
             service.request_stop()
             await service.close()
