@@ -25,9 +25,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from beaver_sim.core import records as R
 from beaver_sim.core.controller import Controller
@@ -38,12 +39,12 @@ from beaver_sim.sim import mutants
 from beaver_sim.sim.checker import CODES, INVARIANTS
 from beaver_sim.sim.experiment import Simulation
 from beaver_sim.sim.faults import CrashPlan
-from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSS, PROCESS, SUBSETS, TORN_BLOCKS
+from beaver_sim.sim.fs import METADATA_FIRST, POWER_LOSS, PROCESS, SUBSETS, TORN_BLOCKS, SimFS
 from beaver_sim.sim.plots import attempts_histogram, outcome_map
 from beaver_sim.sim.results import SimResult
 from beaver_sim.sim.sweep import crash_sweep, violations
 from beaver_sim.sim.workload import Workload
-from beaver_sim.storage.fs import FS, FileHandle
+from beaver_sim.storage.fs import FileHandle
 from beaver_sim.storage.log_format import unframe
 from beaver_sim.storage.snapshot import Loaded, Snapshot, SnapshotStore, decode, encode, snapshot_name
 from beaver_sim.storage.wal import WriteAheadLog
@@ -97,7 +98,7 @@ class _MarkedFile:
     """A file handle that reaches a named persistence point after each write and sync, so a sweep
     can crash between any two steps of the learner's snapshot code."""
 
-    def __init__(self, fs: FS, f: FileHandle) -> None:
+    def __init__(self, fs: SimFS, f: FileHandle) -> None:
         self.fs, self.f = fs, f
 
     def write(self, data: bytes) -> None:
@@ -116,7 +117,7 @@ class _MarkedFS:
     """The FS handed to `write_snapshot`: the real one, with a persistence point after every write,
     sync, rename and directory sync (the points the real SnapshotStore marks)."""
 
-    def __init__(self, fs: FS) -> None:
+    def __init__(self, fs: SimFS) -> None:
         self.fs = fs
 
     def __getattr__(self, name: str) -> Any:
@@ -143,7 +144,7 @@ class LabSnapshots(SnapshotStore):
     damaged file under a snapshot's final name (the contract of write_snapshot): the real store
     would set it aside and fall back to the older snapshot; this one refuses, naming it."""
 
-    write_snapshot: ClassVar[Callable[[FS, str, str, bytes], None]]
+    write_snapshot: ClassVar[Callable[[_MarkedFS, str, str, bytes], None]]
 
     def load(self, read: Callable[[Snapshot, str], Any]) -> Loaded[Any]:
         for seq in self.seqs():
@@ -159,7 +160,9 @@ class LabSnapshots(SnapshotStore):
 
     def save(self, seq: int, version: int, body: bytes) -> str:
         data, path = encode(seq, version, body), self.path(seq)
-        type(self).write_snapshot(_MarkedFS(self.fs), self.directory, snapshot_name(seq), data)
+        fs = self.fs
+        assert isinstance(fs, SimFS)  # a lab runs in the simulator: its persistence points
+        type(self).write_snapshot(_MarkedFS(fs), self.directory, snapshot_name(seq), data)
         if not self.fs.exists(path) or self.fs.read_bytes(path) != data:
             raise LabError(f"write_snapshot returned, but {path} does not hold the snapshot it was given")
         return path
@@ -222,7 +225,7 @@ class LabGroupController(Controller):
     and durable. `release` passes a named crash point once it has acknowledged (so an ack before
     the fdatasync is seen), and `counts` adds up records, turns, writes and fdatasyncs, for the floor."""
 
-    commit_turn: ClassVar[Callable[[FileHandle, list[bytes], Callable[[], None]], None]]
+    commit_turn: ClassVar[Callable[[_CountedFile, list[bytes], Callable[[], None]], None]]
     counts: ClassVar[Counter[str]]
 
     def flush(self) -> None:
@@ -232,12 +235,14 @@ class LabGroupController(Controller):
             self.release_turn()
             return
         released: list[bool] = []
+        fs = self.storage.fs
+        assert isinstance(fs, SimFS)  # a lab runs in the simulator: its persistence points
 
         def release() -> None:
             if not released:
                 released.append(True)
                 self.release_turn()
-                self.storage.fs.mark("group-commit-released")  # a crash point: acknowledged, then
+                fs.mark("group-commit-released")  # a crash point: acknowledged, then
 
         counts["records"] += len(lines)
         counts["turns"] += 1
@@ -346,9 +351,11 @@ class CheckpointSteps:
             raise LabError(
                 f"delete_snapshot({seq!r}): there is no snapshot {seq!r} (on disk: {store.seqs()})"
             )
-        self._storage.fs.remove(store.path(seq))
-        self._storage.fs.sync_dir(store.directory)
-        self._storage.fs.mark("snapshots-pruned")
+        fs = self._storage.fs
+        assert isinstance(fs, SimFS)  # a lab runs in the simulator: its persistence points
+        fs.remove(store.path(seq))
+        fs.sync_dir(store.directory)
+        fs.mark("snapshots-pruned")
 
     def delete_segments(self, through: int) -> None:
         """Delete, durably, every closed WAL segment whose records all have seq <= `through` (the
@@ -696,7 +703,7 @@ def _picture(spec: Lab, name: str, fn: Callable[..., Any], df: pd.DataFrame, fir
         )
         return
     ax = outcome_map(df, x="offset", title=f"{name}: outcome of each crash point along the WAL")
-    ax.figure.set_size_inches(7, 1.8)
+    cast(Figure, ax.figure).set_size_inches(7, 1.8)  # (the stubs: Figure | SubFigure)
     if first["point"] < 0:
         return  # the uncrashed run fails: so does every point
     x = df.iloc[first["point"]]["offset"]
@@ -725,7 +732,7 @@ def student_source(source: str) -> str:
 
 def student_notebook(nb: dict[str, Any]) -> dict[str, Any]:
     """A lab notebook for the learner: solutions removed, every output and count cleared."""
-    out = json.loads(json.dumps(nb))
+    out: dict[str, Any] = json.loads(json.dumps(nb))
     for cell in out["cells"]:
         if cell["cell_type"] == "code":
             cell["source"] = student_source("".join(cell["source"])).splitlines(keepends=True)

@@ -21,7 +21,7 @@ import orjson
 
 from beaver_sim.core import records as R
 from beaver_sim.core.queue import JobQueue
-from beaver_sim.core.types import JobStatus
+from beaver_sim.core.types import Job, JobStatus
 from beaver_sim.storage.fs import FS
 from beaver_sim.storage.log_format import parse_header, segment_seq
 from beaver_sim.storage.wal import Known, list_segments, scan
@@ -263,6 +263,7 @@ class Checker:
         # with retention the state is a window of it; only a violation walks every acknowledged job
         acked, submitted, texts, same = self.acked, self.submitted, self.texts, self._same
         present = changed = 0
+        job: Job | None  # a state's job, then one looked up (maybe gone)
         for job_id, job in jobs.items():
             if job_id in acked:
                 present += 1
@@ -373,6 +374,7 @@ class Checker:
                 self.violation(1, job_id, "acknowledged, but missing at the end")
         told, done = bases, q.base  # budget bases: told, or done without an answer (rare: requeues)
         dead, same, texts = JobStatus.DEAD, self._same, self.texts
+        job: Job | None  # a state's job, then one looked up (maybe gone)
         for job_id, job in jobs.items():  # one pass: this is O(jobs) at the end of every run
             status = job.status
             if job_id in acked:

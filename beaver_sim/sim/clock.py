@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-Entry = list  # [when, seq, fn or None, args]
+Entry = list[Any]  # [when, seq, fn or None, args]
 _MIN_COMPACT = 64  # a heap with fewer cancelled entries is not worth rebuilding
 
 

@@ -166,7 +166,7 @@ class Run:
             VirtualClock(), sim.seed, cfg.failure_rate, cfg.work_min, cfg.work_max, record=True
         )
         self.out = SimResult(sim, self.checker, self.workers)
-        self.fs: SimFS = archived(self.m.fs_cls)()
+        self.fs: SimFS = archived(self.m.fs_cls)()  # type: ignore[arg-type]  # (a class is Hashable)
         self.now = 0.0
         self.next_batch = 0
         self.requeue_done = not sim.workload.requeue_at  # the operator's requeue, acknowledged
@@ -207,12 +207,15 @@ class Run:
         self.storage = storage = None
         self.samples = 0
         completed_at_start: set[str] = set()
+        wal_cls = m.wal_cls
+        if plan is not None and plan.kind == "record":
+            wal_cls = with_ends(wal_cls)  # type: ignore[arg-type]  # (a class is Hashable)
         try:
             storage = self.storage = Storage.from_config(
                 fs,
                 cfg,
                 timer=time.perf_counter if index else None,
-                wal_cls=with_ends(m.wal_cls) if plan is not None and plan.kind == "record" else m.wal_cls,
+                wal_cls=wal_cls,
                 snapshot_cls=m.snapshot_cls,
                 apply_fn=m.apply_fn,
                 wal_known=self.known,

@@ -13,6 +13,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.artist import Artist
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
@@ -88,7 +89,7 @@ def crash_view(sim: Simulation, lsn: int, model: str = "process") -> tuple[Figur
     ax.set_xlabel("WAL offset (bytes)")
     ax.set_title(f"{model} crash at byte {lsn}: what the log held, and what survived")
     types = [t for t in TYPE_COLORS if t in set(wal["type"])]
-    handles = [Patch(color=TYPE_COLORS[t], label=t) for t in types]
+    handles: list[Artist] = [Patch(color=TYPE_COLORS[t], label=t) for t in types]
     handles += ax.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     return fig, crashed

@@ -472,7 +472,7 @@ class SimFS:
             inode = self.files.get(path) if ("name", path) in kept else self.durable_names.get(path)
             if inode is not None:
                 name = first[id(inode)][0]
-                data = inode.with_blocks(lambda k, name=name: ("block", name, k) in kept)
+                data = inode.with_blocks(lambda k: ("block", name, k) in kept)  # noqa: B023 (called here)
                 out.files[path] = _Inode(data, size=inode.synced_size)
 
     def snapshot_files(self) -> dict[str, bytes]:

@@ -190,6 +190,7 @@ class InPlaceSnapshots(SnapshotStore):
 
     def save(self, seq: int, version: int, body: bytes) -> str:
         fs, path = self.fs, self.path(0)
+        assert isinstance(fs, SimFS)  # a mutant runs in the simulator: its persistence points
         existed = fs.exists(path)
         if existed:
             fs.truncate(path, 0)
@@ -219,6 +220,7 @@ class RenameBeforeFsyncSnapshots(InPlaceSnapshots):
 
     def save(self, seq: int, version: int, body: bytes) -> str:
         fs = self.fs
+        assert isinstance(fs, SimFS)  # a mutant runs in the simulator: its persistence points
         path = self.path(seq)
         f = fs.create(path + ".tmp")
         f.write(snap.encode(seq, version, body))

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.typing import ColorType, LineStyleType, RcKeyType
 
 # One color per outcome, the same in every notebook; unknown outcomes get the next tab10 color.
 OUTCOME_COLORS = {
@@ -36,7 +39,7 @@ OUTCOME_COLORS = {
     "corrupt": "#d1495b",
     "nothing": "#30343f",
 }
-_RC = {
+_RC: dict[RcKeyType, Any] = {
     "figure.figsize": (7.0, 3.2),
     "figure.dpi": 100,
     "figure.constrained_layout.use": True,
@@ -106,9 +109,9 @@ def outcome_colors(outcomes: Sequence[str]) -> dict[str, str]:
     return {o: OUTCOME_COLORS.get(o) or mpl.colors.to_hex(next(extra)) for o in sorted(set(outcomes))}
 
 
-def _legend(ax: Axes, colors: dict[str, str], title: str | None = None) -> None:
+def _legend(ax: Axes, colors: dict[str, str], title: str | None = None) -> Legend:
     handles = [Patch(color=c, label=o) for o, c in colors.items()]
-    ax.legend(handles=handles, title=title, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return ax.legend(handles=handles, title=title, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
 def timeline(
@@ -160,7 +163,7 @@ def outcome_grid(
     text = df[label or value].astype(str)
     for (r, c, v), t in zip(df[[row, col, value]].itertuples(index=False), text):
         y, x = rows.index(r), cols.index(c)
-        ax.add_patch(plt.Rectangle((x, y), 1, 1, color=colors[str(v)], ec="white", lw=2))
+        ax.add_patch(Rectangle((x, y), 1, 1, color=colors[str(v)], ec="white", lw=2))
         ax.text(x + 0.5, y + 0.5, t, ha="center", va="center", fontsize=8, color="white")
     ax.set_xlim(0, len(cols))
     ax.set_ylim(len(rows), 0)
@@ -199,16 +202,17 @@ def outcome_map(
     ax.set_ylim(len(groups) - 0.4, -0.6)  # the first group on top
     ax.set_xlabel(axis_label(x))
     ax.grid(axis="y", visible=False)
-    _legend(ax, colors, outcome)
+    legend = _legend(ax, colors, outcome)
     if marks:
-        styles = iter(zip(_palette("Dark2"), ("--", ":", "-.", (0, (5, 1)))))
+        dashes: tuple[LineStyleType, ...] = ("--", ":", "-.", (0, (5, 1)))
+        styles = iter(zip(_palette("Dark2"), dashes))
         handles = []
         for name, xs in marks.items():
             color, style = next(styles)
             for at in xs:
                 ax.axvline(at, color=color, linestyle=style, linewidth=1)
             handles.append(Line2D([], [], color=color, linestyle=style, label=name))
-        ax.add_artist(ax.get_legend())
+        ax.add_artist(legend)
         ax.legend(handles=handles, title="marks", loc="lower left", bbox_to_anchor=(1.0, 0.0))
     return ax
 
@@ -292,7 +296,8 @@ def rates(
     defaults to the plotted columns' names, which say their unit (`retries per job`)."""
     ax = _axes(ax, title)
     rows = df.sort_values(x)
-    colors: dict[str, str] = {}
+    colors: dict[str, ColorType] = {}
+    style: dict[str, Any]
     for y in ys:
         if y in dashed:
             measured = [m for m in colors if y.startswith(m)]

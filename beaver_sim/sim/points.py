@@ -51,7 +51,8 @@ class Base:
     def lsn(self, plan: CrashPlan) -> int | None:
         """Where in the log a plan crashes (None: a time)."""
         if plan.kind == "lsn":
-            return plan.at
+            lsn: int = plan.at  # (`at` is an LSN, a seq, a point's name or a time, by kind)
+            return lsn
         if plan.kind == "record":
             seqs = self.trace
             i = plan.at - seqs[0][0]["seq"] if seqs else -1
