@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check beaver_sim tests bench scripts
 	$(BIN)/ruff format --check beaver_sim tests bench scripts
 
-# mypy --strict on core/, storage/, sim/, labs.py, speed.py and errors.py ([tool.mypy] in pyproject.toml)
+# mypy --strict on the whole beaver_sim package ([tool.mypy] in pyproject.toml)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 

@@ -10,9 +10,10 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
 import orjson
 
@@ -30,6 +31,8 @@ from beaver_sim.storage.wal import MAX_RECORD
 if TYPE_CHECKING:  # the runtime (asyncio, workers, server) is imported only by the commands that use it,
     # so `beaver sim` and `beaver crash-sweep` do not pay for it
     from beaver_sim.runtime.service import Job, Service
+
+_N = TypeVar("_N")  # a namespace given to parse_known_args
 
 # flag dest -> (Config key, flag as typed); values stay strings so load_config names the flag in errors
 RUN_FLAGS = {
@@ -56,9 +59,17 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
+    @overload
     def parse_known_args(
-        self, args: Any = None, namespace: Any = None
-    ) -> tuple[argparse.Namespace, list[str]]:
+        self, args: Iterable[str] | None = None, namespace: None = None
+    ) -> tuple[argparse.Namespace, list[str]]: ...
+    @overload
+    def parse_known_args(self, args: Iterable[str] | None, namespace: _N) -> tuple[_N, list[str]]: ...
+    @overload
+    def parse_known_args(self, *, namespace: _N) -> tuple[_N, list[str]]: ...
+    def parse_known_args(
+        self, args: Iterable[str] | None = None, namespace: _N | None = None
+    ) -> tuple[argparse.Namespace | _N, list[str]]:
         """No parser here lets another take what it did not know: a (sub)command refuses it
         itself, under its own name, instead of the top level saying `beaver: error`."""
         ns, extras = super().parse_known_args(args, namespace)
@@ -688,7 +699,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return args.func(args)
+        code: int = args.func(args)
+        return code
     except (BeaverError, OSError) as e:
         if isinstance(e, BrokenPipeError):  # `beaver wal dump | head`
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

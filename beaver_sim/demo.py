@@ -182,7 +182,8 @@ def run_demo(args: argparse.Namespace, jobs_file: str) -> int:
 
 
 def _ended(st: dict[str, Any]) -> int:
-    return st["completed"] + st["dead"]
+    ended: int = st["completed"] + st["dead"]
+    return ended
 
 
 def _counts(st: dict[str, Any]) -> str:

@@ -271,4 +271,5 @@ def simulate(config: Config, workload: Workload, killed_after: Cut | None = None
         raise BeaverError(
             f"the simulated run broke an invariant: {result.summary['invariants']['violations'][0]}"
         )
-    return result.state
+    state: JobQueue = result.state  # (SimResult.state is Any: None only if the run ended refused or failed)
+    return state

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-Entry = list  # [when, seq, fn or None, args], as in sim/clock.py
+Entry = list[Any]  # [when, seq, fn or None, args], as in sim/clock.py
 _MIN_COMPACT = 64  # a heap with fewer cancelled entries is not worth rebuilding
 LATENESS_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5)
 LATENESS_WINDOW = 4096  # the p99 is over the last this many timers

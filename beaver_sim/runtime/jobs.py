@@ -227,7 +227,8 @@ def attempts(recs: list[Record]) -> tuple[bool, list[dict[str, Any]]]:
     """A job's attempts from its records, oldest first, and whether the records start at its
     ENQUEUE (else older ones were deleted with their segments). An ENQUEUE after the job had ended
     and left the retention window starts a new job: only the newest one's attempts are given."""
-    complete, history = False, []
+    complete = False
+    history: list[dict[str, Any]] = []
     for rec in recs:
         kind = rec["type"]
         if kind == R.ENQUEUE:

@@ -369,10 +369,13 @@ class Service:
             }
         durable = self.loop.create_future()
         self._acks.add(durable)
+
+        def acknowledge() -> None:
+            if not durable.done():
+                durable.set_result(None)
+
         try:
-            done = self.controller.enqueue(
-                map(tuple, jobs), on_durable=lambda: durable.done() or durable.set_result(None)
-            )
+            done = self.controller.enqueue(map(tuple, jobs), on_durable=acknowledge)
             await durable
         except BeaverError as e:
             return {"ok": False, "error": str(e)}
@@ -582,4 +585,5 @@ def status_of(config: Config) -> dict[str, Any]:
     if answer is None:
         found = read_state(config)
         return {**found.state.stats(), "running": False, "data_dir": config.data_dir}
-    return answer["status"]
+    status: dict[str, Any] = answer["status"]
+    return status

@@ -103,7 +103,7 @@ def resolve(spec: str) -> Handler:
     """The function `module:function` names; BeaverError if it cannot be imported."""
     module, _, name = spec.partition(":")
     try:
-        fn = getattr(importlib.import_module(module), name)
+        fn: object = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
         raise BeaverError(f"handler {spec!r} cannot be loaded: {e}") from None
     if not callable(fn):
@@ -284,7 +284,7 @@ def _die_with_owner() -> None:
     if sys.platform.startswith("linux"):
         from multiprocessing import forkserver
 
-        server = forkserver._forkserver
+        server: Any = forkserver._forkserver  # (its stubs omit the private _forkserver_alive_fd)
         if server._forkserver_alive_fd is not None:
             os.close(server._forkserver_alive_fd)
             server._forkserver_alive_fd = None
@@ -344,7 +344,9 @@ class _ProcessPool:
         self.loop, self.size = loop, size
         # forking a process that runs threads (metrics, loop) can copy a held lock: use a forkserver
         linux = sys.platform.startswith("linux")
-        self.ctx = multiprocessing.get_context("forkserver" if linux else "spawn")
+        self.ctx = (
+            multiprocessing.get_context("forkserver") if linux else multiprocessing.get_context("spawn")
+        )
         if linux:  # workers fork with these already imported
             self.ctx.set_forkserver_preload(["__main__", __name__])
         self.idle: list[_Proc] = []
@@ -397,7 +399,7 @@ class _ProcessPool:
             if p.key is None and p not in self.idle:
                 self.idle.append(p)
             if p.replaces is not None:
-                p.replaces, replaces = None, p.replaces
+                replaces, p.replaces = p.replaces, None
                 replaces()
             if all(q.ready for q in self.procs):
                 self.all_ready.set()
@@ -491,8 +493,9 @@ class PoolWorkers:
 
     def submit(self, job_id: str, attempt: int, worker: int, payload: dict[str, Any], done: OnResult) -> None:
         kind = payload.get("type")
-        handler = self.handlers.get(kind) if isinstance(kind, str) else None
-        if handler is None:
+        fn: Handler
+        args: tuple[Any, ...]
+        if not isinstance(kind, str) or (handler := self.handlers.get(kind)) is None:
             c = self.config
             duration, ok = self.draws.work(job_id, attempt, c.work_min, c.work_max, c.failure_rate)
             if self._dispatched_at is not None and (start := self._dispatched_at(job_id)) is not None:
